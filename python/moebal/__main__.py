@@ -1,0 +1,5 @@
+import sys
+
+from moebal.cli import main
+
+sys.exit(main())

@@ -1,0 +1,179 @@
+"""The ``moebal`` command: ``info``, ``plan`` and ``demo``."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from importlib import resources
+from typing import Sequence
+
+import numpy as np
+
+import moebal
+from moebal import _core, policies
+from moebal._progress import progress
+from moebal.trace import LoadTrace, from_eplb_weight, load_trace, trace_meta
+
+DEMO_TRACE = "demo_trace.npz"
+
+
+def _demo_trace_path() -> str:
+    return str(resources.files("moebal") / "data" / DEMO_TRACE)
+
+
+def _read_loads(path: str, step_begin: int | None, step_end: int | None):
+    """Loads from a trace (.npz) or a plain [layers, experts] array (.npy / .csv)."""
+    if path.endswith(".npz"):
+        t = load_trace(path)
+        if isinstance(t, LoadTrace):
+            return t.loads(step_begin or 0, step_end), None
+        if step_begin is None and step_end is None:
+            return t.loads(), t
+        return t.loads(step_begin or 0, step_end if step_end is not None else t.num_steps), t
+    if path.endswith(".npy"):
+        return from_eplb_weight(np.load(path, allow_pickle=False)), None
+    if path.endswith(".csv"):
+        return from_eplb_weight(np.loadtxt(path, delimiter=",", ndmin=2)), None
+    raise _core.MoebalValueError(f"{path}: expected a .npz trace, or a .npy/.csv [layers, experts] load matrix")
+
+
+def _format_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    line = "  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(header, widths)))
+    out = [line, "-" * len(line)]
+    for r in rows:
+        out.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    return "\n".join(out)
+
+
+def imbalance_table(loads: _core.LoadMatrix, placements: dict[str, _core.Placement]) -> str:
+    """Per-layer imbalance ratio (max/mean GPU load) of each placement, with mean and max."""
+    L = loads.num_layers
+    shown = list(range(L)) if L <= 16 else sorted({*range(0, L, max(1, L // 12)), L - 1})
+    header = ["policy", "slots", "mean IR", "max IR"] + [f"L{l}" for l in shown]
+    rows = []
+    for name, p in placements.items():
+        ir = _core.layer_imbalance(loads, p)
+        rows.append([name, str(p.num_slots), f"{ir.mean():.3f}", f"{ir.max():.3f}"] + [f"{ir[l]:.2f}" for l in shown])
+    return _format_table(header, rows)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    caps = moebal.capabilities()
+    caps["policies"] = policies.available_policies()
+    print(json.dumps(caps, indent=2))
+    return 0
+
+
+def _save_placement(path: str, p: _core.Placement, policy: str) -> None:
+    np.savez_compressed(path, phy2log=p.phy2log, log2phy=p.log2phy, logcnt=p.logcnt,
+                        slot_to_gpu=p.slot_to_gpu, gpu_to_node=p.gpu_to_node,
+                        __meta__=np.array(json.dumps({"policy": policy, "num_gpus": p.num_gpus,
+                                                      "num_nodes": p.num_nodes})))
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    loads, trace = _read_loads(args.input, args.step_begin, args.step_end)
+    num_slots = args.slots if args.slots is not None else loads.num_experts + args.extra_per_gpu * args.gpus
+    p = policies.plan(args.policy, loads, num_slots=num_slots, num_gpus=args.gpus, num_nodes=args.nodes,
+                      num_groups=args.groups, trace=trace)
+    base = {}
+    if args.policy != "contiguous" and loads.num_experts % args.gpus == 0:
+        base["contiguous"] = _core.Placement.contiguous(loads.num_layers, loads.num_experts, args.gpus, args.nodes)
+    print(imbalance_table(loads, {**base, args.policy: p}))
+    if args.out:
+        _save_placement(args.out, p, args.policy)
+        print(f"placement written to {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    path = args.trace or _demo_trace_path()
+    trace = load_trace(path)
+    if isinstance(trace, LoadTrace):
+        raise _core.MoebalValueError("demo needs a token-level routing trace, got a load-only trace")
+    meta = trace_meta(path)
+    S = trace.num_steps
+    fit_end = max(1, S // 2)
+    fit = trace.loads(0, fit_end)
+    held = trace.loads(fit_end, S) if fit_end < S else fit
+    E, G, N = trace.num_experts, args.gpus, args.nodes
+    print(f"moebal demo: {os.path.basename(path)} ({meta.get('source', 'unknown source')})")
+    print(f"  {trace.num_layers} MoE layers, {E} experts, top-{trace.top_k}, {trace.num_tokens} tokens "
+          f"in {S} steps; {G} GPUs on {N} node(s), {args.extra_per_gpu} extra slot(s) per GPU")
+    print(f"  placements are planned on steps [0, {fit_end}) and evaluated on steps [{fit_end}, {S}) "
+          "(the load they will meet next)\n")
+    placements: dict[str, _core.Placement] = {}
+    names = list(policies.available_policies())
+    skipped = {}
+    for name in progress(names, len(names), "planning", enabled=None if not args.no_progress else False):
+        slots = E if name == "contiguous" else E + args.extra_per_gpu * G
+        try:
+            placements[name] = policies.plan(name, fit, num_slots=slots, num_gpus=G, num_nodes=N,
+                                             num_groups=args.groups, trace=trace)
+        except ValueError as e:
+            skipped[name] = str(e)
+    print(imbalance_table(held, placements))
+    for name, why in skipped.items():
+        print(f"  (skipped {name}: {why})")
+    if args.no_plot:
+        return 0
+    try:
+        from moebal.plot import plot_gpu_loads
+    except ImportError:
+        print("\nmatplotlib is not installed; no plot (pip install matplotlib)")
+        return 0
+    os.makedirs(args.out_dir, exist_ok=True)
+    png = os.path.join(args.out_dir, "moebal_demo.png")
+    plot_gpu_loads(png, f"moebal demo: {G} GPUs, held-out steps of {os.path.basename(path)}",
+                   [f"L{l}" for l in range(trace.num_layers)],
+                   {n: _core.gpu_loads(held, p) for n, p in placements.items()},
+                   {n: _core.layer_imbalance(held, p) for n, p in placements.items()})
+    print(f"\nplot written to {png}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="moebal", description=__doc__)
+    ap.add_argument("--version", action="version", version=f"moebal {moebal.__version__}")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("info", help="what this installation can do (JSON)").set_defaults(fn=cmd_info)
+
+    p = sub.add_parser("plan", help="plan a placement from a trace or load matrix")
+    p.add_argument("input", help=".npz moebal trace, or .npy/.csv load matrix [layers, experts]")
+    p.add_argument("--policy", default="contiguous", help="one of: " + ", ".join(policies.available_policies()))
+    p.add_argument("--gpus", type=int, required=True)
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--groups", type=int, default=1, help="expert groups (EPLB's num_groups)")
+    p.add_argument("--slots", type=int, help="physical slots per layer (default: experts + extra-per-gpu * gpus)")
+    p.add_argument("--extra-per-gpu", type=int, default=0)
+    p.add_argument("--step-begin", type=int)
+    p.add_argument("--step-end", type=int)
+    p.add_argument("--out", help="write the placement tables to this .npz")
+    p.set_defaults(fn=cmd_plan)
+
+    d = sub.add_parser("demo", help="balance a shipped routing trace and plot per-GPU load")
+    d.add_argument("--trace", help="routing trace (.npz); default: the one shipped with moebal")
+    d.add_argument("--gpus", type=int, default=8)
+    d.add_argument("--nodes", type=int, default=1)
+    d.add_argument("--groups", type=int, default=1)
+    d.add_argument("--extra-per-gpu", type=int, default=1)
+    d.add_argument("--out-dir", default="moebal_demo_out")
+    d.add_argument("--no-plot", action="store_true")
+    d.add_argument("--no-progress", action="store_true")
+    d.set_defaults(fn=cmd_demo)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"moebal {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
