@@ -25,6 +25,11 @@ def _library_path() -> str:
         "(pip install --no-build-isolation .) and MOEBAL_TORCH not OFF")
 
 
+# Python modules that register fake kernels for their ops (each defines register_fakes()).
+# A component adds its module name here.
+_FAKE_MODULES: tuple[str, ...] = ()
+
+
 def load_library() -> None:
     """Load the op library and register the fake kernels (idempotent, thread-safe)."""
     global _loaded
@@ -35,6 +40,10 @@ def load_library() -> None:
             return
         torch.ops.load_library(_library_path())
         _register_fakes()
+        import importlib
+
+        for name in _FAKE_MODULES:
+            importlib.import_module(name).register_fakes()
         _loaded = True
 
 

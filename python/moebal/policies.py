@@ -48,6 +48,10 @@ def plan(policy: str, loads: Any, *, num_slots: int, num_gpus: int, num_nodes: i
               num_groups=num_groups, topology=topology, trace=trace)
 
 
+# Modules whose import registers more policies (a component adds its module here).
+_POLICY_MODULES: tuple[str, ...] = ()
+
+
 @register_policy("contiguous", "static baseline: expert e on GPU e // (E/G), no replicas (needs slots == experts)")
 def _contiguous(loads: _core.LoadMatrix, *, num_slots: int, num_gpus: int, num_nodes: int, **_: Any) -> _core.Placement:
     if num_slots != loads.num_experts:
@@ -55,3 +59,13 @@ def _contiguous(loads: _core.LoadMatrix, *, num_slots: int, num_gpus: int, num_n
             f"policy 'contiguous' places one copy per expert: num_slots ({num_slots}) must equal "
             f"num_experts ({loads.num_experts})")
     return _core.Placement.contiguous(loads.num_layers, loads.num_experts, num_gpus, num_nodes)
+
+
+def _load_policy_modules() -> None:
+    import importlib
+
+    for name in _POLICY_MODULES:
+        importlib.import_module(name)
+
+
+_load_policy_modules()
