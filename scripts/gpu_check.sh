@@ -13,6 +13,8 @@ export PYTHONUNBUFFERED=1
 status=0
 step() { echo; echo "=== $*"; }
 run() { "$@" || { echo "FAILED: $*"; status=1; }; }
+# run_log FILE CMD...: run CMD, keep its output in FILE and show it; a failure sets status.
+run_log() { local f=$1; shift; "$@" >"$f" 2>&1; local rc=$?; cat "$f"; [ $rc -eq 0 ] || { echo "FAILED ($rc): $*"; status=1; }; }
 
 step "device"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/device.txt"
@@ -27,14 +29,14 @@ run cmake -S . -B build/gpu -G Ninja -DMOEBAL_CUDA=ON -DMOEBAL_CUDA_ARCHS="$MOEB
 run ninja -C build/gpu
 
 step "ctest"
-run ctest --test-dir build/gpu --output-on-failure 2>&1 | tee "$out/ctest.txt"
+run_log "$out/ctest.txt" ctest --test-dir build/gpu --output-on-failure
 
 step "Python package"
-run python3 -m pip install --no-build-isolation --no-deps -q . 2>&1 | tail -5
+run_log "$out/pip.txt" python3 -m pip install --no-build-isolation --no-deps -q .
 python3 -c "import json, moebal; print(json.dumps(moebal.capabilities(), indent=1))" | tee "$out/capabilities.json"
 
 step "pytest"
-run python3 -m pytest -q -rs tests/python 2>&1 | tee "$out/pytest.txt"
+run_log "$out/pytest.txt" python3 -X faulthandler -m pytest -q -rs tests/python
 
 if [ -z "${MOEBAL_GPU_CHECK_SKIP_BENCH:-}" ]; then
   step "benchmarks"
