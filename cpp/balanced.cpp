@@ -1,0 +1,451 @@
+// `balanced` and `vibe` placement policies and the policy registry. Both solve one "domain" at a
+// time (all experts on all GPUs, or one node's groups on the node's GPUs when the group -> node
+// constraint applies) with the same machinery; vibe only swaps the cost of a copy (tokens) for the
+// GPU's predicted time.
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <map>
+#include <numeric>
+#include <queue>
+
+#include "moebal/core/error.h"
+#include "moebal/core/plan_metrics.h"
+#include "moebal/core/solvers.h"
+#include "solver_detail.h"
+
+namespace moebal::core {
+namespace detail {
+
+void greedy_counts(const double* w, int32_t n, int32_t budget, int32_t cap, int32_t* cnt) {
+  if (cap <= 0 || static_cast<int64_t>(cap) * n < budget) cap = std::numeric_limits<int32_t>::max();
+  // Max-heap on (load per copy, -index): the largest ratio first, lower index on ties.
+  using Item = std::pair<double, int32_t>;
+  auto less = [](const Item& a, const Item& b) {
+    return a.first < b.first || (a.first == b.first && a.second > b.second);
+  };
+  std::priority_queue<Item, std::vector<Item>, decltype(less)> heap(less);
+  for (int32_t i = 0; i < n; ++i) {
+    cnt[i] = 1;
+    if (cap > 1) heap.push({w[i], i});
+  }
+  for (int32_t r = n; r < budget; ++r) {
+    const int32_t i = heap.top().second;
+    heap.pop();
+    ++cnt[i];
+    if (cnt[i] < cap) heap.push({w[i] / cnt[i], i});
+  }
+}
+
+namespace {
+
+// Mutable packing with per-GPU costs and per-GPU expert multiplicities.
+struct Packer {
+  const double* w;
+  int32_t n, P, k;
+  const CostModel& cost;
+  std::vector<int32_t> ex;     // [P*k] local expert per slot
+  std::vector<int32_t> cnt;    // [n]
+  std::vector<double> per;     // [n] load per copy
+  std::vector<double> load;    // [P] cost sum
+  std::vector<uint16_t> has;   // [P*n] copies of e on g
+
+  Packer(const double* w_, int32_t n_, int32_t P_, int32_t k_, const CostModel& c)
+      : w(w_), n(n_), P(P_), k(k_), cost(c), ex(static_cast<size_t>(P_) * k_), cnt(n_),
+        per(n_), load(P_), has(static_cast<size_t>(P_) * n_) {}
+
+  void rebuild() {
+    std::fill(cnt.begin(), cnt.end(), 0);
+    std::fill(has.begin(), has.end(), 0);
+    for (int32_t s = 0; s < P * k; ++s) ++cnt[ex[s]];
+    for (int32_t e = 0; e < n; ++e) per[e] = cnt[e] ? w[e] / cnt[e] : 0.0;
+    for (int32_t g = 0; g < P; ++g) {
+      double sum = 0;
+      for (int32_t j = 0; j < k; ++j) {
+        const int32_t e = ex[g * k + j];
+        sum += cost(g, per[e]);
+        ++has[static_cast<size_t>(g) * n + e];
+      }
+      load[g] = sum;
+    }
+  }
+  double max_load() const { return *std::max_element(load.begin(), load.end()); }
+
+  // Best-improvement pairwise swaps between the busiest GPU and any other.
+  void search(int32_t max_iters) {
+    for (int32_t it = 0; it < max_iters; ++it) {
+      const int32_t gm = static_cast<int32_t>(std::max_element(load.begin(), load.end()) - load.begin());
+      const double cur = load[gm];
+      const double tol = 1e-12 * std::max(1.0, std::abs(cur));
+      double best = cur - tol;
+      int32_t bi = -1, bj = -1;
+      double bg = 0, bh = 0;
+      for (int32_t a = 0; a < k; ++a) {
+        const int32_t si = gm * k + a, ea = ex[si];
+        const double ca_g = cost(gm, per[ea]);
+        for (int32_t h = 0; h < P; ++h) {
+          if (h == gm || load[h] >= best) continue;
+          if (has[static_cast<size_t>(h) * n + ea]) continue;  // would duplicate ea on h
+          const double ca_h = cost(h, per[ea]);
+          if (ca_h >= best) continue;  // h's new load is at least ca_h
+          for (int32_t b = 0; b < k; ++b) {
+            const int32_t sj = h * k + b, eb = ex[sj];
+            if (eb == ea || has[static_cast<size_t>(gm) * n + eb]) continue;
+            const double ng = cur - ca_g + cost(gm, per[eb]);
+            const double nh = load[h] - cost(h, per[eb]) + ca_h;
+            const double m = std::max(ng, nh);
+            if (m < best) {
+              best = m;
+              bi = si;
+              bj = sj;
+              bg = ng;
+              bh = nh;
+            }
+          }
+        }
+      }
+      if (bi < 0) return;
+      const int32_t h = bj / k, ea = ex[bi], eb = ex[bj];
+      --has[static_cast<size_t>(gm) * n + ea];
+      ++has[static_cast<size_t>(gm) * n + eb];
+      --has[static_cast<size_t>(h) * n + eb];
+      ++has[static_cast<size_t>(h) * n + ea];
+      std::swap(ex[bi], ex[bj]);
+      load[gm] = bg;
+      load[h] = bh;
+    }
+  }
+
+  // Cardinality-constrained LPT from copy counts: copies by descending load, each to the GPU with
+  // room whose cost after adding it is smallest, avoiding a GPU that already has the expert.
+  void lpt(const int32_t* counts) {
+    std::vector<int32_t> order(n);
+    std::iota(order.begin(), order.end(), 0);
+    for (int32_t e = 0; e < n; ++e) per[e] = w[e] / counts[e];
+    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return per[a] > per[b]; });
+    std::vector<int32_t> fill(P, 0);
+    std::fill(load.begin(), load.end(), 0.0);
+    std::fill(has.begin(), has.end(), 0);
+    for (int32_t e : order)
+      for (int32_t c = 0; c < counts[e]; ++c) {
+        int32_t best = -1, fallback = -1;
+        double bv = 0, fv = 0;
+        for (int32_t g = 0; g < P; ++g) {
+          if (fill[g] == k) continue;
+          const double v = load[g] + cost(g, per[e]);
+          if (has[static_cast<size_t>(g) * n + e]) {
+            if (fallback < 0 || v < fv) fallback = g, fv = v;
+          } else if (best < 0 || v < bv) {
+            best = g, bv = v;
+          }
+        }
+        const int32_t g = best >= 0 ? best : fallback;
+        ex[g * k + fill[g]++] = e;
+        load[g] += cost(g, per[e]);
+        ++has[static_cast<size_t>(g) * n + e];
+      }
+    rebuild();
+  }
+
+  void sorted_out(int32_t* out) const {
+    for (int32_t g = 0; g < P; ++g) {
+      std::copy(ex.begin() + g * k, ex.begin() + (g + 1) * k, out + g * k);
+      std::sort(out + g * k, out + (g + 1) * k);
+    }
+  }
+};
+
+int32_t default_iters(int32_t P, int32_t k) { return 2 * P * k + 16; }
+
+}  // namespace
+
+double packing_cost(const double* w, int32_t n, int32_t P, int32_t k, const int32_t* slot_expert,
+                    const CostModel& cost) {
+  std::vector<int32_t> cnt(n, 0);
+  for (int32_t s = 0; s < P * k; ++s) ++cnt[slot_expert[s]];
+  double mx = 0;
+  for (int32_t g = 0; g < P; ++g) {
+    double sum = 0;
+    for (int32_t j = 0; j < k; ++j) {
+      const int32_t e = slot_expert[g * k + j];
+      sum += cost(g, w[e] / cnt[e]);
+    }
+    mx = std::max(mx, sum);
+  }
+  return mx;
+}
+
+double swap_search(const double* w, int32_t n, int32_t P, int32_t k, const CostModel& cost,
+                   int32_t* slot_expert, int32_t max_iters) {
+  Packer pk(w, n, P, k, cost);
+  std::copy(slot_expert, slot_expert + P * k, pk.ex.begin());
+  pk.rebuild();
+  pk.search(max_iters);
+  std::copy(pk.ex.begin(), pk.ex.end(), slot_expert);
+  return pk.max_load();
+}
+
+double solve_domain(const double* w, int32_t n, int32_t P, int32_t k, const CostModel& cost,
+                    const int32_t* start, int32_t* out) {
+  const int32_t M = P * k;
+  std::vector<int32_t> counts(n);
+  greedy_counts(w, n, M, P, counts.data());
+  Packer a(w, n, P, k, cost);
+  a.lpt(counts.data());
+  a.search(default_iters(P, k));
+  double best = a.max_load();
+  a.sorted_out(out);
+  if (start) {
+    Packer b(w, n, P, k, cost);
+    std::copy(start, start + M, b.ex.begin());
+    b.rebuild();
+    b.search(default_iters(P, k));
+    if (b.max_load() < best) {
+      best = b.max_load();
+      b.sorted_out(out);
+    }
+  }
+  return best;
+}
+
+bool best_group_assignment(const double* w, int32_t E, int32_t groups, int32_t nodes,
+                           int32_t slots_per_node, int32_t gpus_per_node,
+                           std::vector<std::vector<int32_t>>* node_groups, double* bound) {
+  const int32_t per = groups / nodes, gsize = E / groups;
+  if (groups > 16) return false;
+  // Candidate subsets: exactly `per` groups.
+  std::vector<uint32_t> subsets;
+  for (uint32_t m = 0; m < (1u << groups); ++m)
+    if (__builtin_popcount(m) == per) subsets.push_back(m);
+  if (subsets.size() > 4096) return false;
+  std::vector<double> cost(subsets.size());
+  std::vector<double> wn(static_cast<size_t>(per) * gsize);
+  for (size_t i = 0; i < subsets.size(); ++i) {
+    size_t f = 0;
+    for (int32_t g = 0; g < groups; ++g)
+      if (subsets[i] >> g & 1u)
+        for (int32_t j = 0; j < gsize; ++j) wn[f++] = w[g * gsize + j];
+    cost[i] = domain_lower_bound(wn.data(), per * gsize, slots_per_node, gpus_per_node);
+  }
+  // f(remaining) = lexicographic min over subsets containing its lowest group of (max, sum sq).
+  const uint32_t full = (1u << groups) - 1;
+  std::vector<std::pair<double, double>> memo(1u << groups, {-1.0, 0.0});
+  std::vector<int32_t> choice(1u << groups, -1);
+  std::function<std::pair<double, double>(uint32_t)> solve = [&](uint32_t rem) -> std::pair<double, double> {
+    if (rem == 0) return {0.0, 0.0};
+    if (memo[rem].first >= 0) return memo[rem];
+    const uint32_t low = rem & (~rem + 1u);
+    std::pair<double, double> best{std::numeric_limits<double>::infinity(), 0.0};
+    for (size_t i = 0; i < subsets.size(); ++i) {
+      const uint32_t s = subsets[i];
+      if (!(s & low) || (s & ~rem)) continue;
+      const auto sub = solve(rem & ~s);
+      const std::pair<double, double> v{std::max(sub.first, cost[i]), sub.second + cost[i] * cost[i]};
+      if (v < best) {
+        best = v;
+        choice[rem] = static_cast<int32_t>(i);
+      }
+    }
+    return memo[rem] = best;
+  };
+  const auto res = solve(full);
+  node_groups->assign(nodes, {});
+  uint32_t rem = full;
+  for (int32_t node = 0; node < nodes; ++node) {
+    const uint32_t s = subsets[choice[rem]];
+    for (int32_t g = 0; g < groups; ++g)
+      if (s >> g & 1u) (*node_groups)[node].push_back(g);
+    rem &= ~s;
+  }
+  *bound = res.first;
+  return true;
+}
+
+}  // namespace detail
+
+void PlanRequest::validate() const {
+  MOEBAL_CHECK_ARG(loads != nullptr, "plan: loads are missing");
+  loads->validate();
+  MOEBAL_CHECK_ARG(num_groups > 0, "plan: num_groups must be > 0, got ", num_groups);
+  check_layout(loads->num_experts, num_slots, num_gpus, num_nodes);
+  if (num_groups > 1 && num_groups % num_nodes == 0)
+    MOEBAL_CHECK_ARG(loads->num_experts % num_groups == 0, "plan: num_experts (", loads->num_experts,
+                     ") must be divisible by num_groups (", num_groups,
+                     ") when groups are kept on nodes (num_groups % num_nodes == 0)");
+  if (topology) {
+    topology->validate();
+    MOEBAL_CHECK_ARG(topology->num_gpus() == num_gpus, "plan: topology has ", topology->num_gpus(),
+                     " GPUs but num_gpus is ", num_gpus);
+    MOEBAL_CHECK_ARG(topology->num_nodes == num_nodes, "plan: topology has ", topology->num_nodes,
+                     " nodes but num_nodes is ", num_nodes);
+  }
+}
+
+namespace {
+
+using detail::CostModel;
+
+// Per-GPU busiest cost of a full layer row (slot order, as evaluation does).
+double row_cost(const double* w, int32_t E, const int32_t* row, int32_t S, int32_t G,
+                const CostModel& cost) {
+  std::vector<int32_t> cnt(E, 0);
+  for (int32_t s = 0; s < S; ++s) ++cnt[row[s]];
+  const int32_t k = S / G;
+  double mx = 0;
+  for (int32_t g = 0; g < G; ++g) {
+    double sum = 0;
+    for (int32_t j = 0; j < k; ++j) {
+      const int32_t e = row[g * k + j];
+      sum += cost(g, w[e] / cnt[e]);
+    }
+    mx = std::max(mx, sum);
+  }
+  return mx;
+}
+
+// Solves one layer under a group -> node assignment (node_groups; for the global problem one node
+// holding every expert). eplb_row, when given, seeds each node with EPLB's packing of that node.
+// models: per-GPU models of the whole cluster or null. Writes row [S] and returns its cost.
+double solve_layer_assignment(const double* w, int32_t E, int32_t S, int32_t G,
+                              const std::vector<std::vector<int32_t>>& node_groups, int32_t gsize,
+                              const PerfModel* const* models, const int32_t* eplb_row, int32_t* row) {
+  const int32_t N = static_cast<int32_t>(node_groups.size());
+  const int32_t Pn = G / N, Mn = S / N, k = S / G;
+  double worst = 0;
+  std::vector<int32_t> experts, start(Mn), out(Mn), local(E, -1);
+  std::vector<double> wn;
+  for (int32_t node = 0; node < N; ++node) {
+    experts.clear();
+    for (int32_t g : node_groups[node])
+      for (int32_t j = 0; j < gsize; ++j) experts.push_back(g * gsize + j);
+    const int32_t n = static_cast<int32_t>(experts.size());
+    wn.resize(n);
+    for (int32_t i = 0; i < n; ++i) {
+      wn[i] = w[experts[i]];
+      local[experts[i]] = i;
+    }
+    bool seed = eplb_row != nullptr;
+    if (seed)
+      for (int32_t s = 0; s < Mn && seed; ++s) {
+        const int32_t e = eplb_row[node * Mn + s];
+        seed = local[e] >= 0;
+        if (seed) start[s] = local[e];
+      }
+    CostModel cost{models ? models + node * Pn : nullptr};
+    const double c = detail::solve_domain(wn.data(), n, Pn, k, cost, seed ? start.data() : nullptr,
+                                          out.data());
+    worst = std::max(worst, c);
+    for (int32_t s = 0; s < Mn; ++s) row[node * Mn + s] = experts[out[s]];
+    for (int32_t e : experts) local[e] = -1;
+  }
+  return worst;
+}
+
+// EPLB's group -> node assignment (its step 1), groups per node in rank order.
+std::vector<std::vector<int32_t>> eplb_node_groups(const double* w, int32_t E, int32_t groups,
+                                                   int32_t nodes) {
+  const int32_t gsize = E / groups;
+  std::vector<double> gw(groups, 0.0);
+  for (int32_t e = 0; e < E; ++e) gw[e / gsize] += w[e];
+  std::vector<int32_t> pack(groups), rank(groups);
+  detail::eplb_pack(gw.data(), groups, nodes, pack.data(), rank.data());
+  std::vector<std::vector<int32_t>> ng(nodes, std::vector<int32_t>(groups / nodes));
+  for (int32_t g = 0; g < groups; ++g) ng[pack[g]][rank[g]] = g;
+  return ng;
+}
+
+// balanced (models == null) or vibe (models = per-GPU models) for one layer. eplb_row: EPLB's row.
+double solve_layer(const PlanRequest& req, const double* w, const PerfModel* const* models,
+                   const int32_t* eplb_row, int32_t* row) {
+  const int32_t E = req.loads->num_experts, S = req.num_slots, G = req.num_gpus;
+  std::vector<int32_t> cand(S);
+  if (!req.group_constrained()) {
+    std::vector<std::vector<int32_t>> all(1, std::vector<int32_t>{0});
+    return solve_layer_assignment(w, E, S, G, all, E, models, eplb_row, row);
+  }
+  const int32_t groups = req.num_groups, N = req.num_nodes, gsize = E / groups;
+  auto eplb_ng = eplb_node_groups(w, E, groups, N);
+  double best = solve_layer_assignment(w, E, S, G, eplb_ng, gsize, models, eplb_row, row);
+  std::vector<std::vector<int32_t>> dp_ng;
+  double bound = 0;
+  if (detail::best_group_assignment(w, E, groups, N, S / N, G / N, &dp_ng, &bound)) {
+    // The DP only fixes which groups share a node (node order is free, all nodes are alike).
+    const double c = solve_layer_assignment(w, E, S, G, dp_ng, gsize, models, nullptr, cand.data());
+    if (c < best) {
+      best = c;
+      std::copy(cand.begin(), cand.end(), row);
+    }
+  }
+  return best;
+}
+
+std::vector<const PerfModel*> model_ptrs(const PlanRequest& req) {
+  std::vector<const PerfModel*> v;
+  for (const PerfModel& m : req.topology->gpu_models) v.push_back(&m);
+  return v;
+}
+
+// Runs eplb, then per layer the solver(s), choosing per layer the best row under `cost_models`
+// (null: tokens). with_vibe adds the speed-aware solve.
+Placement plan_best(const PlanRequest& req, bool with_vibe) {
+  req.validate();
+  const LoadMatrix& m = *req.loads;
+  const int32_t L = m.num_layers, E = m.num_experts, S = req.num_slots, G = req.num_gpus;
+  const Placement ep = plan_eplb(req);
+  std::vector<const PerfModel*> mp;
+  if (with_vibe) mp = model_ptrs(req);
+  const PerfModel* const* models = with_vibe ? mp.data() : nullptr;
+  CostModel eval{models};
+  std::vector<int32_t> phy2log(static_cast<size_t>(L) * S), cand(S);
+  for (int32_t l = 0; l < L; ++l) {
+    const double* w = m.row(l);
+    const int32_t* erow = ep.phy2log.data() + static_cast<size_t>(l) * S;
+    int32_t* row = phy2log.data() + static_cast<size_t>(l) * S;
+    solve_layer(req, w, nullptr, erow, row);  // balanced (token cost)
+    double best = row_cost(w, E, row, S, G, eval);
+    if (with_vibe) {
+      solve_layer(req, w, models, erow, cand.data());
+      const double c = row_cost(w, E, cand.data(), S, G, eval);
+      if (c < best) {
+        best = c;
+        std::copy(cand.begin(), cand.end(), row);
+      }
+    }
+    if (row_cost(w, E, erow, S, G, eval) <= best) std::copy(erow, erow + S, row);
+  }
+  return Placement::from_phy2log(L, E, S, G, req.num_nodes, std::move(phy2log));
+}
+
+}  // namespace
+
+Placement plan_balanced(const PlanRequest& req) { return plan_best(req, false); }
+
+Placement plan_vibe(const PlanRequest& req) {
+  req.validate();
+  MOEBAL_CHECK_ARG(req.topology != nullptr && !req.topology->gpu_models.empty(),
+                   "policy 'vibe' needs a topology with one performance model per GPU "
+                   "(topology.gpu_models)");
+  return plan_best(req, true);
+}
+
+const std::vector<PlacementPolicyInfo>& placement_policies() {
+  static const std::vector<PlacementPolicyInfo> v = {
+      {"eplb", "DeepSeek EPLB: hierarchical (groups->nodes, replicate, pack) or global greedy", &plan_eplb},
+      {"balanced", "EPLB's budget and constraints; optimal copy counts, LPT + swap search, never worse than eplb", &plan_balanced},
+      {"vibe", "ViBE: minimise the slowest GPU's predicted time under per-GPU perf models", &plan_vibe},
+  };
+  return v;
+}
+
+Placement plan_placement(const std::string& policy, const PlanRequest& req) {
+  std::string names;
+  for (const auto& p : placement_policies()) {
+    if (policy == p.name) return p.fn(req);
+    names += (names.empty() ? "" : ", ") + std::string(p.name);
+  }
+  MOEBAL_CHECK_ARG(false, "unknown placement policy '", policy, "'; available: ", names);
+  return {};
+}
+
+}  // namespace moebal::core

@@ -1,0 +1,160 @@
+// Placement metrics and the lower bound.
+//
+// Lower bound (layer_lower_bound). Setting: one layer, loads w_e >= 0, M slots on P GPUs with
+// k = M / P slots each; every expert e gets c_e >= 1 copies (sum c_e = M), each carrying w_e / c_e;
+// the cost of a GPU is the sum of its copies' loads. OPT = min over placements of the busiest GPU.
+// domain_lower_bound returns the maximum of three quantities, each <= OPT:
+//  (1) W / P with W = sum w_e: copies split each w_e exactly, so the P GPU loads sum to W and the
+//      largest is at least their mean.
+//  (2) T* = min over count vectors c of max_e w_e / c_e. Every placement has some count vector c and
+//      the GPU holding the copy with the largest w_e / c_e carries at least that much, so OPT >= T*.
+//      detail::greedy_counts without a cap computes T* exactly (it is the classical greedy for
+//      min-max apportionment: adding a copy to any expert other than the current argmax cannot lower
+//      the maximum, so some optimal vector agrees with every greedy step).
+//  (3) Only when M == n (no copies, items fixed): a cardinality bound. Sort loads p_1 >= ... >= p_n.
+//      For any j, let the bins (GPUs) that hold at least one of the j largest items be B_1..B_m;
+//      ceil(j / k) <= m <= min(j, P). They hold m*k items: the j top items and m*k - j others, each of
+//      the others at least as large as the smallest items, so their total is at least
+//      S_j + s(m*k - j) where S_j = p_1 + ... + p_j and s(t) = sum of the t smallest loads (t <= n - j
+//      because m <= P). Their busiest bin is at least the average: >= min over feasible m of
+//      (S_j + s(m*k - j)) / m. The bound is the maximum over j. (j = n, m = P gives (1); j = 1 gives
+//      p_1 + (k - 1) p_n.)
+// Group constraint (num_groups % num_nodes == 0, num_nodes > 1): a placement that keeps every group
+// on one node is, per node, a placement of the node's experts into its M / N slots on its P / N GPUs,
+// so its busiest GPU is at least max_node domain_lower_bound(node's experts). Minimising that over all
+// group -> node assignments (exact DP, detail::best_group_assignment) bounds every such placement.
+// The result is max(global bound, that DP value); when the DP is too large only the global bound is
+// used. Both are valid because a group-constrained placement is also an unconstrained one.
+#include "moebal/core/plan_metrics.h"
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <numeric>
+
+#include "moebal/core/error.h"
+#include "moebal/core/metrics.h"
+#include "solver_detail.h"
+
+namespace moebal::core {
+namespace detail {
+
+double domain_lower_bound(const double* w, int32_t n, int32_t M, int32_t P) {
+  double W = 0;
+  for (int32_t i = 0; i < n; ++i) W += w[i];
+  double lb = W / P;
+  std::vector<int32_t> cnt(n);
+  greedy_counts(w, n, M, 0, cnt.data());
+  for (int32_t i = 0; i < n; ++i) lb = std::max(lb, w[i] / cnt[i]);
+  if (M == n) {
+    const int32_t k = M / P;
+    std::vector<double> p(w, w + n);
+    std::sort(p.begin(), p.end(), std::greater<double>());
+    std::vector<double> pre(n + 1, 0.0), suf(n + 1, 0.0);  // suf[t] = sum of the t smallest
+    for (int32_t i = 0; i < n; ++i) pre[i + 1] = pre[i] + p[i];
+    for (int32_t t = 1; t <= n; ++t) suf[t] = suf[t - 1] + p[n - t];
+    for (int32_t j = 1; j <= n; ++j) {
+      double bj = std::numeric_limits<double>::infinity();
+      for (int32_t m = (j + k - 1) / k; m <= std::min(j, P); ++m) {
+        const int32_t others = m * k - j;
+        if (others > n - j) continue;
+        bj = std::min(bj, (pre[j] + suf[others]) / m);
+      }
+      if (std::isfinite(bj)) lb = std::max(lb, bj);
+    }
+  }
+  return lb;
+}
+
+}  // namespace detail
+
+double layer_lower_bound(const double* w, int32_t E, int32_t S, int32_t G, int32_t N, int32_t groups) {
+  check_layout(E, S, G, N);
+  MOEBAL_CHECK_ARG(groups > 0, "lower bound: num_groups must be > 0, got ", groups);
+  for (int32_t e = 0; e < E; ++e)
+    MOEBAL_CHECK_ARG(std::isfinite(w[e]) && w[e] >= 0, "lower bound: load of expert ", e,
+                     " must be finite and >= 0, got ", w[e]);
+  double lb = detail::domain_lower_bound(w, E, S, G);
+  if (N > 1 && groups % N == 0) {
+    MOEBAL_CHECK_ARG(E % groups == 0, "lower bound: num_experts (", E,
+                     ") must be divisible by num_groups (", groups, ")");
+    std::vector<std::vector<int32_t>> ng;
+    double b = 0;
+    if (detail::best_group_assignment(w, E, groups, N, S / N, G / N, &ng, &b)) lb = std::max(lb, b);
+  }
+  return lb;
+}
+
+std::vector<double> lower_bounds(const LoadMatrix& loads, int32_t S, int32_t G, int32_t N, int32_t groups) {
+  loads.validate();
+  std::vector<double> out(loads.num_layers);
+  for (int32_t l = 0; l < loads.num_layers; ++l)
+    out[l] = layer_lower_bound(loads.row(l), loads.num_experts, S, G, N, groups);
+  return out;
+}
+
+static void check_models(const Placement& p, const std::vector<PerfModel>& models) {
+  MOEBAL_CHECK_ARG(models.size() == static_cast<size_t>(p.num_gpus), "metrics: need one perf model "
+                   "per GPU (", p.num_gpus, "), got ", models.size());
+  for (size_t g = 0; g < models.size(); ++g)
+    MOEBAL_CHECK_ARG(!models[g].knot_tokens().empty(), "metrics: perf model of GPU ", g, " is empty");
+}
+
+std::vector<double> gpu_times(const LoadMatrix& loads, const Placement& p,
+                              const std::vector<PerfModel>& models) {
+  MOEBAL_CHECK_ARG(loads.num_layers == p.num_layers && loads.num_experts == p.num_experts,
+                   "metrics: loads are ", loads.num_layers, " x ", loads.num_experts,
+                   " but the placement is ", p.num_layers, " x ", p.num_experts);
+  check_models(p, models);
+  std::vector<double> out(static_cast<size_t>(p.num_layers) * p.num_gpus, 0.0);
+  for (int32_t l = 0; l < p.num_layers; ++l)
+    for (int32_t s = 0; s < p.num_slots; ++s) {
+      const int32_t e = p.expert_of(l, s), g = p.gpu_of_slot(s);
+      out[static_cast<size_t>(l) * p.num_gpus + g] += models[g].time_us(loads.at(l, e) / p.copies(l, e));
+    }
+  return out;
+}
+
+std::vector<double> layer_step_times(const LoadMatrix& loads, const Placement& p,
+                                     const std::vector<PerfModel>& models) {
+  const std::vector<double> t = gpu_times(loads, p, models);
+  std::vector<double> out(p.num_layers);
+  for (int32_t l = 0; l < p.num_layers; ++l)
+    out[l] = *std::max_element(t.begin() + static_cast<size_t>(l) * p.num_gpus,
+                               t.begin() + static_cast<size_t>(l + 1) * p.num_gpus);
+  return out;
+}
+
+int64_t extra_expert_bytes(const Placement& p, const ExpertShape& shape) {
+  shape.validate();
+  return static_cast<int64_t>(p.num_slots - p.num_experts) * p.num_layers * shape.weight_bytes();
+}
+
+PlanMetrics evaluate_plan(const LoadMatrix& loads, const Placement& p,
+                          const std::vector<PerfModel>& models, const ExpertShape* shape,
+                          int32_t num_groups) {
+  p.validate();
+  const std::vector<double> g = gpu_loads(loads, p);
+  PlanMetrics r;
+  r.layer_lower_bound = lower_bounds(loads, p.num_slots, p.num_gpus, p.num_nodes, num_groups);
+  double sum_max = 0, sum_lb = 0;
+  for (int32_t l = 0; l < p.num_layers; ++l) {
+    const double* row = g.data() + static_cast<size_t>(l) * p.num_gpus;
+    r.layer_ir.push_back(imbalance_ratio(row, p.num_gpus));
+    r.layer_max_load.push_back(*std::max_element(row, row + p.num_gpus));
+    sum_max += r.layer_max_load.back();
+    sum_lb += r.layer_lower_bound[l];
+  }
+  r.mean_ir = std::accumulate(r.layer_ir.begin(), r.layer_ir.end(), 0.0) / p.num_layers;
+  r.max_ir = *std::max_element(r.layer_ir.begin(), r.layer_ir.end());
+  r.gap = sum_lb > 0 ? sum_max / sum_lb - 1.0 : 0.0;
+  if (!models.empty()) {
+    r.layer_step_us = layer_step_times(loads, p, models);
+    r.step_us = std::accumulate(r.layer_step_us.begin(), r.layer_step_us.end(), 0.0);
+  }
+  r.extra_copies = static_cast<int64_t>(p.num_slots - p.num_experts) * p.num_layers;
+  if (shape) r.extra_bytes = extra_expert_bytes(p, *shape);
+  return r;
+}
+
+}  // namespace moebal::core

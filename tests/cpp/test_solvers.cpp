@@ -1,0 +1,322 @@
+// EPLB semantics on hand-computed cases, balanced/vibe quality and invariants, the lower bound,
+// drift detection and bounded recalibration.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+
+#include "moebal/core/drift.h"
+#include "moebal/core/error.h"
+#include "moebal/core/metrics.h"
+#include "moebal/core/plan_metrics.h"
+#include "moebal/core/solvers.h"
+
+using namespace moebal::core;
+
+#define EXPECT_VALUE_ERROR(stmt, needle)                                            \
+  do {                                                                              \
+    try {                                                                           \
+      stmt;                                                                         \
+      ADD_FAILURE() << "expected moebal::ValueError from " #stmt;                   \
+    } catch (const moebal::ValueError& e) {                                         \
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what(); \
+    }                                                                               \
+  } while (0)
+
+namespace {
+
+std::vector<double> max_loads(const LoadMatrix& m, const Placement& p) {
+  const auto g = gpu_loads(m, p);
+  std::vector<double> out;
+  for (int32_t l = 0; l < p.num_layers; ++l)
+    out.push_back(*std::max_element(g.begin() + l * p.num_gpus, g.begin() + (l + 1) * p.num_gpus));
+  return out;
+}
+
+PlanRequest request(const LoadMatrix& m, int32_t S, int32_t G, int32_t N = 1, int32_t groups = 1,
+                    const Topology* t = nullptr) {
+  PlanRequest r;
+  r.loads = &m;
+  r.num_slots = S;
+  r.num_gpus = G;
+  r.num_nodes = N;
+  r.num_groups = groups;
+  r.topology = t;
+  return r;
+}
+
+}  // namespace
+
+// Global path (4 % 3 != 0). Worked by hand:
+//  replicate to 6: copies go to expert 0 (10 > 5), then expert 0 again (10/2 = 5 ties expert 1's 5;
+//  the first maximum wins) -> counts [3,1,1,1], per-copy [3.33, 5, 3, 2, 3.33, 3.33] for physical
+//  ids [e0, e1, e2, e3, e0, e0] with ranks [0,0,0,0,1,2].
+//  pack 6 copies into 3 GPUs of 2, descending (ties by index): p1(5)->G0, p0(3.33)->G1,
+//  p4(3.33)->G2, p5(3.33)->G1 (G1, G2 tie at 3.33 -> lower), p2(3)->G2, p3(2)->G0.
+//  slots: G0 = [p1, p3], G1 = [p0, p5], G2 = [p4, p2].
+TEST(Eplb, GlobalHandComputed) {
+  const double w[4] = {10, 5, 3, 2};
+  const EplbTables t = eplb_rebalance(w, 1, 4, 6, 4, 3, 3);
+  EXPECT_FALSE(t.hierarchical);
+  EXPECT_EQ(t.phy2log, (std::vector<int32_t>{1, 3, 0, 0, 0, 2}));
+  EXPECT_EQ(t.phyrank, (std::vector<int32_t>{0, 0, 0, 2, 1, 0}));
+  EXPECT_EQ(t.logcnt, (std::vector<int32_t>{3, 1, 1, 1}));
+  LoadMatrix m(1, 4, {10, 5, 3, 2});
+  const Placement p = plan_eplb(request(m, 6, 3, 3, 4));
+  EXPECT_EQ(p.max_copies, 3);
+  EXPECT_EQ(p.log2phy, (std::vector<int32_t>{2, 4, 3, 0, -1, -1, 5, -1, -1, 1, -1, -1}));
+}
+
+// Hierarchical path (4 groups of 2 on 2 nodes, 4 GPUs, 12 slots). By hand:
+//  group loads [10, 8, 4, 6]; groups by descending load to the lighter node with room:
+//  g0->n0 (rank 0), g1->n1 (0), g3->n1 (1), g2->n0 (1). Node 0 holds experts [0,1,4,5] = [9,1,2,2],
+//  node 1 [2,3,6,7] = [4,4,6,0].
+//  node 0: copies to e0 twice (9, then 4.5 > 2) -> per-copy [3,1,2,2,3,3]; GPUs of 3: 3->G0, 3->G1,
+//  3->G0 (tie), 2->G1, 2->G1 (5 < 6), 1->G0: G0 = [e0 r0, e0 r2, e1], G1 = [e0 r1, e4, e5].
+//  node 1: copies to e6 (6 > 4), then e2 (4 = 4, first wins over e3) -> per-copy
+//  [e2 2, e3 4, e6 3, e7 0, e6 3, e2 2]; 4->G2, 3->G3, 3->G3, 2->G2, 2->G2 (6 = 6, lower),
+//  0->G3: G2 = [e3, e2 r0, e2 r1], G3 = [e6 r0, e6 r1, e7]. GPU loads [7, 7, 8, 6].
+TEST(Eplb, HierarchicalHandComputed) {
+  const std::vector<double> w = {9, 1, 4, 4, 2, 2, 6, 0};
+  const EplbTables t = eplb_rebalance(w.data(), 1, 8, 12, 4, 2, 4);
+  EXPECT_TRUE(t.hierarchical);
+  EXPECT_EQ(t.phy2log, (std::vector<int32_t>{0, 0, 1, 0, 4, 5, 3, 2, 2, 6, 6, 7}));
+  EXPECT_EQ(t.phyrank, (std::vector<int32_t>{0, 2, 0, 1, 0, 0, 0, 0, 1, 0, 1, 0}));
+  EXPECT_EQ(t.logcnt, (std::vector<int32_t>{3, 1, 2, 1, 1, 1, 2, 1}));
+  LoadMatrix m(1, 8, w);
+  const Placement e = plan_eplb(request(m, 12, 4, 2, 4));
+  EXPECT_EQ(max_loads(m, e), (std::vector<double>{8}));
+  // balanced swaps e3 (4) on GPU 2 with an e6 copy (3) on GPU 3: loads [7, 7, 7, 7] = W / G.
+  const Placement b = plan_balanced(request(m, 12, 4, 2, 4));
+  EXPECT_DOUBLE_EQ(max_loads(m, b)[0], 7.0);
+  EXPECT_DOUBLE_EQ(layer_lower_bound(w.data(), 8, 12, 4, 2, 4), 7.0);
+  // Group constraint kept: experts of a group on one node.
+  for (int32_t s = 0; s < 12; ++s)
+    for (int32_t s2 = 0; s2 < 12; ++s2)
+      if (b.phy2log[s] / 2 == b.phy2log[s2] / 2) {
+        EXPECT_EQ(s / 6, s2 / 6);
+      }
+}
+
+// One group per node: the group packing is the identity (no greedy), and inside a node the 2 items
+// of one GPU are ordered by descending weight.
+TEST(Eplb, IdentityShortcut) {
+  const double w[4] = {1, 2, 3, 4};
+  const EplbTables t = eplb_rebalance(w, 1, 4, 4, 2, 2, 2);
+  EXPECT_EQ(t.phy2log, (std::vector<int32_t>{1, 0, 3, 2}));
+  // One slot per GPU: the GPU packing is the identity too (copies keep replication order).
+  const double w2[2] = {1, 5};
+  const EplbTables t2 = eplb_rebalance(w2, 1, 2, 4, 1, 1, 4);
+  EXPECT_EQ(t2.phy2log, (std::vector<int32_t>{0, 1, 1, 1}));
+  EXPECT_EQ(t2.phyrank, (std::vector<int32_t>{0, 0, 1, 2}));
+}
+
+TEST(Eplb, BadInput) {
+  const double w[4] = {1, 2, 3, 4};
+  EXPECT_VALUE_ERROR(eplb_rebalance(w, 1, 4, 3, 1, 1, 1), "num_replicas (3) must be >=");
+  EXPECT_VALUE_ERROR(eplb_rebalance(w, 1, 4, 6, 1, 1, 4), "divisible by num_gpus");
+  EXPECT_VALUE_ERROR(eplb_rebalance(w, 1, 4, 4, 3, 1, 2), "divisible by num_groups");
+  EXPECT_VALUE_ERROR(eplb_rebalance(w, 1, 4, 8, 2, 2, 3), "num_replicas (8) must be divisible");
+  EXPECT_VALUE_ERROR(eplb_rebalance(w, 1, 4, 6, 2, 2, 3), "num_gpus (3) divisible by num_nodes");
+  EXPECT_VALUE_ERROR(eplb_rebalance(w, 1, 4, 4, 0, 1, 1), "num_groups must be > 0");
+  EXPECT_VALUE_ERROR(eplb_rebalance(w, 0, 4, 4, 1, 1, 1), "at least one layer");
+  const double bad[2] = {1, std::nan("")};
+  EXPECT_VALUE_ERROR(eplb_rebalance(bad, 1, 2, 2, 1, 1, 1), "not finite");
+  const double neg[2] = {1, -1};
+  EXPECT_VALUE_ERROR(eplb_rebalance(neg, 1, 2, 2, 1, 1, 1), "negative");
+  LoadMatrix m(1, 4, {1, 2, 3, 4});
+  EXPECT_VALUE_ERROR(plan_balanced(request(m, 3, 1)), "num_slots (3) must be >= num_experts");
+  EXPECT_VALUE_ERROR(plan_balanced(request(m, 6, 4)), "divisible by num_gpus");
+  EXPECT_VALUE_ERROR(plan_balanced(request(m, 8, 4, 2, 6)), "divisible by num_groups");
+  EXPECT_VALUE_ERROR(plan_vibe(request(m, 4, 2)), "needs a topology");
+  EXPECT_VALUE_ERROR(plan_placement("nope", request(m, 4, 2)), "unknown placement policy 'nope'");
+  PlanRequest r;
+  EXPECT_VALUE_ERROR(plan_eplb(r), "loads are missing");
+}
+
+TEST(LowerBound, CardinalityBoundWithoutCopies) {
+  // 4 items on 2 GPUs of 2 slots: {10, 1, 1, 1}: best is 10 + 1 = 11 > W/G = 6.5; the j = 1 bound
+  // p1 + (k-1) p_n = 11 finds it.
+  const double w[4] = {10, 1, 1, 1};
+  EXPECT_DOUBLE_EQ(layer_lower_bound(w, 4, 4, 2), 11.0);
+  // With 2 extra slots the bound drops to the per-copy and mean bounds: 10/3 copies ... W/G = 6.5.
+  EXPECT_DOUBLE_EQ(layer_lower_bound(w, 4, 6, 2), 6.5);
+  // Pairs: {5, 4, 3, 3}: pairing 5+3, 4+3 = 8; the j = 2 bound (5 + 4 + 3 + 3) / 2 = 7.5 and j = 1
+  // gives 5 + 3 = 8.
+  const double v[4] = {5, 4, 3, 3};
+  EXPECT_DOUBLE_EQ(layer_lower_bound(v, 4, 4, 2), 8.0);
+}
+
+// Random property test: invariants of every policy, balanced <= eplb, vibe <= balanced and eplb
+// under the models, and no policy below the lower bound.
+TEST(Solvers, RandomProperties) {
+  std::mt19937 rng(1234);
+  int cases = 0;
+  for (int it = 0; it < 1500; ++it) {
+    const int32_t N = std::uniform_int_distribution<int>(1, 3)(rng);
+    const int32_t gpn = std::uniform_int_distribution<int>(1, 4)(rng);
+    const int32_t G = N * gpn;
+    const int32_t groups_per_node = std::uniform_int_distribution<int>(1, 3)(rng);
+    const bool use_groups = rng() % 2;
+    const int32_t groups = use_groups ? N * groups_per_node : 1;
+    const int32_t gsize = std::uniform_int_distribution<int>(1, 6)(rng);
+    int32_t E = groups * gsize;
+    if (!use_groups) E = std::uniform_int_distribution<int>(1, 30)(rng);
+    const int32_t extra = std::uniform_int_distribution<int>(0, 3)(rng);
+    const int32_t k = (E + G - 1) / G + extra;
+    const int32_t S = k * G;
+    const int32_t L = std::uniform_int_distribution<int>(1, 3)(rng);
+    std::vector<double> w(static_cast<size_t>(L) * E);
+    const int kind = rng() % 3;
+    for (double& x : w) {
+      const double u = std::uniform_real_distribution<double>(0, 1)(rng);
+      x = kind == 0 ? std::floor(1000 * std::pow(u, 4)) : kind == 1 ? std::floor(10 * u) : 100 * u;
+    }
+    LoadMatrix m(L, E, w);
+    std::vector<PerfModel> models;
+    for (int32_t g = 0; g < G; ++g)
+      models.push_back(PerfModel::linear(std::uniform_real_distribution<double>(0, 5)(rng), 1.0)
+                           .scaled(std::uniform_real_distribution<double>(1.0, 1.2)(rng)));
+    Topology topo(N, gpn, 450, 50, 55, models);
+    const PlanRequest req = request(m, S, G, N, groups, &topo);
+    const Placement e = plan_eplb(req), b = plan_balanced(req), v = plan_vibe(req);
+    for (const Placement* p : {&e, &b, &v}) {
+      ASSERT_NO_THROW(p->validate());
+      ASSERT_EQ(p->num_slots, S);
+      for (int32_t l = 0; l < L; ++l)
+        for (int32_t x = 0; x < E; ++x) ASSERT_GE(p->copies(l, x), 1);
+      // load conserved
+      const auto gl = gpu_loads(m, *p);
+      for (int32_t l = 0; l < L; ++l) {
+        double a = 0, t = 0;
+        for (int32_t g = 0; g < G; ++g) a += gl[l * G + g];
+        for (int32_t x = 0; x < E; ++x) t += m.at(l, x);
+        ASSERT_NEAR(a, t, 1e-9 * std::max(1.0, t));
+      }
+    }
+    const auto me = max_loads(m, e), mb = max_loads(m, b);
+    const auto lb = lower_bounds(m, S, G, N, groups);
+    const auto te = layer_step_times(m, e, models), tb = layer_step_times(m, b, models),
+               tv = layer_step_times(m, v, models);
+    for (int32_t l = 0; l < L; ++l) {
+      ASSERT_LE(mb[l], me[l]) << "case " << it << " layer " << l;
+      const double tol = 1e-9 * std::max(1.0, lb[l]);
+      ASSERT_GE(me[l] + tol, lb[l]) << "case " << it;
+      ASSERT_GE(mb[l] + tol, lb[l]) << "case " << it;
+      ASSERT_GE(max_loads(m, v)[l] + tol, lb[l]) << "case " << it;
+      ASSERT_LE(tv[l], tb[l] * (1 + 1e-12)) << "case " << it;
+      ASSERT_LE(tv[l], te[l] * (1 + 1e-12)) << "case " << it;
+    }
+    // Group constraint honoured by all three policies.
+    if (N > 1 && groups % N == 0 && groups > 1)
+      for (const Placement* p : {&e, &b, &v})
+        for (int32_t l = 0; l < L; ++l) {
+          std::vector<int32_t> node_of_group(groups, -1);
+          for (int32_t s = 0; s < S; ++s) {
+            const int32_t grp = p->expert_of(l, s) / (E / groups), node = p->node_of_gpu(p->gpu_of_slot(s));
+            if (node_of_group[grp] < 0) node_of_group[grp] = node;
+            ASSERT_EQ(node_of_group[grp], node);
+          }
+        }
+    ++cases;
+  }
+  EXPECT_EQ(cases, 1500);
+}
+
+TEST(Solvers, BalancedBeatsEplbOnSkewedLoads) {
+  // Zipf-like loads on 16 GPUs with 1 extra slot each: balanced should get strictly closer to the
+  // bound than eplb on average (not a timing claim: a quality regression guard).
+  std::mt19937 rng(7);
+  const int32_t L = 8, E = 64, G = 16, S = E + G;
+  std::vector<double> w(L * E);
+  for (int32_t l = 0; l < L; ++l) {
+    std::vector<int32_t> perm(E);
+    std::iota(perm.begin(), perm.end(), 0);
+    std::shuffle(perm.begin(), perm.end(), rng);
+    for (int32_t e = 0; e < E; ++e) w[l * E + perm[e]] = std::floor(10000.0 / std::pow(e + 1, 1.1));
+  }
+  LoadMatrix m(L, E, w);
+  const auto req = request(m, S, G);
+  const auto me = evaluate_plan(m, plan_eplb(req)), mb = evaluate_plan(m, plan_balanced(req));
+  EXPECT_LT(mb.gap, me.gap);
+  EXPECT_LE(mb.gap, me.gap / 3 + 1e-9);
+}
+
+TEST(Vibe, PutsHeavyCopiesOnFastGpus) {
+  // Two GPUs, two experts, one slot each, GPU 1 twice as slow: the heavy expert goes to GPU 0.
+  LoadMatrix m(1, 2, {1, 100});
+  std::vector<PerfModel> models = {PerfModel::linear(0, 1), PerfModel::linear(0, 2)};
+  Topology topo(1, 2, 450, 50, 55, models);
+  const Placement v = plan_vibe(request(m, 2, 2, 1, 1, &topo));
+  EXPECT_EQ(v.expert_of(0, 0), 1);
+  EXPECT_DOUBLE_EQ(layer_step_times(m, v, models)[0], 100.0);
+}
+
+TEST(Metrics, EvaluatePlan) {
+  LoadMatrix m(1, 4, {4, 2, 1, 1});
+  const Placement p = Placement::from_phy2log(1, 4, 4, 2, 1, {0, 1, 2, 3});
+  std::vector<PerfModel> models = {PerfModel::linear(1, 1), PerfModel::linear(1, 2)};
+  ExpertShape shape(16, 32, 2);
+  const PlanMetrics r = evaluate_plan(m, p, models, &shape);
+  EXPECT_DOUBLE_EQ(r.layer_max_load[0], 6.0);
+  EXPECT_DOUBLE_EQ(r.layer_ir[0], 1.5);
+  // LB: pairs {4,1} = 5 (j = 1: 4 + 1) vs W/G = 4.
+  EXPECT_DOUBLE_EQ(r.layer_lower_bound[0], 5.0);
+  EXPECT_NEAR(r.gap, 0.2, 1e-12);
+  // GPU 0: (1+4) + (1+2) = 8; GPU 1: (1+2) + (1+2) = 6.
+  EXPECT_DOUBLE_EQ(r.step_us, 8.0);
+  EXPECT_EQ(r.extra_bytes, 0);
+  const Placement q = Placement::from_phy2log(1, 4, 6, 2, 1, {0, 1, 2, 0, 3, 1});
+  EXPECT_EQ(extra_expert_bytes(q, shape), 2 * shape.weight_bytes());
+}
+
+TEST(Drift, DetectsLoadAndPerfDrift) {
+  LoadMatrix a(2, 3, {1, 1, 1, 5, 1, 0}), b(2, 3, {2, 2, 2, 0, 1, 5});
+  const DriftReport r = detect_drift(a, b, {}, {110, 100}, {100, 100});
+  EXPECT_NEAR(r.cosine_distance[0], 0.0, 1e-12);
+  EXPECT_GT(r.cosine_distance[1], 0.5);
+  EXPECT_EQ(r.drifted_layers, (std::vector<int32_t>{1}));
+  EXPECT_TRUE(r.load_drift);
+  EXPECT_TRUE(r.perf_drift);
+  EXPECT_NEAR(r.residual[0], 0.1, 1e-12);
+  EXPECT_VALUE_ERROR(detect_drift(a, LoadMatrix(1, 3, {1, 1, 1})), "recent loads are 1 x 3");
+  EXPECT_VALUE_ERROR(detect_drift(a, b, {}, {1}, {0}), "predicted_us[0]");
+  DriftThresholds bad;
+  bad.cosine = -1;
+  EXPECT_VALUE_ERROR(detect_drift(a, b, bad), "cosine");
+  const auto scaled = rescale_models({PerfModel::linear(0, 1)}, {2}, {1});
+  EXPECT_DOUBLE_EQ(scaled[0].time_us(10), 20.0);
+}
+
+TEST(Drift, RecalibrationIsBoundedAndHelps) {
+  // Plan for uniform loads, then expert 0 becomes hot.
+  const int32_t E = 16, G = 4, S = 20;
+  std::vector<double> flat(E, 10.0), hot(E, 10.0);
+  hot[0] = 200;
+  LoadMatrix a(1, E, flat), b(1, E, hot);
+  std::vector<PerfModel> models(G, PerfModel::linear(1, 1));
+  Topology topo(1, G, 450, 50, 55, models);
+  const Placement p = plan_vibe(request(a, S, G, 1, 1, &topo));
+  ExpertShape shape(64, 128, 2);
+  RecalibrationBudget budget;
+  budget.max_moves = 3;
+  const Recalibration r = recalibrate(p, b, models, shape, budget);
+  ASSERT_LE(r.moves.size(), 3u);
+  ASSERT_FALSE(r.moves.empty());
+  EXPECT_LT(r.step_us_after[0], r.step_us_before[0]);
+  int64_t bytes = 0;
+  for (const auto& mv : r.moves) {
+    bytes += mv.bytes;
+    EXPECT_LT(mv.layer_us_after, mv.layer_us_before);
+  }
+  EXPECT_EQ(bytes, r.bytes);
+  EXPECT_NO_THROW(r.placement.validate());
+  EXPECT_NEAR(layer_step_times(b, r.placement, models)[0], r.step_us_after[0], 1e-9);
+  // A byte budget below one copy allows nothing.
+  budget.max_bytes = shape.weight_bytes() - 1;
+  EXPECT_TRUE(recalibrate(p, b, models, shape, budget).moves.empty());
+  budget.max_moves = -1;
+  EXPECT_VALUE_ERROR(recalibrate(p, b, models, shape, budget), "max_moves");
+  EXPECT_VALUE_ERROR(recalibrate(p, b, {}, shape), "one perf model per GPU");
+}
