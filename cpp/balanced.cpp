@@ -20,21 +20,45 @@ namespace detail {
 
 void greedy_counts(const double* w, int32_t n, int32_t budget, int32_t cap, int32_t* cnt) {
   if (cap <= 0 || static_cast<int64_t>(cap) * n < budget) cap = std::numeric_limits<int32_t>::max();
-  // Max-heap on (load per copy, -index): the largest ratio first, lower index on ties.
-  using Item = std::pair<double, int32_t>;
-  auto less = [](const Item& a, const Item& b) {
-    return a.first < b.first || (a.first == b.first && a.second > b.second);
-  };
-  std::priority_queue<Item, std::vector<Item>, decltype(less)> heap(less);
+  for (int32_t i = 0; i < n; ++i) cnt[i] = 1;
+  if (budget <= n || cap <= 1) return;
+  // Only the R + 1 experts first in (load desc, index asc) order can receive any of the R extra
+  // copies: before each step at most R - 1 copies were handed out, so at least two of those R + 1
+  // still have one copy and rank ahead of any expert outside them.
+  const int32_t extra = budget - n, m = std::min(n, extra + 1);
+  thread_local std::vector<int32_t> top;
+  top.clear();
+  auto ahead = [&](int32_t a, int32_t b) { return w[a] > w[b] || (w[a] == w[b] && a < b); };
   for (int32_t i = 0; i < n; ++i) {
-    cnt[i] = 1;
-    if (cap > 1) heap.push({w[i], i});
+    if (static_cast<int32_t>(top.size()) == m && !ahead(i, top.back())) continue;
+    auto pos = std::upper_bound(top.begin(), top.end(), i, ahead);
+    top.insert(pos, i);
+    if (static_cast<int32_t>(top.size()) > m) top.pop_back();
   }
-  for (int32_t r = n; r < budget; ++r) {
-    const int32_t i = heap.top().second;
-    heap.pop();
+  // Next copy to the largest load per copy (ties: lower index) among those below the cap.
+  auto better = [&](int32_t a, int32_t b) {  // a's next copy goes before b's
+    const double ra = w[a] / cnt[a], rb = w[b] / cnt[b];
+    return ra > rb || (ra == rb && a < b);
+  };
+  if (m <= 48) {
+    for (int32_t r = 0; r < extra; ++r) {
+      int32_t best = -1;
+      for (int32_t i : top)
+        if (cnt[i] < cap && (best < 0 || better(i, best))) best = i;
+      ++cnt[best];
+    }
+    return;
+  }
+  auto less = [&](int32_t a, int32_t b) { return better(b, a); };
+  std::make_heap(top.begin(), top.end(), less);
+  for (int32_t r = 0; r < extra; ++r) {
+    std::pop_heap(top.begin(), top.end(), less);
+    const int32_t i = top.back();
     ++cnt[i];
-    if (cnt[i] < cap) heap.push({w[i] / cnt[i], i});
+    if (cnt[i] < cap)
+      std::push_heap(top.begin(), top.end(), less);
+    else
+      top.pop_back();
   }
 }
 
@@ -50,21 +74,30 @@ struct Packer {
   std::vector<double> per;     // [n] load per copy
   std::vector<double> load;    // [P] cost sum
   std::vector<uint16_t> has;   // [P*n] copies of e on g
+  std::vector<double> tab;     // [P*n] cost of one copy of e on g (counts are fixed while searching)
 
   Packer(const double* w_, int32_t n_, int32_t P_, int32_t k_, const CostModel& c)
       : w(w_), n(n_), P(P_), k(k_), cost(c), ex(static_cast<size_t>(P_) * k_), cnt(n_),
-        per(n_), load(P_), has(static_cast<size_t>(P_) * n_) {}
+        per(n_), load(P_), has(static_cast<size_t>(P_) * n_),
+        tab(static_cast<size_t>(P_) * n_) {}
+
+  void fill_table() {
+    for (int32_t g = 0; g < P; ++g)
+      for (int32_t e = 0; e < n; ++e) tab[static_cast<size_t>(g) * n + e] = cost(g, per[e]);
+  }
+  double c(int32_t g, int32_t e) const { return tab[static_cast<size_t>(g) * n + e]; }
 
   void rebuild() {
     std::fill(cnt.begin(), cnt.end(), 0);
     std::fill(has.begin(), has.end(), 0);
     for (int32_t s = 0; s < P * k; ++s) ++cnt[ex[s]];
     for (int32_t e = 0; e < n; ++e) per[e] = cnt[e] ? w[e] / cnt[e] : 0.0;
+    fill_table();
     for (int32_t g = 0; g < P; ++g) {
       double sum = 0;
       for (int32_t j = 0; j < k; ++j) {
         const int32_t e = ex[g * k + j];
-        sum += cost(g, per[e]);
+        sum += c(g, e);
         ++has[static_cast<size_t>(g) * n + e];
       }
       load[g] = sum;
@@ -72,38 +105,51 @@ struct Packer {
   }
   double max_load() const { return *std::max_element(load.begin(), load.end()); }
 
-  // Best-improvement pairwise swaps between the busiest GPU and any other.
-  void search(int32_t max_iters) {
+  // Pairwise swaps between the busiest GPU and another: other GPUs are visited from the least
+  // loaded up, and the best swap with the first GPU that admits an improving one is applied
+  // (first-improvement over GPUs, best-improvement within a GPU pair). Stops at `floor` (a lower
+  // bound for these counts), when no swap lowers the busiest GPU, or after max_iters swaps.
+  void search(int32_t max_iters, double floor) {
+    const double* T = tab.data();
+    std::vector<int32_t> order(P);
     for (int32_t it = 0; it < max_iters; ++it) {
       const int32_t gm = static_cast<int32_t>(std::max_element(load.begin(), load.end()) - load.begin());
       const double cur = load[gm];
+      if (cur <= floor * (1 + 1e-12)) return;
+      std::iota(order.begin(), order.end(), 0);
+      std::sort(order.begin(), order.end(), [&](int32_t x, int32_t y) {
+        return load[x] < load[y] || (load[x] == load[y] && x < y);
+      });
       const double tol = 1e-12 * std::max(1.0, std::abs(cur));
-      double best = cur - tol;
+      const uint16_t* has_gm = has.data() + static_cast<size_t>(gm) * n;
       int32_t bi = -1, bj = -1;
       double bg = 0, bh = 0;
-      for (int32_t a = 0; a < k; ++a) {
-        const int32_t si = gm * k + a, ea = ex[si];
-        const double ca_g = cost(gm, per[ea]);
-        for (int32_t h = 0; h < P; ++h) {
-          if (h == gm || load[h] >= best) continue;
-          if (has[static_cast<size_t>(h) * n + ea]) continue;  // would duplicate ea on h
-          const double ca_h = cost(h, per[ea]);
+      for (int32_t h : order) {
+        if (h == gm || load[h] >= cur - tol) continue;
+        const size_t hn = static_cast<size_t>(h) * n;
+        double best = cur - tol;
+        for (int32_t a = 0; a < k; ++a) {
+          const int32_t si = gm * k + a, ea = ex[si];
+          if (has[hn + ea]) continue;  // would duplicate ea on h
+          const double ca_h = T[hn + ea];
           if (ca_h >= best) continue;  // h's new load is at least ca_h
+          const double base_g = cur - T[static_cast<size_t>(gm) * n + ea], base_h = load[h] + ca_h;
           for (int32_t b = 0; b < k; ++b) {
-            const int32_t sj = h * k + b, eb = ex[sj];
-            if (eb == ea || has[static_cast<size_t>(gm) * n + eb]) continue;
-            const double ng = cur - ca_g + cost(gm, per[eb]);
-            const double nh = load[h] - cost(h, per[eb]) + ca_h;
-            const double m = std::max(ng, nh);
+            const int32_t eb = ex[h * k + b];
+            if (eb == ea || has_gm[eb]) continue;
+            const double ng = base_g + T[static_cast<size_t>(gm) * n + eb];
+            const double nh = base_h - T[hn + eb];
+            const double m = ng > nh ? ng : nh;
             if (m < best) {
               best = m;
               bi = si;
-              bj = sj;
+              bj = h * k + b;
               bg = ng;
               bh = nh;
             }
           }
         }
+        if (bi >= 0) break;
       }
       if (bi < 0) return;
       const int32_t h = bj / k, ea = ex[bi], eb = ex[bj];
@@ -117,23 +163,38 @@ struct Packer {
     }
   }
 
+  // Lower bound on the busiest GPU for the current counts: the largest single copy on any GPU, and
+  // the mean when costs are GPU-independent.
+  double floor_for_counts() const {
+    double f = 0, total = 0;
+    for (int32_t e = 0; e < n; ++e) {
+      double best = std::numeric_limits<double>::infinity();
+      for (int32_t g = 0; g < P; ++g) best = std::min(best, c(g, e));
+      if (cnt[e]) f = std::max(f, best);
+      total += cnt[e] * best;
+    }
+    return std::max(f, total / P);
+  }
+
   // Cardinality-constrained LPT from copy counts: copies by descending load, each to the GPU with
   // room whose cost after adding it is smallest, avoiding a GPU that already has the expert.
   void lpt(const int32_t* counts) {
     std::vector<int32_t> order(n);
     std::iota(order.begin(), order.end(), 0);
     for (int32_t e = 0; e < n; ++e) per[e] = w[e] / counts[e];
-    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return per[a] > per[b]; });
+    fill_table();
+    std::sort(order.begin(), order.end(),
+              [&](int32_t a, int32_t b) { return per[a] > per[b] || (per[a] == per[b] && a < b); });
     std::vector<int32_t> fill(P, 0);
     std::fill(load.begin(), load.end(), 0.0);
     std::fill(has.begin(), has.end(), 0);
     for (int32_t e : order)
-      for (int32_t c = 0; c < counts[e]; ++c) {
+      for (int32_t copy = 0; copy < counts[e]; ++copy) {
         int32_t best = -1, fallback = -1;
         double bv = 0, fv = 0;
         for (int32_t g = 0; g < P; ++g) {
           if (fill[g] == k) continue;
-          const double v = load[g] + cost(g, per[e]);
+          const double v = load[g] + c(g, e);
           if (has[static_cast<size_t>(g) * n + e]) {
             if (fallback < 0 || v < fv) fallback = g, fv = v;
           } else if (best < 0 || v < bv) {
@@ -142,7 +203,7 @@ struct Packer {
         }
         const int32_t g = best >= 0 ? best : fallback;
         ex[g * k + fill[g]++] = e;
-        load[g] += cost(g, per[e]);
+        load[g] += c(g, e);
         ++has[static_cast<size_t>(g) * n + e];
       }
     rebuild();
@@ -181,7 +242,7 @@ double swap_search(const double* w, int32_t n, int32_t P, int32_t k, const CostM
   Packer pk(w, n, P, k, cost);
   std::copy(slot_expert, slot_expert + P * k, pk.ex.begin());
   pk.rebuild();
-  pk.search(max_iters);
+  pk.search(max_iters, pk.floor_for_counts());
   std::copy(pk.ex.begin(), pk.ex.end(), slot_expert);
   return pk.max_load();
 }
@@ -193,17 +254,21 @@ double solve_domain(const double* w, int32_t n, int32_t P, int32_t k, const Cost
   greedy_counts(w, n, M, P, counts.data());
   Packer a(w, n, P, k, cost);
   a.lpt(counts.data());
-  a.search(default_iters(P, k));
+  const double floor = a.floor_for_counts();
+  a.search(default_iters(P, k), floor);
   double best = a.max_load();
   a.sorted_out(out);
-  if (start) {
+  if (start && best > floor * (1 + 1e-12)) {
+    // The seeded search only runs when the fresh packing is not already better than the seed.
     Packer b(w, n, P, k, cost);
     std::copy(start, start + M, b.ex.begin());
     b.rebuild();
-    b.search(default_iters(P, k));
+    if (b.max_load() < best) {
+    b.search(default_iters(P, k), b.floor_for_counts());
     if (b.max_load() < best) {
       best = b.max_load();
       b.sorted_out(out);
+    }
     }
   }
   return best;
@@ -211,7 +276,8 @@ double solve_domain(const double* w, int32_t n, int32_t P, int32_t k, const Cost
 
 bool best_group_assignment(const double* w, int32_t E, int32_t groups, int32_t nodes,
                            int32_t slots_per_node, int32_t gpus_per_node,
-                           std::vector<std::vector<int32_t>>* node_groups, double* bound) {
+                           std::vector<std::vector<int32_t>>* node_groups, double* bound,
+                           const std::vector<std::vector<int32_t>>* other, double* other_bound) {
   const int32_t per = groups / nodes, gsize = E / groups;
   if (groups > 16) return false;
   // Candidate subsets: exactly `per` groups.
@@ -219,14 +285,33 @@ bool best_group_assignment(const double* w, int32_t E, int32_t groups, int32_t n
   for (uint32_t m = 0; m < (1u << groups); ++m)
     if (__builtin_popcount(m) == per) subsets.push_back(m);
   if (subsets.size() > 4096) return false;
-  std::vector<double> cost(subsets.size());
-  std::vector<double> wn(static_cast<size_t>(per) * gsize);
+  // Per group: loads sorted descending and their sum; a subset's bound needs its merged order.
+  std::vector<double> sorted(static_cast<size_t>(E)), gsum(groups, 0.0);
+  for (int32_t g = 0; g < groups; ++g) {
+    std::copy(w + g * gsize, w + (g + 1) * gsize, sorted.begin() + g * gsize);
+    std::sort(sorted.begin() + g * gsize, sorted.begin() + (g + 1) * gsize, std::greater<double>());
+    for (int32_t j = 0; j < gsize; ++j) gsum[g] += w[g * gsize + j];
+  }
+  const int32_t n = per * gsize;
+  // Only the first R + 2 merged loads matter unless there are no extra copies.
+  const int32_t need = slots_per_node > n ? std::min(n, slots_per_node - n + 2) : n;
+  std::vector<double> cost(subsets.size()), merged(n), tmp(2 * static_cast<size_t>(n));
   for (size_t i = 0; i < subsets.size(); ++i) {
-    size_t f = 0;
-    for (int32_t g = 0; g < groups; ++g)
-      if (subsets[i] >> g & 1u)
-        for (int32_t j = 0; j < gsize; ++j) wn[f++] = w[g * gsize + j];
-    cost[i] = domain_lower_bound(wn.data(), per * gsize, slots_per_node, gpus_per_node);
+    int32_t len = 0;
+    double W = 0;
+    for (int32_t g = 0; g < groups; ++g) {
+      if (!(subsets[i] >> g & 1u)) continue;
+      W += gsum[g];
+      const double* src = sorted.data() + g * gsize;
+      const int32_t take = std::min(gsize, need);
+      const int32_t out_len = std::min(need, len + take);
+      std::merge(merged.begin(), merged.begin() + len, src, src + take, tmp.begin(),
+                 std::greater<double>());
+      std::copy(tmp.begin(), tmp.begin() + out_len, merged.begin());
+      len = out_len;
+    }
+    // sorted_lower_bound reads p[0..min(n, R + 2)) when there are copies, all n otherwise.
+    cost[i] = sorted_lower_bound(merged.data(), n, W, slots_per_node, gpus_per_node);
   }
   // f(remaining) = lexicographic min over subsets containing its lowest group of (max, sum sq).
   const uint32_t full = (1u << groups) - 1;
@@ -259,6 +344,15 @@ bool best_group_assignment(const double* w, int32_t E, int32_t groups, int32_t n
     rem &= ~s;
   }
   *bound = res.first;
+  if (other) {
+    *other_bound = 0;
+    for (const auto& grp : *other) {
+      uint32_t mask = 0;
+      for (int32_t g : grp) mask |= 1u << g;
+      const size_t i = std::lower_bound(subsets.begin(), subsets.end(), mask) - subsets.begin();
+      *other_bound = std::max(*other_bound, cost[i]);
+    }
+  }
   return true;
 }
 
@@ -369,7 +463,12 @@ double solve_layer(const PlanRequest& req, const double* w, const PerfModel* con
   double best = solve_layer_assignment(w, E, S, G, eplb_ng, gsize, models, eplb_row, row);
   std::vector<std::vector<int32_t>> dp_ng;
   double bound = 0;
-  if (detail::best_group_assignment(w, E, groups, N, S / N, G / N, &dp_ng, &bound)) {
+  // The DP's assignment is only tried when its bound (largest per-node lower bound) is below that
+  // of EPLB's assignment; otherwise it cannot be better in the bound's sense and costs a solve.
+  double eplb_bound = 0;
+  if (detail::best_group_assignment(w, E, groups, N, S / N, G / N, &dp_ng, &bound, &eplb_ng,
+                                    &eplb_bound) &&
+      bound < eplb_bound * (1 - 1e-12)) {
     // The DP only fixes which groups share a node (node order is free, all nodes are alike).
     const double c = solve_layer_assignment(w, E, S, G, dp_ng, gsize, models, nullptr, cand.data());
     if (c < best) {
@@ -392,7 +491,7 @@ Placement plan_best(const PlanRequest& req, bool with_vibe) {
   req.validate();
   const LoadMatrix& m = *req.loads;
   const int32_t L = m.num_layers, E = m.num_experts, S = req.num_slots, G = req.num_gpus;
-  const Placement ep = plan_eplb(req);
+  const EplbTables ep = eplb_rebalance(m.loads.data(), L, E, S, req.num_groups, req.num_nodes, G);
   std::vector<const PerfModel*> mp;
   if (with_vibe) mp = model_ptrs(req);
   const PerfModel* const* models = with_vibe ? mp.data() : nullptr;

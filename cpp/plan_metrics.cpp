@@ -30,6 +30,7 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <numeric>
 
 #include "moebal/core/error.h"
@@ -39,31 +40,49 @@
 namespace moebal::core {
 namespace detail {
 
-double domain_lower_bound(const double* w, int32_t n, int32_t M, int32_t P) {
-  double W = 0;
-  for (int32_t i = 0; i < n; ++i) W += w[i];
+double sorted_lower_bound(const double* p, int32_t n, double W, int32_t M, int32_t P) {
   double lb = W / P;
-  std::vector<int32_t> cnt(n);
-  greedy_counts(w, n, M, 0, cnt.data());
-  for (int32_t i = 0; i < n; ++i) lb = std::max(lb, w[i] / cnt[i]);
-  if (M == n) {
+  // (2): the greedy only ever gives the R extra copies to the R + 1 largest loads (see
+  // greedy_counts), and every other expert keeps one copy of at most p[R + 1].
+  const int32_t R = M - n, m = std::min(n, R + 1);
+  if (R > 0) {
+    thread_local std::vector<double> cnt;
+    cnt.assign(m, 1.0);
+    for (int32_t r = 0; r < R; ++r) {
+      int32_t best = 0;
+      for (int32_t i = 1; i < m; ++i)  // p[i] / cnt[i] > p[best] / cnt[best], without dividing
+        if (p[i] * cnt[best] > p[best] * cnt[i]) best = i;
+      cnt[best] += 1.0;
+    }
+    for (int32_t i = 0; i < m; ++i) lb = std::max(lb, p[i] / cnt[i]);
+    if (m < n) lb = std::max(lb, p[m]);
+  } else {
+    lb = std::max(lb, p[0]);
+  }
+  if (M == n) {  // (3)
     const int32_t k = M / P;
-    std::vector<double> p(w, w + n);
-    std::sort(p.begin(), p.end(), std::greater<double>());
     std::vector<double> pre(n + 1, 0.0), suf(n + 1, 0.0);  // suf[t] = sum of the t smallest
     for (int32_t i = 0; i < n; ++i) pre[i + 1] = pre[i] + p[i];
     for (int32_t t = 1; t <= n; ++t) suf[t] = suf[t - 1] + p[n - t];
     for (int32_t j = 1; j <= n; ++j) {
       double bj = std::numeric_limits<double>::infinity();
-      for (int32_t m = (j + k - 1) / k; m <= std::min(j, P); ++m) {
-        const int32_t others = m * k - j;
+      for (int32_t mm = (j + k - 1) / k; mm <= std::min(j, P); ++mm) {
+        const int32_t others = mm * k - j;
         if (others > n - j) continue;
-        bj = std::min(bj, (pre[j] + suf[others]) / m);
+        bj = std::min(bj, (pre[j] + suf[others]) / mm);
       }
       if (std::isfinite(bj)) lb = std::max(lb, bj);
     }
   }
   return lb;
+}
+
+double domain_lower_bound(const double* w, int32_t n, int32_t M, int32_t P) {
+  std::vector<double> p(w, w + n);
+  std::sort(p.begin(), p.end(), std::greater<double>());
+  double W = 0;
+  for (int32_t i = 0; i < n; ++i) W += w[i];
+  return sorted_lower_bound(p.data(), n, W, M, P);
 }
 
 }  // namespace detail

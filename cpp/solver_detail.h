@@ -51,12 +51,17 @@ double swap_search(const double* w, int32_t n, int32_t P, int32_t k, const CostM
 /// Lower bound on the busiest GPU's load of any packing of n experts into M slots on P GPUs
 /// (M / P each); see plan_metrics.cpp for the proof.
 double domain_lower_bound(const double* w, int32_t n, int32_t M, int32_t P);
+/// The same bound from loads sorted in descending order p[0..n) with total W.
+double sorted_lower_bound(const double* p, int32_t n, double W, int32_t M, int32_t P);
 
 /// Group -> node assignment minimising the largest per-node lower bound (exact DP over assignments;
 /// secondary key: sum of squared bounds). Returns false when the instance is too large for the DP
 /// (more than 16 groups or too many candidate subsets). node_groups gets, per node, its groups.
+/// When `other` is not null, *other_bound receives the same bound for that assignment.
 bool best_group_assignment(const double* w, int32_t E, int32_t groups, int32_t nodes,
                            int32_t slots_per_node, int32_t gpus_per_node,
-                           std::vector<std::vector<int32_t>>* node_groups, double* bound);
+                           std::vector<std::vector<int32_t>>* node_groups, double* bound,
+                           const std::vector<std::vector<int32_t>>* other = nullptr,
+                           double* other_bound = nullptr);
 
 }  // namespace moebal::core::detail
