@@ -218,6 +218,8 @@ struct Packer {
 };
 
 int32_t default_iters(int32_t P, int32_t k) { return 2 * P * k + 16; }
+constexpr int32_t kCountSearchMaxSlots = 5;  // count search only with <= this many slots/GPU
+constexpr int32_t kCountShiftRounds = 6;
 
 }  // namespace
 
@@ -269,6 +271,70 @@ double solve_domain(const double* w, int32_t n, int32_t P, int32_t k, const Cost
       best = b.max_load();
       b.sorted_out(out);
     }
+    }
+  }
+  // Few slots per GPU: the copy counts decide how well copies pair up, and the min-max-per-copy
+  // counts are often not the best for packing. Try other apportionments (Webster and
+  // Huntington-Hill divisors) and exploratory count shifts (one copy moves from a donor expert to an
+  // expert on the busiest GPU), re-packing each and keeping the lightest busiest GPU.
+  if (k <= kCountSearchMaxSlots && best > floor * (1 + 1e-12)) {
+    Packer t(w, n, P, k, cost);
+    auto try_counts = [&](const std::vector<int32_t>& c) {
+      t.lpt(c.data());
+      t.search(default_iters(P, k), t.floor_for_counts());
+      if (t.max_load() < best) {
+        best = t.max_load();
+        t.sorted_out(out);
+        return true;
+      }
+      return false;
+    };
+    for (int method = 1; method <= 2; ++method) {
+      std::vector<int32_t> c(n, 1);
+      for (int32_t r = n; r < M; ++r) {
+        int32_t bi = -1;
+        double bv = -1;
+        for (int32_t x = 0; x < n; ++x) {
+          if (c[x] >= P) continue;
+          const double d = method == 1 ? c[x] + 0.5 : std::sqrt(double(c[x]) * (c[x] + 1));
+          const double v = w[x] / d;
+          if (v > bv) bv = v, bi = x;
+        }
+        if (bi < 0) break;
+        ++c[bi];
+      }
+      if (std::accumulate(c.begin(), c.end(), 0) == M) try_counts(c);
+    }
+    for (int32_t round = 0; round < kCountShiftRounds; ++round) {
+      std::copy(out, out + M, t.ex.begin());
+      t.rebuild();
+      if (t.max_load() <= t.floor_for_counts() * (1 + 1e-12)) break;
+      const int32_t gm = static_cast<int32_t>(std::max_element(t.load.begin(), t.load.end()) - t.load.begin());
+      const std::vector<int32_t> base = t.cnt;
+      std::vector<int32_t> receivers, donors;
+      for (int32_t j = 0; j < k; ++j) {
+        const int32_t x = t.ex[gm * k + j];
+        if (base[x] < P && std::find(receivers.begin(), receivers.end(), x) == receivers.end())
+          receivers.push_back(x);
+      }
+      std::vector<int32_t> order(n);
+      std::iota(order.begin(), order.end(), 0);
+      std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+        const double va = base[a] >= 2 ? w[a] / (base[a] - 1) : 1e300, vb = base[b] >= 2 ? w[b] / (base[b] - 1) : 1e300;
+        return va < vb || (va == vb && a < b);
+      });
+      for (int32_t x : order)
+        if (base[x] >= 2 && donors.size() < 3) donors.push_back(x);
+      bool improved = false;
+      for (int32_t e : receivers)
+        for (int32_t f : donors) {
+          if (e == f) continue;
+          std::vector<int32_t> c = base;
+          ++c[e];
+          --c[f];
+          improved |= try_counts(c);
+        }
+      if (!improved) break;
     }
   }
   return best;
