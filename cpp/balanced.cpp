@@ -206,7 +206,7 @@ struct Packer {
         load[g] += c(g, e);
         ++has[static_cast<size_t>(g) * n + e];
       }
-    rebuild();
+    std::copy(counts, counts + n, cnt.begin());  // per, tab, load and has are already current
   }
 
   void sorted_out(int32_t* out) const {
@@ -347,10 +347,17 @@ bool best_group_assignment(const double* w, int32_t E, int32_t groups, int32_t n
   const int32_t per = groups / nodes, gsize = E / groups;
   if (groups > 16) return false;
   // Candidate subsets: exactly `per` groups.
+  // Candidate subsets in increasing order (Gosper's next-combination step).
+  double combos = 1;
+  for (int32_t i = 0; i < per; ++i) combos = combos * (groups - i) / (i + 1);
+  if (combos > 4096) return false;
   std::vector<uint32_t> subsets;
-  for (uint32_t m = 0; m < (1u << groups); ++m)
-    if (__builtin_popcount(m) == per) subsets.push_back(m);
-  if (subsets.size() > 4096) return false;
+  for (uint32_t m = (1u << per) - 1; m < (1u << groups);) {
+    subsets.push_back(m);
+    const uint32_t c = m & (~m + 1u), r = m + c;
+    if (r == 0) break;
+    m = (((r ^ m) >> 2) / c) | r;
+  }
   // Per group: loads sorted descending and their sum; a subset's bound needs its merged order.
   std::vector<double> sorted(static_cast<size_t>(E)), gsum(groups, 0.0);
   for (int32_t g = 0; g < groups; ++g) {
