@@ -143,8 +143,8 @@ def run_config(m: Model, gpus: int, nodes: int, extra: int, kind: str, plan_w, e
                 for s in SPREADS}
         rows[name] = dict(ir=ir, ir_next=ir_next, gap=gap, step=step, ms=float(np.mean(ms)), max=mx,
                           plan=plans)
-    # Lower bound on any placement's step time under the roofline models (valid when every expert
-    # has tokens, so every copy is non-empty). GPU g runs a copy with n tokens in s_g max(a, b n)
+    # Lower bound on any placement's step time under the roofline models (the fixed-cost terms need
+    # every expert to have tokens, so every copy is non-empty; otherwise only b * tokens is counted). GPU g runs a copy with n tokens in s_g max(a, b n)
     # (same a, b on every GPU up to the slowdown s_g). A placement with counts c does total work
     # U(c) = sum_e c_e max(a, b w_e / c_e) = sum_e max(c_e a, b w_e) (in slowdown-1 microseconds), and
     # its slowest GPU takes >= U / sum_g (1 / s_g) (a weighted average). U is minimised over counts
@@ -172,7 +172,10 @@ def run_config(m: Model, gpus: int, nodes: int, extra: int, kind: str, plan_w, e
             i = int(np.argmax(wl / cnt))
             cnt[i] += 1
         t_star = float((wl / cnt).max())
-        per_layer_U.append((U, max(a, b * t_star) + (S // gpus - 1) * a) if (wl > 0).all() else (0.0, 0.0))
+        if (wl > 0).all():
+            per_layer_U.append((U, max(a, b * t_star) + (S // gpus - 1) * a))
+        else:  # empty copies cost nothing: keep only the per-token work and the largest copy
+            per_layer_U.append((b * wl.sum(), max(a, b * t_star)))
     for sp in SPREADS:
         slow = np.array([mm.time_us(1e-9) for mm in models[sp]]) / a
         time_lb[sp] = float(sum(max(U / np.sum(1.0 / slow), slow.min() * one) for U, one in per_layer_U)) / 1e3

@@ -188,22 +188,35 @@ struct Packer {
     std::vector<int32_t> fill(P, 0);
     std::fill(load.begin(), load.end(), 0.0);
     std::fill(has.begin(), has.end(), 0);
+    // key[g] = load, or +inf once the GPU is full.
+    const double inf = std::numeric_limits<double>::infinity();
+    std::vector<double> key(P, 0.0);
     for (int32_t e : order)
       for (int32_t copy = 0; copy < counts[e]; ++copy) {
-        int32_t best = -1, fallback = -1;
-        double bv = 0, fv = 0;
-        for (int32_t g = 0; g < P; ++g) {
-          if (fill[g] == k) continue;
-          const double v = load[g] + c(g, e);
-          if (has[static_cast<size_t>(g) * n + e]) {
-            if (fallback < 0 || v < fv) fallback = g, fv = v;
-          } else if (best < 0 || v < bv) {
-            best = g, bv = v;
-          }
+        int32_t g = -1;
+        if (!cost.models) {  // identity cost: the lightest GPU with room, unless it has e already
+          int32_t b = 0;
+          for (int32_t x = 1; x < P; ++x)
+            if (key[x] < key[b]) b = x;
+          if (!has[static_cast<size_t>(b) * n + e]) g = b;
         }
-        const int32_t g = best >= 0 ? best : fallback;
+        if (g < 0) {
+          int32_t best = -1, fallback = -1;
+          double bv = 0, fv = 0;
+          for (int32_t x = 0; x < P; ++x) {
+            if (fill[x] == k) continue;
+            const double v = load[x] + c(x, e);
+            if (has[static_cast<size_t>(x) * n + e]) {
+              if (fallback < 0 || v < fv) fallback = x, fv = v;
+            } else if (best < 0 || v < bv) {
+              best = x, bv = v;
+            }
+          }
+          g = best >= 0 ? best : fallback;
+        }
         ex[g * k + fill[g]++] = e;
         load[g] += c(g, e);
+        key[g] = fill[g] < k ? load[g] : inf;
         ++has[static_cast<size_t>(g) * n + e];
       }
     std::copy(counts, counts + n, cnt.begin());  // per, tab, load and has are already current

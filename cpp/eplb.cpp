@@ -4,6 +4,7 @@
 // the largest load per copy, and the replica-rank numbering of the output tables.
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 
 #include "moebal/core/error.h"
@@ -33,13 +34,19 @@ void eplb_pack(const double* w, int32_t n, int32_t m, int32_t* pack, int32_t* ra
   thread_local std::vector<int32_t> items;
   pw.assign(m, 0.0);
   items.assign(m, 0);
+  // key[p] = pack weight, or +inf once the pack is full: the lightest pack with room is the first
+  // minimum of key.
+  thread_local std::vector<double> key;
+  key.assign(m, 0.0);
+  const double full = std::numeric_limits<double>::infinity();
   for (int32_t i : order) {
-    int32_t best = -1;
-    for (int32_t p = 0; p < m; ++p)
-      if (items[p] < per && (best < 0 || pw[p] < pw[best])) best = p;
+    int32_t best = 0;
+    for (int32_t p = 1; p < m; ++p)
+      if (key[p] < key[best]) best = p;
     pack[i] = best;
     rank[i] = items[best]++;
     pw[best] += w[i];
+    key[best] = items[best] < per ? pw[best] : full;
   }
 }
 
