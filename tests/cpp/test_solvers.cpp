@@ -320,3 +320,16 @@ TEST(Drift, RecalibrationIsBoundedAndHelps) {
   EXPECT_VALUE_ERROR(recalibrate(p, b, models, shape, budget), "max_moves");
   EXPECT_VALUE_ERROR(recalibrate(p, b, {}, shape), "one perf model per GPU");
 }
+
+// Two equal experts, two GPUs of two slots: EPLB's packing (ties to the lower pack) puts both copies
+// of each expert on one GPU (phy2log [0, 0, 1, 1]); balanced reaches the same busiest load (10)
+// without duplicates.
+TEST(Solvers, BalancedAvoidsDuplicateCopies) {
+  LoadMatrix m(1, 2, {10, 10});
+  const Placement e = plan_eplb(request(m, 4, 2));
+  EXPECT_EQ(e.phy2log, (std::vector<int32_t>{0, 0, 1, 1}));
+  const Placement b = plan_balanced(request(m, 4, 2));
+  EXPECT_DOUBLE_EQ(max_loads(m, b)[0], 10.0);
+  EXPECT_NE(b.expert_of(0, 0), b.expert_of(0, 1));
+  EXPECT_NE(b.expert_of(0, 2), b.expert_of(0, 3));
+}
