@@ -36,11 +36,11 @@ void greedy_counts(const double* w, int32_t n, int32_t budget, int32_t cap, int3
     if (static_cast<int32_t>(top.size()) > m) top.pop_back();
   }
   // Next copy to the largest load per copy (ties: lower index) among those below the cap.
-  auto better = [&](int32_t a, int32_t b) {  // a's next copy goes before b's
-    const double ra = w[a] / cnt[a], rb = w[b] / cnt[b];
+  auto better = [&](int32_t a, int32_t b) {  // a's next copy goes before b's: w/cnt compared
+    const double ra = w[a] * cnt[b], rb = w[b] * cnt[a];  // without dividing (counts are > 0)
     return ra > rb || (ra == rb && a < b);
   };
-  if (m <= 48) {
+  if (m <= 16) {
     for (int32_t r = 0; r < extra; ++r) {
       int32_t best = -1;
       for (int32_t i : top)
@@ -79,13 +79,18 @@ struct Packer {
   Packer(const double* w_, int32_t n_, int32_t P_, int32_t k_, const CostModel& c)
       : w(w_), n(n_), P(P_), k(k_), cost(c), ex(static_cast<size_t>(P_) * k_), cnt(n_),
         per(n_), load(P_), has(static_cast<size_t>(P_) * n_),
-        tab(static_cast<size_t>(P_) * n_) {}
+        tab(c.models ? static_cast<size_t>(P_) * n_ : 0) {}
 
+  // With per-GPU models the cost of a copy depends on the GPU: tabulate it once per count vector.
+  // With the identity cost (tokens) it is per[e] and no table is kept.
   void fill_table() {
+    if (!cost.models) return;
     for (int32_t g = 0; g < P; ++g)
       for (int32_t e = 0; e < n; ++e) tab[static_cast<size_t>(g) * n + e] = cost(g, per[e]);
   }
-  double c(int32_t g, int32_t e) const { return tab[static_cast<size_t>(g) * n + e]; }
+  double c(int32_t g, int32_t e) const {
+    return cost.models ? tab[static_cast<size_t>(g) * n + e] : per[e];
+  }
 
   void rebuild() {
     std::fill(cnt.begin(), cnt.end(), 0);
@@ -110,7 +115,15 @@ struct Packer {
   // (first-improvement over GPUs, best-improvement within a GPU pair). Stops at `floor` (a lower
   // bound for these counts), when no swap lowers the busiest GPU, or after max_iters swaps.
   void search(int32_t max_iters, double floor) {
-    const double* T = tab.data();
+    if (!cost.models) {
+      // Identity cost: view per[] as a table whose rows are all the same (row stride 0).
+      search_impl(max_iters, floor, per.data(), 0);
+    } else {
+      search_impl(max_iters, floor, tab.data(), static_cast<size_t>(n));
+    }
+  }
+
+  void search_impl(int32_t max_iters, double floor, const double* T, size_t stride) {
     std::vector<int32_t> order(P);
     for (int32_t it = 0; it < max_iters; ++it) {
       const int32_t gm = static_cast<int32_t>(std::max_element(load.begin(), load.end()) - load.begin());
@@ -122,23 +135,25 @@ struct Packer {
       });
       const double tol = 1e-12 * std::max(1.0, std::abs(cur));
       const uint16_t* has_gm = has.data() + static_cast<size_t>(gm) * n;
+      const double* Tg = T + gm * stride;
       int32_t bi = -1, bj = -1;
       double bg = 0, bh = 0;
       for (int32_t h : order) {
         if (h == gm || load[h] >= cur - tol) continue;
         const size_t hn = static_cast<size_t>(h) * n;
+        const double* Th = T + h * stride;
         double best = cur - tol;
         for (int32_t a = 0; a < k; ++a) {
           const int32_t si = gm * k + a, ea = ex[si];
           if (has[hn + ea]) continue;  // would duplicate ea on h
-          const double ca_h = T[hn + ea];
+          const double ca_h = Th[ea];
           if (ca_h >= best) continue;  // h's new load is at least ca_h
-          const double base_g = cur - T[static_cast<size_t>(gm) * n + ea], base_h = load[h] + ca_h;
+          const double base_g = cur - Tg[ea], base_h = load[h] + ca_h;
           for (int32_t b = 0; b < k; ++b) {
             const int32_t eb = ex[h * k + b];
             if (eb == ea || has_gm[eb]) continue;
-            const double ng = base_g + T[static_cast<size_t>(gm) * n + eb];
-            const double nh = base_h - T[hn + eb];
+            const double ng = base_g + Tg[eb];
+            const double nh = base_h - Th[eb];
             const double m = ng > nh ? ng : nh;
             if (m < best) {
               best = m;
@@ -195,6 +210,15 @@ struct Packer {
   // Lower bound on the busiest GPU for the current counts: the largest single copy on any GPU, and
   // the mean when costs are GPU-independent.
   double floor_for_counts() const {
+    if (!cost.models) {
+      double f = 0, total = 0;
+      for (int32_t e = 0; e < n; ++e)
+        if (cnt[e]) {
+          f = std::max(f, per[e]);
+          total += w[e];
+        }
+      return std::max(f, total / P);
+    }
     double f = 0, total = 0;
     for (int32_t e = 0; e < n; ++e) {
       double best = std::numeric_limits<double>::infinity();
@@ -220,10 +244,40 @@ struct Packer {
     // key[g] = load, or +inf once the GPU is full.
     const double inf = std::numeric_limits<double>::infinity();
     std::vector<double> key(P, 0.0);
+    // Identity cost with many GPUs: a min-heap of (load, GPU) over GPUs with room.
+    const bool use_heap = !cost.models && P > 16;
+    std::vector<std::pair<double, int32_t>> heap;
+    auto heap_greater = [](const std::pair<double, int32_t>& a, const std::pair<double, int32_t>& b) {
+      return a > b;
+    };
+    if (use_heap) {
+      for (int32_t g = 0; g < P; ++g) heap.push_back({0.0, g});
+    }
     for (int32_t e : order)
       for (int32_t copy = 0; copy < counts[e]; ++copy) {
         int32_t g = -1;
-        if (!cost.models) {  // identity cost: the lightest GPU with room, unless it has e already
+        if (use_heap) {
+          // Pop until a GPU without e (or fall back to the lightest); push the others back.
+          std::vector<std::pair<double, int32_t>> skipped;
+          while (!heap.empty()) {
+            std::pop_heap(heap.begin(), heap.end(), heap_greater);
+            const auto top = heap.back();
+            heap.pop_back();
+            if (!has[static_cast<size_t>(top.second) * n + e]) {
+              g = top.second;
+              break;
+            }
+            skipped.push_back(top);
+          }
+          if (g < 0) {
+            g = skipped.front().second;
+            skipped.erase(skipped.begin());
+          }
+          for (const auto& x : skipped) {
+            heap.push_back(x);
+            std::push_heap(heap.begin(), heap.end(), heap_greater);
+          }
+        } else if (!cost.models) {  // identity cost: the lightest GPU with room, unless it has e
           int32_t b = 0;
           for (int32_t x = 1; x < P; ++x)
             if (key[x] < key[b]) b = x;
@@ -247,6 +301,10 @@ struct Packer {
         load[g] += c(g, e);
         key[g] = fill[g] < k ? load[g] : inf;
         ++has[static_cast<size_t>(g) * n + e];
+        if (use_heap && fill[g] < k) {
+          heap.push_back({load[g], g});
+          std::push_heap(heap.begin(), heap.end(), heap_greater);
+        }
       }
     std::copy(counts, counts + n, cnt.begin());  // per, tab, load and has are already current
   }

@@ -36,6 +36,29 @@ void eplb_pack(const double* w, int32_t n, int32_t m, int32_t* pack, int32_t* ra
   items.assign(m, 0);
   // key[p] = pack weight, or +inf once the pack is full: the lightest pack with room is the first
   // minimum of key.
+  if (m > 16) {
+    // Many packs: a min-heap on (weight, pack index) gives the same choice (lightest, then lowest
+    // index) in O(log m).
+    thread_local std::vector<std::pair<double, int32_t>> heap;
+    heap.clear();
+    for (int32_t p = 0; p < m; ++p) heap.push_back({0.0, p});
+    auto greater = [](const std::pair<double, int32_t>& a, const std::pair<double, int32_t>& b) {
+      return a > b;
+    };
+    for (int32_t i : order) {
+      std::pop_heap(heap.begin(), heap.end(), greater);
+      const int32_t best = heap.back().second;
+      heap.pop_back();
+      pack[i] = best;
+      rank[i] = items[best]++;
+      pw[best] += w[i];
+      if (items[best] < per) {
+        heap.push_back({pw[best], best});
+        std::push_heap(heap.begin(), heap.end(), greater);
+      }
+    }
+    return;
+  }
   thread_local std::vector<double> key;
   key.assign(m, 0.0);
   const double full = std::numeric_limits<double>::infinity();
@@ -56,6 +79,23 @@ void eplb_replicate(const double* w, int32_t n, int32_t num_phy, int32_t* phy2lo
     phy2log[i] = i;
     rank[i] = 0;
     cnt[i] = 1;
+  }
+  if (static_cast<int64_t>(num_phy - n) * n > 2048) {
+    // Max-heap on (w / cnt, -index): the same pick as the scan below (largest ratio, first index
+    // among equals), in O(log n) per copy.
+    thread_local std::vector<std::pair<double, int32_t>> heap;
+    heap.clear();
+    for (int32_t i = 0; i < n; ++i) heap.push_back({w[i] / cnt[i], -i});
+    std::make_heap(heap.begin(), heap.end());
+    for (int32_t r = n; r < num_phy; ++r) {
+      std::pop_heap(heap.begin(), heap.end());
+      const int32_t best = -heap.back().second;
+      phy2log[r] = best;
+      rank[r] = cnt[best]++;
+      heap.back() = {w[best] / cnt[best], -best};
+      std::push_heap(heap.begin(), heap.end());
+    }
+    return;
   }
   for (int32_t r = n; r < num_phy; ++r) {
     int32_t best = 0;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <random>
 
 #include "moebal/core/drift.h"
@@ -332,4 +333,68 @@ TEST(Solvers, BalancedAvoidsDuplicateCopies) {
   EXPECT_DOUBLE_EQ(max_loads(m, b)[0], 10.0);
   EXPECT_NE(b.expert_of(0, 0), b.expert_of(0, 1));
   EXPECT_NE(b.expert_of(0, 2), b.expert_of(0, 3));
+}
+
+// The large-size fast paths of EPLB's replication (heap) and packing (heap over packs) must pick
+// exactly what the plain scans of the description pick, ties included. References beside the test.
+#include "../../cpp/solver_detail.h"
+
+namespace {
+void ref_replicate(const std::vector<double>& w, int32_t num_phy, std::vector<int32_t>* p2l,
+                   std::vector<int32_t>* rank, std::vector<int32_t>* cnt) {
+  const int32_t n = static_cast<int32_t>(w.size());
+  p2l->resize(num_phy);
+  rank->assign(num_phy, 0);
+  cnt->assign(n, 1);
+  for (int32_t i = 0; i < n; ++i) (*p2l)[i] = i;
+  for (int32_t r = n; r < num_phy; ++r) {
+    int32_t best = 0;
+    for (int32_t i = 1; i < n; ++i)
+      if (w[i] / (*cnt)[i] > w[best] / (*cnt)[best]) best = i;
+    (*p2l)[r] = best;
+    (*rank)[r] = (*cnt)[best]++;
+  }
+}
+void ref_pack(const std::vector<double>& w, int32_t m, std::vector<int32_t>* pack,
+              std::vector<int32_t>* rank) {
+  const int32_t n = static_cast<int32_t>(w.size()), per = n / m;
+  std::vector<int32_t> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return w[a] > w[b]; });
+  std::vector<double> pw(m, 0);
+  std::vector<int32_t> items(m, 0);
+  pack->resize(n);
+  rank->resize(n);
+  for (int32_t i : order) {
+    int32_t best = -1;
+    for (int32_t p = 0; p < m; ++p)
+      if (items[p] < per && (best < 0 || pw[p] < pw[best])) best = p;
+    (*pack)[i] = best;
+    (*rank)[i] = items[best]++;
+    pw[best] += w[i];
+  }
+}
+}  // namespace
+
+TEST(Eplb, FastPathsMatchTheScans) {
+  std::mt19937 rng(3);
+  for (int it = 0; it < 20; ++it) {
+    const int32_t n = 256, extra = 32 + it;
+    std::vector<double> w(n);
+    for (double& x : w) x = static_cast<double>(rng() % 12) * 6;  // many exact ties and 0s
+    std::vector<int32_t> p2l(n + extra), rank(n + extra), cnt(n), rp2l, rrank, rcnt;
+    moebal::core::detail::eplb_replicate(w.data(), n, n + extra, p2l.data(), rank.data(), cnt.data());
+    ref_replicate(w, n + extra, &rp2l, &rrank, &rcnt);
+    ASSERT_EQ(p2l, rp2l);
+    ASSERT_EQ(rank, rrank);
+    ASSERT_EQ(cnt, rcnt);
+    const int32_t m = 32, items = m * (3 + it % 4);
+    std::vector<double> v(items);
+    for (double& x : v) x = static_cast<double>(rng() % 7);
+    std::vector<int32_t> pack(items), prank(items), rpack, rprank;
+    moebal::core::detail::eplb_pack(v.data(), items, m, pack.data(), prank.data());
+    ref_pack(v, m, &rpack, &rprank);
+    ASSERT_EQ(pack, rpack);
+    ASSERT_EQ(prank, rprank);
+  }
 }
