@@ -205,25 +205,13 @@ Placement plan_eplb(const PlanRequest& req) {
   const LoadMatrix& m = *req.loads;
   // validate() checked the layout for the constraint the request implies; EPLB's own rule decides
   // the path (for num_nodes == 1 the hierarchical path with one node equals the global one).
-  const EplbTables t = eplb_rebalance(m.loads.data(), m.num_layers, m.num_experts, req.num_slots,
-                                      req.num_groups, req.num_nodes, req.num_gpus);
-  Placement p;
-  p.num_layers = m.num_layers;
-  p.num_experts = m.num_experts;
-  p.num_slots = req.num_slots;
-  p.num_gpus = req.num_gpus;
-  p.num_nodes = req.num_nodes;
-  p.max_copies = req.num_slots - m.num_experts + 1;
-  p.phy2log = t.phy2log;
-  p.logcnt = t.logcnt;
-  p.log2phy.assign(static_cast<size_t>(p.num_layers) * p.num_experts * p.max_copies, -1);
-  for (int32_t l = 0; l < p.num_layers; ++l)
-    for (int32_t s = 0; s < p.num_slots; ++s) {
-      const size_t i = static_cast<size_t>(l) * p.num_slots + s;
-      const size_t le = static_cast<size_t>(l) * p.num_experts + t.phy2log[i];
-      p.log2phy[le * p.max_copies + t.phyrank[i]] = s;
-    }
-  return p;  // consistent by construction (the tests validate it)
+  EplbTables t = eplb_rebalance(m.loads.data(), m.num_layers, m.num_experts, req.num_slots,
+                                req.num_groups, req.num_nodes, req.num_gpus);
+  // Placement keeps log2phy ascending (its documented layout) with EPLB's padding width; the
+  // replica-rank order of the original lives in EplbTables::phyrank (moebal.eplb uses it).
+  return Placement::from_phy2log(m.num_layers, m.num_experts, req.num_slots, req.num_gpus,
+                                 req.num_nodes, std::move(t.phy2log),
+                                 req.num_slots - m.num_experts + 1);
 }
 
 }  // namespace moebal::core

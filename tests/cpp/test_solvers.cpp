@@ -66,7 +66,10 @@ TEST(Eplb, GlobalHandComputed) {
   LoadMatrix m(1, 4, {10, 5, 3, 2});
   const Placement p = plan_eplb(request(m, 6, 3, 3, 4));
   EXPECT_EQ(p.max_copies, 3);
-  EXPECT_EQ(p.log2phy, (std::vector<int32_t>{2, 4, 3, 0, -1, -1, 5, -1, -1, 1, -1, -1}));
+  EXPECT_EQ(p.phy2log, t.phy2log);
+  EXPECT_EQ(p.logcnt, t.logcnt);
+  // Placement's log2phy is ascending; EPLB's replica-rank order (2, 4, 3) is in phyrank.
+  EXPECT_EQ(p.log2phy, (std::vector<int32_t>{2, 3, 4, 0, -1, -1, 5, -1, -1, 1, -1, -1}));
 }
 
 // Hierarchical path (4 groups of 2 on 2 nodes, 4 GPUs, 12 slots). By hand:

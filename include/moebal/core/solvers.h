@@ -73,7 +73,8 @@ const std::vector<PlacementPolicyInfo>& placement_policies();
 /// Runs a policy by name; throws moebal::ValueError for an unknown name.
 Placement plan_placement(const std::string& policy, const PlanRequest& req);
 
-/// DeepSeek EPLB as a Placement (log2phy in EPLB's replica-rank order, padded to R - E + 1).
+/// DeepSeek EPLB as a Placement: EPLB's phy2log and logcnt; log2phy ascending (Placement's layout)
+/// and padded to R - E + 1 copies like EPLB's (its replica-rank order: eplb_rebalance's phyrank).
 Placement plan_eplb(const PlanRequest& req);
 
 /// `balanced`: same constraints and budget as eplb (group -> node constraint when it applies), better
