@@ -47,16 +47,33 @@ def _format_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
-def imbalance_table(loads: _core.LoadMatrix, placements: dict[str, _core.Placement]) -> str:
-    """Per-layer imbalance ratio (max/mean GPU load) of each placement, with mean and max."""
+def imbalance_table(loads: _core.LoadMatrix, placements: dict[str, _core.Placement],
+                    topology: _core.Topology | None = None) -> str:
+    """Per-layer imbalance ratio (max/mean GPU load) of each placement, with mean and max, and the
+    predicted MoE step time (sum over layers of the slowest GPU) when topology has GPU models."""
     L = loads.num_layers
     shown = list(range(L)) if L <= 16 else sorted({*range(0, L, max(1, L // 12)), L - 1})
-    header = ["policy", "slots", "mean IR", "max IR"] + [f"L{l}" for l in shown]
+    timed = topology is not None and len(topology.gpu_models) > 0
+    header = ["policy", "slots", "mean IR", "max IR"] + (["step us"] if timed else []) + [f"L{l}" for l in shown]
     rows = []
     for name, p in placements.items():
         ir = _core.layer_imbalance(loads, p)
-        rows.append([name, str(p.num_slots), f"{ir.mean():.3f}", f"{ir.max():.3f}"] + [f"{ir[l]:.2f}" for l in shown])
+        step = [f"{_core.layer_step_times(loads, p, topology.gpu_models).sum():.1f}"] if timed else []
+        rows.append([name, str(p.num_slots), f"{ir.mean():.3f}", f"{ir.max():.3f}"] + step
+                    + [f"{ir[l]:.2f}" for l in shown])
     return _format_table(header, rows)
+
+
+def _demo_topology(args: argparse.Namespace) -> _core.Topology:
+    """GPUs with H100 roofline expert models and fixed-seed slowdowns in [1, 1 + spread]."""
+    from moebal import solvers
+
+    hidden, ffn = (int(v) for v in args.expert_shape.split(","))
+    shape = _core.ExpertShape(hidden, ffn, 2)
+    models = solvers.speed_spread_models(args.gpus, args.speed_spread, shape, seed=args.seed)
+    if args.gpus % args.nodes:
+        raise _core.MoebalValueError(f"--gpus ({args.gpus}) must be divisible by --nodes ({args.nodes})")
+    return solvers.topology_with_models(args.nodes, args.gpus // args.nodes, models)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -104,6 +121,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"in {S} steps; {G} GPUs on {N} node(s), {args.extra_per_gpu} extra slot(s) per GPU")
     print(f"  placements are planned on steps [0, {fit_end}) and evaluated on steps [{fit_end}, {S}) "
           "(the load they will meet next)\n")
+    topology = _demo_topology(args)
+    print(f"  GPU speeds: H100 roofline model of a {args.expert_shape} bf16 expert, slowdowns up to "
+          f"{100 * args.speed_spread:.0f}% (seed {args.seed}); 'step us' = predicted MoE time of all layers for the held-out tokens as one batch\n")
     placements: dict[str, _core.Placement] = {}
     names = list(policies.available_policies())
     skipped = {}
@@ -111,10 +131,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         slots = E if name == "contiguous" else E + args.extra_per_gpu * G
         try:
             placements[name] = policies.plan(name, fit, num_slots=slots, num_gpus=G, num_nodes=N,
-                                             num_groups=args.groups, trace=trace)
+                                             num_groups=args.groups, topology=topology, trace=trace)
         except ValueError as e:
             skipped[name] = str(e)
-    print(imbalance_table(held, placements))
+    print(imbalance_table(held, placements, topology))
     for name, why in skipped.items():
         print(f"  (skipped {name}: {why})")
     if args.no_plot:
@@ -159,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--nodes", type=int, default=1)
     d.add_argument("--groups", type=int, default=1)
     d.add_argument("--extra-per-gpu", type=int, default=1)
+    d.add_argument("--expert-shape", default="2048,768", help="hidden,ffn of one expert (for GPU time models)")
+    d.add_argument("--speed-spread", type=float, default=0.07, help="GPU slowdowns drawn from [1, 1 + spread]")
+    d.add_argument("--seed", type=int, default=1)
     d.add_argument("--out-dir", default="moebal_demo_out")
     d.add_argument("--no-plot", action="store_true")
     d.add_argument("--no-progress", action="store_true")
