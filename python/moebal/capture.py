@@ -128,7 +128,7 @@ class TraceWriter:
 
     def __init__(self, path: str | os.PathLike, *, num_experts: int, chunk_tokens: int = 65536,
                  store_hidden: bool = False, store_logits: bool = False, dtype: Any = np.float16,
-                 meta: dict[str, Any] | None = None):
+                 round_weights: bool = False, meta: dict[str, Any] | None = None):
         if chunk_tokens <= 0:
             raise _err(f"TraceWriter: chunk_tokens must be positive, got {chunk_tokens}")
         self.path = os.fspath(path)
@@ -136,6 +136,7 @@ class TraceWriter:
         self.chunk_tokens = int(chunk_tokens)
         self.store_hidden, self.store_logits = store_hidden, store_logits
         self.dtype = np.dtype(dtype)
+        self.round_weights = round_weights  # store gate weights at float16 precision (still float32): compresses 2x
         self.meta = dict(meta or {})
         self._tmp = tempfile.mkdtemp(prefix="moebal-trace-", dir=os.path.dirname(os.path.abspath(self.path)))
         self._buf: list[dict[str, Any]] = []
@@ -190,7 +191,8 @@ class TraceWriter:
         app("step", np.concatenate([r["step"] for r in self._buf]))
         for l in range(self.num_layers):
             app(f"topk_ids.{l}", np.concatenate([r["layers"][l]["topk_ids"] for r in self._buf]).astype(np.int32))
-            app(f"topk_weights.{l}", np.concatenate([r["layers"][l]["topk_weights"] for r in self._buf]).astype(np.float32))
+            w = np.concatenate([r["layers"][l]["topk_weights"] for r in self._buf])
+            app(f"topk_weights.{l}", (w.astype(np.float16) if self.round_weights else w).astype(np.float32))
             if self.store_hidden:
                 app(f"hidden_states.{l}", np.concatenate([r["layers"][l]["hidden"] for r in self._buf]).astype(self.dtype))
             if self.store_logits:
@@ -378,11 +380,12 @@ def _as_inputs(batch: Any) -> dict[str, Any]:
 
 def capture_trace(model: Any, batches: Iterable[Any], path: str | os.PathLike, *, store_hidden: bool = False,
                   store_logits: bool = False, chunk_tokens: int = 65536, hidden_dtype: str = "float16",
-                  meta: dict[str, Any] | None = None) -> dict[str, Any]:
+                  round_weights: bool = False, meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run ``model`` on each batch (input_ids [B, S], or a dict of model inputs such as
     ``input_ids`` + ``attention_mask``) under ``torch.no_grad`` and write its routing to ``path``.
 
-    Each batch is one step. Returns the trace metadata. The trace loads with
+    Each batch is one step; ``round_weights`` stores gate weights at float16 precision (halves the
+    compressed size of shipped traces). Returns the trace metadata. The trace loads with
     :func:`moebal.load_trace` (ids, weights, steps) and :func:`moebal.trace.load_arrays` (hidden
     states, logits, positions).
     """
@@ -398,7 +401,7 @@ def capture_trace(model: Any, batches: Iterable[Any], path: str | os.PathLike, *
          "moe_layer_ids": [t[0] for t in routers], "router_names": [t[1] for t in routers]}
     m.update(meta or {})
     writer = TraceWriter(path, num_experts=1, chunk_tokens=chunk_tokens, store_hidden=store_hidden,
-                         store_logits=store_logits, dtype=np_dtype, meta=m)
+                         store_logits=store_logits, dtype=np_dtype, round_weights=round_weights, meta=m)
     rec = RoutingRecorder(model, writer, store_hidden=store_hidden, store_logits=store_logits, hidden_dtype=torch_dtype)
     writer.num_experts = rec.num_experts
     try:
@@ -415,3 +418,53 @@ def capture_trace(model: Any, batches: Iterable[Any], path: str | os.PathLike, *
     from moebal.trace import trace_meta
 
     return trace_meta(path)
+
+
+def capture_cli(args: Any) -> int:
+    """``moebal capture``: load a model (or build one with random weights from a config.json), cut
+    the input into [batch, seq_len] steps and write the trace."""
+    try:
+        import torch
+        import transformers
+    except ImportError as e:
+        raise _err(f"moebal capture needs torch and transformers ({e})") from e
+    dtype = getattr(torch, args.dtype)
+    if os.path.isfile(args.model) and args.model.endswith(".json"):
+        torch.manual_seed(args.seed)
+        cfg = transformers.AutoConfig.from_pretrained(os.path.dirname(os.path.abspath(args.model)) or ".")
+        model = transformers.AutoModelForCausalLM.from_config(cfg)
+        source = f"random weights from {args.model} (seed {args.seed})"
+    elif os.path.isdir(args.model):
+        model = transformers.AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
+        source = args.model
+    else:
+        raise _err(f"capture: {args.model} is neither a model directory nor a config.json")
+    model = model.to(device=args.device, dtype=dtype).eval()
+    find_routers(model)  # fail early, naming the model class, before reading the input
+    if args.tokens:
+        ids = np.load(args.tokens, allow_pickle=False)
+    else:
+        if not os.path.isdir(args.model):
+            raise _err("capture: --text needs a model directory holding a tokenizer")
+        tok = transformers.AutoTokenizer.from_pretrained(args.model)
+        ids = np.concatenate([np.asarray(tok(open(f, encoding="utf-8", errors="replace").read())["input_ids"])
+                              for f in args.text])
+    ids = np.asarray(ids, dtype=np.int64)
+    if ids.ndim == 1:
+        n = ids.size // args.seq_len
+        if n == 0:
+            raise _err(f"capture: {ids.size} tokens are fewer than --seq-len {args.seq_len}")
+        ids = ids[: n * args.seq_len].reshape(n, args.seq_len)
+    if ids.ndim != 2:
+        raise _err(f"capture: token ids must be [N] or [sequences, seq_len], got shape {ids.shape}")
+    vocab = int(getattr(model.config, "vocab_size", 0) or 0)
+    if vocab and (ids.min() < 0 or ids.max() >= vocab):
+        raise _err(f"capture: token ids must be in [0, {vocab}), got [{ids.min()}, {ids.max()}]")
+    steps = [torch.from_numpy(ids[i:i + args.batch]) for i in range(0, ids.shape[0], args.batch)]
+    if args.max_steps:
+        steps = steps[: args.max_steps]
+    meta = capture_trace(model, steps, args.out, store_hidden=args.store_hidden, store_logits=args.store_logits,
+                         meta={"source": source})
+    print(f"{args.out}: {meta['num_layers']} MoE layers x {meta['num_tokens']} tokens in {meta['num_steps']} steps, "
+          f"{meta['num_experts']} experts top-{meta['top_k']} ({meta['model']})")
+    return 0

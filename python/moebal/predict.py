@@ -54,12 +54,13 @@ def routers_from_model(model: Any) -> list[tuple[Any, Any]]:
     return out
 
 
-def _op_available() -> bool:
+def _op_available(device: Any) -> bool:
+    """The probe_predict op is loadable and has a kernel for ``device``."""
     try:
         from moebal import ops
 
         ops.load_library()
-        return True
+        return device.type == "cpu" or (device.type == "cuda" and ops.has_cuda_kernels())
     except Exception:
         return False
 
@@ -104,7 +105,7 @@ class _Predictor:
         self.residual_dim = int(residual_dim)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.dtype = dtype if dtype is not None else torch.float32
-        self.use_op = _op_available() if use_op is None else use_op
+        self.use_op = _op_available(self.device) if use_op is None else use_op
         self.routers = [(torch.as_tensor(w).float().to(self.device), None if b is None else torch.as_tensor(b).float().to(self.device))
                         for w, b in routers]
         g = torch.Generator().manual_seed(seed)

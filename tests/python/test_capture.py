@@ -163,3 +163,24 @@ def test_bad_trace_files(tmp_path):
     _rewrite(src, bad, __meta__=np.array(json.dumps(dict(meta, hidden_size=64))))
     with pytest.raises(ValueError, match="hidden size 32.*hidden_size=64"):
         load_arrays(bad)
+
+
+def test_cli_capture(tmp_path, capsys):
+    from moebal.cli import main
+
+    model = tiny("Qwen3MoeConfig")
+    model.save_pretrained(tmp_path / "m")
+    np.save(tmp_path / "ids.npy", np.arange(100) % 61)
+    rc = main(["capture", str(tmp_path / "m"), "--tokens", str(tmp_path / "ids.npy"), "--seq-len", "16",
+               "--batch", "2", "--out", str(tmp_path / "t.npz"), "--store-hidden"])
+    assert rc == 0
+    assert "3 MoE layers x 96 tokens in 3 steps" in capsys.readouterr().out
+    assert load_arrays(tmp_path / "t.npz")["hidden_states"].shape == (3, 96, 32)
+    np.save(tmp_path / "bad.npy", np.array([5, 70, 1] * 10))
+    rc = main(["capture", str(tmp_path / "m"), "--tokens", str(tmp_path / "bad.npy"), "--seq-len", "4",
+               "--out", str(tmp_path / "u.npz")])
+    assert rc == 2 and "token ids must be in [0, 61)" in capsys.readouterr().err
+    llama = transformers.AutoModelForCausalLM.from_config(transformers.LlamaConfig(**COMMON))
+    llama.save_pretrained(tmp_path / "dense")
+    rc = main(["capture", str(tmp_path / "dense"), "--tokens", str(tmp_path / "ids.npy"), "--out", str(tmp_path / "v.npz")])
+    assert rc == 2 and "no supported MoE router" in capsys.readouterr().err

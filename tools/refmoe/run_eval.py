@@ -81,8 +81,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--tiny", action="store_true")
-    ap.add_argument("--residual-dims", default="128,512,2048")
-    ap.add_argument("--ship-dim", type=int, default=512)
+    ap.add_argument("--residual-dims", default="256,1024,2048")
+    ap.add_argument("--ship-dim", type=int, default=256)
     args = ap.parse_args(argv)
     import transformers
 
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     n_eval = 64 if not args.tiny else 4           # sequences per domain for metrics
     n_fit = 48 if not args.tiny else 4            # sequences per domain for predictor training
     batch = 16 if not args.tiny else 2
-    fit_steps = 1500 if not args.tiny else 20
+    fit_steps = 800 if not args.tiny else 20
     res: dict = {"model": {"num_layers": L, "num_experts": E, "top_k": K, "hidden": H}, "device": args.device,
                  "seq_len": S}
     os.makedirs(os.path.join(args.out, "traces"), exist_ok=True)
@@ -132,6 +132,9 @@ def main(argv=None) -> int:
     routers = routers_from_model(model)
     bt = batch * S  # count error per step (the planner's window)
     ng = NextGatePredictor(routers, K, device=dev)
+    res["predictor_uses_op"] = ng.use_op
+    print(f"predictors run through moebal::probe_predict: {ng.use_op}", flush=True)
+    torch.backends.cuda.matmul.allow_tf32 = True  # predictor training GEMMs
     res["next_gate"] = {d: layer_metrics(ng, evalset[d], bt) for d in DOMAINS}
     h_fit = [fitset.cat("hidden", l) for l in range(L)]
     res["probe"] = {}
@@ -185,12 +188,12 @@ def main(argv=None) -> int:
     n_ship = 16 if not args.tiny else 2
     for d in DOMAINS:
         capture_trace(model, [eval_ids[d][i:i + 2] for i in range(0, n_ship, 2)],
-                      os.path.join(args.out, "traces", f"refmoe_{d}.npz"),
+                      os.path.join(args.out, "traces", f"refmoe_{d}.npz"), round_weights=True,
                       meta={"domain": d, "text": "held-out (second half of the domain's held-out stream)", "source": "moebal reference MoE"})
     mid = sw_ids.shape[0] // 2
     sw_ship = sw_ids[mid - n_ship // 2: mid + n_ship // 2]
     capture_trace(model, [sw_ship[i:i + 2] for i in range(0, sw_ship.shape[0], 2)],
-                  os.path.join(args.out, "traces", "refmoe_switch.npz"),
+                  os.path.join(args.out, "traces", "refmoe_switch.npz"), round_weights=True,
                   meta={"domain": "python->prose", "source": "moebal reference MoE"})
     # 6. predictor sample: routers, shipped probe weights, 256 python + 256 prose held-out hidden states
     nt = 256 if not args.tiny else 32

@@ -128,8 +128,18 @@ def main(argv=None) -> int:
         for g in opt.param_groups:
             g["lr"] = lr
         x = batches.next().to(args.device, non_blocking=True)
-        out = model(input_ids=x, labels=x, output_router_logits=True)
-        out.loss.backward()
+        try:
+            out = model(input_ids=x, labels=x, output_router_logits=True)
+            out.loss.backward()
+        except (RuntimeError, NotImplementedError) as e:
+            if step != 0 or model.config._experts_implementation == "eager":
+                raise
+            print(f"experts implementation {model.config._experts_implementation!r} failed ({e}); using 'eager'", flush=True)
+            model.config._experts_implementation = "eager"
+            for p in params:
+                p.grad = None
+            out = model(input_ids=x, labels=x, output_router_logits=True)
+            out.loss.backward()
         for m, p in zip(master, params):
             m.grad = p.grad.float() if p.grad is not None else torch.zeros_like(m)
             p.grad = None
@@ -153,7 +163,7 @@ def main(argv=None) -> int:
     print(f"held-out loss per domain (nats/token): {held}", flush=True)
     os.makedirs(args.out, exist_ok=True)
     model.save_pretrained(os.path.join(args.out, "model"))
-    summary = {"config": conf, "tiny": args.tiny, "params": n_params, "steps": total_steps, "tokens": tokens,
+    summary = {"experts_implementation": model.config._experts_implementation, "config": conf, "tiny": args.tiny, "params": n_params, "steps": total_steps, "tokens": tokens,
                "train_s": train_s, "final_train_lm_loss": log[-1]["lm_loss"], "final_aux_loss": log[-1]["aux_loss"],
                "heldout_loss": held, "log": log, "device": torch.cuda.get_device_name(0) if args.device != "cpu" else "cpu",
                "torch": torch.__version__}
