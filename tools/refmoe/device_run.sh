@@ -29,6 +29,6 @@ echo "eval rc=$?" | tee -a "$OUT/log.txt"
 ( cd /tmp && python "$REPO/bench/probe_predictor.py" --refcheck --json "$WORK/bench_probe.json" ) 2>&1 | tee -a "$OUT/log.txt"
 wait $TESTS
 tail -30 "$WORK/pytest.txt" | tee -a "$OUT/log.txt"
-cp "$WORK/train_log.json" "$WORK/eval/eval_results.json" "$WORK/bench_probe.json" "$WORK/pytest.txt" "$OUT/" 2>/dev/null
+cp "$WORK/eval/pred_ids.npz" "$WORK/train_log.json" "$WORK/eval/eval_results.json" "$WORK/bench_probe.json" "$WORK/pytest.txt" "$OUT/" 2>/dev/null
 tar cf "$OUT/artifacts.tar" -C "$WORK/eval" traces refmoe_predictor_sample.npz 2>/dev/null
 ls -la "$OUT"

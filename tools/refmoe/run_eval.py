@@ -211,6 +211,17 @@ def main(argv=None) -> int:
                         hidden_states=hs.astype(np.float16), topk_ids=ids_s.astype(np.int32), topk_weights=w_s.astype(np.float32),
                         __meta__=np.array(json.dumps({"num_experts": E, "top_k": K, "hidden_size": H, "residual_dim": shipped[0],
                                                       "tokens": {"python": nt, "prose": nt}})))
+    # 7. predicted vs true ids (uint8) on the python and prose evaluation sets, for offline planner studies
+    nt = min(16384, n_eval * S)
+    arrs = {}
+    for d in ("python", "prose"):
+        arrs[f"{d}_true"] = np.stack([evalset[d].cat("topk_ids", l)[:nt].cpu().numpy() for l in range(L)]).astype(np.uint8)
+        for name, p in (("next_gate", ng), ("probe", pr)):
+            arrs[f"{d}_{name}"] = np.stack([p.predict(l, evalset[d].cat("hidden", l)[:nt]).topk_ids.cpu().numpy()
+                                            for l in range(L - 1)]).astype(np.uint8)
+    np.savez_compressed(os.path.join(args.out, "pred_ids.npz"), **arrs,
+                        __meta__=np.array(json.dumps({"seq_len": S, "tokens": nt, "probe_residual_dim": shipped[0],
+                                                      "layout": "<domain>_true [L, T, K]; <domain>_<predictor> [L-1, T, K] predicts layers 1..L-1"})))
     res["elapsed_s"] = time.time() - t_start
     json.dump(res, open(os.path.join(args.out, "eval_results.json"), "w"), indent=1)
     print(f"eval done in {res['elapsed_s']:.0f}s", flush=True)
