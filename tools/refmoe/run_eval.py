@@ -96,9 +96,9 @@ def main(argv=None) -> int:
     E, K, L, H = cfg.num_experts, cfg.num_experts_per_tok, cfg.num_hidden_layers, cfg.hidden_size
     S = 512 if not args.tiny else 64
     n_eval = 64 if not args.tiny else 4           # sequences per domain for metrics
-    n_fit = 48 if not args.tiny else 4            # sequences per domain for predictor training
+    n_fit = 96 if not args.tiny else 4            # sequences per domain for predictor training
     batch = 16 if not args.tiny else 2
-    fit_steps = 800 if not args.tiny else 20
+    fit_steps = 1000 if not args.tiny else 20
     res: dict = {"model": {"num_layers": L, "num_experts": E, "top_k": K, "hidden": H}, "device": args.device,
                  "seq_len": S}
     os.makedirs(os.path.join(args.out, "traces"), exist_ok=True)
