@@ -28,19 +28,10 @@ def eager(h, w_cat, bias, w2, E, k):
 
 
 def timed(fn, iters: int) -> float:
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e3)
-    times.sort()
-    return times[len(times) // 2]
+    """Median microseconds of fn() (moebal.benchmark's CUDA-event timer, L2 flushed before each rep)."""
+    from moebal.benchmark import time_cuda
+
+    return time_cuda(fn, reps=iters, warmup=5, flush_l2=True).median_us
 
 
 def main(argv=None) -> int:
@@ -64,7 +55,9 @@ def main(argv=None) -> int:
     dev, dt = "cuda", torch.bfloat16
     h = torch.randn(T, H, device=dev, generator=g).to(dt)
     bytes_dispatch = T * H * 2
-    out = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "tokens": T, "hidden": H,
+    from moebal.benchmark import device_description
+
+    out = {"device": device_description(), "torch": torch.__version__, "tokens": T, "hidden": H,
            "experts": E, "k": k, "dtype": "bf16", "dispatch_bytes": bytes_dispatch,
            "dispatch_us_450GBps": bytes_dispatch / 450e9 * 1e6, "dispatch_us_370GBps": bytes_dispatch / 370e9 * 1e6,
            "rows": []}
