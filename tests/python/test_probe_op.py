@@ -128,7 +128,8 @@ def test_cuda_matches_cpu(T, H, E, D, k):
     h, w_cat, b, w2 = make(T, H, E, D, seed=T + E)
     cpu = probe_predict(h, w_cat, b, w2, E, k)
     gpu = probe_predict(h.cuda(), w_cat.cuda(), b.cuda(), w2.cuda(), E, k)
-    check_against(reference(h, w_cat, b, w2, E, k), [x.cpu() for x in gpu], k, atol=1e-3)
+    # 1024 random logits leave small k-th/(k+1)-th gaps: only half the tokens are clear of the tolerance
+    check_against(reference(h, w_cat, b, w2, E, k), [x.cpu() for x in gpu], k, atol=1e-3, min_clear=0.5)
     assert int(gpu[3].sum()) == T * k
     same = (gpu[1].cpu() == cpu[1]).all(1).float().mean()
     assert same > 0.95

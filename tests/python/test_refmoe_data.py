@@ -29,7 +29,7 @@ def test_traces_load_and_are_skewed(name):
     np.testing.assert_allclose(w.sum(-1), 1.0, atol=5e-3)  # norm_topk_prob
     loads = np.asarray(t.loads().loads).reshape(8, 64)
     ratio = loads.max(1) / loads.mean(1)
-    assert np.all(ratio > 1.3)  # real routing is skewed; uniform routing of this many tokens is ~1.1
+    assert np.all(ratio > 2.5)  # real routing is skewed (measured 3.3-7.0); uniform routing of this many tokens is ~1.2
     place = moebal.Placement.contiguous(8, 64, 8, 1)
     assert np.all(moebal.layer_imbalance(t.loads(), place) > 1.02)
 
@@ -61,8 +61,8 @@ def test_shipped_predictors_reproduce():
     ids = z["topk_ids"]
     # the stored hidden states reproduce the model's own routing through its routers
     own = np.mean([topk_accuracy(torch.topk(h[l] @ W[l].t(), K).indices.numpy(), ids[l]) for l in range(W.shape[0])])
-    assert own > 0.97
+    assert own > 0.99  # fp16 storage flips only near-ties
     acc_ng = np.mean([topk_accuracy(ng.predict(l, h[l]).topk_ids, ids[l + 1]) for l in range(W.shape[0] - 1)])
     acc_pr = np.mean([topk_accuracy(pr.predict(l, h[l]).topk_ids, ids[l + 1]) for l in range(W.shape[0] - 1)])
-    assert acc_pr > acc_ng + 0.05
-    assert acc_pr > 0.7
+    assert acc_pr > acc_ng + 0.04  # measured on this sample: next_gate 79.1%, probe 84.4%
+    assert acc_pr > 0.8

@@ -10,16 +10,20 @@ REPO=$(pwd)
 mkdir -p "$WORK"
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/log.txt"
 export MOEBAL_CUDA_ARCHS=${MOEBAL_CUDA_ARCHS:-90a} CMAKE_BUILD_PARALLEL_LEVEL=10
-( pip install --no-build-isolation -q . > "$WORK/build.log" 2>&1; rc=$?; echo "build rc=$rc" >> "$WORK/build.log"
+( python -m pip install --no-build-isolation -q . > "$WORK/build.log" 2>&1; rc=$?; echo "build rc=$rc" >> "$WORK/build.log"
   if [ $rc -ne 0 ]; then  # keep the run useful: CPU-only ops, predictors fall back to plain torch on the GPU
-    MOEBAL_CUDA=OFF pip install --no-build-isolation -q . >> "$WORK/build.log" 2>&1; echo "fallback build rc=$?" >> "$WORK/build.log"
+    MOEBAL_CUDA=OFF python -m pip install --no-build-isolation -q . >> "$WORK/build.log" 2>&1; echo "fallback build rc=$?" >> "$WORK/build.log"
   fi ) &
 BUILD=$!
-python tools/refmoe/train.py --corpus "$CORPUS" --config tools/refmoe/config.json --out "$WORK" 2>&1 \
-  | grep -v -i warn | tee -a "$OUT/log.txt"
-echo "train rc=$?" | tee -a "$OUT/log.txt"
+if [ -f "$WORK/model/config.json" ] && [ -n "${REUSE_MODEL:-}" ]; then
+  echo "reusing the trained model in $WORK/model" | tee -a "$OUT/log.txt"
+else
+  python tools/refmoe/train.py --corpus "$CORPUS" --config tools/refmoe/config.json --out "$WORK" 2>&1 \
+    | grep -v -i warn | tee -a "$OUT/log.txt"
+  echo "train rc=$?" | tee -a "$OUT/log.txt"
+fi
 wait $BUILD
-grep -E "error|rc=" "$WORK/build.log" | head -40 | tee -a "$OUT/log.txt"
+grep -i -E "error|rc=" "$WORK/build.log" | tail -40 | tee -a "$OUT/log.txt"
 ( cd /tmp && python -c "import moebal, json; print(json.dumps(moebal.capabilities()))" ) 2>&1 | tee -a "$OUT/log.txt"  # installed moebal, not the source tree
 ( cd /tmp && python -m pytest "$REPO/tests/python" -q -p no:cacheprovider > "$WORK/pytest.txt" 2>&1; echo "pytest rc=$?" >> "$WORK/pytest.txt" ) &
 TESTS=$!

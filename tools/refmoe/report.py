@@ -29,6 +29,8 @@ def main(argv=None) -> int:
     ap.add_argument("--train", required=True)
     ap.add_argument("--eval", required=True)
     ap.add_argument("--bench")
+    ap.add_argument("--planner", help="planner_eval.py --json output")
+    ap.add_argument("--planner-note", default="")
     ap.add_argument("--command", default="")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
@@ -39,10 +41,30 @@ def main(argv=None) -> int:
     md = ["# Routing: reference MoE, traces, lookahead predictors (helper `routing`)", ""]
     md.append(f"Device: {tr['device']}; torch {tr['torch']}, transformers {tr['transformers']}. "
               f"Command: `{a.command}`" if a.command else f"Device: {tr['device']}")
+    ngv = sum(ev["next_gate"][d]["avg"]["topk_acc"] for d in DOMAINS) / len(DOMAINS)
+    best = max(ev["probe"], key=lambda D: sum(ev["probe"][D]["eval"][d]["avg"]["topk_acc"] for d in DOMAINS))
+    pv = sum(ev["probe"][best]["eval"][d]["avg"]["topk_acc"] for d in DOMAINS) / len(DOMAINS)
+    md += ["", "## Targets (issue 4)", "",
+           f"- Trained probe Top-K accuracy >= 90% averaged over layers: **not met**, {100 * pv:.1f}% (best width D={best}; "
+           f"PROBE reports 87-94% on much deeper production models).",
+           f"- probe >= 10 points above next_gate: **not met**, +{100 * (pv - ngv):.1f} points ({100 * ngv:.1f}% -> {100 * pv:.1f}%); "
+           "count L1 error falls 2.3-2.6x, top-half-K hit and 2xTop-K recall reach 97-98%."]
+    if be:
+        r = {row["D"]: row for row in be["rows"]}
+        md.append(f"- Predictor kernel at 8192 tokens, hidden 4096, 128 experts vs dispatch ({be['dispatch_us_370GBps']:.0f} us at "
+                  f"370 GB/s): next_gate {r[0]['op_us']:.0f} us, probe D=256 {r[256]['op_us']:.0f} us "
+                  f"({r[256]['op_over_dispatch_370']:.2f} of dispatch): **met for D <= 256**; D=1024 {r[1024]['op_us']:.0f} us "
+                  f"({r[1024]['op_over_dispatch_370']:.2f}, not 'well under'), D=2048 {r[2048]['op_us']:.0f} us (exceeds). The shipped "
+                  "probe uses D=256 (84.0% vs 84.8% at D=2048).")
+    if a.planner:
+        pe = json.load(open(a.planner))
+        v = {d: 100 * (sum(x["probe_over_true"]) / len(x["probe_over_true"]) - 1) for d, x in pe["domains"].items()}
+        md.append("- PROBE planner with probe-predicted counts within 5% of the planner with true counts: "
+                  + ", ".join(f"{d} {x:+.1f}%" for d, x in v.items()) + " (mean over layers): **met on python, not on prose**.")
     md += ["", "## Reference MoE model", "",
            f"transformers Qwen3-MoE classes: {mc['num_hidden_layers']} layers, hidden {mc['hidden_size']}, "
            f"{mc['num_experts']} experts top-{mc['num_experts_per_tok']} (expert FFN {mc['moe_intermediate_size']}), "
-           f"{tr['params'] / 1e6:.0f}M parameters, byte-level BPE vocabulary of the corpus. Trained {tr['steps']} steps x "
+           f"{tr['params'] / 1e6:.0f}M parameters, a byte-level BPE vocabulary of 8192 tokens trained on the corpus. Trained {tr['steps']} steps x "
            f"{tc['batch_size']} x {tc['seq_len']} tokens = {tr['tokens'] / 1e6:.1f}M tokens in {tr['train_s']:.0f} s "
            f"(seed {tc['seed']}, bf16 weights + fp32 AdamW masters, lr {tc['lr']} cosine, experts "
            f"`{tr.get('experts_implementation')}`), load-balancing aux loss weight {mc['router_aux_loss_coef']}.",
@@ -94,6 +116,14 @@ def main(argv=None) -> int:
     md += [table(["step", "domain"] + names,
                  [[r["step"], r["domain"]] + [f"{pct(r[n]['topk_acc'])} / {r[n]['count_l1']:.3f}" for n in names]
                   for r in sw["rows"]]), ""]
+    rows_ = sw["rows"]
+    half = len(rows_) // 2
+    last = rows_[-4:]
+    mean = lambda n, rs: 100 * sum(r[n]["topk_acc"] for r in rs) / len(rs)  # noqa: E731
+    md += [f"After the switch, the python-only probe drops from {mean('probe_python_static', rows_[:half]):.1f}% to "
+           f"{mean('probe_python_static', rows_[half:]):.1f}%; the online probe recovers to {mean('probe_online', last):.1f}% "
+           f"over the last 4 prose steps (python-only static: {mean('probe_python_static', last):.1f}%, offline mixed-domain "
+           f"probe: {mean('probe_mixed', last):.1f}%, next_gate: {mean('next_gate', last):.1f}%).", ""]
     if be:
         md += ["## Predictor kernel vs all-to-all dispatch", "",
                f"{be['device']}, T={be['tokens']} tokens, hidden {be['hidden']}, {be['experts']} experts, top-{be['k']}, bf16. "
@@ -107,6 +137,22 @@ def main(argv=None) -> int:
                ""]
         if "refcheck" in be:
             md += [f"Refcheck (float32, 256 tokens, CUDA op vs CPU op): {be['refcheck']}", ""]
+    if a.planner:
+        pe = json.load(open(a.planner))
+        md += ["## PROBE planner fed with predicted counts", "",
+               f"`tools/refmoe/planner_eval.py` {a.planner_note}: tokens of the held-out python / prose evaluation sets "
+               f"dealt to {pe['ranks']} source ranks by sequence (one step = all tokens of a domain); the planner "
+               "(moebal.probe.plan, defaults: time = tokens, unlimited window, <= 3 extra slots per rank) plans on true "
+               "or predicted per-(rank, expert) counts, then the TRUE tokens are routed with that plan. "
+               "max/mean tokens per rank, averaged over the 7 predicted layers:", ""]
+        rows = []
+        for d, r in pe["domains"].items():
+            m = lambda k: sum(r[k]) / len(r[k])  # noqa: E731
+            rows.append([d, r["tokens"], f"{m('no_planner'):.3f}", f"{m('true'):.3f}", f"{m('probe'):.3f}",
+                         f"{m('next_gate'):.3f}", f"{100 * (m('probe_over_true') - 1):+.1f}%",
+                         f"{100 * (max(r['probe_over_true']) - 1):+.1f}%", f"{100 * (m('next_gate_over_true') - 1):+.1f}%"])
+        md += [table(["text", "tokens", "no planner", "planned on true", "planned on probe", "planned on next_gate",
+                      "probe vs true (mean)", "probe vs true (worst layer)", "next_gate vs true (mean)"], rows), ""]
     open(a.out, "w").write("\n".join(md) + "\n")
     return 0
 

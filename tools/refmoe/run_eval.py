@@ -185,9 +185,9 @@ def main(argv=None) -> int:
     res["switch"] = {"seqs_per_step": per_step, "residual_dim": D, "online_update": "50 AdamW steps, batch 2048, lr 1e-3, ring 8192 tokens, after every step", "rows": switch_rows}
 
     # 5. shipped traces (moebal format, ids + gate weights + positions + steps; small)
-    n_ship = 16 if not args.tiny else 2
+    n_ship = 16 if not args.tiny else 2  # switch trace: 8 python + 8 prose sequences; domains: half of that
     for d in DOMAINS:
-        capture_trace(model, [eval_ids[d][i:i + 2] for i in range(0, n_ship, 2)],
+        capture_trace(model, [eval_ids[d][i:i + 2] for i in range(0, max(2, n_ship // 2), 2)],
                       os.path.join(args.out, "traces", f"refmoe_{d}.npz"), round_weights=True,
                       meta={"domain": d, "text": "held-out (second half of the domain's held-out stream)", "source": "moebal reference MoE"})
     mid = sw_ids.shape[0] // 2
@@ -196,7 +196,7 @@ def main(argv=None) -> int:
                   os.path.join(args.out, "traces", "refmoe_switch.npz"), round_weights=True,
                   meta={"domain": "python->prose", "source": "moebal reference MoE"})
     # 6. predictor sample: routers, shipped probe weights, 256 python + 256 prose held-out hidden states
-    nt = 256 if not args.tiny else 32
+    nt = 128 if not args.tiny else 32
     hs = np.stack([np.concatenate([evalset["python"].cat("hidden", l)[:nt].cpu().numpy(),
                                    evalset["prose"].cat("hidden", l)[:nt].cpu().numpy()]) for l in range(L)])
     ids_s = np.stack([np.concatenate([evalset["python"].cat("topk_ids", l)[:nt].cpu().numpy(),
