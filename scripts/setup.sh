@@ -27,4 +27,6 @@ if ! "$py" -c "import torch" >/dev/null 2>&1; then
   "$py" -m pip install -q "${MOEBAL_TORCH_SPEC:-torch==2.13.0}"
 fi
 "$py" -m pip install -q numpy pybind11 "scikit-build-core>=0.10" pytest matplotlib ninja nvidia-nccl-cu13 nvidia-cutlass
+# transformers: the trace-capture tests build tiny MoE models of every supported family (the GPU machine has 5.17.0)
+"$py" -m pip install -q "transformers==5.17.0"
 echo "setup: $("$py" -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__)') in $venv"

@@ -1,4 +1,4 @@
-"""The ``moebal`` command: ``info``, ``plan`` and ``demo``."""
+"""The ``moebal`` command: ``info``, ``plan``, ``demo`` and ``capture``."""
 from __future__ import annotations
 
 import argparse
@@ -154,6 +154,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_capture(args: argparse.Namespace) -> int:
+    from moebal.capture import capture_cli
+
+    return capture_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="moebal", description=__doc__)
     ap.add_argument("--version", action="version", version=f"moebal {moebal.__version__}")
@@ -186,6 +192,22 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-plot", action="store_true")
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(fn=cmd_demo)
+
+    c = sub.add_parser("capture", help="capture a routing trace from a transformers MoE model (needs torch + transformers)")
+    c.add_argument("model", help="model directory (save_pretrained layout) or a config.json for random weights")
+    c.add_argument("--out", required=True, help="trace file to write (.npz)")
+    src = c.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", nargs="+", help="text files, tokenized with the model directory's tokenizer")
+    src.add_argument("--tokens", help=".npy of token ids: [N] (cut into windows) or [sequences, seq_len]")
+    c.add_argument("--seq-len", type=int, default=512)
+    c.add_argument("--batch", type=int, default=8, help="sequences per step")
+    c.add_argument("--max-steps", type=int)
+    c.add_argument("--store-hidden", action="store_true", help="also store the hidden state entering each MoE layer")
+    c.add_argument("--store-logits", action="store_true", help="also store the router logits")
+    c.add_argument("--device", default="cpu")
+    c.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    c.add_argument("--seed", type=int, default=0, help="seed of the random weights (config.json input)")
+    c.set_defaults(fn=cmd_capture)
     return ap
 
 

@@ -8,6 +8,11 @@ Format (``.npz``, schema version 1). A trace file holds either token-level routi
 - kind ``routing``: ``topk_ids`` int32 [layers, tokens, k]; optional ``topk_weights`` float32 of the
   same shape, ``src_rank`` int32 [tokens], ``step`` int32 [tokens] (non-decreasing).
 - kind ``loads``: ``step_loads`` float64 [steps, layers, experts] (per-step expert token counts).
+- optional, kind ``routing``, written by :mod:`moebal.capture` (readers that do not know them skip
+  them, so they need no schema bump): ``position`` int32 [tokens] (position in its sequence),
+  ``hidden_states`` float16/float32 [layers, tokens, hidden] (the hidden state entering the layer's
+  MoE block, i.e. its router input; ``__meta__`` then has ``hidden_size``), ``router_logits``
+  float16/float32 [layers, tokens, experts]. Read them with :func:`load_arrays`.
 
 Loading validates everything through the C++ core and raises :class:`moebal.MoebalValueError`
 (a ``ValueError``) naming the bad field.
@@ -115,6 +120,63 @@ def load_trace(path: str | os.PathLike) -> _core.RoutingTrace | LoadTrace:
         opt = {k: (z[k] if k in z.files else None) for k in ("topk_weights", "src_rank", "step")}
         t = _core.RoutingTrace(z["topk_ids"], int(meta["num_experts"]), **opt)
         return t
+
+
+OPTIONAL_ARRAYS = ("position", "hidden_states", "router_logits")
+
+
+def load_arrays(path: str | os.PathLike, names: tuple[str, ...] = ("topk_ids", "topk_weights", "step") + OPTIONAL_ARRAYS,
+                *, layers: slice | None = None) -> dict[str, np.ndarray]:
+    """Raw arrays of a routing trace (numpy, as stored), plus ``meta``; validates the schema and
+    that every per-layer array covers the same layers and tokens as ``topk_ids``. Names absent
+    from the file are left out. ``layers`` slices the layer axis of the per-layer arrays.
+    """
+    with np.load(path, allow_pickle=False) as z:
+        if "__schema__" not in z.files or "__meta__" not in z.files:
+            raise _err(f"trace {path}: missing __schema__/__meta__; not a moebal trace")
+        version = int(z["__schema__"])
+        if version != SCHEMA_VERSION:
+            raise _err(f"trace {path}: schema version {version} is not supported (this moebal reads {SCHEMA_VERSION})")
+        meta = json.loads(str(z["__meta__"]))
+        if meta.get("kind") != "routing" or "topk_ids" not in z.files:
+            raise _err(f"trace {path}: load_arrays needs a routing trace with topk_ids (kind={meta.get('kind')!r})")
+        out: dict[str, Any] = {"meta": meta}
+        full_layers = None
+        for n in names:
+            if n in z.files:
+                a = z[n]
+                if n == "topk_ids":
+                    full_layers = int(a.shape[0])
+                if layers is not None and n in ("topk_ids", "topk_weights", "hidden_states", "router_logits"):
+                    a = a[layers]
+                out[n] = a
+        if "topk_ids" not in out:
+            ids = z["topk_ids"]
+            full_layers = int(ids.shape[0])
+            out_ids_shape = ids[layers].shape if layers is not None else ids.shape
+        else:
+            out_ids_shape = out["topk_ids"].shape
+    ids_shape = out_ids_shape
+    L_meta = meta.get("num_layers")
+    if L_meta is not None and int(L_meta) != full_layers:
+        raise _err(f"trace {path}: topk_ids has {full_layers} layers, __meta__ says num_layers={L_meta} (missing layers)")
+    T = ids_shape[1]
+    for n in ("topk_weights", "hidden_states", "router_logits"):
+        if n in out:
+            a = out[n]
+            if a.ndim != 3 or a.shape[0] != ids_shape[0] or a.shape[1] != T:
+                raise _err(f"trace {path}: {n} has shape {a.shape}, expected [{ids_shape[0]} layers, {T} tokens, ...] "
+                           "like topk_ids (missing layers or tokens)")
+    if "hidden_states" in out and "hidden_size" in meta and out["hidden_states"].shape[2] != int(meta["hidden_size"]):
+        raise _err(f"trace {path}: hidden_states has hidden size {out['hidden_states'].shape[2]}, "
+                   f"__meta__ says hidden_size={meta['hidden_size']}")
+    if "router_logits" in out and out["router_logits"].shape[2] != int(meta.get("num_experts", -1)):
+        raise _err(f"trace {path}: router_logits has {out['router_logits'].shape[2]} experts, "
+                   f"__meta__ says num_experts={meta.get('num_experts')}")
+    for n in ("position", "step"):
+        if n in out and out[n].shape != (T,):
+            raise _err(f"trace {path}: {n} has shape {out[n].shape}, expected ({T},)")
+    return out
 
 
 def trace_meta(path: str | os.PathLike) -> dict[str, Any]:
