@@ -1,4 +1,4 @@
-"""Regenerate python/moebal/data/demo_trace.npz, the trace `moebal demo` runs on.
+"""Regenerate python/moebal/data/demo_trace.npz, the synthetic trace (`moebal demo --trace ...`, tests, benches).
 
 No captured trace from a real model ships yet, so the demo uses moebal.synthetic's documented
 skewed, co-activated, drifting workload with a fixed seed. Run from the repository root:

@@ -15,11 +15,18 @@ from moebal import _core, policies
 from moebal._progress import progress
 from moebal.trace import LoadTrace, from_eplb_weight, load_trace, trace_meta
 
-DEMO_TRACE = "demo_trace.npz"
+# Real routing of moebal's reference MoE (8 layers, 64 experts, top-8; tools/refmoe) on held-out
+# Python source. data/demo_trace.npz is the synthetic alternative (moebal.synthetic).
+DEMO_TRACE = ("refmoe", "refmoe_python.npz")
+SYNTHETIC_TRACE = ("demo_trace.npz",)
 
 
 def _demo_trace_path() -> str:
-    return str(resources.files("moebal") / "data" / DEMO_TRACE)
+    return str(resources.files("moebal").joinpath("data", *DEMO_TRACE))
+
+
+def _synthetic_trace_path() -> str:
+    return str(resources.files("moebal").joinpath("data", *SYNTHETIC_TRACE))
 
 
 def _read_loads(path: str, step_begin: int | None, step_end: int | None):
@@ -48,18 +55,20 @@ def _format_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def imbalance_table(loads: _core.LoadMatrix, placements: dict[str, _core.Placement],
-                    topology: _core.Topology | None = None) -> str:
+                    topology: _core.Topology | None = None, fit_loads: _core.LoadMatrix | None = None) -> str:
     """Per-layer imbalance ratio (max/mean GPU load) of each placement, with mean and max, and the
     predicted MoE step time (sum over layers of the slowest GPU) when topology has GPU models."""
     L = loads.num_layers
     shown = list(range(L)) if L <= 16 else sorted({*range(0, L, max(1, L // 12)), L - 1})
     timed = topology is not None and len(topology.gpu_models) > 0
-    header = ["policy", "slots", "mean IR", "max IR"] + (["step us"] if timed else []) + [f"L{l}" for l in shown]
+    header = (["policy", "slots"] + (["fit IR"] if fit_loads is not None else []) + ["mean IR", "max IR"]
+              + (["step us"] if timed else []) + [f"L{l}" for l in shown])
     rows = []
     for name, p in placements.items():
         ir = _core.layer_imbalance(loads, p)
         step = [f"{_core.layer_step_times(loads, p, topology.gpu_models).sum():.1f}"] if timed else []
-        rows.append([name, str(p.num_slots), f"{ir.mean():.3f}", f"{ir.max():.3f}"] + step
+        fit = [f"{_core.layer_imbalance(fit_loads, p).mean():.3f}"] if fit_loads is not None else []
+        rows.append([name, str(p.num_slots)] + fit + [f"{ir.mean():.3f}", f"{ir.max():.3f}"] + step
                     + [f"{ir[l]:.2f}" for l in shown])
     return _format_table(header, rows)
 
@@ -119,8 +128,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"moebal demo: {os.path.basename(path)} ({meta.get('source', 'unknown source')})")
     print(f"  {trace.num_layers} MoE layers, {E} experts, top-{trace.top_k}, {trace.num_tokens} tokens "
           f"in {S} steps; {G} GPUs on {N} node(s), {args.extra_per_gpu} extra slot(s) per GPU")
-    print(f"  placements are planned on steps [0, {fit_end}) and evaluated on steps [{fit_end}, {S}) "
-          "(the load they will meet next)\n")
+    print(f"  placements are planned on steps [0, {fit_end}) ('fit IR': mean imbalance there) and evaluated "
+          f"on steps [{fit_end}, {S}) (the load they meet next: the other columns)")
     topology = _demo_topology(args)
     print(f"  GPU speeds: H100 roofline model of a {args.expert_shape} bf16 expert, slowdowns up to "
           f"{100 * args.speed_spread:.0f}% (seed {args.seed}); 'step us' = predicted MoE time of all layers for the held-out tokens as one batch\n")
@@ -134,7 +143,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                              num_groups=args.groups, topology=topology, trace=trace)
         except ValueError as e:
             skipped[name] = str(e)
-    print(imbalance_table(held, placements, topology))
+    print(imbalance_table(held, placements, topology, fit_loads=fit if fit_end < S else None))
     for name, why in skipped.items():
         print(f"  (skipped {name}: {why})")
     if args.no_plot:

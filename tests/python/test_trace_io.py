@@ -112,9 +112,10 @@ def test_synthetic_is_deterministic_and_skewed():
 
 
 def test_shipped_demo_trace_is_valid():
-    from moebal.cli import _demo_trace_path
+    from moebal.cli import _demo_trace_path, _synthetic_trace_path
 
-    t = load_trace(_demo_trace_path())
+    assert load_trace(_demo_trace_path()).num_tokens > 0
+    t = load_trace(_synthetic_trace_path())
     assert t.num_layers == 12 and t.num_experts == 64 and t.top_k == 4
     loads = t.loads().loads
     gpu = loads.reshape(12, 8, 8).sum(-1)
