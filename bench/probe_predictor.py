@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("no CUDA device", file=sys.stderr)
         return 1
-    from moebal.probe_ops import probe_predict
+    from moebal.predictor_ops import probe_predict
 
     T, H, E, k = args.tokens, args.hidden, args.experts, args.k
     g = torch.Generator(device="cuda").manual_seed(0)

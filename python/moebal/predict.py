@@ -142,7 +142,7 @@ class _Predictor:
         w_cat, b, w2 = self._bufs[self._active[layer]][layer]  # one read: a concurrent publish flips after
         h = hidden.to(device=w_cat.device, dtype=self.dtype).contiguous()
         if self.use_op:
-            from moebal.probe_ops import probe_predict
+            from moebal.predictor_ops import probe_predict
 
             return probe_predict(h, w_cat, b, w2, self.num_experts, k)
         return _predict_torch(h, w_cat, b, w2, self.num_experts, k)

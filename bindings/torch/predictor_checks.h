@@ -1,5 +1,5 @@
 // Input checks of the probe_predict op, shared by its CPU and CUDA kernels (the fake kernel in
-// moebal/probe_ops.py mirrors them).
+// moebal/predictor_ops.py mirrors them).
 #pragma once
 
 #include <torch/types.h>

@@ -3,7 +3,7 @@
 //   logits = X[:, :E] + bias + SiLU(X[:, E:]) @ w2^T
 //   top-k of logits per token (ties: lower id), softmax scores of the chosen, per-expert counts.
 // GEMMs run in the input dtype (what a bf16 router does); the epilogue accumulates in float32.
-// CPU kernel here (the reference: at::mm + plain loops); CUDA kernel in probe_cuda.cpp.
+// CPU kernel here (the reference: at::mm + plain loops); CUDA kernel in predictor_cuda.cpp.
 #include <torch/library.h>
 #include <torch/types.h>
 
@@ -12,7 +12,7 @@
 #include <numeric>
 #include <vector>
 
-#include "probe_checks.h"
+#include "predictor_checks.h"
 
 TORCH_LIBRARY_FRAGMENT(moebal, m) {
   // Returns (logits float32 [T, E], topk_ids int32 [T, k], topk_scores float32 [T, k], counts int32 [E]).

@@ -5,8 +5,8 @@
 #include <torch/library.h>
 #include <torch/types.h>
 
-#include "moebal/cuda/probe.h"
-#include "probe_checks.h"
+#include "moebal/cuda/predictor.h"
+#include "predictor_checks.h"
 
 namespace moebal::pytorch {
 namespace {

@@ -1,5 +1,5 @@
 """Typed wrapper and fake kernel of ``torch.ops.moebal.probe_predict`` (declared in
-bindings/torch/probe.cpp). The fake mirrors the C++ checks in bindings/torch/probe_checks.h."""
+bindings/torch/predictor.cpp). The fake mirrors the C++ checks in bindings/torch/predictor_checks.h."""
 from __future__ import annotations
 
 import torch

@@ -2,7 +2,7 @@
 
 #include "moebal/core/error.h"
 #include "moebal/cuda/check.h"
-#include "moebal/cuda/probe.h"
+#include "moebal/cuda/predictor.h"
 
 namespace moebal::cuda {
 namespace {

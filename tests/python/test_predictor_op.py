@@ -5,7 +5,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from moebal import ops  # noqa: E402
-from moebal.probe_ops import probe_predict  # noqa: E402
+from moebal.predictor_ops import probe_predict  # noqa: E402
 
 try:
     ops.load_library()
