@@ -177,12 +177,7 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
         w.loc[static_cast<size_t>(s) * E + e] += static_cast<int32_t>(n);
         continue;
       }
-      uint64_t t = h;
-      while (t) {
-        const int r = pd::ctz64(t);
-        t &= t - 1;
-        w.m[static_cast<size_t>(r) * E + e] += static_cast<int32_t>(pd::init_quota(n, h, s, r, rpn));
-      }
+      pd::init_split(n, h, s, rpn, [&](int r, int64_t v) { w.m[static_cast<size_t>(r) * E + e] += static_cast<int32_t>(v); });
     }
   }
 
@@ -235,26 +230,15 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
       w.cand_ub[nc] = w.b[bn] * pool + (w.loc[be] == 0 ? w.a[bn] : 0);
       ++nc;
     }
-    for (int i = 1; i < nc; ++i) {  // by bound, descending
-      const int32_t ce = w.cand_e[i];
-      const int64_t cu = w.cand_ub[i];
-      int j = i - 1;
-      while (j >= 0 && w.cand_ub[j] < cu) {
-        w.cand_e[j + 1] = w.cand_e[j];
-        w.cand_ub[j + 1] = w.cand_ub[j];
-        --j;
-      }
-      w.cand_e[j + 1] = ce;
-      w.cand_ub[j + 1] = cu;
-    }
-
     bool found = false, blocked_found = false;
     int64_t bg = 0, bx = 0, kg = 0;
     uint64_t bs = 0, ks = 0;
     int be_ = -1, bd = -1;
     int64_t thr = min_gain + 1;  // a pair can only matter if its gain reaches thr
+    // Many experts usually reach the same (equalising) gain, so bounds rarely end the expert loop
+    // early; candidates are visited in list order and skipped by bound, without sorting.
     for (int ci = 0; ci < nc; ++ci) {
-      if (!exhaustive && w.cand_ub[ci] < thr) break;
+      if (!exhaustive && w.cand_ub[ci] < thr) continue;
       const int e = w.cand_e[ci];
       for (int oi = 0; oi < R; ++oi) {
         const int d = w.order[oi];
@@ -330,18 +314,7 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
         const int64_t n = counts[static_cast<size_t>(s) * E + e];
         if (n == 0) continue;
         int32_t* row = qbase + (static_cast<size_t>(s) * E + e) * R;
-        const uint64_t h = w.native[e];
-        if ((h >> s) & 1) {
-          row[s] = static_cast<int32_t>(n);
-          continue;
-        }
-        uint64_t t = h & pd::node_mask(s, rpn);
-        if (t == 0) t = h;
-        while (t) {
-          const int r = pd::ctz64(t);
-          t &= t - 1;
-          row[r] = static_cast<int32_t>(pd::init_quota(n, h, s, r, rpn));
-        }
+        pd::init_split(n, w.native[e], s, rpn, [row](int r, int64_t v) { row[r] = static_cast<int32_t>(v); });
       }
     }
     for (int k = 0; k < nm; ++k) {

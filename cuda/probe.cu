@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <mutex>
 
 namespace moebal::cuda {
 namespace {
@@ -19,6 +20,7 @@ using core::kProbeNumStats;
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 constexpr unsigned kFull = 0xffffffffu;
+constexpr int kMaxDevices = 64;
 
 struct KernelArgs {
   int R, E, num_slots, spg, rpn, S, K;
@@ -195,12 +197,8 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
       } else if (single) {
         single_sum += n;
       } else {
-        uint64_t t = h;
-        while (t) {
-          const int r = pd::ctz64(t);
-          t &= t - 1;
-          sm.m[static_cast<size_t>(r) * E + e] += static_cast<int32_t>(pd::init_quota(n, h, s, r, rpn));
-        }
+        int32_t* col = sm.m + e;
+        pd::init_split(n, h, s, rpn, [col, E](int r, int64_t v) { col[static_cast<size_t>(r) * E] += static_cast<int32_t>(v); });
       }
     }
     if (single) sm.m[static_cast<size_t>(only) * E + e] += static_cast<int32_t>(single_sum);
@@ -213,11 +211,9 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
 
   const size_t RS = static_cast<size_t>(R) * S;
   if (status != 0) {  // uniform across the block: every thread read the same shared values
-    for (int r = tid; r < R; r += kThreads) {
-      if (p.rank_time_us) p.rank_time_us[static_cast<size_t>(layer) * 2 * R + r] = 0.0,
-                          p.rank_time_us[(static_cast<size_t>(layer) * 2 + 1) * R + r] = 0.0;
-      if (p.rank_tokens) p.rank_tokens[static_cast<size_t>(layer) * 2 * R + r] = 0,
-                         p.rank_tokens[(static_cast<size_t>(layer) * 2 + 1) * R + r] = 0;
+    for (int i = tid; i < 2 * R; i += kThreads) {
+      if (p.rank_time_us) p.rank_time_us[static_cast<size_t>(layer) * 2 * R + i] = 0.0;
+      if (p.rank_tokens) p.rank_tokens[static_cast<size_t>(layer) * 2 * R + i] = 0;
     }
     for (size_t i = tid; i < RS; i += kThreads) {
       if (p.replica_expert) p.replica_expert[layer * RS + i] = -1;
@@ -347,17 +343,9 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
       int32_t* out = quota + row * R;
       if (sm.emoves[e] == 0) {
         if (n == 0) continue;
-        if ((h >> src) & 1) {
-          out[src] = static_cast<int32_t>(n);
-          continue;
-        }
-        uint64_t t = h & pd::node_mask(src, rpn);
-        if (t == 0) t = h;
-        while (t) {
-          const int r = pd::ctz64(t);
-          t &= t - 1;
-          out[r] = static_cast<int32_t>(pd::init_quota(n, h, src, r, rpn));
-        }
+        pd::init_split(n, h, src, rpn, [out](int r, int64_t v) {
+          if (v != 0) out[r] = static_cast<int32_t>(v);
+        });
       } else {
         for (int r = 0; r < R; ++r) {
           const int64_t q = pd::current_quota(n, h, src, e, r, R, rpn, nm, sm.mv_e, sm.mv_from, sm.mv_to,
@@ -409,6 +397,21 @@ void plan_smem(const core::ProbeConfig& c, size_t* bytes, bool* m_in_smem) {
                    limit, " (reduce max_iters, max_extra_slots or num_experts)");
 }
 
+// The kernel's dynamic shared-memory limit is a per-device attribute: raise it once per device and
+// size (monotonically), outside any graph capture the caller may start later.
+void raise_smem_limit(int bytes) {
+  if (bytes <= 48 * 1024) return;
+  static std::mutex mu;
+  static int configured[kMaxDevices] = {};
+  int dev = 0;
+  MOEBAL_CHECK_CUDA(cudaGetDevice(&dev));
+  MOEBAL_CHECK(dev >= 0 && dev < kMaxDevices, "probe: device ordinal ", dev, " beyond ", kMaxDevices);
+  std::lock_guard<std::mutex> lock(mu);
+  if (bytes <= configured[dev]) return;
+  MOEBAL_CHECK_CUDA(cudaFuncSetAttribute(probe_plan_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  configured[dev] = bytes;
+}
+
 }  // namespace
 
 size_t probe_plan_workspace_bytes(const core::ProbeConfig& cfg, int32_t num_layers) {
@@ -435,12 +438,7 @@ void probe_plan(const core::ProbeConfig& cfg, int32_t num_layers, const core::Pr
   MOEBAL_CHECK_ARG(need == 0 || (workspace != nullptr && workspace_bytes >= need), "probe: workspace of ",
                    workspace_bytes, " bytes is too small; probe_plan_workspace_bytes() = ", need);
 
-  static int configured_bytes = 48 * 1024;  // raised monotonically; one kernel, one attribute
-  if (static_cast<int>(smem_bytes) > configured_bytes) {
-    MOEBAL_CHECK_CUDA(cudaFuncSetAttribute(probe_plan_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(smem_bytes)));
-    configured_bytes = static_cast<int>(smem_bytes);
-  }
+  raise_smem_limit(static_cast<int>(smem_bytes));
   KernelArgs a{};
   a.R = cfg.num_ranks;
   a.E = cfg.num_experts;

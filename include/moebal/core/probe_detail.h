@@ -19,8 +19,13 @@ constexpr int64_t kMaxTransferPs = int64_t(1) << 50;  // ~19 min: never fits a f
 MOEBAL_PROBE_HD int popcount64(uint64_t x) {
 #if defined(__CUDA_ARCH__)
   return __popcll(x);
-#else
+#elif defined(__POPCNT__)
   return __builtin_popcountll(x);
+#else  // portable builds have no popcnt instruction; this beats the libgcc call
+  x = x - ((x >> 1) & 0x5555555555555555ull);
+  x = (x & 0x3333333333333333ull) + ((x >> 2) & 0x3333333333333333ull);
+  x = (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0full;
+  return static_cast<int>((x * 0x0101010101010101ull) >> 56);
 #endif
 }
 
@@ -69,6 +74,7 @@ MOEBAL_PROBE_HD int64_t cost(int64_t n, int64_t a, int64_t b) { return n > 0 ? a
 /// src mod k so different sources spread their remainders.
 MOEBAL_PROBE_HD int64_t init_quota(int64_t n, uint64_t holders, int src, int r, int ranks_per_node) {
   if ((holders >> src) & 1) return r == src ? n : 0;
+  if ((holders & (holders - 1)) == 0) return ((holders >> r) & 1) ? n : 0;
   uint64_t tier = holders & node_mask(src, ranks_per_node);
   if (tier == 0) tier = holders;
   if (!((tier >> r) & 1)) return 0;
@@ -77,6 +83,34 @@ MOEBAL_PROBE_HD int64_t init_quota(int64_t n, uint64_t holders, int src, int r, 
   const int j = popcount64(tier & ((uint64_t(1) << r) - 1));  // index of r among the tier
   const int64_t rem = n % k;
   return n / k + ((((j + k - src % k) % k) < rem) ? 1 : 0);
+}
+
+/// The same split as init_quota for every receiving rank at once: calls f(r, tokens) for each rank
+/// r of the receiving tier (in ascending order), tokens possibly 0. Used where whole rows are built.
+template <class F>
+MOEBAL_PROBE_HD void init_split(int64_t n, uint64_t holders, int src, int ranks_per_node, F&& f) {
+  if ((holders >> src) & 1) {
+    f(src, n);
+    return;
+  }
+  if ((holders & (holders - 1)) == 0) {  // one holder: the common case, no division
+    f(ctz64(holders), n);
+    return;
+  }
+  uint64_t tier = holders & node_mask(src, ranks_per_node);
+  if (tier == 0) tier = holders;
+  const int k = popcount64(tier);
+  if (k == 1) {
+    f(ctz64(tier), n);
+    return;
+  }
+  const int64_t base = n / k, rem = n % k;
+  const int rot = src % k;
+  for (int j = 0; tier; ++j) {
+    const int r = ctz64(tier);
+    tier &= tier - 1;
+    f(r, base + ((((j + k - rot) % k) < rem) ? 1 : 0));
+  }
 }
 
 /// Water-filling between the bottleneck b and a helper d for one expert: the token amount x in
