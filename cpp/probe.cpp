@@ -4,6 +4,7 @@
 // pruned search (upper bounds on the gain, strict comparisons so ties are never pruned).
 #include "moebal/core/probe.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -244,6 +245,13 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
         const int d = w.order[oi];
         if (d == bn) continue;
         if (!exhaustive && Tb - w.T[d] < thr) break;  // gain <= Tb - T_d
+        if (!exhaustive && blocked_found && std::min(w.cand_ub[ci], Tb - w.T[d]) < kg &&
+            !(((w.native[e] | w.extra[e]) >> d) & 1)) {
+          // A pair that needs a replica the window forbids, and whose gain cannot reach the best
+          // blocked pair so far, changes neither result: skip its water-filling.
+          int64_t t = 0;
+          if (pd::pick_source(v, e, d, true, &t) < 0) continue;
+        }
         int64_t g = 0, x = 0;
         uint64_t sec = 0;
         const int res = pd::eval_pair(v, bn, e, d, &g, &sec, &x);
