@@ -298,10 +298,14 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
       sm.q[r] = pd::current_quota(counts[static_cast<size_t>(r) * E + e], sm.native[e], r, e, bn, R, rpn, nm,
                                   sm.mv_e, sm.mv_from, sm.mv_to, sm.mv_amt);
     __syncthreads();
+    // The tokens leave bn in locality order (pd::take_tokens, serial on the CPU); here every source
+    // sums the quota of the sources ahead of it, so the R amounts come out in parallel.
+    int32_t* amt = sm.mv_amt + static_cast<size_t>(nm) * R;
+    for (int r = tid; r < R; r += kThreads)
+      amt[r] = static_cast<int32_t>(pd::take_from(sm.q, bn, d, R, rpn, *sm.sel_x, r));
+    __syncthreads();
     if (tid == 0) {
       const int64_t bx = *sm.sel_x;
-      int32_t* amt = sm.mv_amt + static_cast<size_t>(nm) * R;
-      pd::take_tokens(sm.q, bn, d, R, rpn, bx, amt);
       sm.mv_e[nm] = e;
       sm.mv_from[nm] = bn;
       sm.mv_to[nm] = d;

@@ -2,11 +2,13 @@
 
 #include <cmath>
 #include <limits>
+#include <random>
 #include <tuple>
 #include <vector>
 
 #include "moebal/core/error.h"
 #include "moebal/core/probe.h"
+#include "moebal/core/probe_detail.h"
 #include "probe_cases.h"
 
 namespace moebal::core::detail {
@@ -219,6 +221,38 @@ TEST(ProbePlanArgs, NullOutputsAreSkipped) {
   out.stats = stats.data();
   moebal::core::probe_plan(c.cfg, c.L, c.inputs(), out, ws.data(), ws.size());
   EXPECT_EQ(stats, run_cpu(c).stats);
+}
+
+}  // namespace
+
+namespace {
+
+TEST(ProbeDetail, ParallelTakeEqualsSerialTake) {
+  namespace pd = moebal::core::probe_detail;
+  std::mt19937 rng(42);
+  for (int it = 0; it < 3000; ++it) {
+    const int R = 1 + static_cast<int>(rng() % 64);
+    const int rpn_choices[] = {1, R};
+    const int rpn = (R % 4 == 0 && rng() % 2) ? 4 : rpn_choices[rng() % 2];
+    std::vector<int64_t> q(R);
+    for (auto& v : q) v = rng() % 3 == 0 ? 0 : static_cast<int64_t>(rng() % 1000);
+    const int bn = static_cast<int>(rng() % R);
+    if (R < 2) continue;
+    int d = static_cast<int>(rng() % R);
+    if (d == bn) d = (d + 1) % R;
+    int64_t pool = 0;
+    for (int s = 0; s < R; ++s) pool += s == bn ? 0 : q[s];
+    const int64_t x = pool == 0 ? 0 : static_cast<int64_t>(rng() % (pool + 1));
+    std::vector<int32_t> serial(R);
+    pd::take_tokens(q.data(), bn, d, R, rpn, x, serial.data());
+    int64_t sum = 0;
+    for (int s = 0; s < R; ++s) {
+      ASSERT_EQ(pd::take_from(q.data(), bn, d, R, rpn, x, s), serial[s]) << "it " << it << " s " << s;
+      sum += serial[s];
+    }
+    ASSERT_EQ(sum, x);
+    ASSERT_EQ(serial[bn], 0);
+  }
 }
 
 }  // namespace
