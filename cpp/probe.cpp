@@ -63,7 +63,7 @@ struct Layout {
   int32_t *m, *loc;
   int64_t *colsum;
   int64_t *T, *T0, *a, *b, *win, *in, *out, *tok, *tok0, *q, *cand_ub;
-  int32_t *slots, *rep_e, *rep_src, *mv_e, *mv_from, *mv_to, *mv_amt, *rank_exp, *rank_nexp,
+  int32_t *slots, *node, *rep_e, *rep_src, *mv_e, *mv_from, *mv_to, *mv_amt, *rank_exp, *rank_nexp,
       *order, *cand_e;
   size_t bytes;
 };
@@ -90,6 +90,7 @@ Layout make_layout(const ProbeConfig& c, uint8_t* base) {
     *p = carve<int64_t>(base, off, R);
   l.cand_ub = carve<int64_t>(base, off, spg + S + 1);
   l.slots = carve<int32_t>(base, off, R);
+  l.node = carve<int32_t>(base, off, R);
   l.rep_e = carve<int32_t>(base, off, R * S + 1);
   l.rep_src = carve<int32_t>(base, off, R * S + 1);
   l.mv_e = carve<int32_t>(base, off, K + 1);
@@ -190,6 +191,7 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     w.win[r] = ps;
     w.T[r] = w.tok[r] = w.in[r] = w.out[r] = 0;
     w.slots[r] = 0;
+    w.node[r] = r / rpn;
     w.order[r] = r;
   }
   for (int e = 0; e < E; ++e) {
@@ -210,7 +212,7 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
   sort_order(w.order, w.T, R);
 
   const pd::View v{R, E, S, rpn, w.native, w.extra, w.m, w.loc, w.T, w.a, w.b, w.win, w.in, w.out,
-                   w.slots, t_intra, t_inter, min_gain};
+                   w.slots, w.node, t_intra, t_inter, min_gain};
   int32_t stats[kProbeNumStats] = {0, 0, 0, 0};
   int nm = 0;
   for (int k = 0; k < K; ++k) {
@@ -231,13 +233,17 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
       w.cand_ub[nc] = w.b[bn] * pool + (w.loc[be] == 0 ? w.a[bn] : 0);
       ++nc;
     }
-    bool found = false, blocked_found = false;
-    int64_t bg = 0, bx = 0, kg = 0;
-    uint64_t bs = 0, ks = 0;
-    int be_ = -1, bd = -1;
-    int64_t thr = min_gain + 1;  // a pair can only matter if its gain reaches thr
+    // Pass 1: the best pair the window allows. A pair that needs a replica the window forbids is
+    // only noted (no water-filling); pass 2 looks at those pairs again, and only asks whether one
+    // of them beats the pass-1 best (the window-blocked statistic), which the GPU computes as the
+    // maximum over all blocked pairs compared with the best: the same answer.
     // Many experts usually reach the same (equalising) gain, so bounds rarely end the expert loop
     // early; candidates are visited in list order and skipped by bound, without sorting.
+    bool found = false, any_blocked = false;
+    int64_t bg = 0, bx = 0;
+    uint64_t bs = 0;
+    int be_ = -1, bd = -1;
+    int64_t thr = min_gain + 1;  // a pair can only matter if its gain reaches thr
     for (int ci = 0; ci < nc; ++ci) {
       if (!exhaustive && w.cand_ub[ci] < thr) continue;
       const int e = w.cand_e[ci];
@@ -245,36 +251,46 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
         const int d = w.order[oi];
         if (d == bn) continue;
         if (!exhaustive && Tb - w.T[d] < thr) break;  // gain <= Tb - T_d
-        if (!exhaustive && blocked_found && std::min(w.cand_ub[ci], Tb - w.T[d]) < kg &&
-            !(((w.native[e] | w.extra[e]) >> d) & 1)) {
-          // A pair that needs a replica the window forbids, and whose gain cannot reach the best
-          // blocked pair so far, changes neither result: skip its water-filling.
+        if (!(((w.native[e] | w.extra[e]) >> d) & 1)) {
+          if (w.slots[d] >= S) continue;
           int64_t t = 0;
-          if (pd::pick_source(v, e, d, true, &t) < 0) continue;
+          if (pd::pick_source(v, e, d, true, &t) < 0) {
+            any_blocked = true;
+            continue;
+          }
         }
         int64_t g = 0, x = 0;
         uint64_t sec = 0;
-        const int res = pd::eval_pair(v, bn, e, d, &g, &sec, &x);
-        if (res == pd::kPairOk) {
-          if (!found || pd::better(g, sec, bg, bs)) {
-            found = true;
-            bg = g;
-            bs = sec;
-            bx = x;
-            be_ = e;
-            bd = d;
-            thr = bg;
-          }
-        } else if (res == pd::kPairWindowBlocked) {
-          if (!blocked_found || pd::better(g, sec, kg, ks)) {
-            blocked_found = true;
-            kg = g;
-            ks = sec;
-          }
+        if (pd::eval_pair(v, bn, e, d, &g, &sec, &x) != pd::kPairOk) continue;
+        if (!found || pd::better(g, sec, bg, bs)) {
+          found = true;
+          bg = g;
+          bs = sec;
+          bx = x;
+          be_ = e;
+          bd = d;
+          thr = bg;
         }
       }
     }
-    if (blocked_found && (!found || pd::better(kg, ks, bg, bs))) ++stats[kProbeStatWindowBlocked];
+    // Pass 2: does a window-blocked pair beat the best? (Pairs pruned in pass 1 had bounds below
+    // a threshold <= the final best, so they cannot.)
+    bool blocked = false;
+    for (int ci = 0; any_blocked && !blocked && ci < nc; ++ci) {
+      if (!exhaustive && w.cand_ub[ci] < thr) continue;
+      const int e = w.cand_e[ci];
+      for (int oi = 0; oi < R && !blocked; ++oi) {
+        const int d = w.order[oi];
+        if (d == bn) continue;
+        if (!exhaustive && Tb - w.T[d] < thr) break;
+        if ((((w.native[e] | w.extra[e]) >> d) & 1) || w.slots[d] >= S) continue;
+        int64_t g = 0, x = 0;
+        uint64_t sec = 0;
+        if (pd::eval_pair(v, bn, e, d, &g, &sec, &x) != pd::kPairWindowBlocked) continue;
+        blocked = !found || pd::better(g, sec, bg, bs);
+      }
+    }
+    if (blocked) ++stats[kProbeStatWindowBlocked];
     if (!found) break;
 
     // Apply: take bx tokens of be_ off bn in locality order and hand them to bd.

@@ -47,7 +47,7 @@ struct Smem {
   int64_t *T, *T0, *a, *b, *win, *in, *out, *tok, *tok0, *q;
   int64_t *red_g, *red_x, *red_kg;
   uint64_t *red_s, *red_ks;
-  int32_t *m, *loc, *slots, *rep_e, *rep_src, *mv_e, *mv_from, *mv_to, *mv_amt, *emoves;
+  int32_t *m, *loc, *slots, *node, *rep_e, *rep_src, *mv_e, *mv_from, *mv_to, *mv_amt, *emoves;
   int32_t* ctl;  // [0] status, [1] done, [2] e, [3] d, [4] nm, [5] blocked, [6] new replicas
   unsigned long long* total;
   int64_t* sel_x;
@@ -78,6 +78,7 @@ __host__ __device__ inline Smem carve(unsigned char* base, int R, int E, int S, 
   s.sel_x = take<int64_t>(base, off, 1);
   s.ctl = take<int32_t>(base, off, 8);
   s.slots = take<int32_t>(base, off, R);
+  s.node = take<int32_t>(base, off, R);
   s.rep_e = take<int32_t>(base, off, static_cast<size_t>(R) * S + 1);
   s.rep_src = take<int32_t>(base, off, static_cast<size_t>(R) * S + 1);
   s.mv_e = take<int32_t>(base, off, K + 1);
@@ -162,6 +163,7 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
     if (sm.win[r] < 0) status |= core::kProbeBadWindow;
     sm.in[r] = sm.out[r] = 0;
     sm.slots[r] = 0;
+    sm.node[r] = r / rpn;
   }
   for (int s = tid; s < p.num_slots; s += kThreads) {
     const int e = p.phy2log[static_cast<size_t>(layer) * p.num_slots + s];
@@ -243,7 +245,7 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
   __syncthreads();
 
   const pd::View v{R, E, S, rpn, sm.native, sm.extra, sm.m, sm.loc, sm.T, sm.a, sm.b, sm.win, sm.in, sm.out,
-                   sm.slots, p.t_intra, p.t_inter, p.min_gain};
+                   sm.slots, sm.node, p.t_intra, p.t_inter, p.min_gain};
   const int pairs = E * R;
   for (int k = 0; k < K; ++k) {
     int bn = 0;

@@ -146,9 +146,9 @@ MOEBAL_PROBE_HD int64_t water_fill(int64_t Tb, int64_t Td, int64_t mb, int64_t m
   return best_x == 0 ? 0 : Tb - best_level;
 }
 
-/// Transfer time between two ranks.
-MOEBAL_PROBE_HD int64_t transfer_ps(int w, int d, int ranks_per_node, int64_t t_intra, int64_t t_inter) {
-  return (w / ranks_per_node) == (d / ranks_per_node) ? t_intra : t_inter;
+/// Transfer time between two ranks, given each rank's node.
+MOEBAL_PROBE_HD int64_t transfer_ps(const int32_t* node, int w, int d, int64_t t_intra, int64_t t_inter) {
+  return node[w] == node[d] ? t_intra : t_inter;
 }
 
 /// Read-only view of one layer's planner state (host or shared memory).
@@ -165,6 +165,7 @@ struct View {
   const int64_t* in;       // [R] planned incoming transfer time (ps)
   const int64_t* out;      // [R] planned outgoing transfer time (ps)
   const int32_t* slots;    // [R] extra slots used
+  const int32_t* node;     // [R] node of each rank (r / ranks_per_node)
   int64_t t_intra, t_inter, min_gain;
 };
 
@@ -188,7 +189,7 @@ MOEBAL_PROBE_HD int pick_source(const View& v, int e, int d, bool check_window, 
   while (h) {
     const int w = ctz64(h);
     h &= h - 1;
-    const int64_t t = transfer_ps(w, d, v.ranks_per_node, v.t_intra, v.t_inter);
+    const int64_t t = transfer_ps(v.node, w, d, v.t_intra, v.t_inter);
     if (check_window && (v.in[d] + t > v.win[d] || v.out[w] + t > v.win[w])) continue;
     if (best < 0 || t < bt || (t == bt && v.out[w] < bo)) {
       best = w;
