@@ -1,8 +1,10 @@
 // PROBE planner on one CPU core: per-layer wall time over a 58-layer batch (median of repetitions),
-// with and without the dense quota output, plus the plan quality on the same inputs.
+// with and without the dense quota output, plus the plan quality on the same inputs. The thread's
+// CPU time is reported beside the wall time: on a shared machine the two differ.
 //   moebal_bench_probe [reps]
 #include <algorithm>
 #include <chrono>
+#include <ctime>
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
@@ -11,6 +13,12 @@
 #include "probe_workload.h"
 
 namespace {
+
+double thread_cpu_us() {
+  timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return ts.tv_sec * 1e6 + ts.tv_nsec * 1e-3;
+}
 
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -21,7 +29,7 @@ double median(std::vector<double> v) {
 
 int main(int argc, char** argv) {
   const int reps = argc > 1 ? std::atoi(argv[1]) : 31;
-  std::printf("| workload | copies/rank | us/layer (plan + dense quota) | us/layer (plan only) | "
+  std::printf("| workload | copies/rank | us/layer wall (CPU) plan + dense quota | us/layer wall (CPU) plan only | "
               "IR tokens before -> after | time max/mean before -> after | moves/layer | new replicas/layer | "
               "window-blocked iters/layer |\n|---|---|---|---|---|---|---|---|---|\n");
   for (const auto& w : moebal_bench::probe_workloads()) {
@@ -34,17 +42,23 @@ int main(int argc, char** argv) {
                                           stats.data()};
     moebal::core::ProbeOutputs lean = full;
     lean.quota = nullptr;
-    double per_layer[2];
+    double per_layer[2], cpu_layer[2];
     for (int variant = 0; variant < 2; ++variant) {
       const auto& out = variant == 0 ? full : lean;
-      std::vector<double> t;
+      std::vector<double> t, c;
       for (int i = 0; i < reps + 3; ++i) {
+        const double c0 = thread_cpu_us();
         const auto t0 = std::chrono::steady_clock::now();
         moebal::core::probe_plan(w.cfg, w.L, w.inputs(), out, ws.data(), ws.size());
         const auto t1 = std::chrono::steady_clock::now();
-        if (i >= 3) t.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count() / w.L);
+        const double c1 = thread_cpu_us();
+        if (i >= 3) {
+          t.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count() / w.L);
+          c.push_back((c1 - c0) / w.L);
+        }
       }
       per_layer[variant] = median(t);
+      cpu_layer[variant] = median(c);
     }
     double ir0 = 0, ir1 = 0, tr0 = 0, tr1 = 0, moves = 0, reps_new = 0, blocked = 0;
     for (size_t l = 0; l < L; ++l) {
@@ -58,8 +72,8 @@ int main(int argc, char** argv) {
       ir0 += m0 / (n0 / R), ir1 += m1 / (n1 / R), tr0 += x0 / (s0 / R), tr1 += x1 / (s1 / R);
       moves += stats[l * 4 + 0], reps_new += stats[l * 4 + 1], blocked += stats[l * 4 + 2];
     }
-    std::printf("| %s | %d | %.2f | %.2f | %.3f -> %.3f | %.3f -> %.3f | %.2f | %.2f | %.2f |\n", w.name.c_str(),
-                w.cfg.num_slots / w.cfg.num_ranks - w.cfg.num_experts / w.cfg.num_ranks, per_layer[0], per_layer[1],
+    std::printf("| %s | %d | %.2f (%.2f) | %.2f (%.2f) | %.3f -> %.3f | %.3f -> %.3f | %.2f | %.2f | %.2f |\n", w.name.c_str(),
+                w.cfg.num_slots / w.cfg.num_ranks - w.cfg.num_experts / w.cfg.num_ranks, per_layer[0], cpu_layer[0], per_layer[1], cpu_layer[1],
                 ir0 / L, ir1 / L, tr0 / L, tr1 / L, moves / L, reps_new / L, blocked / L);
   }
   return 0;

@@ -59,12 +59,12 @@ namespace {
 
 // Carves the workspace; with base == nullptr it only measures.
 struct Layout {
-  uint64_t *native, *extra;
+  uint64_t *native, *extra, *node_mask;
   int32_t *m, *loc;
   int64_t *colsum;
-  int64_t *T, *T0, *a, *b, *win, *in, *out, *tok, *tok0, *q, *cand_ub;
+  int64_t *T, *T0, *a, *b, *win, *in, *out, *tok, *tok0, *q, *cand_ub, *memo_xe, *memo_g, *memo_x;
   int32_t *slots, *node, *rep_e, *rep_src, *mv_e, *mv_from, *mv_to, *mv_amt, *rank_exp, *rank_nexp,
-      *order, *cand_e;
+      *order, *cand_e, *memo_k;
   size_t bytes;
 };
 
@@ -83,12 +83,17 @@ Layout make_layout(const ProbeConfig& c, uint8_t* base) {
   size_t off = 0;
   l.native = carve<uint64_t>(base, off, E);
   l.extra = carve<uint64_t>(base, off, E);
+  l.node_mask = carve<uint64_t>(base, off, R);
   l.m = carve<int32_t>(base, off, R * E);
   l.loc = carve<int32_t>(base, off, R * E);
   l.colsum = carve<int64_t>(base, off, E);
   for (int64_t** p : {&l.T, &l.T0, &l.a, &l.b, &l.win, &l.in, &l.out, &l.tok, &l.tok0, &l.q})
     *p = carve<int64_t>(base, off, R);
   l.cand_ub = carve<int64_t>(base, off, spg + S + 1);
+  l.memo_xe = carve<int64_t>(base, off, 2 * R);
+  l.memo_g = carve<int64_t>(base, off, 2 * R);
+  l.memo_x = carve<int64_t>(base, off, 2 * R);
+  l.memo_k = carve<int32_t>(base, off, 2 * R);
   l.slots = carve<int32_t>(base, off, R);
   l.node = carve<int32_t>(base, off, R);
   l.rep_e = carve<int32_t>(base, off, R * S + 1);
@@ -103,6 +108,24 @@ Layout make_layout(const ProbeConfig& c, uint8_t* base) {
   l.cand_e = carve<int32_t>(base, off, spg + S + 1);
   l.bytes = off + 64;  // room to align the base
   return l;
+}
+
+// colsum[e] += counts[s][e] over sources; returns the OR of all counts (negative iff one is).
+// The portable -O2 build does not vectorise this widening loop on its own; it is the one O(R E)
+// pass over the input on the hot path.
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("O3")))
+#endif
+int32_t column_sums(const int32_t* counts, int R, int E, int64_t* colsum) {
+  int32_t neg = 0;
+  for (int s = 0; s < R; ++s) {
+    const int32_t* row = counts + static_cast<size_t>(s) * E;
+    for (int e = 0; e < E; ++e) {
+      colsum[e] += row[e];
+      neg |= row[e];
+    }
+  }
+  return neg;
 }
 
 // Helpers by (T ascending, rank ascending); insertion sort, as only two entries change per move.
@@ -144,14 +167,7 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
 
   // Counts: validate and take column sums (vectorisable), then the locality-first split.
   std::memset(w.colsum, 0, sizeof(int64_t) * E);
-  int32_t neg = 0;
-  for (int s = 0; s < R; ++s) {
-    const int32_t* row = counts + static_cast<size_t>(s) * E;
-    for (int e = 0; e < E; ++e) {
-      w.colsum[e] += row[e];
-      neg |= row[e];
-    }
-  }
+  const int32_t neg = column_sums(counts, R, E, w.colsum);
   if (neg < 0) {
     for (size_t i = 0; i < RE; ++i)
       MOEBAL_CHECK_ARG(counts[i] >= 0, "probe: counts[", layer, ", ", i / E, ", ", i % E, "] = ", counts[i],
@@ -192,6 +208,7 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     w.T[r] = w.tok[r] = w.in[r] = w.out[r] = 0;
     w.slots[r] = 0;
     w.node[r] = r / rpn;
+    w.node_mask[r] = pd::node_mask(r, rpn);
     w.order[r] = r;
   }
   for (int e = 0; e < E; ++e) {
@@ -215,11 +232,35 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
                    w.slots, w.node, t_intra, t_inter, min_gain};
   int32_t stats[kProbeNumStats] = {0, 0, 0, 0};
   int nm = 0;
+  for (int i = 0; i < 2 * R; ++i) w.memo_k[i] = -1;
   for (int k = 0; k < K; ++k) {
     int bn = 0;
     for (int r = 1; r < R; ++r)
       if (w.T[r] > w.T[bn]) bn = r;
     const int64_t Tb = w.T[bn];
+    // Gain of moving expert e from bn to d: pd::water_fill, with the helper's unconstrained optimum
+    // memoised per (helper, whether d already runs e) for this iteration. When the pool is at least
+    // xe + 2 (xe: last token count at which bn stays above d), water_fill's answer does not depend on
+    // the pool or on draining (both candidates xe and xe + 1 are in range and larger amounts only
+    // raise d), so the memoised answer is exact; otherwise water_fill runs in full.
+    auto pair_gain = [&](int e, int d, int64_t* x) -> int64_t {
+      const size_t be = static_cast<size_t>(bn) * E + e, de = static_cast<size_t>(d) * E + e;
+      const int64_t mb = w.m[be], pool = mb - w.loc[be], md = w.m[de];
+      const int64_t c = w.T[d] + (md == 0 ? w.a[d] : 0), sum = w.b[bn] + w.b[d];
+      // pool >= xe + 2 with xe = (Tb - c) / sum, tested without the division: (pool - 1) sum > Tb - c.
+      const bool big_pool = sum > 0 && pool >= 2 && (Tb <= c || (pool - 1) * sum > Tb - c);
+      if (!big_pool) return pd::water_fill(Tb, w.T[d], mb, md, pool, w.a[bn], w.b[bn], w.a[d], w.b[d], x);
+      const int slot = 2 * d + (md == 0 ? 1 : 0);
+      if (w.memo_k[slot] != k) {
+        const int64_t xe = Tb > c ? (Tb - c) / sum : 0;  // < pool - 1 < 2^31 here
+        w.memo_xe[slot] = xe;
+        w.memo_g[slot] = pd::water_fill(Tb, w.T[d], -1, md, xe + 2, w.a[bn], w.b[bn], w.a[d], w.b[d],
+                                          &w.memo_x[slot]);
+        w.memo_k[slot] = k;
+      }
+      *x = w.memo_x[slot];
+      return w.memo_g[slot];
+    };
 
     // Candidate experts on the bottleneck with movable (non-pinned) tokens and their gain bound.
     int nc = 0;
@@ -233,15 +274,32 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
       w.cand_ub[nc] = w.b[bn] * pool + (w.loc[be] == 0 ? w.a[bn] : 0);
       ++nc;
     }
-    // Pass 1: the best pair the window allows. A pair that needs a replica the window forbids is
-    // only noted (no water-filling); pass 2 looks at those pairs again, and only asks whether one
-    // of them beats the pass-1 best (the window-blocked statistic), which the GPU computes as the
-    // maximum over all blocked pairs compared with the best: the same answer.
+    // One pass over the candidate pairs. A pair's gain is computed first (memoised per helper, see
+    // pair_gain); the window is checked only for pairs that would beat the best so far. A blocked
+    // pair is remembered when it beats the best at its visit, which finds a blocked pair beating
+    // the final best whenever one exists: the same statistic the GPU computes over all pairs.
     // Many experts usually reach the same (equalising) gain, so bounds rarely end the expert loop
     // early; candidates are visited in list order and skipped by bound, without sorting.
-    bool found = false, any_blocked = false;
-    int64_t bg = 0, bx = 0;
-    uint64_t bs = 0;
+    // A bound of a pair's gain tighter than min(cand_ub, Tb - T_d): without draining the expert,
+    // min(b_b x, Tb - T_d - b_d x) <= b_b (Tb - T_d) / (b_b + b_d); draining adds one candidate.
+    // Evaluated in double with slack, so it never drops a pair whose gain can reach `bar`.
+    auto may_reach = [&](int ci, int d, int64_t bar) {
+      const size_t be = static_cast<size_t>(bn) * E + w.cand_e[ci];
+      const double gap = static_cast<double>(Tb - w.T[d]);
+      const double bb = static_cast<double>(w.b[bn]), bdv = static_cast<double>(w.b[d]);
+      const double lhs = static_cast<double>(bar) - 4.0, sum = bb + bdv;
+      // bb gap / sum >= lhs / (1 + 1e-9), multiplied out (no division)
+      if (sum > 0 && bb * gap * (1.0 + 1e-9) >= lhs * sum) return true;
+      if (w.loc[be] == 0) {
+        const double pool = static_cast<double>(w.m[be]);
+        const double drain = std::min(bb * pool + static_cast<double>(w.a[bn]), gap - bdv * pool);
+        if (drain * (1.0 + 1e-9) >= lhs) return true;
+      }
+      return lhs <= 0.0;
+    };
+    bool found = false, blocked_found = false;
+    int64_t bg = 0, bx = 0, kg = 0;
+    uint64_t bs = 0, ks = 0;
     int be_ = -1, bd = -1;
     int64_t thr = min_gain + 1;  // a pair can only matter if its gain reaches thr
     for (int ci = 0; ci < nc; ++ci) {
@@ -251,46 +309,36 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
         const int d = w.order[oi];
         if (d == bn) continue;
         if (!exhaustive && Tb - w.T[d] < thr) break;  // gain <= Tb - T_d
-        if (!(((w.native[e] | w.extra[e]) >> d) & 1)) {
-          if (w.slots[d] >= S) continue;
-          int64_t t = 0;
-          if (pd::pick_source(v, e, d, true, &t) < 0) {
-            any_blocked = true;
-            continue;
+        const bool holds = (((w.native[e] | w.extra[e]) >> d) & 1) != 0;
+        if (!holds && w.slots[d] >= S) continue;
+        // Surely window-blocked: no holder on d's node, and a cross-node transfer overflows d's window.
+        const bool surely_blocked =
+            !holds && (w.native[e] & w.node_mask[d]) == 0 && w.in[d] + t_inter > w.win[d];
+        if (!exhaustive && !may_reach(ci, d, surely_blocked && blocked_found ? std::max(thr, kg) : thr)) continue;
+        int64_t x = 0;
+        const int64_t g = pair_gain(e, d, &x);
+        if (g <= min_gain) continue;
+        const uint64_t sec = pd::move_sec(!holds, e, d);
+        if (found && !pd::better(g, sec, bg, bs)) continue;
+        int64_t t = 0;
+        if (surely_blocked || (!holds && pd::pick_source(v, e, d, true, &t) < 0)) {
+          if (!blocked_found || pd::better(g, sec, kg, ks)) {
+            blocked_found = true;
+            kg = g;
+            ks = sec;
           }
+          continue;
         }
-        int64_t g = 0, x = 0;
-        uint64_t sec = 0;
-        if (pd::eval_pair(v, bn, e, d, &g, &sec, &x) != pd::kPairOk) continue;
-        if (!found || pd::better(g, sec, bg, bs)) {
-          found = true;
-          bg = g;
-          bs = sec;
-          bx = x;
-          be_ = e;
-          bd = d;
-          thr = bg;
-        }
+        found = true;
+        bg = g;
+        bs = sec;
+        bx = x;
+        be_ = e;
+        bd = d;
+        thr = bg;
       }
     }
-    // Pass 2: does a window-blocked pair beat the best? (Pairs pruned in pass 1 had bounds below
-    // a threshold <= the final best, so they cannot.)
-    bool blocked = false;
-    for (int ci = 0; any_blocked && !blocked && ci < nc; ++ci) {
-      if (!exhaustive && w.cand_ub[ci] < thr) continue;
-      const int e = w.cand_e[ci];
-      for (int oi = 0; oi < R && !blocked; ++oi) {
-        const int d = w.order[oi];
-        if (d == bn) continue;
-        if (!exhaustive && Tb - w.T[d] < thr) break;
-        if ((((w.native[e] | w.extra[e]) >> d) & 1) || w.slots[d] >= S) continue;
-        int64_t g = 0, x = 0;
-        uint64_t sec = 0;
-        if (pd::eval_pair(v, bn, e, d, &g, &sec, &x) != pd::kPairWindowBlocked) continue;
-        blocked = !found || pd::better(g, sec, bg, bs);
-      }
-    }
-    if (blocked) ++stats[kProbeStatWindowBlocked];
+    if (blocked_found && (!found || pd::better(kg, ks, bg, bs))) ++stats[kProbeStatWindowBlocked];
     if (!found) break;
 
     // Apply: take bx tokens of be_ off bn in locality order and hand them to bd.
