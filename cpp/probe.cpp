@@ -152,6 +152,8 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
   std::memset(w.native, 0, sizeof(uint64_t) * E);
   std::memset(w.extra, 0, sizeof(uint64_t) * E);
   for (int r = 0; r < R; ++r) {
+    w.node[r] = r / rpn;
+    w.node_mask[r] = pd::node_mask(r, rpn);
     int n = 0;
     for (int s = r * spg; s < (r + 1) * spg; ++s) {
       const int32_t e = phy2log[s];
@@ -195,7 +197,7 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
         w.loc[static_cast<size_t>(s) * E + e] += static_cast<int32_t>(n);
         continue;
       }
-      pd::init_split(n, h, s, rpn, [&](int r, int64_t v) { w.m[static_cast<size_t>(r) * E + e] += static_cast<int32_t>(v); });
+      pd::init_split(n, h, s, w.node_mask[s], [&](int r, int64_t v) { w.m[static_cast<size_t>(r) * E + e] += static_cast<int32_t>(v); });
     }
   }
 
@@ -207,8 +209,6 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     w.win[r] = ps;
     w.T[r] = w.tok[r] = w.in[r] = w.out[r] = 0;
     w.slots[r] = 0;
-    w.node[r] = r / rpn;
-    w.node_mask[r] = pd::node_mask(r, rpn);
     w.order[r] = r;
   }
   for (int e = 0; e < E; ++e) {
@@ -386,7 +386,7 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
         const int64_t n = counts[static_cast<size_t>(s) * E + e];
         if (n == 0) continue;
         int32_t* row = qbase + (static_cast<size_t>(s) * E + e) * R;
-        pd::init_split(n, w.native[e], s, rpn, [row](int r, int64_t v) { row[r] = static_cast<int32_t>(v); });
+        pd::init_split(n, w.native[e], s, w.node_mask[s], [row](int r, int64_t v) { row[r] = static_cast<int32_t>(v); });
       }
     }
     for (int k = 0; k < nm; ++k) {

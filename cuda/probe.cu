@@ -200,7 +200,7 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
         single_sum += n;
       } else {
         int32_t* col = sm.m + e;
-        pd::init_split(n, h, s, rpn, [col, E](int r, int64_t v) { col[static_cast<size_t>(r) * E] += static_cast<int32_t>(v); });
+        pd::init_split(n, h, s, pd::node_mask(s, rpn), [col, E](int r, int64_t v) { col[static_cast<size_t>(r) * E] += static_cast<int32_t>(v); });
       }
     }
     if (single) sm.m[static_cast<size_t>(only) * E + e] += static_cast<int32_t>(single_sum);
@@ -349,7 +349,7 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
       int32_t* out = quota + row * R;
       if (sm.emoves[e] == 0) {
         if (n == 0) continue;
-        pd::init_split(n, h, src, rpn, [out](int r, int64_t v) {
+        pd::init_split(n, h, src, pd::node_mask(src, rpn), [out](int r, int64_t v) {
           if (v != 0) out[r] = static_cast<int32_t>(v);
         });
       } else {

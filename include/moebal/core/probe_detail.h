@@ -78,17 +78,20 @@ MOEBAL_PROBE_HD int64_t init_quota(int64_t n, uint64_t holders, int src, int r, 
   uint64_t tier = holders & node_mask(src, ranks_per_node);
   if (tier == 0) tier = holders;
   if (!((tier >> r) & 1)) return 0;
-  const int k = popcount64(tier);
+  const unsigned k = static_cast<unsigned>(popcount64(tier));
   if (k == 1) return n;
-  const int j = popcount64(tier & ((uint64_t(1) << r) - 1));  // index of r among the tier
-  const int64_t rem = n % k;
-  return n / k + ((((j + k - src % k) % k) < rem) ? 1 : 0);
+  const unsigned j = static_cast<unsigned>(popcount64(tier & ((uint64_t(1) << r) - 1)));  // r's index in the tier
+  const uint32_t un = static_cast<uint32_t>(n);  // counts are int32; 32-bit division is cheaper
+  const unsigned rot = static_cast<unsigned>(src) % k;
+  const unsigned idx = j >= rot ? j - rot : j + k - rot;  // (j - src) mod k
+  return static_cast<int64_t>(un / k) + (idx < un % k ? 1 : 0);
 }
 
 /// The same split as init_quota for every receiving rank at once: calls f(r, tokens) for each rank
 /// r of the receiving tier (in ascending order), tokens possibly 0. Used where whole rows are built.
+/// src_node_mask: node_mask(src, ranks_per_node), passed in because callers have it at hand.
 template <class F>
-MOEBAL_PROBE_HD void init_split(int64_t n, uint64_t holders, int src, int ranks_per_node, F&& f) {
+MOEBAL_PROBE_HD void init_split(int64_t n, uint64_t holders, int src, uint64_t src_node_mask, F&& f) {
   if ((holders >> src) & 1) {
     f(src, n);
     return;
@@ -97,19 +100,21 @@ MOEBAL_PROBE_HD void init_split(int64_t n, uint64_t holders, int src, int ranks_
     f(ctz64(holders), n);
     return;
   }
-  uint64_t tier = holders & node_mask(src, ranks_per_node);
+  uint64_t tier = holders & src_node_mask;
   if (tier == 0) tier = holders;
-  const int k = popcount64(tier);
+  const unsigned k = static_cast<unsigned>(popcount64(tier));
   if (k == 1) {
     f(ctz64(tier), n);
     return;
   }
-  const int64_t base = n / k, rem = n % k;
-  const int rot = src % k;
-  for (int j = 0; tier; ++j) {
+  const uint32_t un = static_cast<uint32_t>(n);  // counts are int32; 32-bit division is cheaper
+  const int64_t base = un / k;
+  const unsigned rem = un % k, rot = static_cast<unsigned>(src) % k;
+  for (unsigned j = 0; tier; ++j) {
     const int r = ctz64(tier);
     tier &= tier - 1;
-    f(r, base + ((((j + k - rot) % k) < rem) ? 1 : 0));
+    const unsigned idx = j >= rot ? j - rot : j + k - rot;  // (j - src) mod k
+    f(r, base + (idx < rem ? 1 : 0));
   }
 }
 
