@@ -47,7 +47,7 @@ struct Smem {
   int64_t *T, *T0, *a, *b, *win, *in, *out, *tok, *tok0, *q;
   int64_t *red_g, *red_x, *red_kg;
   uint64_t *red_s, *red_ks;
-  int32_t *m, *loc, *slots, *node, *rep_e, *rep_src, *mv_e, *mv_from, *mv_to, *mv_amt, *emoves;
+  int32_t *m, *loc, *slots, *node, *p2l, *rep_e, *rep_src, *mv_e, *mv_from, *mv_to, *mv_amt, *emoves;
   int32_t* ctl;  // [0] status, [1] done, [2] e, [3] d, [4] nm, [5] blocked, [6] new replicas
   unsigned long long* total;
   int64_t* sel_x;
@@ -62,7 +62,8 @@ __host__ __device__ inline T* take(unsigned char* base, size_t& off, size_t n) {
   return p;
 }
 
-__host__ __device__ inline Smem carve(unsigned char* base, int R, int E, int S, int K, bool m_in_smem) {
+__host__ __device__ inline Smem carve(unsigned char* base, int R, int E, int S, int K, int num_slots,
+                                      bool m_in_smem) {
   Smem s{};
   size_t off = 0;
   s.native = take<uint64_t>(base, off, E);
@@ -86,6 +87,7 @@ __host__ __device__ inline Smem carve(unsigned char* base, int R, int E, int S, 
   s.mv_to = take<int32_t>(base, off, K + 1);
   s.mv_amt = take<int32_t>(base, off, static_cast<size_t>(K + 1) * R);
   s.emoves = take<int32_t>(base, off, E);
+  s.p2l = take<int32_t>(base, off, num_slots);
   if (m_in_smem) {
     s.m = take<int32_t>(base, off, static_cast<size_t>(R) * E);
     s.loc = take<int32_t>(base, off, static_cast<size_t>(R) * E);
@@ -116,7 +118,7 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int R = p.R, E = p.E, S = p.S, K = p.K, rpn = p.rpn;
   const int layer = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  Smem sm = carve(smem, R, E, S, K, p.gws == nullptr);
+  Smem sm = carve(smem, R, E, S, K, p.num_slots, p.gws == nullptr);
   if (p.gws != nullptr) {
     sm.m = p.gws + static_cast<size_t>(layer) * 2 * R * E;
     sm.loc = sm.m + static_cast<size_t>(R) * E;
@@ -167,6 +169,7 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
   }
   for (int s = tid; s < p.num_slots; s += kThreads) {
     const int e = p.phy2log[static_cast<size_t>(layer) * p.num_slots + s];
+    sm.p2l[s] = e;
     if (e < 0 || e >= E) {
       status |= core::kProbeBadPlacement;
     } else {
@@ -246,7 +249,10 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
 
   const pd::View v{R, E, S, rpn, sm.native, sm.extra, sm.m, sm.loc, sm.T, sm.a, sm.b, sm.win, sm.in, sm.out,
                    sm.slots, sm.node, p.t_intra, p.t_inter, p.min_gain};
-  const int pairs = E * R;
+  // Candidate pairs: the experts bn holds (its static slots, then its replicas) x helpers. Only those
+  // can have movable tokens on bn, so this is the same set of pairs as all E x R.
+  const int spg = p.spg;
+  const int pairs = (spg + S) * R;
   for (int k = 0; k < K; ++k) {
     int bn = 0;
     for (int r = 1; r < R; ++r)
@@ -255,8 +261,15 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
     int64_t g = -1, x = 0, kg = -1, kx = 0;
     uint64_t s = ~0ull, ks = ~0ull;
     for (int i = tid; i < pairs; i += kThreads) {
-      const int e = i / R, d = i - e * R;
+      const int j = i / R, d = i - j * R;
       if (d == bn) continue;
+      int e;
+      if (j < spg) {
+        e = sm.p2l[bn * spg + j];
+      } else {
+        if (j - spg >= sm.slots[bn]) continue;
+        e = sm.rep_e[bn * S + (j - spg)];
+      }
       int64_t pg = 0, px = 0;
       uint64_t psec = 0;
       const int res = pd::eval_pair(v, bn, e, d, &pg, &psec, &px);
@@ -276,6 +289,7 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
       sm.red_ks[warp] = ks;
     }
     __syncthreads();
+    // Warp 0 decides and applies the move; the rest of the block waits at the next barrier.
     if (warp == 0) {
       g = lane < kWarps ? sm.red_g[lane] : -1;
       s = lane < kWarps ? sm.red_s[lane] : ~0ull;
@@ -284,58 +298,55 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
       ks = lane < kWarps ? sm.red_ks[lane] : ~0ull;
       warp_best(g, s, x);
       warp_best(kg, ks, kx);
+      // Every lane now holds the same best pair.
       if (lane == 0) {
         if (kg >= 0 && (g < 0 || pd::better(kg, ks, g, s))) ++sm.ctl[5];
         sm.ctl[1] = g < 0;
-        sm.ctl[2] = static_cast<int>((s >> 8) & 0xffffffu);  // expert
-        sm.ctl[3] = static_cast<int>(s & 0xffu);             // helper
-        *sm.sel_x = x;
+      }
+      if (g >= 0) {
+        const int e = static_cast<int>((s >> 8) & 0xffffffu), d = static_cast<int>(s & 0xffu);
+        const int nm = sm.ctl[4];
+        for (int r = lane; r < R; r += 32)
+          sm.q[r] = pd::current_quota(counts[static_cast<size_t>(r) * E + e], sm.native[e], r, e, bn, R, rpn, nm,
+                                      sm.mv_e, sm.mv_from, sm.mv_to, sm.mv_amt);
+        __syncwarp();
+        // The tokens leave bn in locality order (pd::take_tokens, serial on the CPU); here every
+        // source sums the quota of the sources ahead of it, so the amounts come out in parallel.
+        int32_t* amt = sm.mv_amt + static_cast<size_t>(nm) * R;
+        for (int r = lane; r < R; r += 32) amt[r] = static_cast<int32_t>(pd::take_from(sm.q, bn, d, R, rpn, x, r));
+        __syncwarp();
+        if (lane == 0) {
+          sm.mv_e[nm] = e;
+          sm.mv_from[nm] = bn;
+          sm.mv_to[nm] = d;
+          if (!(((sm.native[e] | sm.extra[e]) >> d) & 1)) {
+            int64_t t = 0;
+            const int src = pd::pick_source(v, e, d, true, &t);
+            sm.rep_e[d * S + sm.slots[d]] = e;
+            sm.rep_src[d * S + sm.slots[d]] = src;
+            ++sm.slots[d];
+            sm.extra[e] |= 1ull << d;
+            sm.in[d] += t;
+            sm.out[src] += t;
+            ++sm.ctl[6];
+          }
+          const size_t bi = static_cast<size_t>(bn) * E + e, di = static_cast<size_t>(d) * E + e;
+          sm.T[bn] -= pd::cost(sm.m[bi], sm.a[bn], sm.b[bn]);
+          sm.T[d] -= pd::cost(sm.m[di], sm.a[d], sm.b[d]);
+          sm.m[bi] -= static_cast<int32_t>(x);
+          sm.m[di] += static_cast<int32_t>(x);
+          sm.T[bn] += pd::cost(sm.m[bi], sm.a[bn], sm.b[bn]);
+          sm.T[d] += pd::cost(sm.m[di], sm.a[d], sm.b[d]);
+          sm.tok[bn] -= x;
+          sm.tok[d] += x;
+          sm.loc[di] += amt[d];
+          ++sm.emoves[e];
+          sm.ctl[4] = nm + 1;
+        }
       }
     }
     __syncthreads();
     if (sm.ctl[1]) break;
-
-    const int e = sm.ctl[2], d = sm.ctl[3], nm = sm.ctl[4];
-    for (int r = tid; r < R; r += kThreads)
-      sm.q[r] = pd::current_quota(counts[static_cast<size_t>(r) * E + e], sm.native[e], r, e, bn, R, rpn, nm,
-                                  sm.mv_e, sm.mv_from, sm.mv_to, sm.mv_amt);
-    __syncthreads();
-    // The tokens leave bn in locality order (pd::take_tokens, serial on the CPU); here every source
-    // sums the quota of the sources ahead of it, so the R amounts come out in parallel.
-    int32_t* amt = sm.mv_amt + static_cast<size_t>(nm) * R;
-    for (int r = tid; r < R; r += kThreads)
-      amt[r] = static_cast<int32_t>(pd::take_from(sm.q, bn, d, R, rpn, *sm.sel_x, r));
-    __syncthreads();
-    if (tid == 0) {
-      const int64_t bx = *sm.sel_x;
-      sm.mv_e[nm] = e;
-      sm.mv_from[nm] = bn;
-      sm.mv_to[nm] = d;
-      if (!(((sm.native[e] | sm.extra[e]) >> d) & 1)) {
-        int64_t t = 0;
-        const int src = pd::pick_source(v, e, d, true, &t);
-        sm.rep_e[d * S + sm.slots[d]] = e;
-        sm.rep_src[d * S + sm.slots[d]] = src;
-        ++sm.slots[d];
-        sm.extra[e] |= 1ull << d;
-        sm.in[d] += t;
-        sm.out[src] += t;
-        ++sm.ctl[6];
-      }
-      const size_t bi = static_cast<size_t>(bn) * E + e, di = static_cast<size_t>(d) * E + e;
-      sm.T[bn] -= pd::cost(sm.m[bi], sm.a[bn], sm.b[bn]);
-      sm.T[d] -= pd::cost(sm.m[di], sm.a[d], sm.b[d]);
-      sm.m[bi] -= static_cast<int32_t>(bx);
-      sm.m[di] += static_cast<int32_t>(bx);
-      sm.T[bn] += pd::cost(sm.m[bi], sm.a[bn], sm.b[bn]);
-      sm.T[d] += pd::cost(sm.m[di], sm.a[d], sm.b[d]);
-      sm.tok[bn] -= bx;
-      sm.tok[d] += bx;
-      sm.loc[di] += amt[d];
-      ++sm.emoves[e];
-      sm.ctl[4] = nm + 1;
-    }
-    __syncthreads();
   }
 
   // Outputs. Quota: the rows of experts that never moved keep their initial split, written as
@@ -394,8 +405,10 @@ int max_optin_smem() {
 
 // Shared-memory bytes with and without m/loc, and whether m/loc fit.
 void plan_smem(const core::ProbeConfig& c, size_t* bytes, bool* m_in_smem) {
-  const size_t with = carve(nullptr, c.num_ranks, c.num_experts, c.max_extra_slots, c.max_iters, true).bytes;
-  const size_t without = carve(nullptr, c.num_ranks, c.num_experts, c.max_extra_slots, c.max_iters, false).bytes;
+  const size_t with =
+      carve(nullptr, c.num_ranks, c.num_experts, c.max_extra_slots, c.max_iters, c.num_slots, true).bytes;
+  const size_t without =
+      carve(nullptr, c.num_ranks, c.num_experts, c.max_extra_slots, c.max_iters, c.num_slots, false).bytes;
   const size_t limit = static_cast<size_t>(max_optin_smem());
   *m_in_smem = with <= limit;
   *bytes = *m_in_smem ? with : without;
