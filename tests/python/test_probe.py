@@ -213,3 +213,17 @@ def test_cuda_opcheck_status_and_devices():
     mixed[1] = args[1].cpu()
     with pytest.raises(ValueError, match="one device"):
         torch.ops.moebal.probe_plan(*mixed)
+
+
+@cuda
+def test_cuda_graph_capture_replays_the_same_plan():
+    ops.load_library()
+    args = _op_args(zipf_case(7, 8, 64, 4), "cuda")
+    eager = torch.ops.moebal.probe_plan(*args)  # also raises the kernel's shared-memory limit once
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = torch.ops.moebal.probe_plan(*args)
+    graph.replay()
+    torch.cuda.synchronize()
+    for a, b in zip(eager, captured):
+        assert torch.equal(a, b)
