@@ -47,7 +47,7 @@ struct Smem {
   int64_t *T, *T0, *a, *b, *win, *in, *out, *tok, *tok0, *q;
   int64_t *red_g, *red_x, *red_kg;
   uint64_t *red_s, *red_ks;
-  int32_t *m, *loc, *slots, *node, *p2l, *rep_e, *rep_src, *mv_e, *mv_from, *mv_to, *mv_amt, *emoves;
+  int32_t *m, *loc, *slots, *node, *p2l, *rep_e, *rep_src, *mv_e, *mv_from, *mv_to, *mv_amt, *moved, *emoves;
   int32_t* ctl;  // [0] status, [1] done, [2] e, [3] d, [4] nm, [5] blocked, [6] new replicas
   unsigned long long* total;
   int64_t* sel_x;
@@ -86,6 +86,7 @@ __host__ __device__ inline Smem carve(unsigned char* base, int R, int E, int S, 
   s.mv_from = take<int32_t>(base, off, K + 1);
   s.mv_to = take<int32_t>(base, off, K + 1);
   s.mv_amt = take<int32_t>(base, off, static_cast<size_t>(K + 1) * R);
+  s.moved = take<int32_t>(base, off, K + 1);
   s.emoves = take<int32_t>(base, off, E);
   s.p2l = take<int32_t>(base, off, num_slots);
   if (m_in_smem) {
@@ -313,7 +314,7 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
         // The tokens leave bn in locality order (pd::take_tokens, serial on the CPU); here every
         // source sums the quota of the sources ahead of it, so the amounts come out in parallel.
         int32_t* amt = sm.mv_amt + static_cast<size_t>(nm) * R;
-        for (int r = lane; r < R; r += 32) amt[r] = static_cast<int32_t>(pd::take_from(sm.q, bn, d, R, rpn, x, r));
+        for (int r = lane; r < R; r += 32) amt[r] = static_cast<int32_t>(pd::take_from(sm.q, bn, d, R, sm.node, x, r));
         __syncwarp();
         if (lane == 0) {
           sm.mv_e[nm] = e;
@@ -350,26 +351,39 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
   }
 
   // Outputs. Quota: the rows of experts that never moved keep their initial split, written as
-  // scattered non-zeros over the zero fill; rows of moved experts are rebuilt from the move list.
+  // scattered non-zeros over the zero fill (one thread per row); the rows of moved experts are
+  // rebuilt from the move list with one thread per (moved expert, source, rank) entry, so their
+  // scans of the move list spread over the whole block.
   const int nm = sm.ctl[4];
   if (quota != nullptr) {
+    if (tid == 0) {  // distinct moved experts, in move order
+      int n = 0;
+      for (int k = 0; k < nm; ++k) {
+        bool seen = false;
+        for (int i = 0; i < n; ++i) seen = seen || sm.moved[i] == sm.mv_e[k];
+        if (!seen) sm.moved[n++] = sm.mv_e[k];
+      }
+      sm.ctl[7] = n;
+    }
     for (size_t row = tid; row < RE; row += kThreads) {
       const int src = static_cast<int>(row / E), e = static_cast<int>(row - static_cast<size_t>(src) * E);
+      if (sm.emoves[e] != 0) continue;
       const int64_t n = counts[row];
-      const uint64_t h = sm.native[e];
+      if (n == 0) continue;
       int32_t* out = quota + row * R;
-      if (sm.emoves[e] == 0) {
-        if (n == 0) continue;
-        pd::init_split(n, h, src, pd::node_mask(src, rpn), [out](int r, int64_t v) {
-          if (v != 0) out[r] = static_cast<int32_t>(v);
-        });
-      } else {
-        for (int r = 0; r < R; ++r) {
-          const int64_t q = pd::current_quota(n, h, src, e, r, R, rpn, nm, sm.mv_e, sm.mv_from, sm.mv_to,
-                                              sm.mv_amt);
-          if (q != 0) out[r] = static_cast<int32_t>(q);
-        }
-      }
+      pd::init_split(n, sm.native[e], src, pd::node_mask(src, rpn), [out](int r, int64_t v) {
+        if (v != 0) out[r] = static_cast<int32_t>(v);
+      });
+    }
+    __syncthreads();
+    const int RR = R * R, total = sm.ctl[7] * RR;
+    for (int i = tid; i < total; i += kThreads) {
+      const int j = i / RR, rest = i - j * RR, src = rest / R, r = rest - src * R;
+      const int e = sm.moved[j];
+      const size_t row = static_cast<size_t>(src) * E + e;
+      const int64_t q = pd::current_quota(counts[row], sm.native[e], src, e, r, R, rpn, nm, sm.mv_e, sm.mv_from,
+                                          sm.mv_to, sm.mv_amt);
+      if (q != 0) quota[row * R + r] = static_cast<int32_t>(q);
     }
   }
   for (size_t i = tid; i < RS; i += kThreads) {

@@ -243,11 +243,12 @@ TEST(ProbeDetail, ParallelTakeEqualsSerialTake) {
     int64_t pool = 0;
     for (int s = 0; s < R; ++s) pool += s == bn ? 0 : q[s];
     const int64_t x = pool == 0 ? 0 : static_cast<int64_t>(rng() % (pool + 1));
-    std::vector<int32_t> serial(R);
+    std::vector<int32_t> serial(R), node(R);
+    for (int r = 0; r < R; ++r) node[r] = r / rpn;
     pd::take_tokens(q.data(), bn, d, R, rpn, x, serial.data());
     int64_t sum = 0;
     for (int s = 0; s < R; ++s) {
-      ASSERT_EQ(pd::take_from(q.data(), bn, d, R, rpn, x, s), serial[s]) << "it " << it << " s " << s;
+      ASSERT_EQ(pd::take_from(q.data(), bn, d, R, node.data(), x, s), serial[s]) << "it " << it << " s " << s;
       sum += serial[s];
     }
     ASSERT_EQ(sum, x);

@@ -270,10 +270,11 @@ MOEBAL_PROBE_HD void take_tokens(const int64_t* q, int bn, int d, int R, int ran
 
 /// take_tokens for one source, computed independently of the others (the GPU runs one per
 /// thread): the tokens of sources ahead of src in the locality order are taken first.
-MOEBAL_PROBE_HD int64_t take_from(const int64_t* q, int bn, int d, int R, int ranks_per_node, int64_t x, int src) {
+/// node[r] is rank r's node (r / ranks_per_node).
+MOEBAL_PROBE_HD int64_t take_from(const int64_t* q, int bn, int d, int R, const int32_t* node, int64_t x, int src) {
   if (src == bn) return 0;
-  const int dnode = d / ranks_per_node;
-  auto pos = [d, dnode, ranks_per_node](int s) { return s == d ? 0 : (((s / ranks_per_node == dnode) ? 1 : 2) << 7) | s; };
+  const int dnode = node[d];
+  auto pos = [d, dnode, node](int s) { return s == d ? 0 : (((node[s] == dnode) ? 1 : 2) << 7) | s; };
   const int me = pos(src);
   int64_t ahead = 0;
   for (int s = 0; s < R; ++s)
