@@ -1,0 +1,259 @@
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <random>
+#include <tuple>
+#include <vector>
+
+#include "moebal/core/error.h"
+#include "moebal/core/probe.h"
+#include "moebal/core/probe_detail.h"
+#include "probe_cases.h"
+
+namespace moebal::core::detail {
+void probe_plan_impl(const ProbeConfig& cfg, int32_t num_layers, const ProbeInputs& in, const ProbeOutputs& out,
+                     void* workspace, size_t workspace_bytes, bool exhaustive);
+}  // namespace moebal::core::detail
+
+namespace {
+
+using moebal::core::ProbeConfig;
+using moebal_test::ProbeCase;
+using moebal_test::ProbePlanOut;
+
+ProbePlanOut run_cpu(const ProbeCase& c, bool exhaustive = false) {
+  ProbePlanOut o(c);
+  std::vector<unsigned char> ws(moebal::core::probe_workspace_bytes(c.cfg));
+  moebal::core::detail::probe_plan_impl(c.cfg, c.L, c.inputs(), o.outputs(), ws.data(), ws.size(), exhaustive);
+  return o;
+}
+
+// Two ranks, expert 0 on rank 0 and expert 1 on rank 1; both sources send 100 tokens to expert 0.
+ProbeCase two_rank_case(double window_us, int S) {
+  ProbeCase c;
+  c.cfg.num_ranks = 2;
+  c.cfg.num_experts = 2;
+  c.cfg.num_slots = 2;
+  c.cfg.max_extra_slots = S;
+  c.cfg.expert_bytes = 45'000'000;  // 100 us over 450 GB/s
+  c.cfg.intra_node_GBps = 450.0;
+  c.counts = {100, 0, 100, 0};
+  c.phy2log = {0, 1};
+  c.fixed_us = {0.0, 0.0};
+  c.us_per_token = {1.0, 1.0};
+  c.window_us = {window_us, window_us};
+  return c;
+}
+
+TEST(ProbePlan, HandWorkedTwoRanks) {
+  const ProbeCase c = two_rank_case(100.0, 3);  // the transfer takes exactly the window
+  const ProbePlanOut o = run_cpu(c);
+  // Water-filling: rank 1 gets a replica of expert 0 from rank 0 and takes rank 1's own 100 tokens
+  // (they become local); rank 0 keeps its own (pinned). 200 us -> 100 us on both.
+  EXPECT_EQ(o.quota, (std::vector<int32_t>{100, 0, 0, 0, /*src 1:*/ 0, 100, 0, 0}));
+  EXPECT_EQ(o.replica_expert, (std::vector<int32_t>{-1, -1, -1, 0, -1, -1}));
+  EXPECT_EQ(o.replica_src, (std::vector<int32_t>{-1, -1, -1, 0, -1, -1}));
+  EXPECT_EQ(o.rank_time_us, (std::vector<double>{200.0, 0.0, 100.0, 100.0}));
+  EXPECT_EQ(o.rank_tokens, (std::vector<int64_t>{200, 0, 100, 100}));
+  EXPECT_EQ(o.stats, (std::vector<int32_t>{1, 1, 0, 0}));
+  EXPECT_EQ(moebal_test::check_probe_plan(c, o, 0), "");
+}
+
+TEST(ProbePlan, WindowBlocksTheOnlyMove) {
+  const ProbeCase c = two_rank_case(99.999, 3);  // 1 ns short of the transfer time
+  const ProbePlanOut o = run_cpu(c);
+  EXPECT_EQ(o.quota, (std::vector<int32_t>{100, 0, 0, 0, 100, 0, 0, 0}));
+  EXPECT_EQ(o.replica_expert, (std::vector<int32_t>(6, -1)));
+  EXPECT_EQ(o.stats, (std::vector<int32_t>{0, 0, 1, 0}));
+  EXPECT_EQ(o.rank_time_us[2], 200.0);
+}
+
+TEST(ProbePlan, NoExtraSlotsNoReplicas) {
+  ProbeCase c = two_rank_case(std::numeric_limits<double>::infinity(), 0);
+  const ProbePlanOut o = run_cpu(c);
+  EXPECT_TRUE(o.replica_expert.empty());
+  EXPECT_EQ(o.stats, (std::vector<int32_t>{0, 0, 0, 0}));  // the slot cap is not a window block
+  c.cfg.max_extra_slots = 3;
+  c.cfg.max_iters = 0;
+  EXPECT_EQ(run_cpu(c).stats, (std::vector<int32_t>{0, 0, 0, 0}));
+}
+
+TEST(ProbePlan, ExistingCopyNeedsNoTransfer) {
+  // Expert 0 has a second static copy on rank 1: tokens move there without a replica, even with a
+  // zero window.
+  ProbeCase c = two_rank_case(0.0, 3);
+  c.cfg.num_slots = 4;
+  c.phy2log = {0, 1, 0, 1};
+  c.counts = {100, 0, 0, 0};  // only rank 0 sends, so all of it is pinned: nothing to do
+  EXPECT_EQ(run_cpu(c).stats[0], 0);
+  c.counts = {0, 0, 100, 0};  // rank 1 holds expert 0 itself: local, balanced enough
+  EXPECT_EQ(run_cpu(c).quota, (std::vector<int32_t>{0, 0, 0, 0, 0, 100, 0, 0}));
+}
+
+TEST(ProbePlan, MinGainStopsSmallMoves) {
+  ProbeCase c = two_rank_case(1e6, 3);
+  c.cfg.min_gain_us = 100.0;  // the best move gains exactly 100 us: not more than min_gain
+  EXPECT_EQ(run_cpu(c).stats[0], 0);
+  c.cfg.min_gain_us = 99.0;
+  EXPECT_EQ(run_cpu(c).stats[0], 1);
+}
+
+class ProbeProperties : public ::testing::TestWithParam<std::tuple<int, int, int, int>> {};
+
+TEST_P(ProbeProperties, InvariantsAndPrunedSearchIsExact) {
+  const auto [R, E, copies, rpn] = GetParam();
+  const int cases = R >= 32 ? 40 : 150;
+  int moved = 0, blocked = 0;
+  for (int i = 0; i < cases; ++i) {
+    const uint32_t seed = static_cast<uint32_t>(i * 7919 + R * 131 + E * 17 + copies);
+    const int S = static_cast<int>(seed % 5);  // 0..4
+    const int K = static_cast<int>(1 + seed % 20);
+    const ProbeCase c = moebal_test::make_probe_case(seed, R, E, 2, copies, rpn, S, K);
+    const ProbePlanOut o = run_cpu(c);
+    for (int l = 0; l < c.L; ++l) {
+      const std::string err = moebal_test::check_probe_plan(c, o, l);
+      ASSERT_EQ(err, "") << "seed " << seed << " layer " << l;
+      moved += o.stats[l * moebal::core::kProbeNumStats + moebal::core::kProbeStatMoves] > 0;
+      blocked += o.stats[l * moebal::core::kProbeNumStats + moebal::core::kProbeStatWindowBlocked] > 0;
+    }
+    const ProbePlanOut x = run_cpu(c, /*exhaustive=*/true);
+    ASSERT_EQ(o.quota, x.quota) << "seed " << seed;
+    ASSERT_EQ(o.replica_expert, x.replica_expert) << "seed " << seed;
+    ASSERT_EQ(o.replica_src, x.replica_src) << "seed " << seed;
+    ASSERT_EQ(o.stats, x.stats) << "seed " << seed;
+    ASSERT_EQ(o.rank_time_us, x.rank_time_us) << "seed " << seed;
+  }
+  // The generator must exercise both outcomes, or the invariants above are vacuous.
+  if (R > 1) {
+    EXPECT_GT(moved, cases / 4);
+    EXPECT_GT(blocked, 0);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, ProbeProperties,
+                         ::testing::Values(std::make_tuple(1, 5, 0, 0), std::make_tuple(2, 2, 0, 0),
+                                           std::make_tuple(3, 17, 0, 0), std::make_tuple(3, 17, 2, 0),
+                                           std::make_tuple(8, 64, 0, 0), std::make_tuple(8, 61, 1, 4),
+                                           std::make_tuple(5, 33, 3, 1), std::make_tuple(16, 128, 1, 8),
+                                           std::make_tuple(32, 256, 0, 8), std::make_tuple(64, 130, 1, 8)));
+
+TEST(ProbePlan, BottleneckNeverWorsensAndUsuallyImproves) {
+  // Strong skew, unlimited windows: the plan must cut the bottleneck on most layers.
+  const ProbeCase c = moebal_test::make_probe_case(12345, 8, 64, 64, 0, 0, 3, 16);
+  ProbeCase u = c;
+  for (double& w : u.window_us) w = std::numeric_limits<double>::infinity();
+  const ProbePlanOut o = run_cpu(u);
+  int improved = 0;
+  for (int l = 0; l < u.L; ++l) {
+    double before = 0, after = 0;
+    for (int r = 0; r < 8; ++r) {
+      before = std::max(before, o.rank_time_us[(l * 2) * 8 + r]);
+      after = std::max(after, o.rank_time_us[(l * 2 + 1) * 8 + r]);
+    }
+    EXPECT_LE(after, before);
+    improved += after < before;
+  }
+  EXPECT_GT(improved, u.L / 2);
+}
+
+// ---- bad input --------------------------------------------------------------------------------
+
+TEST(ProbePlanArgs, RejectsBadConfig) {
+  const ProbeCase base = two_rank_case(100.0, 3);
+  auto bad = [&](auto mutate) {
+    ProbeCase c = base;
+    mutate(c);
+    std::vector<unsigned char> ws(1 << 16);
+    ProbePlanOut o(base);
+    EXPECT_THROW(moebal::core::probe_plan(c.cfg, c.L, c.inputs(), o.outputs(), ws.data(), ws.size()),
+                 moebal::ValueError);
+  };
+  bad([](ProbeCase& c) { c.cfg.max_extra_slots = -1; });
+  bad([](ProbeCase& c) { c.cfg.max_iters = -1; });
+  bad([](ProbeCase& c) { c.cfg.num_ranks = 65; });
+  bad([](ProbeCase& c) { c.cfg.num_ranks = 0; });
+  bad([](ProbeCase& c) { c.cfg.num_slots = 3; });        // not a multiple of R
+  bad([](ProbeCase& c) { c.cfg.num_experts = 4; });      // more experts than slots
+  bad([](ProbeCase& c) { c.cfg.ranks_per_node = 3; });   // does not divide R
+  bad([](ProbeCase& c) { c.cfg.intra_node_GBps = std::nan(""); });
+  bad([](ProbeCase& c) { c.cfg.inter_node_GBps = 0.0; });
+  bad([](ProbeCase& c) { c.cfg.expert_bytes = -1; });
+  bad([](ProbeCase& c) { c.cfg.min_gain_us = std::numeric_limits<double>::infinity(); });
+  bad([](ProbeCase& c) { c.counts[2] = -1; });
+  bad([](ProbeCase& c) { c.phy2log[1] = 2; });           // id out of range
+  bad([](ProbeCase& c) { c.phy2log[1] = 0; });           // expert 1 has no copy
+  bad([](ProbeCase& c) { c.fixed_us[0] = std::numeric_limits<double>::infinity(); });
+  bad([](ProbeCase& c) { c.us_per_token[1] = std::nan(""); });
+  bad([](ProbeCase& c) { c.us_per_token[1] = -0.5; });
+  bad([](ProbeCase& c) { c.window_us[0] = std::nan(""); });
+  bad([](ProbeCase& c) { c.window_us[1] = -1.0; });
+  bad([](ProbeCase& c) { c.window_us[1] = 1e12; });     // finite but beyond the supported range
+  bad([](ProbeCase& c) { c.counts = {0x7fffffff, 0, 1, 0}; });  // layer total overflows int32
+}
+
+TEST(ProbePlanArgs, RejectsSmallWorkspaceAndNullInputs) {
+  const ProbeCase c = two_rank_case(100.0, 3);
+  ProbePlanOut o(c);
+  std::vector<unsigned char> ws(moebal::core::probe_workspace_bytes(c.cfg));
+  EXPECT_THROW(moebal::core::probe_plan(c.cfg, 1, c.inputs(), o.outputs(), ws.data(), ws.size() - 65),
+               moebal::ValueError);
+  auto in = c.inputs();
+  in.counts = nullptr;
+  EXPECT_THROW(moebal::core::probe_plan(c.cfg, 1, in, o.outputs(), ws.data(), ws.size()), moebal::ValueError);
+  EXPECT_THROW(moebal::core::probe_plan(c.cfg, -1, c.inputs(), o.outputs(), ws.data(), ws.size()),
+               moebal::ValueError);
+  try {
+    ProbeCase n = c;
+    n.counts[3] = -4;
+    moebal::core::probe_plan(n.cfg, 1, n.inputs(), o.outputs(), ws.data(), ws.size());
+    FAIL() << "no throw";
+  } catch (const moebal::ValueError& e) {
+    EXPECT_NE(std::string(e.what()).find("counts[0, 1, 1] = -4"), std::string::npos) << e.what();
+  }
+}
+
+TEST(ProbePlanArgs, NullOutputsAreSkipped) {
+  const ProbeCase c = moebal_test::make_probe_case(7, 3, 17, 3, 1, 0);
+  std::vector<unsigned char> ws(moebal::core::probe_workspace_bytes(c.cfg));
+  std::vector<int32_t> stats(c.L * moebal::core::kProbeNumStats);
+  moebal::core::ProbeOutputs out;
+  out.stats = stats.data();
+  moebal::core::probe_plan(c.cfg, c.L, c.inputs(), out, ws.data(), ws.size());
+  EXPECT_EQ(stats, run_cpu(c).stats);
+}
+
+}  // namespace
+
+namespace {
+
+TEST(ProbeDetail, ParallelTakeEqualsSerialTake) {
+  namespace pd = moebal::core::probe_detail;
+  std::mt19937 rng(42);
+  for (int it = 0; it < 3000; ++it) {
+    const int R = 1 + static_cast<int>(rng() % 64);
+    const int rpn_choices[] = {1, R};
+    const int rpn = (R % 4 == 0 && rng() % 2) ? 4 : rpn_choices[rng() % 2];
+    std::vector<int64_t> q(R);
+    for (auto& v : q) v = rng() % 3 == 0 ? 0 : static_cast<int64_t>(rng() % 1000);
+    const int bn = static_cast<int>(rng() % R);
+    if (R < 2) continue;
+    int d = static_cast<int>(rng() % R);
+    if (d == bn) d = (d + 1) % R;
+    int64_t pool = 0;
+    for (int s = 0; s < R; ++s) pool += s == bn ? 0 : q[s];
+    const int64_t x = pool == 0 ? 0 : static_cast<int64_t>(rng() % (pool + 1));
+    std::vector<int32_t> serial(R), node(R);
+    for (int r = 0; r < R; ++r) node[r] = r / rpn;
+    pd::take_tokens(q.data(), bn, d, R, rpn, x, serial.data());
+    int64_t sum = 0;
+    for (int s = 0; s < R; ++s) {
+      ASSERT_EQ(pd::take_from(q.data(), bn, d, R, node.data(), x, s), serial[s]) << "it " << it << " s " << s;
+      sum += serial[s];
+    }
+    ASSERT_EQ(sum, x);
+    ASSERT_EQ(serial[bn], 0);
+  }
+}
+
+}  // namespace
