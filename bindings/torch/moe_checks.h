@@ -14,10 +14,26 @@ constexpr int64_t kMoeMaxExperts = 2048;  // == moebal::cuda::kRouterMaxExperts
 constexpr int64_t kMoeMaxTopK = 32;       // == moebal::cuda::kRouterMaxTopK
 constexpr int64_t kMoeMaxSlots = 11 * 1024 - 1;
 
+/// torch-style dtype names ("int32", not "Int") for error messages.
+inline std::string moe_dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kInt: return "int32";
+    case at::kLong: return "int64";
+    case at::kFloat: return "float32";
+    case at::kDouble: return "float64";
+    case at::kHalf: return "float16";
+    case at::kBFloat16: return "bfloat16";
+    case at::kByte: return "uint8";
+    case at::kBool: return "bool";
+    default: return c10::toString(t);
+  }
+}
+
 inline void moe_check_tensor(const at::Tensor& x, const char* name, int64_t dim, at::ScalarType dtype,
                              const at::Device& device) {
   TORCH_CHECK_VALUE(x.dim() == dim, "moebal: ", name, " must be ", dim, "-D, got shape ", x.sizes());
-  TORCH_CHECK_VALUE(x.scalar_type() == dtype, "moebal: ", name, " must be ", dtype, ", got ", x.scalar_type());
+  TORCH_CHECK_VALUE(x.scalar_type() == dtype, "moebal: ", name, " must be ", moe_dtype_name(dtype), ", got ",
+                    moe_dtype_name(x.scalar_type()));
   TORCH_CHECK_VALUE(x.device() == device, "moebal: ", name, " is on ", x.device(), " but the inputs are on ",
                     device);
   TORCH_CHECK_VALUE(x.is_contiguous(), "moebal: ", name, " must be contiguous");
@@ -37,7 +53,7 @@ inline int64_t moe_check_router(const at::Tensor& logits, int64_t top_k, const s
   TORCH_CHECK_VALUE(logits.dim() == 2, "moebal: router_logits must be 2-D [tokens, experts], got shape ",
                     logits.sizes());
   TORCH_CHECK_VALUE(logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kBFloat16,
-                    "moebal: router_logits must be float32 or bfloat16, got ", logits.scalar_type());
+                    "moebal: router_logits must be float32 or bfloat16, got ", moe_dtype_name(logits.scalar_type()));
   TORCH_CHECK_VALUE(logits.is_contiguous(), "moebal: router_logits must be contiguous");
   const int64_t e = logits.size(1);
   TORCH_CHECK_VALUE(e >= 1 && e <= kMoeMaxExperts, "moebal: router_logits has ", e,
@@ -100,7 +116,7 @@ inline void moe_check_hidden(const at::Tensor& hidden, const char* name = "hidde
   TORCH_CHECK_VALUE(hidden.dim() == 2, "moebal: ", name, " must be 2-D [rows, hidden], got shape ",
                     hidden.sizes());
   TORCH_CHECK_VALUE(hidden.scalar_type() == at::kBFloat16, "moebal: ", name, " must be bfloat16, got ",
-                    hidden.scalar_type());
+                    moe_dtype_name(hidden.scalar_type()));
   TORCH_CHECK_VALUE(hidden.is_contiguous(), "moebal: ", name, " must be contiguous");
 }
 
