@@ -43,6 +43,14 @@ function(moebal_find_cutlass)
   set(MOEBAL_CUTLASS_INCLUDE_DIR "${MOEBAL_CUTLASS_INCLUDE_DIR}" PARENT_SCOPE)
 endfunction()
 
+# Python extension modules link moebal_core statically. torch loads op libraries RTLD_GLOBAL, so
+# symbols they export would interpose on the other module's copies (with that module's own type
+# info and exception classes). Keep everything the static libraries bring in local to the module.
+function(moebal_hide_static_symbols target)
+  set_target_properties(${target} PROPERTIES CXX_VISIBILITY_PRESET hidden VISIBILITY_INLINES_HIDDEN ON)
+  target_link_options(${target} PRIVATE "LINKER:--exclude-libs,ALL")
+endfunction()
+
 # Warnings every moebal target gets.
 function(moebal_target_warnings target)
   target_compile_options(${target} PRIVATE

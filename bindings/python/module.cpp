@@ -20,9 +20,10 @@ namespace py = pybind11;
 PYBIND11_MODULE(_core, m) {
   m.doc() = "moebal C++ core (torch-free): data model, solvers, metrics";
   // Translators run newest first, so the ValueError subclass is registered after its base.
+  // MoebalValueError derives from both MoebalError and the builtin ValueError.
   auto base = py::register_exception<moebal::Error>(m, "MoebalError", PyExc_RuntimeError);
-  py::register_exception<moebal::ValueError>(m, "MoebalValueError", PyExc_ValueError);
-  (void)base;
+  py::tuple bases = py::make_tuple(base, py::handle(PyExc_ValueError));
+  py::register_exception<moebal::ValueError>(m, "MoebalValueError", bases);
 
   m.attr("__version__") = MOEBAL_VERSION_STRING;
   m.def("build_info", [] {
