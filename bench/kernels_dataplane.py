@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
@@ -139,11 +138,11 @@ def main() -> int:
     tokens = [int(x) for x in args.tokens.split(",")]
     for name in args.models.split(","):
         h, f, e, k = MODELS[name]
-        w13 = (torch.randn(e, 2 * f, h, device="cuda", generator=gen) / math.sqrt(h)).bfloat16()
-        w2 = (torch.randn(e, h, f, device="cuda", generator=gen) / math.sqrt(f)).bfloat16()
+        w13 = torch.randn(e, 2 * f, h, device="cuda", generator=gen, dtype=torch.bfloat16).mul_(h**-0.5)
+        w2 = torch.randn(e, h, f, device="cuda", generator=gen, dtype=torch.bfloat16).mul_(f**-0.5)
         w13t, w2t = w13.transpose(1, 2), w2.transpose(1, 2)
         for t in tokens:
-            hidden = torch.randn(t, h, device="cuda", generator=gen).bfloat16()
+            hidden = torch.randn(t, h, device="cuda", generator=gen, dtype=torch.bfloat16)
             logits = torch.randn(t, e, device="cuda", generator=gen)
             for routing in ROUTINGS:
                 graph = t <= 128
@@ -151,7 +150,7 @@ def main() -> int:
                 w = torch.rand(t, k, device="cuda", generator=gen)
                 w = w / w.sum(1, keepdim=True)
                 _, offsets, row, _ = moe_ops.dispatch_layout(ids, e)
-                y = torch.randn(t * k, h, device="cuda", generator=gen).bfloat16()
+                y = torch.randn(t * k, h, device="cuda", generator=gen, dtype=torch.bfloat16)
                 r = dict(model=name, tokens=t, routing=routing, hidden=h, ffn=f, experts=e, top_k=k)
                 io = (t * h + t * k * h) * 2
                 r["permute_us"] = 1e3 * time_ms(lambda: moe_ops.permute(hidden, row), graph=graph)
@@ -169,11 +168,16 @@ def main() -> int:
                 if not args.no_layer:
                     ours = lambda: moe_ops.moe_forward(hidden, w13, w2, topk_ids=ids, topk_weights=w)  # noqa: E731
                     base = lambda: torch_pipeline(hidden, ids, w, w13t, w2t, e)  # noqa: E731
-                    r["layer_rel_diff"] = rel(ours(), base())
-                    reps = 3 if t >= 4096 else 7
-                    r["layer_us"] = 1e3 * time_ms(ours, graph=graph, reps=reps, inner=3 if t >= 4096 else 10)
-                    r["torch_us"] = 1e3 * time_ms(base, graph=graph, reps=reps, inner=3 if t >= 4096 else 10)
-                    r["speedup"] = r["torch_us"] / r["layer_us"]
+                    reps, inner = (3, 3) if t >= 4096 else (7, 10)
+                    try:
+                        r["layer_rel_diff"] = rel(ours(), base())
+                        r["layer_us"] = 1e3 * time_ms(ours, graph=graph, reps=reps, inner=inner)
+                        r["torch_us"] = 1e3 * time_ms(base, graph=graph, reps=reps, inner=inner)
+                        r["speedup"] = r["torch_us"] / r["layer_us"]
+                    except Exception as exc:  # keep the other rows if one measurement fails
+                        r["layer_error"] = repr(exc)[:200]
+                        for key in ("layer_rel_diff", "layer_us", "torch_us", "speedup"):
+                            r.setdefault(key, float("nan"))
                 rows.append(r)
                 print(json.dumps({k_: (round(v, 3) if isinstance(v, float) else v) for k_, v in r.items()}), flush=True)
                 del y

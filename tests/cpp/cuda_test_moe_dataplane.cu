@@ -16,6 +16,7 @@
 
 #include "moebal/cuda/check.h"
 #include "moebal/cuda/histogram.h"
+#include "moebal/cuda/moe_layer.h"
 #include "moebal/cuda/moe_permute.h"
 #include "moebal/cuda/moe_routing.h"
 
@@ -451,6 +452,116 @@ TEST_F(CudaSuite, RouterLayoutPermuteCombineCaptureAndReplay) {
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
   cudaStreamDestroy(s);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The whole layer (router from logits, replicas) against a host reference, eager and replayed
+// from a CUDA graph (capture fails on any host synchronisation).
+// ---------------------------------------------------------------------------------------------
+TEST_F(CudaSuite, MoeForwardMatchesHostEagerAndInGraph) {
+  const int64_t T = 37, H = 64, F = 40;
+  const int E = 6, K = 2, S = 8;  // experts 0 and 1 get a replica each (slots 6, 7)
+  std::mt19937 rng(17);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::vector<float> logits(T * E);
+  for (auto& v : logits) v = nd(rng);
+  std::vector<__nv_bfloat16> hidden(T * H), w13(S * 2 * F * H), w2(S * H * F);
+  for (auto& v : hidden) v = __float2bfloat16(nd(rng));
+  for (auto& v : w13) v = __float2bfloat16(nd(rng) / 8.f);
+  for (auto& v : w2) v = __float2bfloat16(nd(rng) / 6.f);
+  std::vector<int32_t> l2p = {0, 6, 1, 7, 2, -1, 3, -1, 4, -1, 5, -1}, cnt = {2, 2, 1, 1, 1, 1};
+  mc::RouterParams p;
+  p.num_experts = E;
+  p.top_k = K;
+  std::vector<int32_t> ids;
+  std::vector<float> rw;
+  router_ref(logits, T, p, nullptr, ids, rw);
+  const Layout L = layout_ref(ids, T, K, E, S, &l2p, &cnt, 2);
+  // Host reference: bf16 where the GPU stores bf16 (GEMM outputs, activation, expert output).
+  std::vector<float> want(T * H, 0.f);
+  for (int64_t t = 0; t < T; ++t)
+    for (int j = 0; j < K; ++j) {
+      const int s = L.slot[t * K + j];
+      std::vector<float> act(F);
+      for (int64_t f = 0; f < F; ++f) {
+        float g = 0, u = 0;
+        for (int64_t h = 0; h < H; ++h) {
+          const float x = __bfloat162float(hidden[t * H + h]);
+          g += x * __bfloat162float(w13[(s * 2 * F + f) * H + h]);
+          u += x * __bfloat162float(w13[(s * 2 * F + F + f) * H + h]);
+        }
+        g = bf16_round(g);
+        u = bf16_round(u);
+        act[f] = bf16_round(g / (1.f + std::exp(-g)) * u);
+      }
+      for (int64_t h = 0; h < H; ++h) {
+        float y = 0;
+        for (int64_t f = 0; f < F; ++f) y += act[f] * __bfloat162float(w2[(s * H + h) * F + f]);
+        want[t * H + h] += rw[t * K + j] * bf16_round(y);
+      }
+    }
+  DeviceBuffer<float> d_logits(logits);
+  DeviceBuffer<__nv_bfloat16> d_hidden(hidden), d_w13(w13), d_w2(w2), out(T * H);
+  DeviceBuffer<int32_t> d_l2p(l2p), d_cnt(cnt);
+  mc::MoeShape shape;
+  shape.num_tokens = T;
+  shape.hidden = H;
+  shape.ffn = F;
+  shape.top_k = K;
+  shape.num_experts = E;
+  shape.num_slots = S;
+  const size_t ws_bytes = mc::moe_forward_workspace_bytes(shape);
+  DeviceBuffer<char> ws(ws_bytes);
+  const mc::PlacementView pv{d_l2p.ptr, d_cnt.ptr, 2};
+  cudaStream_t st;
+  MOEBAL_CHECK_CUDA(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  auto layer = [&] {
+    mc::moe_forward_bf16_from_logits(d_hidden.ptr, d_logits.ptr, mc::LogitsDtype::kFloat32, p, nullptr, d_w13.ptr,
+                                     d_w2.ptr, shape, pv, out.ptr, ws.ptr, ws_bytes, st);
+  };
+  auto check = [&](const char* what) {
+    const auto o = out.host();
+    double err = 0, ref = 0;
+    for (int64_t i = 0; i < T * H; ++i) {
+      const float g = __bfloat162float(o[i]);
+      ASSERT_FALSE(std::isnan(g)) << what << " at " << i;
+      err += (g - want[i]) * (g - want[i]);
+      ref += want[i] * want[i];
+    }
+    EXPECT_LT(std::sqrt(err / ref), 1e-2) << what;
+  };
+  out.poison();
+  layer();
+  MOEBAL_CHECK_CUDA(cudaStreamSynchronize(st));
+  check("eager");
+  cudaGraph_t graph;
+  MOEBAL_CHECK_CUDA(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
+  layer();
+  MOEBAL_CHECK_CUDA(cudaStreamEndCapture(st, &graph));
+  cudaGraphExec_t exec;
+  MOEBAL_CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  for (int rep = 0; rep < 2; ++rep) {
+    out.poison();
+    MOEBAL_CHECK_CUDA(cudaGraphLaunch(exec, st));
+    MOEBAL_CHECK_CUDA(cudaStreamSynchronize(st));
+    check("graph replay");
+  }
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(st);
+}
+
+TEST_F(CudaSuite, MoeForwardRejectsBadShapes) {
+  mc::MoeShape shape;
+  shape.num_tokens = 4;
+  shape.hidden = 12;  // not a multiple of 8
+  shape.ffn = 16;
+  shape.top_k = 2;
+  shape.num_experts = shape.num_slots = 4;
+  EXPECT_THROW(mc::moe_forward_workspace_bytes(shape), moebal::ValueError);
+  shape.hidden = 16;
+  EXPECT_THROW(mc::moe_forward_bf16(nullptr, nullptr, nullptr, nullptr, nullptr, shape, {}, nullptr, nullptr, 0, nullptr),
+               moebal::ValueError);  // workspace too small
 }
 
 }  // namespace
