@@ -415,3 +415,17 @@ def test_moe_forward_cuda_graph_capture_and_replay():
                                    scoring="sigmoid", num_groups=4, topk_groups=2, correction_bias=bias.cpu(),
                                    log2phy=log2phy.cpu(), logcnt=logcnt.cpu())
         assert rel_err(out.cpu(), want) < 1e-2
+
+
+@gpu
+def test_cuda_inputs_on_mixed_devices_raise():
+    hidden = torch.randn(4, 16, device="cuda").bfloat16()
+    row = torch.arange(8, dtype=torch.int32).view(4, 2)
+    with pytest.raises(ValueError, match="row_index is on cpu"):
+        moe_ops.permute(hidden, row)
+    with pytest.raises(ValueError, match="correction_bias is on cpu"):
+        moe_ops.router_topk(torch.randn(4, 8, device="cuda"), 2, correction_bias=torch.zeros(8))
+    w13 = torch.randn(4, 16, 16, device="cuda").bfloat16()
+    w2 = torch.randn(4, 16, 8).bfloat16()
+    with pytest.raises(ValueError, match="w2 is on cpu"):
+        moe_ops.moe_forward(hidden, w13, w2, router_logits=torch.randn(4, 4, device="cuda"), top_k=2)
