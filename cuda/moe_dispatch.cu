@@ -236,8 +236,9 @@ void dispatch_layout(const int32_t* topk_ids, int64_t num_tokens, int32_t top_k,
   LayoutArgs a{topk_ids, pairs, top_k, num_experts, num_slots, placement, 0,
                slot_ids, offsets, row_index, sorted_token, static_cast<int32_t*>(workspace)};
   if (single_block(pairs)) {
-    // About 128 pairs per warp: fewer warps mean less histogram zeroing and merging at decode.
-    const int want = static_cast<int>((pairs + 127) / 128);
+    // One 32-pair step per warp where possible (a single dependent load per pass), and at least
+    // 8 warps so that zeroing and scanning the per-slot histograms is spread over 256+ threads.
+    const int want = std::max(8, static_cast<int>((pairs + 31) / 32));
     const int warps = std::max(1, std::min(want, warps_for(bins, kSingleMaxWarps)));
     a.chunk = pairs;
     layout_chunk_kernel<Mode::kSingle><<<1, warps * 32, sizeof(int) * warps * bins, stream>>>(a);

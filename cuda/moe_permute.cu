@@ -13,7 +13,6 @@ namespace moebal::cuda {
 namespace {
 
 constexpr int kThreads = 128;
-constexpr int kMaxGridY = 65535;
 
 template <int N>
 struct alignas(2 * N) Pack {
@@ -35,17 +34,21 @@ __device__ __forceinline__ Pack<8> load_pack<8>(const __nv_bfloat16* p) {
   return r;
 }
 
+// Work items are (token, pack column) pairs, numbered token-major over a 1-D grid-stride loop, so
+// no thread idles when hidden_size / N is not a multiple of the block size. items < 2^32.
 template <int N>
 __global__ void __launch_bounds__(kThreads)
     permute_kernel(const __nv_bfloat16* __restrict__ hidden, int64_t num_tokens, int64_t cols,
                    const int32_t* __restrict__ row_index, int top_k, __nv_bfloat16* __restrict__ out) {
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;  // pack column
-  if (c >= cols) return;
   const int64_t rows = num_tokens * top_k;
-  for (int64_t t = blockIdx.y; t < num_tokens; t += gridDim.y) {
-    const Pack<N> v = *reinterpret_cast<const Pack<N>*>(hidden + (t * cols + c) * N);
+  const uint32_t items = static_cast<uint32_t>(num_tokens * cols);
+  const uint32_t ucols = static_cast<uint32_t>(cols);
+  for (uint32_t idx = blockIdx.x * kThreads + threadIdx.x; idx < items; idx += gridDim.x * kThreads) {
+    const uint32_t t = idx / ucols;
+    const uint32_t c = idx - t * ucols;
+    const Pack<N> v = *reinterpret_cast<const Pack<N>*>(hidden + static_cast<int64_t>(idx) * N);
     for (int j = 0; j < top_k; ++j) {
-      const int32_t r = __ldg(row_index + t * top_k + j);
+      const int32_t r = __ldg(row_index + static_cast<int64_t>(t) * top_k + j);
       if (r >= 0 && r < rows) *reinterpret_cast<Pack<N>*>(out + (static_cast<int64_t>(r) * cols + c) * N) = v;
     }
   }
@@ -57,12 +60,14 @@ __global__ void __launch_bounds__(kThreads)
     combine_kernel(const __nv_bfloat16* __restrict__ y, const int32_t* __restrict__ row_index,
                    const float* __restrict__ weights, const int32_t* __restrict__ num_valid_rows,
                    int64_t num_tokens, int64_t cols, int top_k, __nv_bfloat16* __restrict__ out) {
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  if (c >= cols) return;
   const int K = kK > 0 ? kK : top_k;
   const int64_t valid = num_valid_rows != nullptr ? static_cast<int64_t>(__ldg(num_valid_rows))
                                                   : num_tokens * K;
-  for (int64_t t = blockIdx.y; t < num_tokens; t += gridDim.y) {
+  const uint32_t items = static_cast<uint32_t>(num_tokens * cols);
+  const uint32_t ucols = static_cast<uint32_t>(cols);
+  for (uint32_t idx = blockIdx.x * kThreads + threadIdx.x; idx < items; idx += gridDim.x * kThreads) {
+    const int64_t t = idx / ucols;
+    const int64_t c = idx - static_cast<uint32_t>(t) * ucols;
     float acc[N];
 #pragma unroll
     for (int i = 0; i < N; ++i) acc[i] = 0.0f;
@@ -98,30 +103,33 @@ __global__ void __launch_bounds__(kThreads)
     Pack<N> o;
 #pragma unroll
     for (int i = 0; i < N; ++i) o.e[i] = __float2bfloat16_rn(acc[i]);
-    *reinterpret_cast<Pack<N>*>(out + (t * cols + c) * N) = o;
+    *reinterpret_cast<Pack<N>*>(out + static_cast<int64_t>(idx) * N) = o;
   }
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
-dim3 grid_for(int64_t cols, int64_t num_tokens) {
-  const int64_t gx = (cols + kThreads - 1) / kThreads;
-  const int64_t gy = num_tokens < kMaxGridY ? num_tokens : kMaxGridY;
-  return dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy));
+constexpr int64_t kMaxBlocks = 1 << 20;
+
+// Blocks for a 1-D grid-stride loop over num_tokens * cols items.
+unsigned grid_for(int64_t cols, int64_t num_tokens) {
+  const int64_t blocks = (num_tokens * cols + kThreads - 1) / kThreads;
+  return static_cast<unsigned>(blocks < kMaxBlocks ? blocks : kMaxBlocks);
 }
 
 void check_common(const char* fn, int64_t num_tokens, int64_t hidden_size, int32_t top_k) {
   MOEBAL_CHECK_ARG(num_tokens >= 0, fn, ": num_tokens must be >= 0, got ", num_tokens);
   MOEBAL_CHECK_ARG(hidden_size >= 1, fn, ": hidden_size must be >= 1, got ", hidden_size);
   MOEBAL_CHECK_ARG(top_k >= 1, fn, ": top_k must be >= 1, got ", top_k);
-  MOEBAL_CHECK_ARG((hidden_size + kThreads - 1) / kThreads <= INT_MAX, fn, ": hidden_size too large");
+  MOEBAL_CHECK_ARG(num_tokens * hidden_size < (int64_t{1} << 32), fn, ": num_tokens * hidden_size (",
+                   num_tokens * hidden_size, ") must be < 2^32");
 }
 
 template <int N>
 void launch_combine(const __nv_bfloat16* y, const int32_t* row_index, const float* weights,
                     const int32_t* num_valid_rows, int64_t num_tokens, int64_t cols, int32_t top_k,
                     __nv_bfloat16* out, cudaStream_t stream) {
-  const dim3 grid = grid_for(cols, num_tokens);
+  const unsigned grid = grid_for(cols, num_tokens);
 #define MOEBAL_COMBINE(K)                                                                         \
   combine_kernel<N, K><<<grid, kThreads, 0, stream>>>(y, row_index, weights, num_valid_rows,      \
                                                       num_tokens, cols, top_k, out)

@@ -1,6 +1,6 @@
-// Router top-k: one warp per token. The warp stages the token's choice values in shared memory,
-// optionally masks all but the best expert groups, then runs top_k rounds of a warp arg-max whose
-// comparison (larger value, then lower id) makes the selection deterministic.
+// Router top-k: one warp per token, the token's scores in registers; optional group-limited
+// routing; top_k rounds of a warp arg-max whose order (larger value, then lower id) makes the
+// selection deterministic.
 #include <cfloat>
 #include <climits>
 
@@ -49,54 +49,85 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-template <class T>
+// Order-preserving map of a float to an unsigned key (larger float -> larger key); -0 and +0
+// are made equal first so that they tie as they do in float comparison.
+__device__ __forceinline__ unsigned ordered_key(float v) {
+  const unsigned u = __float_as_uint(v + 0.0f);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// One warp per token. Lane l holds experts l, l + 32, ..., so loads are coalesced and every value
+// lives in registers (kPerLane of them, indexed only with compile-time constants). A round of the
+// top-k is: each lane's cached best, a warp max of the ordered keys and a warp min of the ids that
+// reach it (two redux.sync instructions), and a rescan in the winning lane alone.
+template <int kPerLane, bool kBias, class T>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     router_topk_kernel(const T* __restrict__ logits, int64_t num_tokens, RouterParams p,
                        const float* __restrict__ bias, int32_t* __restrict__ topk_ids,
                        float* __restrict__ topk_weights) {
-  extern __shared__ float smem[];
+  extern __shared__ float smem[];  // [warps][E] staging for group scores (num_groups > 1 only)
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int64_t t = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + warp;
   if (t >= num_tokens) return;  // whole warps exit together
   const int E = p.num_experts;
-  float* choice = smem + warp * E;
   const T* row = logits + t * E;
 
-  // 1. Scores. Softmax needs the row max and the sum of exponentials.
-  float row_max = -INFINITY;
-  for (int e = lane; e < E; e += 32) {
-    const float l = nan_to_neg_inf(load_logit(row + e));
-    choice[e] = l;
-    row_max = fmaxf(row_max, l);
+  // 1. Logits -> scores s (kept only with a bias) and choice values c.
+  float c[kPerLane];
+  float s[kBias ? kPerLane : 1];
+  unsigned long long alive = 0;
+#pragma unroll
+  for (int i = 0; i < kPerLane; ++i) {
+    const int e = lane + 32 * i;
+    c[i] = e < E ? nan_to_neg_inf(load_logit(row + e)) : -INFINITY;
+    if (e < E) alive |= 1ull << i;
   }
-  float inv_sum = 1.0f;
   const bool softmax = p.scoring == RouterScoring::kSoftmax;
   if (softmax) {
-    row_max = warp_max(row_max);
-    if (row_max == -INFINITY) row_max = 0.0f;  // all -inf: keep exp finite (every score is 0)
-    float s = 0.0f;
-    for (int e = lane; e < E; e += 32) s += expf(choice[e] - row_max);
-    s = warp_sum(s);
-    inv_sum = s > 0.0f ? 1.0f / s : 0.0f;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) mx = fmaxf(mx, c[i]);
+    mx = warp_max(mx);
+    if (mx == -INFINITY) mx = 0.0f;  // all -inf: every score is 0
+    float sum = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      c[i] = expf(c[i] - mx);  // 0 for the padding lanes (-inf)
+      sum += c[i];
+    }
+    sum = warp_sum(sum);
+    const float inv_sum = sum > 0.0f ? 1.0f / sum : 0.0f;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) c[i] *= inv_sum;
+  } else {
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) c[i] = 1.0f / (1.0f + expf(-c[i]));
   }
-  for (int e = lane; e < E; e += 32) {
-    const float l = choice[e];
-    float sc = softmax ? expf(l - row_max) * inv_sum : 1.0f / (1.0f + expf(-l));
-    if (bias != nullptr) sc += __ldg(bias + e);
-    choice[e] = nan_to_neg_inf(sc);
+#pragma unroll
+  for (int i = 0; i < kPerLane; ++i) {
+    if constexpr (kBias) {
+      const int e = lane + 32 * i;
+      s[i] = c[i];
+      c[i] = nan_to_neg_inf(c[i] + (e < E ? __ldg(bias + e) : 0.0f));
+    } else {
+      c[i] = nan_to_neg_inf(c[i]);
+    }
   }
-  __syncwarp();
 
-  // 2. Group-limited routing: a bitmask of eligible groups.
-  unsigned eligible = kFull;
-  int group_size = E;
+  // 2. Group-limited routing: stage c in shared memory, one lane per group scores its group,
+  // the best topk_groups groups stay alive.
   if (p.num_groups > 1) {
-    group_size = E / p.num_groups;
+    float* stage = smem + warp * E;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i)
+      if (lane + 32 * i < E) stage[lane + 32 * i] = c[i];
+    __syncwarp();
+    const int group_size = E / p.num_groups;
     float gscore = -INFINITY;
     if (lane < p.num_groups) {
-      const float* g = choice + lane * group_size;
-      if (bias != nullptr) {  // sum of the two largest
+      const float* g = stage + lane * group_size;
+      if (kBias) {  // sum of the two largest (DeepSeek-V3)
         float a = -INFINITY, b = -INFINITY;
         for (int i = 0; i < group_size; ++i) {
           const float v = g[i];
@@ -112,50 +143,98 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
         for (int i = 0; i < group_size; ++i) gscore = fmaxf(gscore, g[i]);
       }
     }
-    eligible = 0;
+    unsigned eligible = 0;
     for (int r = 0; r < p.topk_groups; ++r) {
-      float v = (lane < p.num_groups && !((eligible >> lane) & 1u)) ? gscore : -INFINITY;
-      int id = (lane < p.num_groups && !((eligible >> lane) & 1u)) ? lane : INT_MAX;
+      const bool open = lane < p.num_groups && !((eligible >> lane) & 1u);
+      float v = open ? gscore : -INFINITY;
+      int id = open ? lane : INT_MAX;
       warp_argmax(v, id);
       eligible |= 1u << id;
     }
-  }
-
-  // 3. top_k rounds of arg-max; a taken expert becomes NaN (never selected again).
-  int my_id = 0;
-  for (int r = 0; r < p.top_k; ++r) {
-    float bv = -INFINITY;
-    int bid = INT_MAX;
-    for (int e = lane; e < E; e += 32) {
-      const float v = choice[e];
-      if (isnan(v) || !((eligible >> (e / group_size)) & 1u)) continue;
-      if (beats(v, e, bv, bid)) {
-        bv = v;
-        bid = e;
-      }
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      const int e = lane + 32 * i;
+      if (e < E && !((eligible >> (e / group_size)) & 1u)) alive &= ~(1ull << i);
     }
-    warp_argmax(bv, bid);
-    if (lane == r) my_id = bid;
-    if (lane == 0) choice[bid] = NAN;
-    __syncwarp();
   }
 
-  // 4. Weights from the unbiased scores, recomputed from the logit (cheap: top_k loads).
-  float w = 0.0f;
-  if (lane < p.top_k) {
-    const float l = nan_to_neg_inf(load_logit(row + my_id));
-    w = softmax ? expf(l - row_max) * inv_sum : 1.0f / (1.0f + expf(-l));
+  // 3. top_k rounds.
+  float best_v = -INFINITY;
+  int best_i = -1;
+  auto rescan = [&] {
+    best_v = -INFINITY;
+    best_i = -1;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i)
+      if (((alive >> i) & 1ull) && (best_i < 0 || c[i] > best_v)) {
+        best_v = c[i];
+        best_i = i;
+      }
+  };
+  rescan();
+  int my_id = 0;
+  float my_w = 0.0f, wsum = 0.0f;
+  for (int r = 0; r < p.top_k; ++r) {
+    const unsigned key = best_i >= 0 ? ordered_key(best_v) : 0u;
+    const unsigned top = __reduce_max_sync(kFull, key);
+    const unsigned cand = (best_i >= 0 && key == top) ? static_cast<unsigned>(lane + 32 * best_i) : 0xffffffffu;
+    const unsigned id = __reduce_min_sync(kFull, cand);
+    const bool won = static_cast<unsigned>(lane) == (id & 31u);
+    float w = 0.0f;
+    if (won) {
+#pragma unroll
+      for (int i = 0; i < kPerLane; ++i)
+        if (i == best_i) {
+          if constexpr (kBias) {
+            w = s[i];
+          } else {
+            w = c[i];
+          }
+        }
+      alive &= ~(1ull << best_i);
+      rescan();
+    }
+    w = __shfl_sync(kFull, w, static_cast<int>(id & 31u));
+    wsum += w;  // in round order j = 0, 1, ..., as the CPU reference sums
+    if (lane == r) {
+      my_id = static_cast<int>(id);
+      my_w = w;
+    }
   }
-  if (p.renormalize) {
-    // Sum in the order j = 0, 1, ... (as the CPU reference does) via a shuffle broadcast.
-    float s = 0.0f;
-    for (int j = 0; j < p.top_k; ++j) s += __shfl_sync(kFull, w, j);
-    w = s > 0.0f ? w / s : w;
-  }
+
+  // 4. Weights.
+  if (p.renormalize && wsum > 0.0f) my_w /= wsum;
   if (lane < p.top_k) {
     topk_ids[t * p.top_k + lane] = my_id;
-    topk_weights[t * p.top_k + lane] = w * p.scaling_factor;
+    topk_weights[t * p.top_k + lane] = my_w * p.scaling_factor;
   }
+}
+
+template <int kPerLane, class T>
+void launch_router(const T* logits, int64_t num_tokens, const RouterParams& p, const float* bias,
+                   int32_t* ids, float* weights, cudaStream_t stream) {
+  const int64_t blocks = (num_tokens + kWarpsPerBlock - 1) / kWarpsPerBlock;
+  const size_t smem = p.num_groups > 1 ? sizeof(float) * kWarpsPerBlock * p.num_experts : 0;
+  if (bias != nullptr) {
+    router_topk_kernel<kPerLane, true, T><<<static_cast<int>(blocks), kWarpsPerBlock * 32, smem, stream>>>(
+        logits, num_tokens, p, bias, ids, weights);
+  } else {
+    router_topk_kernel<kPerLane, false, T><<<static_cast<int>(blocks), kWarpsPerBlock * 32, smem, stream>>>(
+        logits, num_tokens, p, bias, ids, weights);
+  }
+}
+
+template <class T>
+void dispatch_router(const T* logits, int64_t num_tokens, const RouterParams& p, const float* bias,
+                     int32_t* ids, float* weights, cudaStream_t stream) {
+  const int per_lane = (p.num_experts + 31) / 32;
+  if (per_lane <= 1) return launch_router<1>(logits, num_tokens, p, bias, ids, weights, stream);
+  if (per_lane <= 2) return launch_router<2>(logits, num_tokens, p, bias, ids, weights, stream);
+  if (per_lane <= 4) return launch_router<4>(logits, num_tokens, p, bias, ids, weights, stream);
+  if (per_lane <= 8) return launch_router<8>(logits, num_tokens, p, bias, ids, weights, stream);
+  if (per_lane <= 16) return launch_router<16>(logits, num_tokens, p, bias, ids, weights, stream);
+  if (per_lane <= 32) return launch_router<32>(logits, num_tokens, p, bias, ids, weights, stream);
+  return launch_router<64>(logits, num_tokens, p, bias, ids, weights, stream);
 }
 
 }  // namespace
@@ -187,16 +266,14 @@ void router_topk(const void* logits, LogitsDtype dtype, int64_t num_tokens, cons
   if (num_tokens == 0) return;
   MOEBAL_CHECK_ARG(logits != nullptr && topk_ids != nullptr && topk_weights != nullptr,
                    "router_topk: null device pointer");
-  const int64_t blocks = (num_tokens + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  MOEBAL_CHECK_ARG(blocks <= INT_MAX, "router_topk: too many tokens: ", num_tokens);
-  const size_t smem = sizeof(float) * kWarpsPerBlock * p.num_experts;
+  MOEBAL_CHECK_ARG((num_tokens + kWarpsPerBlock - 1) / kWarpsPerBlock <= INT_MAX,
+                   "router_topk: too many tokens: ", num_tokens);
   if (dtype == LogitsDtype::kFloat32) {
-    router_topk_kernel<float><<<static_cast<int>(blocks), kWarpsPerBlock * 32, smem, stream>>>(
-        static_cast<const float*>(logits), num_tokens, p, correction_bias, topk_ids, topk_weights);
+    dispatch_router(static_cast<const float*>(logits), num_tokens, p, correction_bias, topk_ids, topk_weights,
+                    stream);
   } else {
-    router_topk_kernel<__nv_bfloat16><<<static_cast<int>(blocks), kWarpsPerBlock * 32, smem, stream>>>(
-        static_cast<const __nv_bfloat16*>(logits), num_tokens, p, correction_bias, topk_ids,
-        topk_weights);
+    dispatch_router(static_cast<const __nv_bfloat16*>(logits), num_tokens, p, correction_bias, topk_ids,
+                    topk_weights, stream);
   }
   MOEBAL_CHECK_LAUNCH();
 }
