@@ -80,7 +80,9 @@ __device__ int block_exclusive_scan(int v, int* scratch, int* total) {
   return before + incl - v;
 }
 
-template <Mode kMode>
+// kCache > 0: every warp's piece is at most 32 * kCache pairs; their bins are computed once, with
+// all loads issued up front, and kept in registers for both passes.
+template <Mode kMode, int kCache>
 __global__ void layout_chunk_kernel(LayoutArgs a) {
   extern __shared__ int hist[];  // [warps][bins]
   __shared__ int scratch[32];
@@ -97,13 +99,29 @@ __global__ void layout_chunk_kernel(LayoutArgs a) {
   const int64_t end = min(chunk_end, begin + piece);
   const unsigned lt_mask = (1u << lane) - 1u;
 
-  // Pass 1: per-warp counts.
-  for (int64_t base = begin; base < end; base += 32) {
-    const int64_t pair = base + lane;
-    const int bin = pair < end ? bin_of(a, pair) : -1;
+  int cached[kCache > 0 ? kCache : 1];
+  if constexpr (kCache > 0) {
+#pragma unroll
+    for (int it = 0; it < kCache; ++it) {
+      const int64_t pair = begin + it * 32 + lane;
+      cached[it] = pair < end ? bin_of(a, pair) : -1;
+    }
+  }
+  auto count_step = [&](int bin) {
     const unsigned peers = __match_any_sync(kFull, bin);
     if (bin >= 0 && (peers & lt_mask) == 0) my_hist[bin] += __popc(peers);
     __syncwarp();
+  };
+
+  // Pass 1: per-warp counts.
+  if constexpr (kCache > 0) {
+#pragma unroll
+    for (int it = 0; it < kCache; ++it) count_step(cached[it]);
+  } else {
+    for (int64_t base = begin; base < end; base += 32) {
+      const int64_t pair = base + lane;
+      count_step(pair < end ? bin_of(a, pair) : -1);
+    }
   }
   __syncthreads();
 
@@ -147,9 +165,7 @@ __global__ void layout_chunk_kernel(LayoutArgs a) {
   __syncthreads();
 
   // Pass 2: stable ranks.
-  for (int64_t base = begin; base < end; base += 32) {
-    const int64_t pair = base + lane;
-    const int bin = pair < end ? bin_of(a, pair) : -1;
+  auto rank_step = [&](int64_t pair, int bin) {
     const unsigned peers = __match_any_sync(kFull, bin);
     if (bin >= 0) {
       const int row = my_hist[bin] + __popc(peers & lt_mask);
@@ -160,6 +176,15 @@ __global__ void layout_chunk_kernel(LayoutArgs a) {
     __syncwarp();
     if (bin >= 0 && (peers & lt_mask) == 0) my_hist[bin] += __popc(peers);
     __syncwarp();
+  };
+  if constexpr (kCache > 0) {
+#pragma unroll
+    for (int it = 0; it < kCache; ++it) rank_step(begin + it * 32 + lane, cached[it]);
+  } else {
+    for (int64_t base = begin; base < end; base += 32) {
+      const int64_t pair = base + lane;
+      rank_step(pair, pair < end ? bin_of(a, pair) : -1);
+    }
   }
 }
 
@@ -236,12 +261,17 @@ void dispatch_layout(const int32_t* topk_ids, int64_t num_tokens, int32_t top_k,
   LayoutArgs a{topk_ids, pairs, top_k, num_experts, num_slots, placement, 0,
                slot_ids, offsets, row_index, sorted_token, static_cast<int32_t*>(workspace)};
   if (single_block(pairs)) {
-    // One 32-pair step per warp where possible (a single dependent load per pass), and at least
-    // 8 warps so that zeroing and scanning the per-slot histograms is spread over 256+ threads.
-    const int want = std::max(8, static_cast<int>((pairs + 31) / 32));
+    // About 128 pairs (4 cached steps) per warp, at least 8 warps so that zeroing and scanning
+    // the per-slot histograms is spread over 256+ threads.
+    const int want = std::max(8, static_cast<int>((pairs + 127) / 128));
     const int warps = std::max(1, std::min(want, warps_for(bins, kSingleMaxWarps)));
     a.chunk = pairs;
-    layout_chunk_kernel<Mode::kSingle><<<1, warps * 32, sizeof(int) * warps * bins, stream>>>(a);
+    const size_t smem = sizeof(int) * warps * bins;
+    if ((pairs + warps - 1) / warps <= 32 * 4) {
+      layout_chunk_kernel<Mode::kSingle, 4><<<1, warps * 32, smem, stream>>>(a);
+    } else {
+      layout_chunk_kernel<Mode::kSingle, 0><<<1, warps * 32, smem, stream>>>(a);
+    }
     MOEBAL_CHECK_LAUNCH();
     return;
   }
@@ -249,11 +279,21 @@ void dispatch_layout(const int32_t* topk_ids, int64_t num_tokens, int32_t top_k,
   const int64_t chunks = num_chunks(pairs);
   a.chunk = kChunkPairs;
   const size_t smem = sizeof(int) * warps * bins;
-  layout_chunk_kernel<Mode::kCount><<<static_cast<int>(chunks), warps * 32, smem, stream>>>(a);
+  const bool cache = (kChunkPairs + warps - 1) / warps <= 32 * 8;
+  const unsigned grid = static_cast<unsigned>(chunks);
+  if (cache) {
+    layout_chunk_kernel<Mode::kCount, 8><<<grid, warps * 32, smem, stream>>>(a);
+  } else {
+    layout_chunk_kernel<Mode::kCount, 0><<<grid, warps * 32, smem, stream>>>(a);
+  }
   MOEBAL_CHECK_LAUNCH();
   layout_scan_kernel<<<1, kScanThreads, 0, stream>>>(a.chunk_counts, static_cast<int>(chunks), bins, offsets);
   MOEBAL_CHECK_LAUNCH();
-  layout_chunk_kernel<Mode::kScatter><<<static_cast<int>(chunks), warps * 32, smem, stream>>>(a);
+  if (cache) {
+    layout_chunk_kernel<Mode::kScatter, 8><<<grid, warps * 32, smem, stream>>>(a);
+  } else {
+    layout_chunk_kernel<Mode::kScatter, 0><<<grid, warps * 32, smem, stream>>>(a);
+  }
   MOEBAL_CHECK_LAUNCH();
 }
 

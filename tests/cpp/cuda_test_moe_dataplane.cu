@@ -330,7 +330,9 @@ INSTANTIATE_TEST_SUITE_P(
                       LayoutCase{4099, 1, 7, true, 1.5, 0.01},      // multi-block, odd sizes
                       LayoutCase{16384, 8, 256, false, 1.2, 0.0},   // 131072 pairs
                       LayoutCase{20011, 8, 256, true, 0.8, 0.02},
-                      LayoutCase{9, 3, 3000, false, 0.5, 0.0}));  // many slots
+                      LayoutCase{9, 3, 3000, false, 0.5, 0.0},      // many slots
+                      LayoutCase{1500, 2, 3000, false, 0.5, 0.01},  // one block, uncached steps
+                      LayoutCase{5003, 1, 2000, true, 0.7, 0.0}));  // multi-block, uncached steps
 
 TEST_F(CudaSuite, DispatchLayoutEmptyAndBadArgs) {
   DeviceBuffer<int32_t> offsets(9);
