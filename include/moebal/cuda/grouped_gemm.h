@@ -8,6 +8,15 @@
 //    empty groups cost nothing and skewed groups need no host-side planning;
 //  - weights are row-major [num_groups, N, K] (K contiguous), i.e. y = x @ W[g]^T, the layout of
 //    torch.nn.Linear weights and of vLLM's w13/w2.
+//
+// Offsets are trusted: they are never copied to the host. Out-of-range entries are clamped into
+// [0, total_rows] on the device (so a bad array cannot make a kernel write outside y), but rows
+// of a malformed array are then computed for the wrong group or left unwritten.
+//
+// Kernels: on compute capability 9.0 with the sm_90a kernels compiled in, CUTLASS 3.x grouped
+// GEMMs (TMA, warp-specialised wgmma, per-group problem shapes built on the device); elsewhere a
+// portable tensor-core kernel (mma.sync through WMMA, sm_80+). The choice is made per call from
+// the current device and the host-known sizes (see GroupedGemmKernel).
 #pragma once
 
 #include <cstddef>
@@ -18,14 +27,42 @@
 
 namespace moebal::cuda {
 
-/// Bytes of device workspace grouped_gemm_bf16 needs for num_groups groups.
+/// Which kernel runs a grouped GEMM. kAuto picks from the device and rows per active group.
+enum class GroupedGemmKernel : int {
+  kAuto = 0,
+  kPortable = 1,       ///< WMMA tiled kernel, any sm_80+ device
+  kHopperSmallM = 2,   ///< sm_90a, y^T = W x^T: 64 weight rows x 32 token rows per tile (decode)
+  kHopperLargeM = 3,   ///< sm_90a, 128 x 256 token x weight-row tiles, cooperative (prefill)
+};
+
+/// Name of a kernel choice ("auto", "portable", "hopper_small_m", "hopper_large_m").
+const char* to_string(GroupedGemmKernel kernel);
+
+/// Whether the Hopper kernels are compiled in and `device` (compute capability 9.0) can run them.
+bool hopper_grouped_gemm_available(int device);
+
+/// The kernel kAuto resolves to on `device` for total_rows rows over num_groups groups.
+GroupedGemmKernel pick_grouped_gemm_kernel(int device, int num_groups, int64_t total_rows);
+
+/// Bytes of device workspace grouped_gemm_bf16 needs for num_groups groups on the current device.
 size_t grouped_gemm_workspace_bytes(int num_groups);
 
 /// y[r, :] = x[r, :] @ w[g]^T for every row r of group g. x [total_rows, k], w [num_groups, n, k],
-/// y [total_rows, n]; all device pointers, 16-byte aligned; n and k multiples of 8.
+/// y [total_rows, n]; all device pointers, 16-byte aligned; n and k multiples of 8. Enqueued on
+/// `stream` with no host synchronisation; workspace (device, >= grouped_gemm_workspace_bytes on
+/// the current device) must stay untouched until the work completes. Rows of empty groups cost
+/// nothing; y rows outside [offsets[0], offsets[num_groups]) are not written.
 void grouped_gemm_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y,
                        const int32_t* offsets, int num_groups, int64_t total_rows, int64_t n,
                        int64_t k, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+
+/// grouped_gemm_bf16 with an explicit kernel choice (benchmarks, tests). A Hopper choice on a
+/// device that cannot run it throws moebal::ValueError. The workspace of
+/// grouped_gemm_workspace_bytes fits every choice. Enqueued on `stream`, no host synchronisation.
+void grouped_gemm_bf16_with(GroupedGemmKernel kernel, const __nv_bfloat16* x,
+                            const __nv_bfloat16* w, __nv_bfloat16* y, const int32_t* offsets,
+                            int num_groups, int64_t total_rows, int64_t n, int64_t k,
+                            void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
 /// Bytes of device workspace expert_ffn_bf16 needs.
 size_t expert_ffn_workspace_bytes(int num_groups, int64_t total_rows, int64_t ffn);
@@ -34,6 +71,9 @@ size_t expert_ffn_workspace_bytes(int num_groups, int64_t total_rows, int64_t ff
 /// w13 [num_groups, 2 * ffn, hidden] stacks W1 (rows [0, ffn), the gate) over W3 (rows
 /// [ffn, 2 * ffn), the up projection) and w2 is [num_groups, hidden, ffn].
 /// x, y [total_rows, hidden]. All device pointers; hidden and ffn multiples of 8.
+/// Three launches on `stream`: grouped GEMM x @ w13^T into a [total_rows, 2 * ffn] bf16
+/// intermediate, a fused SiLU(gate) * up pass into [total_rows, ffn], grouped GEMM with w2. The
+/// activation is not yet fused into a GEMM epilogue. No host synchronisation.
 void expert_ffn_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w13, const __nv_bfloat16* w2,
                      __nv_bfloat16* y, const int32_t* offsets, int num_groups, int64_t total_rows,
                      int64_t hidden, int64_t ffn, void* workspace, size_t workspace_bytes,

@@ -1,0 +1,201 @@
+"""Grouped expert GEMM / expert FFN benchmark on one GPU: moebal vs torch._grouped_mm vs a
+per-expert torch.matmul loop, on MoE shapes, token counts and balanced / Zipf routing.
+
+Every timed call is preceded by a 256 MiB L2 flush (outside the timed region); CUDA events
+around each call; median of the repetitions after warm-up. The HBM copy rate and an 8192^3 bf16
+matmul are measured in the same process and set the floors:
+  floor = max(distinct expert weight bytes + activation bytes) / HBM, FLOPs / matmul rate).
+Usage: python bench/kernels_gemm.py [--quick] [--json out.json] [--models a,b] [--tokens 1,16]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+
+import torch
+
+from moebal import gemm_ops
+
+MODELS = {  # name: (hidden, ffn, experts, top_k)
+    "mixtral-8x7b": (4096, 14336, 8, 2),
+    "qwen3-30b-a3b": (2048, 768, 128, 8),
+    "deepseek-v3": (7168, 2048, 256, 8),
+    "gpt-oss-120b": (2880, 2880, 128, 4),
+}
+TOKENS = [1, 16, 128, 1024, 4096, 16384]
+
+_flush_buf = None
+
+
+def flush_l2():
+    _flush_buf.zero_()
+
+
+def time_fn(fn, min_reps=5, max_reps=30, budget_s=0.08):
+    fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    one = time.perf_counter() - t0
+    reps = int(max(min_reps, min(max_reps, budget_s / max(one, 1e-6))))
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    for i in range(reps):
+        flush_l2()
+        starts[i].record()
+        fn()
+        ends[i].record()
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends)) * 1e-3  # seconds
+
+
+def measure_ceilings():
+    a = torch.empty(1 << 29, dtype=torch.bfloat16, device="cuda")  # 1 GiB
+    b = torch.empty_like(a)
+    t = time_fn(lambda: b.copy_(a), min_reps=10, max_reps=10)
+    bw = 2 * a.numel() * 2 / t
+    del a, b
+    m = torch.randn(8192, 8192, device="cuda").to(torch.bfloat16)
+    t = time_fn(lambda: m @ m, min_reps=10, max_reps=10)
+    flops = 2 * 8192 ** 3 / t
+    return bw, flops
+
+
+def route(tokens, experts, k, zipf, gen):
+    if zipf:
+        p = 1.0 / torch.arange(1, experts + 1, dtype=torch.float64) ** 1.2
+        p = p[torch.randperm(experts, generator=gen)]
+    else:
+        p = torch.ones(experts, dtype=torch.float64)
+    ids = torch.multinomial(p.expand(tokens, experts), k, replacement=False, generator=gen)
+    counts = torch.bincount(ids.flatten(), minlength=experts)
+    return counts
+
+
+def grouped_mm_fn():
+    f = getattr(torch.nn.functional, "grouped_mm", None)
+    return f if f is not None else torch._grouped_mm
+
+
+def bench_case(model, tokens, zipf, bw, peak, gen, variants):
+    hidden, ffn, experts, k = MODELS[model]
+    counts = route(tokens, experts, k, zipf, gen)
+    rows = int(counts.sum())
+    active = int((counts > 0).sum())
+    offs_host = torch.zeros(experts + 1, dtype=torch.int32)
+    offs_host[1:] = torch.cumsum(counts, 0)
+    offs = offs_host.cuda()
+    ends = offs[1:].contiguous()
+    x = torch.randn(rows, hidden, device="cuda").to(torch.bfloat16)
+    gmm = grouped_mm_fn()
+    results = []
+    projections = {"w13": (2 * ffn, hidden), "w2": (hidden, ffn)}
+    weights = {}
+    for proj, (n, kk) in projections.items():
+        w = (torch.randn(experts, n, kk, device="cuda", dtype=torch.bfloat16) * (1.0 / math.sqrt(kk)))
+        weights[proj] = w
+        a = x if proj == "w13" else torch.randn(rows, kk, device="cuda").to(torch.bfloat16)
+        flops = 2.0 * rows * n * kk
+        bytes_ = active * n * kk * 2 + rows * (n + kk) * 2
+        floor = max(bytes_ / bw, flops / peak)
+        ref = gmm(a, w.transpose(1, 2), offs=ends)
+        fns = {
+            "torch_grouped_mm": lambda: gmm(a, w.transpose(1, 2), offs=ends),
+            "moebal_auto": lambda: gemm_ops.grouped_gemm(a, w, offs),
+        }
+        if "forced" in variants:
+            fns["moebal_small_m"] = lambda: gemm_ops.grouped_gemm(a, w, offs, kernel="hopper_small_m")
+            fns["moebal_large_m"] = lambda: gemm_ops.grouped_gemm(a, w, offs, kernel="hopper_large_m")
+        if "loop" in variants:
+            segs = [(g, int(offs_host[g]), int(offs_host[g + 1])) for g in range(experts) if counts[g] > 0]
+            y_loop = torch.empty(rows, n, device="cuda", dtype=torch.bfloat16)
+
+            def loop():
+                for g, s, e in segs:
+                    torch.matmul(a[s:e], w[g].T, out=y_loop[s:e])
+                return y_loop
+            fns["torch_matmul_loop"] = loop
+        for name, fn in fns.items():
+            try:
+                err = ((fn().float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-30)).item()
+                if not err < 1e-2:
+                    raise RuntimeError(f"rel err {err} vs torch._grouped_mm")
+                t = time_fn(fn)
+            except Exception as e:  # keep the baselines of the run; report the failure
+                print(f"ERROR {model} T={tokens} {proj} {name}: {e}", flush=True)
+                continue
+            results.append(dict(model=model, tokens=tokens, routing="zipf" if zipf else "balanced", op=proj,
+                                impl=name, rows=rows, active=active, time_us=t * 1e6, tflops=flops / t / 1e12,
+                                tbps=bytes_ / t / 1e12, floor_us=floor * 1e6, frac_floor=floor / t))
+        del a
+    # Whole expert FFN: moebal (GEMM, fused SiLU*up, GEMM) vs torch (grouped_mm, silu*mul, grouped_mm).
+    w13, w2 = weights["w13"], weights["w2"]
+    flops = 2.0 * rows * 3 * ffn * hidden
+    bytes_ = active * 3 * ffn * hidden * 2 + rows * 2 * hidden * 2
+    floor = max(bytes_ / bw, flops / peak)
+
+    def torch_ffn():
+        h = gmm(x, w13.transpose(1, 2), offs=ends)
+        act = torch.nn.functional.silu(h[:, :ffn]) * h[:, ffn:]
+        return gmm(act, w2.transpose(1, 2), offs=ends)
+    ref = torch_ffn()
+    for name, fn in (("torch_ffn", torch_ffn), ("moebal_expert_ffn", lambda: gemm_ops.expert_ffn(x, w13, w2, offs))):
+        try:
+            err = ((fn().float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-30)).item()
+            if not err < 2e-2:
+                raise RuntimeError(f"rel err {err} vs the torch composition")
+            t = time_fn(fn)
+        except Exception as e:
+            print(f"ERROR {model} T={tokens} ffn {name}: {e}", flush=True)
+            continue
+        results.append(dict(model=model, tokens=tokens, routing="zipf" if zipf else "balanced", op="ffn", impl=name,
+                            rows=rows, active=active, time_us=t * 1e6, tflops=flops / t / 1e12, tbps=bytes_ / t / 1e12,
+                            floor_us=floor * 1e6, frac_floor=floor / t))
+    del weights, w13, w2, x
+    torch.cuda.empty_cache()
+    return results
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--tokens", default=",".join(map(str, TOKENS)))
+    ap.add_argument("--routing", default="balanced,zipf")
+    ap.add_argument("--variants", default="forced,loop", help="extra variants: forced (per-kernel), loop")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    global _flush_buf
+    _flush_buf = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+    t0 = time.time()
+    bw, peak = measure_ceilings()
+    print(f"# device {torch.cuda.get_device_name()} torch {torch.__version__}: HBM copy {bw / 1e12:.2f} TB/s, "
+          f"bf16 8192^3 mm {peak / 1e12:.0f} TFLOP/s", flush=True)
+    gen = torch.Generator().manual_seed(0)
+    variants = set(args.variants.split(",")) if args.variants else set()
+    out = []
+    for model in args.models.split(","):
+        for tokens in map(int, args.tokens.split(",")):
+            for routing in args.routing.split(","):
+                v = set(variants)
+                if tokens * MODELS[model][3] > 32768:
+                    v.discard("loop")  # per-expert loop at large T: enough to show the trend at 4096
+                res = bench_case(model, tokens, routing == "zipf", bw, peak, gen, v)
+                out.extend(res)
+                for r in res:
+                    print(f"{r['model']:14s} T={r['tokens']:5d} {r['routing']:8s} {r['op']:3s} {r['impl']:18s} "
+                          f"rows={r['rows']:6d} act={r['active']:3d} {r['time_us']:9.1f} us {r['tbps']:5.2f} TB/s "
+                          f"{r['tflops']:6.1f} TF/s floor {r['frac_floor']:.2f}", flush=True)
+    print(f"# total {time.time() - t0:.1f} s", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(device=torch.cuda.get_device_name(), torch=torch.__version__, hbm_bps=bw, mm_flops=peak,
+                           results=out), f, indent=1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

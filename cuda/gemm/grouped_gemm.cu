@@ -1,0 +1,311 @@
+// Grouped expert GEMM front end: argument checks, kernel choice, the portable WMMA kernel, and
+// the expert FFN (two grouped GEMMs around a fused SiLU(gate) * up pass).
+#include <mma.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "grouped_gemm_internal.h"
+#include "moebal/core/error.h"
+#include "moebal/cuda/check.h"
+#include "moebal/cuda/grouped_gemm.h"
+
+namespace moebal::cuda {
+namespace {
+
+using detail::GroupedGemmProblem;
+
+// ---------------------------------------------------------------------------------------------
+// Portable kernel: 64 x 64 output tiles, k steps of 32, 4 warps of 2 x 2 WMMA 16x16x16 bf16
+// fragments with fp32 accumulators. Grid (n tiles, groups, z): the CTAs of group g walk its row
+// tiles z, z + gridDim.z, ... so empty groups exit at once and skewed groups need no host plan.
+// ---------------------------------------------------------------------------------------------
+constexpr int kBM = 64, kBN = 64, kBK = 32, kPad = 8, kWarps = 4;
+
+__global__ void __launch_bounds__(kWarps * 32)
+    portable_grouped_gemm_kernel(GroupedGemmProblem p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  using namespace nvcuda;
+  __shared__ alignas(128) __nv_bfloat16 a_s[kBM][kBK + kPad];
+  __shared__ alignas(128) __nv_bfloat16 b_s[kBN][kBK + kPad];
+  __shared__ alignas(128) float c_s[kBM][kBN + 4];
+
+  const int g = blockIdx.y;
+  const int64_t lo = min(max(static_cast<int64_t>(p.offsets[g]), int64_t{0}), p.total_rows);
+  const int64_t hi = min(max(static_cast<int64_t>(p.offsets[g + 1]), lo), p.total_rows);
+  const int64_t rows = hi - lo;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kBN;
+  const __nv_bfloat16* w_g = p.w + static_cast<int64_t>(g) * p.n * p.k;
+  const int warp = threadIdx.x / 32;
+  const int wm = (warp / 2) * 32, wn = (warp % 2) * 32;
+
+  for (int64_t m0 = static_cast<int64_t>(blockIdx.z) * kBM; m0 < rows; m0 += static_cast<int64_t>(gridDim.z) * kBM) {
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+
+    for (int64_t k0 = 0; k0 < p.k; k0 += kBK) {
+      // 64 rows x 32 k = 256 chunks of 8 bf16 per operand: 2 per thread each.
+#pragma unroll
+      for (int c = threadIdx.x; c < kBM * kBK / 8; c += kWarps * 32) {
+        const int r = c / (kBK / 8), kc = (c % (kBK / 8)) * 8;
+        const int64_t kk = k0 + kc;
+        uint4 va = make_uint4(0, 0, 0, 0), vb = make_uint4(0, 0, 0, 0);
+        if (m0 + r < rows && kk < p.k)
+          va = *reinterpret_cast<const uint4*>(p.x + (lo + m0 + r) * p.k + kk);
+        if (n0 + r < p.n && kk < p.k) vb = *reinterpret_cast<const uint4*>(w_g + (n0 + r) * p.k + kk);
+        *reinterpret_cast<uint4*>(&a_s[r][kc]) = va;
+        *reinterpret_cast<uint4*>(&b_s[r][kc]) = vb;
+      }
+      __syncthreads();
+#pragma unroll
+      for (int kk = 0; kk < kBK; kk += 16) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa[2];
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fb[2];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(fa[i], &a_s[wm + 16 * i][kk], kBK + kPad);
+#pragma unroll
+        for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(fb[j], &b_s[wn + 16 * j][kk], kBK + kPad);
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+          for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+      }
+      __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+        wmma::store_matrix_sync(&c_s[wm + 16 * i][wn + 16 * j], acc[i][j], kBN + 4, wmma::mem_row_major);
+    __syncthreads();
+    for (int c = threadIdx.x; c < kBM * kBN / 8; c += kWarps * 32) {
+      const int r = c / (kBN / 8), nc = (c % (kBN / 8)) * 8;
+      if (m0 + r >= rows || n0 + nc >= p.n) continue;  // n is a multiple of 8
+      alignas(16) __nv_bfloat16 out[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) out[e] = __float2bfloat16(c_s[r][nc + e]);
+      *reinterpret_cast<uint4*>(p.y + (lo + m0 + r) * p.n + n0 + nc) = *reinterpret_cast<const uint4*>(out);
+    }
+    __syncthreads();
+  }
+#endif
+}
+
+void portable_grouped_gemm(const GroupedGemmProblem& p, cudaStream_t stream) {
+  const int64_t n_tiles = (p.n + kBN - 1) / kBN;
+  const int64_t row_tiles = (p.total_rows + kBM - 1) / kBM;
+  // Enough z-slices for a group holding every row to get a CTA per row tile when rows are few;
+  // beyond that the slices loop. Most CTAs of empty groups exit after reading two offsets.
+  const int64_t per_group = (row_tiles + p.num_groups - 1) / p.num_groups;
+  const int64_t z = std::min<int64_t>(row_tiles, std::max<int64_t>(4 * per_group, 8));
+  MOEBAL_CHECK_ARG(n_tiles <= 0x7fffffff, "grouped_gemm_bf16: n too large: ", p.n);
+  const dim3 grid(static_cast<unsigned>(n_tiles), static_cast<unsigned>(p.num_groups),
+                  static_cast<unsigned>(std::min<int64_t>(std::max<int64_t>(z, 1), 65535)));
+  portable_grouped_gemm_kernel<<<grid, kWarps * 32, 0, stream>>>(p);
+  MOEBAL_CHECK_LAUNCH();
+}
+
+// a[r, c] = silu(h[r, c]) * h[r, ffn + c], 8 bf16 per thread, fp32 math.
+__global__ void silu_mul_kernel(const __nv_bfloat16* __restrict__ h, __nv_bfloat16* __restrict__ a,
+                                int64_t rows, int64_t ffn) {
+  const int64_t chunks_per_row = ffn / 8;
+  const int64_t total = rows * chunks_per_row;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
+    const int64_t r = i / chunks_per_row, c = (i % chunks_per_row) * 8;
+    const uint4 gv = *reinterpret_cast<const uint4*>(h + r * 2 * ffn + c);
+    const uint4 uv = *reinterpret_cast<const uint4*>(h + r * 2 * ffn + ffn + c);
+    const __nv_bfloat162* g2 = reinterpret_cast<const __nv_bfloat162*>(&gv);
+    const __nv_bfloat162* u2 = reinterpret_cast<const __nv_bfloat162*>(&uv);
+    uint4 out;
+    __nv_bfloat162* o2 = reinterpret_cast<__nv_bfloat162*>(&out);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float2 gf = __bfloat1622float2(g2[e]);
+      const float2 uf = __bfloat1622float2(u2[e]);
+      const float s0 = gf.x / (1.0f + __expf(-gf.x)), s1 = gf.y / (1.0f + __expf(-gf.y));
+      o2[e] = __floats2bfloat162_rn(s0 * uf.x, s1 * uf.y);
+    }
+    *reinterpret_cast<uint4*>(a + r * ffn + c) = out;
+  }
+}
+
+struct DeviceInfo {
+  int device = 0, major = 0, minor = 0, sm_count = 0;
+};
+
+DeviceInfo device_info(int device) {
+  DeviceInfo d;
+  d.device = device;
+  MOEBAL_CHECK_CUDA(cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, device));
+  MOEBAL_CHECK_CUDA(cudaDeviceGetAttribute(&d.minor, cudaDevAttrComputeCapabilityMinor, device));
+  MOEBAL_CHECK_CUDA(cudaDeviceGetAttribute(&d.sm_count, cudaDevAttrMultiProcessorCount, device));
+  return d;
+}
+
+DeviceInfo current_device_info() {
+  int device = 0;
+  MOEBAL_CHECK_CUDA(cudaGetDevice(&device));
+  return device_info(device);
+}
+
+bool hopper_ok(const DeviceInfo& d) {
+#if defined(MOEBAL_HAS_SM90_KERNELS)
+  return d.major == 9 && d.minor == 0;  // sm_90a code runs on compute capability 9.0 only
+#else
+  (void)d;
+  return false;
+#endif
+}
+
+// Rows per active group at or below which the swap-AB decode kernel wins (H100 measurements in
+// bench/results/gemm.md). Active groups are at most min(num_groups, total_rows).
+constexpr int64_t kSmallMRowsPerGroup = 48;
+
+GroupedGemmKernel pick(const DeviceInfo& d, int num_groups, int64_t total_rows) {
+  if (!hopper_ok(d)) return GroupedGemmKernel::kPortable;
+  const int64_t active = std::max<int64_t>(1, std::min<int64_t>(num_groups, total_rows));
+  return total_rows / active <= kSmallMRowsPerGroup ? GroupedGemmKernel::kHopperSmallM
+                                                    : GroupedGemmKernel::kHopperLargeM;
+}
+
+size_t hopper_workspace(int num_groups, const DeviceInfo& d) {
+#if defined(MOEBAL_HAS_SM90_KERNELS)
+  if (hopper_ok(d))
+    return std::max(detail::sm90_small_m_workspace_bytes(num_groups, d.sm_count),
+                    detail::sm90_large_m_workspace_bytes(num_groups, d.sm_count));
+#endif
+  (void)num_groups;
+  (void)d;
+  return 0;
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+void check_problem(const char* fn, const void* x, const void* w, const void* y, const int32_t* offsets,
+                   int num_groups, int64_t total_rows, int64_t n, int64_t k) {
+  MOEBAL_CHECK_ARG(num_groups >= 1, fn, ": num_groups must be >= 1, got ", num_groups);
+  MOEBAL_CHECK_ARG(total_rows >= 0 && total_rows <= INT32_MAX, fn, ": total_rows must be in [0, 2^31), got ",
+                   total_rows);
+  MOEBAL_CHECK_ARG(n > 0 && n % 8 == 0 && n <= INT32_MAX, fn, ": n must be a positive multiple of 8, got ", n);
+  MOEBAL_CHECK_ARG(k > 0 && k % 8 == 0 && k <= INT32_MAX, fn, ": k must be a positive multiple of 8, got ", k);
+  MOEBAL_CHECK_ARG(offsets != nullptr, fn, ": offsets is null");
+  MOEBAL_CHECK_ARG(w != nullptr && aligned16(w), fn, ": w must be a non-null 16-byte aligned pointer");
+  if (total_rows > 0) {
+    MOEBAL_CHECK_ARG(x != nullptr && aligned16(x), fn, ": x must be a non-null 16-byte aligned pointer");
+    MOEBAL_CHECK_ARG(y != nullptr && aligned16(y), fn, ": y must be a non-null 16-byte aligned pointer");
+  }
+}
+
+void run_grouped(GroupedGemmKernel kernel, const DeviceInfo& d, const GroupedGemmProblem& p, void* workspace,
+                 size_t workspace_bytes, cudaStream_t stream) {
+  if (p.total_rows == 0) return;
+  if (kernel == GroupedGemmKernel::kAuto) kernel = pick(d, p.num_groups, p.total_rows);
+  if (kernel == GroupedGemmKernel::kPortable) {
+    portable_grouped_gemm(p, stream);
+    return;
+  }
+  MOEBAL_CHECK_ARG(hopper_ok(d), "grouped_gemm_bf16: kernel ", to_string(kernel),
+                   " needs compute capability 9.0 and moebal built with sm_90a kernels; device ", d.device,
+                   " is ", d.major, ".", d.minor);
+#if defined(MOEBAL_HAS_SM90_KERNELS)
+  if (kernel == GroupedGemmKernel::kHopperSmallM) {
+    detail::sm90_small_m_grouped_gemm(p, workspace, workspace_bytes, stream);
+  } else {
+    MOEBAL_CHECK_ARG(kernel == GroupedGemmKernel::kHopperLargeM, "grouped_gemm_bf16: unknown kernel ",
+                     static_cast<int>(kernel));
+    detail::sm90_large_m_grouped_gemm(p, workspace, workspace_bytes, stream);
+  }
+#else
+  (void)workspace;
+  (void)workspace_bytes;
+  (void)stream;
+#endif
+}
+
+size_t align256(size_t v) { return (v + 255) / 256 * 256; }
+
+}  // namespace
+
+const char* to_string(GroupedGemmKernel kernel) {
+  switch (kernel) {
+    case GroupedGemmKernel::kAuto: return "auto";
+    case GroupedGemmKernel::kPortable: return "portable";
+    case GroupedGemmKernel::kHopperSmallM: return "hopper_small_m";
+    case GroupedGemmKernel::kHopperLargeM: return "hopper_large_m";
+  }
+  return "unknown";
+}
+
+bool hopper_grouped_gemm_available(int device) { return hopper_ok(device_info(device)); }
+
+GroupedGemmKernel pick_grouped_gemm_kernel(int device, int num_groups, int64_t total_rows) {
+  return pick(device_info(device), num_groups, total_rows);
+}
+
+size_t grouped_gemm_workspace_bytes(int num_groups) {
+  MOEBAL_CHECK_ARG(num_groups >= 1, "grouped_gemm_workspace_bytes: num_groups must be >= 1, got ", num_groups);
+  return hopper_workspace(num_groups, current_device_info());
+}
+
+void grouped_gemm_bf16_with(GroupedGemmKernel kernel, const __nv_bfloat16* x, const __nv_bfloat16* w,
+                            __nv_bfloat16* y, const int32_t* offsets, int num_groups, int64_t total_rows,
+                            int64_t n, int64_t k, void* workspace, size_t workspace_bytes,
+                            cudaStream_t stream) {
+  check_problem("grouped_gemm_bf16", x, w, y, offsets, num_groups, total_rows, n, k);
+  const DeviceInfo d = current_device_info();
+  const GroupedGemmProblem p{x, w, y, offsets, num_groups, total_rows, n, k, d.sm_count};
+  run_grouped(kernel, d, p, workspace, workspace_bytes, stream);
+}
+
+void grouped_gemm_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y,
+                       const int32_t* offsets, int num_groups, int64_t total_rows, int64_t n, int64_t k,
+                       void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+  grouped_gemm_bf16_with(GroupedGemmKernel::kAuto, x, w, y, offsets, num_groups, total_rows, n, k, workspace,
+                         workspace_bytes, stream);
+}
+
+size_t expert_ffn_workspace_bytes(int num_groups, int64_t total_rows, int64_t ffn) {
+  MOEBAL_CHECK_ARG(total_rows >= 0, "expert_ffn_workspace_bytes: total_rows must be >= 0, got ", total_rows);
+  MOEBAL_CHECK_ARG(ffn > 0, "expert_ffn_workspace_bytes: ffn must be > 0, got ", ffn);
+  const size_t h = align256(static_cast<size_t>(total_rows) * 2 * ffn * sizeof(__nv_bfloat16));
+  const size_t a = align256(static_cast<size_t>(total_rows) * ffn * sizeof(__nv_bfloat16));
+  return h + a + grouped_gemm_workspace_bytes(num_groups);
+}
+
+void expert_ffn_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w13, const __nv_bfloat16* w2, __nv_bfloat16* y,
+                     const int32_t* offsets, int num_groups, int64_t total_rows, int64_t hidden, int64_t ffn,
+                     void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+  check_problem("expert_ffn_bf16", x, w13, y, offsets, num_groups, total_rows, 2 * ffn, hidden);
+  MOEBAL_CHECK_ARG(ffn % 8 == 0, "expert_ffn_bf16: ffn must be a multiple of 8, got ", ffn);
+  MOEBAL_CHECK_ARG(w2 != nullptr && aligned16(w2), "expert_ffn_bf16: w2 must be a non-null 16-byte aligned pointer");
+  const size_t need = expert_ffn_workspace_bytes(num_groups, total_rows, ffn);
+  MOEBAL_CHECK_ARG(workspace_bytes >= need && (need == 0 || workspace != nullptr),
+                   "expert_ffn_bf16: workspace of ", workspace_bytes, " bytes is smaller than the ", need,
+                   " bytes needed");
+  if (total_rows == 0) return;
+  char* ws = static_cast<char*>(workspace);
+  MOEBAL_CHECK_ARG(aligned16(ws), "expert_ffn_bf16: workspace must be 16-byte aligned");
+  auto* h = reinterpret_cast<__nv_bfloat16*>(ws);
+  const size_t h_bytes = align256(static_cast<size_t>(total_rows) * 2 * ffn * sizeof(__nv_bfloat16));
+  auto* a = reinterpret_cast<__nv_bfloat16*>(ws + h_bytes);
+  const size_t a_bytes = align256(static_cast<size_t>(total_rows) * ffn * sizeof(__nv_bfloat16));
+  void* gemm_ws = ws + h_bytes + a_bytes;
+  const size_t gemm_bytes = workspace_bytes - h_bytes - a_bytes;
+
+  const DeviceInfo d = current_device_info();
+  const GroupedGemmKernel kernel = pick(d, num_groups, total_rows);
+  run_grouped(kernel, d, GroupedGemmProblem{x, w13, h, offsets, num_groups, total_rows, 2 * ffn, hidden, d.sm_count},
+              gemm_ws, gemm_bytes, stream);
+  const int64_t chunks = total_rows * (ffn / 8);
+  const int blocks = static_cast<int>(std::min<int64_t>((chunks + 255) / 256, int64_t{d.sm_count} * 16));
+  silu_mul_kernel<<<blocks, 256, 0, stream>>>(h, a, total_rows, ffn);
+  MOEBAL_CHECK_LAUNCH();
+  run_grouped(kernel, d, GroupedGemmProblem{a, w2, y, offsets, num_groups, total_rows, hidden, ffn, d.sm_count},
+              gemm_ws, gemm_bytes, stream);
+}
+
+}  // namespace moebal::cuda

@@ -1,0 +1,33 @@
+// Internal interface between the portable grouped-GEMM front end (grouped_gemm.cu) and the
+// Hopper CUTLASS kernels (*_sm90.cu, compiled only for sm_90a). Not installed.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+namespace moebal::cuda::detail {
+
+struct GroupedGemmProblem {
+  const __nv_bfloat16* x;   // [total_rows, k]
+  const __nv_bfloat16* w;   // [num_groups, n, k]
+  __nv_bfloat16* y;         // [total_rows, n]
+  const int32_t* offsets;   // device, num_groups + 1
+  int num_groups;
+  int64_t total_rows, n, k;
+  int sm_count;             // multiprocessors of the current device
+};
+
+#if defined(MOEBAL_HAS_SM90_KERNELS)
+// Workspace of each Hopper kernel: per-group shapes/pointers/strides + CUTLASS's own workspace.
+size_t sm90_small_m_workspace_bytes(int num_groups, int sm_count);
+size_t sm90_large_m_workspace_bytes(int num_groups, int sm_count);
+void sm90_small_m_grouped_gemm(const GroupedGemmProblem& p, void* workspace, size_t bytes,
+                               cudaStream_t stream);
+void sm90_large_m_grouped_gemm(const GroupedGemmProblem& p, void* workspace, size_t bytes,
+                               cudaStream_t stream);
+#endif
+
+}  // namespace moebal::cuda::detail

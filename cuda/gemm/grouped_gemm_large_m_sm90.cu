@@ -1,0 +1,22 @@
+// Hopper grouped GEMM for prefill-sized groups: 128 token rows x 256 weight rows x 64 k per tile,
+// two cooperative consumer warpgroups, TMA epilogue. Compute-bound tiles with the highest
+// arithmetic intensity that fits a single CTA's shared memory with a multi-stage pipeline.
+#include "grouped_gemm_sm90.cuh"
+
+namespace moebal::cuda::detail {
+namespace {
+using LargeM = Sm90GroupedGemm<cute::Shape<cute::_128, cute::_256, cute::_64>,
+                               cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative,
+                               cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative, false>;
+}  // namespace
+
+size_t sm90_large_m_workspace_bytes(int num_groups, int sm_count) {
+  return LargeM::workspace_bytes(num_groups, sm_count);
+}
+
+void sm90_large_m_grouped_gemm(const GroupedGemmProblem& p, void* workspace, size_t bytes,
+                               cudaStream_t stream) {
+  sm90_run<LargeM>(p, workspace, bytes, stream);
+}
+
+}  // namespace moebal::cuda::detail

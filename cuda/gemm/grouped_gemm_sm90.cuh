@@ -1,0 +1,178 @@
+// Hopper grouped GEMM on CUTLASS 3.x ptr-array kernels (TMA loads, warp-specialised wgmma,
+// persistent group tile scheduler). Included only by *_sm90.cu files, each of which instantiates
+// ONE configuration (compile time: every instantiation costs minutes of nvcc).
+//
+// The host never sees per-group sizes: a one-thread-per-group setup kernel reads the device
+// offsets and writes each group's problem shape, operand pointers and strides into the
+// workspace, and the CUTLASS kernel reads them there (host problem shapes = nullptr). Groups with
+// zero rows get a zero extent, so the tile scheduler gives them no tiles.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "cute/tensor.hpp"
+#include "cutlass/cutlass.h"
+#include "cutlass/epilogue/collective/collective_builder.hpp"
+#include "cutlass/epilogue/fusion/operations.hpp"
+#include "cutlass/gemm/collective/collective_builder.hpp"
+#include "cutlass/gemm/device/gemm_universal_adapter.h"
+#include "cutlass/gemm/dispatch_policy.hpp"
+#include "cutlass/gemm/group_array_problem_shape.hpp"
+#include "cutlass/gemm/kernel/gemm_universal.hpp"
+#include "cutlass/util/packed_stride.hpp"
+
+#include "grouped_gemm_internal.h"
+#include "moebal/core/error.h"
+#include "moebal/cuda/check.h"
+
+namespace moebal::cuda::detail {
+
+// kSwapAB computes y_g^T = W_g x_g^T: the weight rows fill the wgmma M dimension (>= 64) and the
+// few token rows of a decode-sized group the N dimension (multiple of 8), so a 1-row group wastes
+// no 64-row tile and every CTA streams distinct weight rows. D is then column-major [n, m_g] with
+// leading dimension n, which is exactly row-major y_g [m_g, n].
+template <class TileShape_, class KernelSchedule_, class EpilogueSchedule_, bool kSwapAB_>
+struct Sm90GroupedGemm {
+  static constexpr bool kSwapAB = kSwapAB_;
+  using ProblemShape = cutlass::gemm::GroupProblemShape<cute::Shape<int, int, int>>;
+  using Element = cutlass::bfloat16_t;
+  using LayoutA = cutlass::layout::RowMajor;     // x_g [m, k] or W_g [n, k]
+  using LayoutB = cutlass::layout::ColumnMajor;  // W_g [n, k] or x_g [m, k], k contiguous
+  using LayoutD = std::conditional_t<kSwapAB, cutlass::layout::ColumnMajor, cutlass::layout::RowMajor>;
+  static constexpr int kAlign = 8;  // 16 bytes of bf16
+  using ClusterShape = cute::Shape<cute::_1, cute::_1, cute::_1>;
+
+  using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape_, ClusterShape,
+      cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, LayoutD*, kAlign,
+      Element, LayoutD*, kAlign, EpilogueSchedule_,
+      cutlass::epilogue::fusion::LinearCombination<Element, float, void, float>>::CollectiveOp;
+
+  using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Element, LayoutA*, kAlign, Element,
+      LayoutB*, kAlign, float, TileShape_, ClusterShape,
+      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
+          sizeof(typename CollectiveEpilogue::SharedStorage))>,
+      KernelSchedule_>::CollectiveOp;
+
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<ProblemShape, CollectiveMainloop, CollectiveEpilogue>;
+  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+  using Shape = typename ProblemShape::UnderlyingProblemShape;
+  using StrideA = typename Kernel::InternalStrideA;
+  using StrideB = typename Kernel::InternalStrideB;
+  using StrideD = typename Kernel::InternalStrideD;
+
+  // Workspace layout, each array 256-byte aligned.
+  struct Layout {
+    size_t shapes, ptr_a, ptr_b, ptr_d, stride_a, stride_b, stride_d, cutlass, total;
+  };
+  static size_t align_up(size_t v) { return (v + 255) / 256 * 256; }
+  static Layout layout(int groups, size_t cutlass_bytes) {
+    Layout l{};
+    size_t at = 0;
+    auto take = [&](size_t bytes) { const size_t here = at; at += align_up(bytes); return here; };
+    const size_t g = static_cast<size_t>(groups);
+    l.shapes = take(g * sizeof(Shape));
+    l.ptr_a = take(g * sizeof(void*));
+    l.ptr_b = take(g * sizeof(void*));
+    l.ptr_d = take(g * sizeof(void*));
+    l.stride_a = take(g * sizeof(StrideA));
+    l.stride_b = take(g * sizeof(StrideB));
+    l.stride_d = take(g * sizeof(StrideD));
+    l.cutlass = take(cutlass_bytes);
+    l.total = at;
+    return l;
+  }
+
+  static typename Gemm::Arguments arguments(int groups, int sm_count, char* ws, const Layout& l) {
+    cutlass::KernelHardwareInfo hw;
+    cudaGetDevice(&hw.device_id);
+    hw.sm_count = sm_count;
+    typename Gemm::Arguments args;
+    args.mode = cutlass::gemm::GemmUniversalMode::kGrouped;
+    args.problem_shape = {groups, reinterpret_cast<Shape*>(ws + l.shapes), nullptr};
+    args.mainloop = {reinterpret_cast<const Element**>(ws + l.ptr_a), reinterpret_cast<StrideA*>(ws + l.stride_a),
+                     reinterpret_cast<const Element**>(ws + l.ptr_b), reinterpret_cast<StrideB*>(ws + l.stride_b)};
+    args.epilogue.thread.alpha = 1.0f;
+    args.epilogue.thread.beta = 0.0f;
+    args.epilogue.ptr_C = nullptr;
+    args.epilogue.dC = nullptr;
+    args.epilogue.ptr_D = reinterpret_cast<Element**>(ws + l.ptr_d);
+    args.epilogue.dD = reinterpret_cast<StrideD*>(ws + l.stride_d);
+    args.hw_info = hw;
+    return args;
+  }
+
+  static size_t workspace_bytes(int groups, int sm_count) {
+    Layout probe = layout(groups, 0);
+    auto args = arguments(groups, sm_count, nullptr, probe);
+    return layout(groups, Gemm::get_workspace_size(args)).total;
+  }
+};
+
+template <class Cfg>
+__global__ void sm90_grouped_gemm_setup(GroupedGemmProblem p, char* ws, typename Cfg::Layout l) {
+  const int g = blockIdx.x * blockDim.x + threadIdx.x;
+  if (g >= p.num_groups) return;
+  // Clamp so malformed offsets can never address outside x / y.
+  const int64_t lo = std::min<int64_t>(std::max<int64_t>(p.offsets[g], 0), p.total_rows);
+  const int64_t hi = std::min<int64_t>(std::max<int64_t>(p.offsets[g + 1], lo), p.total_rows);
+  const int m = static_cast<int>(hi - lo);
+  const int n = static_cast<int>(p.n), k = static_cast<int>(p.k);
+  using Element = typename Cfg::Element;
+  const Element* x_g = reinterpret_cast<const Element*>(p.x) + lo * p.k;
+  const Element* w_g = reinterpret_cast<const Element*>(p.w) + static_cast<int64_t>(g) * p.n * p.k;
+  Element* y_g = reinterpret_cast<Element*>(p.y) + lo * p.n;
+  auto* shapes = reinterpret_cast<typename Cfg::Shape*>(ws + l.shapes);
+  auto* ptr_a = reinterpret_cast<const Element**>(ws + l.ptr_a);
+  auto* ptr_b = reinterpret_cast<const Element**>(ws + l.ptr_b);
+  auto* ptr_d = reinterpret_cast<Element**>(ws + l.ptr_d);
+  auto* stride_a = reinterpret_cast<typename Cfg::StrideA*>(ws + l.stride_a);
+  auto* stride_b = reinterpret_cast<typename Cfg::StrideB*>(ws + l.stride_b);
+  auto* stride_d = reinterpret_cast<typename Cfg::StrideD*>(ws + l.stride_d);
+  if constexpr (Cfg::kSwapAB) {
+    shapes[g] = typename Cfg::Shape{n, m, k};
+    ptr_a[g] = w_g;
+    ptr_b[g] = x_g;
+    stride_a[g] = cutlass::make_cute_packed_stride(typename Cfg::StrideA{}, {n, k, 1});
+    stride_b[g] = cutlass::make_cute_packed_stride(typename Cfg::StrideB{}, {m, k, 1});
+    stride_d[g] = cutlass::make_cute_packed_stride(typename Cfg::StrideD{}, {n, m, 1});
+  } else {
+    shapes[g] = typename Cfg::Shape{m, n, k};
+    ptr_a[g] = x_g;
+    ptr_b[g] = w_g;
+    stride_a[g] = cutlass::make_cute_packed_stride(typename Cfg::StrideA{}, {m, k, 1});
+    stride_b[g] = cutlass::make_cute_packed_stride(typename Cfg::StrideB{}, {n, k, 1});
+    stride_d[g] = cutlass::make_cute_packed_stride(typename Cfg::StrideD{}, {m, n, 1});
+  }
+  ptr_d[g] = y_g;
+}
+
+template <class Cfg>
+void sm90_run(const GroupedGemmProblem& p, void* workspace, size_t bytes, cudaStream_t stream) {
+  const size_t need = Cfg::workspace_bytes(p.num_groups, p.sm_count);
+  MOEBAL_CHECK_ARG(workspace != nullptr && bytes >= need, "grouped_gemm_bf16: workspace of ", bytes,
+                   " bytes is smaller than the ", need, " bytes needed");
+  char* ws = static_cast<char*>(workspace);
+  // need = layout(groups, cutlass bytes).total, so the CUTLASS part is what remains after it.
+  const typename Cfg::Layout l = Cfg::layout(p.num_groups, need - Cfg::layout(p.num_groups, 0).total);
+  constexpr int kThreads = 128;
+  sm90_grouped_gemm_setup<Cfg><<<(p.num_groups + kThreads - 1) / kThreads, kThreads, 0, stream>>>(p, ws, l);
+  MOEBAL_CHECK_LAUNCH();
+  auto args = Cfg::arguments(p.num_groups, p.sm_count, ws, l);
+  typename Cfg::Gemm gemm;
+  cutlass::Status st = gemm.can_implement(args);
+  MOEBAL_CHECK(st == cutlass::Status::kSuccess, "grouped_gemm_bf16: CUTLASS cannot run this problem: ",
+               cutlassGetStatusString(st));
+  st = gemm.initialize(args, ws + l.cutlass, stream);
+  MOEBAL_CHECK(st == cutlass::Status::kSuccess, "grouped_gemm_bf16: CUTLASS initialize failed: ",
+               cutlassGetStatusString(st));
+  st = gemm.run(stream);
+  MOEBAL_CHECK(st == cutlass::Status::kSuccess, "grouped_gemm_bf16: CUTLASS launch failed: ",
+               cutlassGetStatusString(st));
+  MOEBAL_CHECK_LAUNCH();
+}
+
+}  // namespace moebal::cuda::detail

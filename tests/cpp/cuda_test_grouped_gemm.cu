@@ -1,0 +1,247 @@
+// Grouped GEMM and expert FFN on the GPU against fp64 host references: every kernel choice the
+// device supports, odd sizes (k and n not multiples of the tile), empty / 1 / 3 / 17 / 1000+ row
+// groups, skewed groups, and outputs poisoned with NaN so an unwritten row fails.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <cuda_bf16.h>
+
+#include "moebal/core/error.h"
+#include "moebal/cuda/check.h"
+#include "moebal/cuda/grouped_gemm.h"
+#include "moebal/cuda/histogram.h"
+
+namespace {
+
+using moebal::cuda::GroupedGemmKernel;
+
+template <class T>
+struct DeviceBuffer {
+  T* ptr = nullptr;
+  explicit DeviceBuffer(size_t n) { MOEBAL_CHECK_CUDA(cudaMalloc(&ptr, sizeof(T) * (n ? n : 1))); }
+  ~DeviceBuffer() { cudaFree(ptr); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+};
+
+std::vector<__nv_bfloat16> random_bf16(size_t n, float scale, std::mt19937& rng) {
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<__nv_bfloat16> v(n);
+  for (auto& e : v) e = __float2bfloat16(d(rng));
+  return v;
+}
+
+std::vector<double> to_double(const std::vector<__nv_bfloat16>& v) {
+  std::vector<double> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = __bfloat162float(v[i]);
+  return out;
+}
+
+std::vector<int32_t> offsets_of(const std::vector<int>& sizes) {
+  std::vector<int32_t> o(sizes.size() + 1, 0);
+  for (size_t g = 0; g < sizes.size(); ++g) o[g + 1] = o[g] + sizes[g];
+  return o;
+}
+
+// out[r, j] = sum_i a[r, i] * w[g, j, i] for the rows r of group g.
+std::vector<double> reference(const std::vector<double>& a, const std::vector<double>& w,
+                              const std::vector<int32_t>& offs, int64_t n, int64_t k) {
+  std::vector<double> out(static_cast<size_t>(offs.back()) * n, 0.0);
+  for (size_t g = 0; g + 1 < offs.size(); ++g)
+    for (int64_t r = offs[g]; r < offs[g + 1]; ++r)
+      for (int64_t j = 0; j < n; ++j) {
+        double acc = 0;
+        const double* wr = &w[(g * n + j) * k];
+        for (int64_t i = 0; i < k; ++i) acc += a[r * k + i] * wr[i];
+        out[r * n + j] = acc;
+      }
+  return out;
+}
+
+// ||got - want|| / ||want|| over all elements; NaN (an unwritten, poisoned element) -> infinity.
+double rel_error(const std::vector<__nv_bfloat16>& got, const std::vector<double>& want) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double g = __bfloat162float(got[i]);
+    if (!std::isfinite(g)) return INFINITY;
+    num += (g - want[i]) * (g - want[i]);
+    den += want[i] * want[i];
+  }
+  return std::sqrt(num / (den > 0 ? den : 1));
+}
+
+bool kernel_runs_here(GroupedGemmKernel kernel) {
+  int device = 0;
+  MOEBAL_CHECK_CUDA(cudaGetDevice(&device));
+  if (kernel == GroupedGemmKernel::kHopperSmallM || kernel == GroupedGemmKernel::kHopperLargeM)
+    return moebal::cuda::hopper_grouped_gemm_available(device);
+  int major = 0;
+  MOEBAL_CHECK_CUDA(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  return major >= 8;
+}
+
+struct GemmCase {
+  std::vector<int> sizes;
+  int64_t n, k;
+  GroupedGemmKernel kernel;
+};
+
+std::string case_name(const ::testing::TestParamInfo<GemmCase>& info) {
+  int rows = 0;
+  for (int s : info.param.sizes) rows += s;
+  return std::string(moebal::cuda::to_string(info.param.kernel)) + "_g" + std::to_string(info.param.sizes.size()) +
+         "_r" + std::to_string(rows) + "_n" + std::to_string(info.param.n) + "_k" + std::to_string(info.param.k);
+}
+
+class GroupedGemmCuda : public ::testing::TestWithParam<GemmCase> {
+ protected:
+  void SetUp() override {
+    if (moebal::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    if (!kernel_runs_here(GetParam().kernel)) GTEST_SKIP() << "kernel not supported on this device";
+  }
+};
+
+TEST_P(GroupedGemmCuda, MatchesHostReference) {
+  const GemmCase& c = GetParam();
+  const int groups = static_cast<int>(c.sizes.size());
+  const auto offs = offsets_of(c.sizes);
+  const int64_t rows = offs.back();
+  std::mt19937 rng(static_cast<unsigned>(rows * 7 + c.n * 3 + c.k));
+  const auto x = random_bf16(rows * c.k, 1.0f, rng);
+  const auto w = random_bf16(groups * c.n * c.k, 1.0f / std::sqrt(static_cast<float>(c.k)), rng);
+  const auto want = reference(to_double(x), to_double(w), offs, c.n, c.k);
+
+  cudaStream_t stream;
+  MOEBAL_CHECK_CUDA(cudaStreamCreate(&stream));
+  DeviceBuffer<__nv_bfloat16> dx(x.size()), dw(w.size()), dy(rows * c.n);
+  DeviceBuffer<int32_t> doff(offs.size());
+  const size_t ws_bytes = moebal::cuda::grouped_gemm_workspace_bytes(groups);
+  DeviceBuffer<char> ws(ws_bytes);
+  MOEBAL_CHECK_CUDA(cudaMemcpyAsync(dx.ptr, x.data(), x.size() * 2, cudaMemcpyHostToDevice, stream));
+  MOEBAL_CHECK_CUDA(cudaMemcpyAsync(dw.ptr, w.data(), w.size() * 2, cudaMemcpyHostToDevice, stream));
+  MOEBAL_CHECK_CUDA(cudaMemcpyAsync(doff.ptr, offs.data(), offs.size() * 4, cudaMemcpyHostToDevice, stream));
+  // Run twice over a NaN-poisoned output: the second run catches state left in the workspace.
+  for (int rep = 0; rep < 2; ++rep) {
+    MOEBAL_CHECK_CUDA(cudaMemsetAsync(dy.ptr, 0xff, rows * c.n * 2, stream));  // 0xffff is a bf16 NaN
+    moebal::cuda::grouped_gemm_bf16_with(c.kernel, dx.ptr, dw.ptr, dy.ptr, doff.ptr, groups, rows, c.n, c.k,
+                                         ws.ptr, ws_bytes, stream);
+    std::vector<__nv_bfloat16> got(rows * c.n);
+    MOEBAL_CHECK_CUDA(cudaMemcpyAsync(got.data(), dy.ptr, got.size() * 2, cudaMemcpyDeviceToHost, stream));
+    MOEBAL_CHECK_CUDA(cudaStreamSynchronize(stream));
+    // bf16 output rounding is 2^-9 relative; fp32 accumulation order adds ~sqrt(k) ulp of fp32.
+    EXPECT_LT(rel_error(got, want), 8e-3) << "rep " << rep;
+  }
+  cudaStreamDestroy(stream);
+}
+
+std::vector<GemmCase> gemm_cases() {
+  const std::vector<std::vector<int>> patterns = {
+      {0, 1, 3, 17, 1031, 0, 64, 5},          // odd, empty, 1000+
+      {1},                                    // single row
+      {0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 1},   // decode: almost every expert empty
+      {700, 1, 1, 1, 0, 2, 1, 300},           // skewed
+      {33, 65, 129, 16, 48, 96, 8, 40, 47},   // around the tile edges
+  };
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {{200, 136}, {512, 1024}, {72, 4104}};
+  std::vector<GemmCase> out;
+  for (auto kernel : {GroupedGemmKernel::kAuto, GroupedGemmKernel::kPortable, GroupedGemmKernel::kHopperSmallM,
+                      GroupedGemmKernel::kHopperLargeM})
+    for (const auto& p : patterns)
+      for (const auto& [n, k] : shapes) out.push_back({p, n, k, kernel});
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, GroupedGemmCuda, ::testing::ValuesIn(gemm_cases()), case_name);
+
+class GroupedGemmCudaArgs : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (moebal::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  }
+};
+
+TEST_F(GroupedGemmCudaArgs, RejectsBadShapesAndSmallWorkspace) {
+  DeviceBuffer<__nv_bfloat16> buf(1 << 16);
+  DeviceBuffer<int32_t> offs(3);
+  EXPECT_THROW(moebal::cuda::grouped_gemm_bf16(buf.ptr, buf.ptr, buf.ptr, offs.ptr, 2, 4, 12, 16, nullptr, 0, nullptr),
+               moebal::ValueError);  // n % 8 != 0
+  EXPECT_THROW(moebal::cuda::grouped_gemm_bf16(buf.ptr, buf.ptr, buf.ptr, offs.ptr, 0, 4, 16, 16, nullptr, 0, nullptr),
+               moebal::ValueError);  // no groups
+  EXPECT_THROW(moebal::cuda::grouped_gemm_bf16(buf.ptr + 1, buf.ptr, buf.ptr, offs.ptr, 2, 4, 16, 16, nullptr, 0,
+                                               nullptr),
+               moebal::ValueError);  // misaligned x
+  int device = 0;
+  MOEBAL_CHECK_CUDA(cudaGetDevice(&device));
+  if (moebal::cuda::hopper_grouped_gemm_available(device)) {
+    EXPECT_GT(moebal::cuda::grouped_gemm_workspace_bytes(2), 0u);
+    EXPECT_THROW(moebal::cuda::grouped_gemm_bf16_with(GroupedGemmKernel::kHopperLargeM, buf.ptr, buf.ptr, buf.ptr,
+                                                      offs.ptr, 2, 4, 16, 16, buf.ptr, 16, nullptr),
+                 moebal::ValueError);  // workspace too small
+  } else {
+    EXPECT_THROW(moebal::cuda::grouped_gemm_bf16_with(GroupedGemmKernel::kHopperSmallM, buf.ptr, buf.ptr, buf.ptr,
+                                                      offs.ptr, 2, 4, 16, 16, nullptr, 0, nullptr),
+                 moebal::ValueError);  // Hopper kernel on another architecture
+  }
+  // Zero rows: nothing to do, no launch, no workspace needed.
+  EXPECT_NO_THROW(moebal::cuda::grouped_gemm_bf16(nullptr, buf.ptr, nullptr, offs.ptr, 2, 0, 16, 16, nullptr, 0, nullptr));
+}
+
+class ExpertFfnCuda : public ::testing::TestWithParam<std::vector<int>> {
+ protected:
+  void SetUp() override {
+    if (moebal::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    if (!kernel_runs_here(GroupedGemmKernel::kPortable)) GTEST_SKIP() << "needs sm_80+";
+  }
+};
+
+TEST_P(ExpertFfnCuda, MatchesHostReference) {
+  const auto& sizes = GetParam();
+  const int groups = static_cast<int>(sizes.size());
+  const int64_t hidden = 264, ffn = 200;
+  const auto offs = offsets_of(sizes);
+  const int64_t rows = offs.back();
+  std::mt19937 rng(static_cast<unsigned>(rows + groups));
+  const auto x = random_bf16(rows * hidden, 1.0f, rng);
+  const auto w13 = random_bf16(groups * 2 * ffn * hidden, 1.0f / std::sqrt(float(hidden)), rng);
+  const auto w2 = random_bf16(groups * hidden * ffn, 1.0f / std::sqrt(float(ffn)), rng);
+  const auto h = reference(to_double(x), to_double(w13), offs, 2 * ffn, hidden);
+  std::vector<double> act(rows * ffn);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < ffn; ++j) {
+      const double g = h[r * 2 * ffn + j], u = h[r * 2 * ffn + ffn + j];
+      act[r * ffn + j] = g / (1 + std::exp(-g)) * u;
+    }
+  const auto want = reference(act, to_double(w2), offs, hidden, ffn);
+
+  cudaStream_t stream;
+  MOEBAL_CHECK_CUDA(cudaStreamCreate(&stream));
+  DeviceBuffer<__nv_bfloat16> dx(x.size()), dw13(w13.size()), dw2(w2.size()), dy(rows * hidden);
+  DeviceBuffer<int32_t> doff(offs.size());
+  const size_t ws_bytes = moebal::cuda::expert_ffn_workspace_bytes(groups, rows, ffn);
+  DeviceBuffer<char> ws(ws_bytes);
+  MOEBAL_CHECK_CUDA(cudaMemcpyAsync(dx.ptr, x.data(), x.size() * 2, cudaMemcpyHostToDevice, stream));
+  MOEBAL_CHECK_CUDA(cudaMemcpyAsync(dw13.ptr, w13.data(), w13.size() * 2, cudaMemcpyHostToDevice, stream));
+  MOEBAL_CHECK_CUDA(cudaMemcpyAsync(dw2.ptr, w2.data(), w2.size() * 2, cudaMemcpyHostToDevice, stream));
+  MOEBAL_CHECK_CUDA(cudaMemcpyAsync(doff.ptr, offs.data(), offs.size() * 4, cudaMemcpyHostToDevice, stream));
+  MOEBAL_CHECK_CUDA(cudaMemsetAsync(dy.ptr, 0xff, rows * hidden * 2, stream));
+  moebal::cuda::expert_ffn_bf16(dx.ptr, dw13.ptr, dw2.ptr, dy.ptr, doff.ptr, groups, rows, hidden, ffn, ws.ptr,
+                                ws_bytes, stream);
+  std::vector<__nv_bfloat16> got(rows * hidden);
+  MOEBAL_CHECK_CUDA(cudaMemcpyAsync(got.data(), dy.ptr, got.size() * 2, cudaMemcpyDeviceToHost, stream));
+  MOEBAL_CHECK_CUDA(cudaStreamSynchronize(stream));
+  // Two bf16 roundings of intermediates (gate/up, activation) plus the output.
+  EXPECT_LT(rel_error(got, want), 1.5e-2);
+  cudaStreamDestroy(stream);
+}
+
+INSTANTIATE_TEST_SUITE_P(Groups, ExpertFfnCuda,
+                         ::testing::Values(std::vector<int>{0, 1, 3, 17, 1031}, std::vector<int>{1},
+                                           std::vector<int>{5, 0, 0, 0, 0, 0, 0, 2},
+                                           std::vector<int>{40, 40, 40, 40}));
+
+}  // namespace
