@@ -20,7 +20,7 @@ def main(path):
           "`frac` = floor / time, floor = max(distinct weight + activation bytes / HBM, FLOPs / matmul rate). "
           "`vs gmm` = grouped_mm time / moebal time (> 1: moebal faster).\n")
     print("| model | T | routing | op | rows | active | floor us | moebal us | TB/s | TFLOP/s | frac | "
-          "grouped_mm us | frac | vs gmm | matmul loop us | kernel times small/medium/large us |")
+          "grouped_mm us | frac | vs gmm | matmul loop us | kernel times small/medium/large/large_c2 us |")
     print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     fails = []
     for key in sorted(by, key=lambda k: (k[0], k[1], k[2], ["w13", "w2", "ffn"].index(k[3]))):
@@ -33,7 +33,7 @@ def main(path):
             continue
         loop = d.get("torch_matmul_loop")
         forced = "/".join(f"{d[k]['time_us']:.0f}" if k in d else "-"
-                          for k in ("moebal_small_m", "moebal_medium_m", "moebal_large_m")) if op != "ffn" else ""
+                          for k in ("moebal_small_m", "moebal_medium_m", "moebal_large_m", "moebal_large_m_c2")) if op != "ffn" else ""
         loop_s = f"{loop['time_us']:.0f}" if loop else "-"
         print(f"| {model} | {tokens} | {routing} | {op} | {mine['rows']} | {mine['active']} | {mine['floor_us']:.1f} | "
               f"{mine['time_us']:.1f} | {mine['tbps']:.2f} | {mine['tflops']:.0f} | {mine['frac_floor']:.2f} | "

@@ -163,8 +163,8 @@ bool hopper_ok(const DeviceInfo& d) {
 
 // Rows per active group up to which each swap-AB kernel is used (H100 measurements in
 // bench/results/gemm.md). Active groups are at most min(num_groups, total_rows).
-constexpr int64_t kSmallMRowsPerGroup = 24;
-constexpr int64_t kMediumMRowsPerGroup = 96;
+constexpr int64_t kSmallMRowsPerGroup = 8;
+constexpr int64_t kMediumMRowsPerGroup = 24;
 
 GroupedGemmKernel pick(const DeviceInfo& d, int num_groups, int64_t total_rows) {
   if (!hopper_ok(d)) return GroupedGemmKernel::kPortable;
@@ -180,7 +180,8 @@ size_t hopper_workspace(int num_groups, const DeviceInfo& d) {
   if (hopper_ok(d))
     return std::max({detail::sm90_small_m_workspace_bytes(num_groups, d.sm_count),
                      detail::sm90_medium_m_workspace_bytes(num_groups, d.sm_count),
-                     detail::sm90_large_m_workspace_bytes(num_groups, d.sm_count)});
+                     detail::sm90_large_m_workspace_bytes(num_groups, d.sm_count),
+                     detail::sm90_large_m_c2_workspace_bytes(num_groups, d.sm_count)});
 #endif
   (void)num_groups;
   (void)d;
@@ -220,6 +221,8 @@ void run_grouped(GroupedGemmKernel kernel, const DeviceInfo& d, const GroupedGem
     detail::sm90_small_m_grouped_gemm(p, workspace, workspace_bytes, stream);
   } else if (kernel == GroupedGemmKernel::kHopperMediumM) {
     detail::sm90_medium_m_grouped_gemm(p, workspace, workspace_bytes, stream);
+  } else if (kernel == GroupedGemmKernel::kHopperLargeMCluster2) {
+    detail::sm90_large_m_c2_grouped_gemm(p, workspace, workspace_bytes, stream);
   } else {
     MOEBAL_CHECK_ARG(kernel == GroupedGemmKernel::kHopperLargeM, "grouped_gemm_bf16: unknown kernel ",
                      static_cast<int>(kernel));
@@ -243,6 +246,7 @@ const char* to_string(GroupedGemmKernel kernel) {
     case GroupedGemmKernel::kHopperSmallM: return "hopper_small_m";
     case GroupedGemmKernel::kHopperMediumM: return "hopper_medium_m";
     case GroupedGemmKernel::kHopperLargeM: return "hopper_large_m";
+    case GroupedGemmKernel::kHopperLargeMCluster2: return "hopper_large_m_c2";
   }
   return "unknown";
 }
