@@ -112,7 +112,6 @@ def bench_case(model, tokens, zipf, bw, peak, gen, variants):
             fns["moebal_small_m"] = lambda: gemm_ops.grouped_gemm(a, w, offs, kernel="hopper_small_m")
             fns["moebal_medium_m"] = lambda: gemm_ops.grouped_gemm(a, w, offs, kernel="hopper_medium_m")
             fns["moebal_large_m"] = lambda: gemm_ops.grouped_gemm(a, w, offs, kernel="hopper_large_m")
-            fns["moebal_large_m_c2"] = lambda: gemm_ops.grouped_gemm(a, w, offs, kernel="hopper_large_m_c2")
         if "loop" in variants:
             segs = [(g, int(offs_host[g]), int(offs_host[g + 1])) for g in range(experts) if counts[g] > 0]
             y_loop = torch.empty(rows, n, device="cuda", dtype=torch.bfloat16)

@@ -25,13 +25,10 @@ struct GroupedGemmProblem {
 size_t sm90_small_m_workspace_bytes(int num_groups, int sm_count);
 size_t sm90_medium_m_workspace_bytes(int num_groups, int sm_count);
 size_t sm90_large_m_workspace_bytes(int num_groups, int sm_count);
-size_t sm90_large_m_c2_workspace_bytes(int num_groups, int sm_count);
 void sm90_small_m_grouped_gemm(const GroupedGemmProblem& p, void* workspace, size_t bytes,
                                cudaStream_t stream);
 void sm90_medium_m_grouped_gemm(const GroupedGemmProblem& p, void* workspace, size_t bytes,
                                 cudaStream_t stream);
-void sm90_large_m_c2_grouped_gemm(const GroupedGemmProblem& p, void* workspace, size_t bytes,
-                                  cudaStream_t stream);
 void sm90_large_m_grouped_gemm(const GroupedGemmProblem& p, void* workspace, size_t bytes,
                                cudaStream_t stream);
 #endif

@@ -17,8 +17,7 @@ import torch
 from moebal.ops import load_library
 
 #: Values of the ``kernel`` argument of :func:`grouped_gemm`.
-KERNELS = {"auto": 0, "portable": 1, "hopper_small_m": 2, "hopper_large_m": 3, "hopper_medium_m": 4,
-           "hopper_large_m_c2": 5}
+KERNELS = {"auto": 0, "portable": 1, "hopper_small_m": 2, "hopper_large_m": 3, "hopper_medium_m": 4}
 
 
 def _check_matrix(t: torch.Tensor, name: str, dims: int) -> None:
@@ -60,7 +59,7 @@ def register_fakes() -> None:
     @torch.library.register_fake("moebal::grouped_gemm")
     def _(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor, kernel: int = 0) -> torch.Tensor:
         _check_grouped_gemm(x, w, offsets)
-        torch._check_value(0 <= kernel <= 5, lambda: f"moebal: kernel must be in [0, 5], got {kernel}")
+        torch._check_value(0 <= kernel <= 4, lambda: f"moebal: kernel must be in [0, 4], got {kernel}")
         return x.new_empty((x.shape[0], w.shape[1]))
 
     @torch.library.register_fake("moebal::expert_ffn")

@@ -150,8 +150,7 @@ std::vector<GemmCase> gemm_cases() {
   const std::vector<std::pair<int64_t, int64_t>> shapes = {{200, 136}, {512, 1024}, {72, 4104}};
   std::vector<GemmCase> out;
   for (auto kernel : {GroupedGemmKernel::kAuto, GroupedGemmKernel::kPortable, GroupedGemmKernel::kHopperSmallM,
-                      GroupedGemmKernel::kHopperMediumM, GroupedGemmKernel::kHopperLargeM,
-                      GroupedGemmKernel::kHopperLargeMCluster2})
+                      GroupedGemmKernel::kHopperMediumM, GroupedGemmKernel::kHopperLargeM})
     for (const auto& p : patterns)
       for (const auto& [n, k] : shapes) out.push_back({p, n, k, kernel});
   return out;

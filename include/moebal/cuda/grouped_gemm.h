@@ -34,7 +34,6 @@ enum class GroupedGemmKernel : int {
   kHopperSmallM = 2,   ///< sm_90a, y^T = W x^T: 64 weight rows x 32 token rows per tile (decode)
   kHopperLargeM = 3,   ///< sm_90a, 128 x 256 token x weight-row tiles, cooperative (prefill)
   kHopperMediumM = 4,  ///< sm_90a, y^T = W x^T: 128 weight rows x 64 token rows per tile
-  kHopperLargeMCluster2 = 5,  ///< kHopperLargeM on 2x1 clusters (weight tiles multicast)
 };
 
 /// Name of a kernel choice ("auto", "portable", "hopper_small_m", "hopper_medium_m",
