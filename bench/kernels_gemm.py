@@ -110,6 +110,7 @@ def bench_case(model, tokens, zipf, bw, peak, gen, variants):
         }
         if "forced" in variants:
             fns["moebal_small_m"] = lambda: gemm_ops.grouped_gemm(a, w, offs, kernel="hopper_small_m")
+            fns["moebal_medium_m"] = lambda: gemm_ops.grouped_gemm(a, w, offs, kernel="hopper_medium_m")
             fns["moebal_large_m"] = lambda: gemm_ops.grouped_gemm(a, w, offs, kernel="hopper_large_m")
         if "loop" in variants:
             segs = [(g, int(offs_host[g]), int(offs_host[g + 1])) for g in range(experts) if counts[g] > 0]
@@ -194,7 +195,7 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(device=torch.cuda.get_device_name(), torch=torch.__version__, hbm_bps=bw, mm_flops=peak,
-                           results=out), f, indent=1)
+                           results=out), f, separators=(",", ":"))
 
 
 if __name__ == "__main__":

@@ -161,22 +161,29 @@ bool hopper_ok(const DeviceInfo& d) {
 #endif
 }
 
-// Rows per active group at or below which the swap-AB decode kernel wins (H100 measurements in
-// bench/results/gemm.md). Active groups are at most min(num_groups, total_rows).
-constexpr int64_t kSmallMRowsPerGroup = 48;
+// Rows per active group up to which each swap-AB kernel is used, from the forced-kernel columns
+// of bench/results/gemm.md (H200): small_m wins only with very few output tiles (<= 4 rows per
+// group); medium_m wins up to ~32 balanced rows per group, but with skewed routing at 32 rows per
+// group the hot experts favour large_m, hence 24. Active groups are at most
+// min(num_groups, total_rows); the host does not know per-group sizes.
+constexpr int64_t kSmallMRowsPerGroup = 4;
+constexpr int64_t kMediumMRowsPerGroup = 24;
 
 GroupedGemmKernel pick(const DeviceInfo& d, int num_groups, int64_t total_rows) {
   if (!hopper_ok(d)) return GroupedGemmKernel::kPortable;
   const int64_t active = std::max<int64_t>(1, std::min<int64_t>(num_groups, total_rows));
-  return total_rows / active <= kSmallMRowsPerGroup ? GroupedGemmKernel::kHopperSmallM
-                                                    : GroupedGemmKernel::kHopperLargeM;
+  const int64_t per_group = total_rows / active;
+  if (per_group <= kSmallMRowsPerGroup) return GroupedGemmKernel::kHopperSmallM;
+  if (per_group <= kMediumMRowsPerGroup) return GroupedGemmKernel::kHopperMediumM;
+  return GroupedGemmKernel::kHopperLargeM;
 }
 
 size_t hopper_workspace(int num_groups, const DeviceInfo& d) {
 #if defined(MOEBAL_HAS_SM90_KERNELS)
   if (hopper_ok(d))
-    return std::max(detail::sm90_small_m_workspace_bytes(num_groups, d.sm_count),
-                    detail::sm90_large_m_workspace_bytes(num_groups, d.sm_count));
+    return std::max({detail::sm90_small_m_workspace_bytes(num_groups, d.sm_count),
+                     detail::sm90_medium_m_workspace_bytes(num_groups, d.sm_count),
+                     detail::sm90_large_m_workspace_bytes(num_groups, d.sm_count)});
 #endif
   (void)num_groups;
   (void)d;
@@ -214,6 +221,8 @@ void run_grouped(GroupedGemmKernel kernel, const DeviceInfo& d, const GroupedGem
 #if defined(MOEBAL_HAS_SM90_KERNELS)
   if (kernel == GroupedGemmKernel::kHopperSmallM) {
     detail::sm90_small_m_grouped_gemm(p, workspace, workspace_bytes, stream);
+  } else if (kernel == GroupedGemmKernel::kHopperMediumM) {
+    detail::sm90_medium_m_grouped_gemm(p, workspace, workspace_bytes, stream);
   } else {
     MOEBAL_CHECK_ARG(kernel == GroupedGemmKernel::kHopperLargeM, "grouped_gemm_bf16: unknown kernel ",
                      static_cast<int>(kernel));
@@ -235,6 +244,7 @@ const char* to_string(GroupedGemmKernel kernel) {
     case GroupedGemmKernel::kAuto: return "auto";
     case GroupedGemmKernel::kPortable: return "portable";
     case GroupedGemmKernel::kHopperSmallM: return "hopper_small_m";
+    case GroupedGemmKernel::kHopperMediumM: return "hopper_medium_m";
     case GroupedGemmKernel::kHopperLargeM: return "hopper_large_m";
   }
   return "unknown";

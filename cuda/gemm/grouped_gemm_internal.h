@@ -23,9 +23,12 @@ struct GroupedGemmProblem {
 #if defined(MOEBAL_HAS_SM90_KERNELS)
 // Workspace of each Hopper kernel: per-group shapes/pointers/strides + CUTLASS's own workspace.
 size_t sm90_small_m_workspace_bytes(int num_groups, int sm_count);
+size_t sm90_medium_m_workspace_bytes(int num_groups, int sm_count);
 size_t sm90_large_m_workspace_bytes(int num_groups, int sm_count);
 void sm90_small_m_grouped_gemm(const GroupedGemmProblem& p, void* workspace, size_t bytes,
                                cudaStream_t stream);
+void sm90_medium_m_grouped_gemm(const GroupedGemmProblem& p, void* workspace, size_t bytes,
+                                cudaStream_t stream);
 void sm90_large_m_grouped_gemm(const GroupedGemmProblem& p, void* workspace, size_t bytes,
                                cudaStream_t stream);
 #endif

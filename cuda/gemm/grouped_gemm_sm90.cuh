@@ -33,7 +33,7 @@ namespace moebal::cuda::detail {
 // few token rows of a decode-sized group the N dimension (multiple of 8), so a 1-row group wastes
 // no 64-row tile and every CTA streams distinct weight rows. D is then column-major [n, m_g] with
 // leading dimension n, which is exactly row-major y_g [m_g, n].
-template <class TileShape_, class KernelSchedule_, class EpilogueSchedule_, bool kSwapAB_>
+template <class TileShape_, class KernelSchedule_, class EpilogueSchedule_, bool kSwapAB_, int kClusterM = 1>
 struct Sm90GroupedGemm {
   static constexpr bool kSwapAB = kSwapAB_;
   using ProblemShape = cutlass::gemm::GroupProblemShape<cute::Shape<int, int, int>>;
@@ -42,7 +42,7 @@ struct Sm90GroupedGemm {
   using LayoutB = cutlass::layout::ColumnMajor;  // W_g [n, k] or x_g [m, k], k contiguous
   using LayoutD = std::conditional_t<kSwapAB, cutlass::layout::ColumnMajor, cutlass::layout::RowMajor>;
   static constexpr int kAlign = 8;  // 16 bytes of bf16
-  using ClusterShape = cute::Shape<cute::_1, cute::_1, cute::_1>;
+  using ClusterShape = cute::Shape<cute::Int<kClusterM>, cute::_1, cute::_1>;
 
   using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape_, ClusterShape,

@@ -17,7 +17,7 @@ import torch
 from moebal.ops import load_library
 
 #: Values of the ``kernel`` argument of :func:`grouped_gemm`.
-KERNELS = {"auto": 0, "portable": 1, "hopper_small_m": 2, "hopper_large_m": 3}
+KERNELS = {"auto": 0, "portable": 1, "hopper_small_m": 2, "hopper_large_m": 3, "hopper_medium_m": 4}
 
 
 def _check_matrix(t: torch.Tensor, name: str, dims: int) -> None:
@@ -59,7 +59,7 @@ def register_fakes() -> None:
     @torch.library.register_fake("moebal::grouped_gemm")
     def _(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor, kernel: int = 0) -> torch.Tensor:
         _check_grouped_gemm(x, w, offsets)
-        torch._check_value(0 <= kernel <= 3, lambda: f"moebal: kernel must be in [0, 3], got {kernel}")
+        torch._check_value(0 <= kernel <= 4, lambda: f"moebal: kernel must be in [0, 4], got {kernel}")
         return x.new_empty((x.shape[0], w.shape[1]))
 
     @torch.library.register_fake("moebal::expert_ffn")
@@ -75,7 +75,8 @@ def grouped_gemm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor, kernel
     module docstring). ``kernel`` forces a CUDA kernel (a key of :data:`KERNELS`).
     """
     load_library()
-    torch._check_value(kernel in KERNELS, lambda: f"moebal: unknown kernel {kernel!r}; one of {sorted(KERNELS)}")
+    if kernel not in KERNELS:  # a plain check: torch.compile traces it as a constant
+        raise ValueError(f"moebal: unknown kernel {kernel!r}; one of {sorted(KERNELS)}")
     return torch.ops.moebal.grouped_gemm(x, w, offsets, KERNELS[kernel])
 
 

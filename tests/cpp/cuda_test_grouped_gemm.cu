@@ -78,7 +78,7 @@ double rel_error(const std::vector<__nv_bfloat16>& got, const std::vector<double
 bool kernel_runs_here(GroupedGemmKernel kernel) {
   int device = 0;
   MOEBAL_CHECK_CUDA(cudaGetDevice(&device));
-  if (kernel == GroupedGemmKernel::kHopperSmallM || kernel == GroupedGemmKernel::kHopperLargeM)
+  if (kernel != GroupedGemmKernel::kAuto && kernel != GroupedGemmKernel::kPortable)
     return moebal::cuda::hopper_grouped_gemm_available(device);
   int major = 0;
   MOEBAL_CHECK_CUDA(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
@@ -150,7 +150,7 @@ std::vector<GemmCase> gemm_cases() {
   const std::vector<std::pair<int64_t, int64_t>> shapes = {{200, 136}, {512, 1024}, {72, 4104}};
   std::vector<GemmCase> out;
   for (auto kernel : {GroupedGemmKernel::kAuto, GroupedGemmKernel::kPortable, GroupedGemmKernel::kHopperSmallM,
-                      GroupedGemmKernel::kHopperLargeM})
+                      GroupedGemmKernel::kHopperMediumM, GroupedGemmKernel::kHopperLargeM})
     for (const auto& p : patterns)
       for (const auto& [n, k] : shapes) out.push_back({p, n, k, kernel});
   return out;

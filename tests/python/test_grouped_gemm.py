@@ -160,7 +160,7 @@ def test_compile_fullgraph_cpu():
 def gpu_kernels():
     names = ["auto", "portable"]
     if HOPPER:
-        names += ["hopper_small_m", "hopper_large_m"]
+        names += ["hopper_small_m", "hopper_medium_m", "hopper_large_m"]
     return names
 
 

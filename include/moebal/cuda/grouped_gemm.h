@@ -33,9 +33,11 @@ enum class GroupedGemmKernel : int {
   kPortable = 1,       ///< WMMA tiled kernel, any sm_80+ device
   kHopperSmallM = 2,   ///< sm_90a, y^T = W x^T: 64 weight rows x 32 token rows per tile (decode)
   kHopperLargeM = 3,   ///< sm_90a, 128 x 256 token x weight-row tiles, cooperative (prefill)
+  kHopperMediumM = 4,  ///< sm_90a, y^T = W x^T: 128 weight rows x 64 token rows per tile
 };
 
-/// Name of a kernel choice ("auto", "portable", "hopper_small_m", "hopper_large_m").
+/// Name of a kernel choice ("auto", "portable", "hopper_small_m", "hopper_medium_m",
+/// "hopper_large_m").
 const char* to_string(GroupedGemmKernel kernel);
 
 /// Whether the Hopper kernels are compiled in and `device` (compute capability 9.0) can run them.
