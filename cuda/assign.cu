@@ -1,0 +1,172 @@
+// Replica assignment kernels. Pipeline for the ranked policies (all except hash):
+//   classify: key[i] = class of entry i (or the sentinel num_classes for padding / invalid input)
+//   sort:     stable CUB radix sort of (key, i) pairs -> entries grouped by class in token order
+//   heads:    start[key] = first sorted position of each class present
+//   choose:   rank = position - start[key]; slot = core::assign_detail::choose_slot(...)
+// Hash needs no rank and runs as one elementwise kernel.
+#include <cub/device/device_radix_sort.cuh>
+
+#include "moebal/cuda/assign.h"
+#include "moebal/cuda/check.h"
+
+namespace moebal::cuda {
+namespace {
+
+using core::AssignPolicy;
+using core::ReplicaTable;
+namespace rules = core::assign_detail;
+
+constexpr int kThreads = 256;
+
+__host__ __device__ inline size_t align_up(size_t v) { return (v + 255) & ~static_cast<size_t>(255); }
+
+__device__ __forceinline__ bool entry_valid(const ReplicaTable& t, int32_t e, int32_t g) {
+  return e >= 0 && e < t.num_experts && g >= 0 && g < t.num_gpus;
+}
+
+__device__ __forceinline__ int32_t checked_slot(const ReplicaTable& t, int32_t s) {
+  return s >= 0 && s < t.num_slots ? s : -1;
+}
+
+__global__ void classify_kernel(const int32_t* __restrict__ ids, const int32_t* __restrict__ src, int64_t n,
+                                int32_t top_k, ReplicaTable t, AssignPolicy policy, uint32_t sentinel,
+                                uint32_t* __restrict__ keys, int32_t* __restrict__ vals) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int32_t e = ids[i], g = src[i / top_k];
+    uint32_t key = sentinel;
+    if (entry_valid(t, e, g) && rules::copies(t, e) > 0) key = static_cast<uint32_t>(rules::class_of(policy, t, e, g));
+    keys[i] = key;
+    vals[i] = static_cast<int32_t>(i);
+  }
+}
+
+__global__ void heads_kernel(const uint32_t* __restrict__ keys, int64_t n, uint32_t sentinel, int32_t* __restrict__ start) {
+  for (int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; p < n;
+       p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const uint32_t k = keys[p];
+    if (k != sentinel && (p == 0 || keys[p - 1] != k)) start[k] = static_cast<int32_t>(p);
+  }
+}
+
+__global__ void choose_kernel(const int32_t* __restrict__ ids, const int32_t* __restrict__ src, int64_t n,
+                              int32_t top_k, ReplicaTable t, AssignPolicy policy, uint32_t sentinel,
+                              const uint32_t* __restrict__ keys, const int32_t* __restrict__ vals,
+                              const int32_t* __restrict__ start, const int32_t* __restrict__ quota,
+                              const int32_t* __restrict__ w, int32_t* __restrict__ out) {
+  for (int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; p < n;
+       p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const uint32_t k = keys[p];
+    const int32_t i = vals[p];
+    if (k == sentinel) {
+      out[i] = -1;
+      continue;
+    }
+    const int64_t token = i / top_k;
+    out[i] = checked_slot(t, rules::choose_slot(policy, t, ids[i], src[token], token, p - start[k], quota, w));
+  }
+}
+
+__global__ void hash_kernel(const int32_t* __restrict__ ids, const int32_t* __restrict__ src, int64_t n,
+                            int32_t top_k, ReplicaTable t, int32_t* __restrict__ out) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int32_t e = ids[i];
+    const int64_t token = i / top_k;
+    const int32_t g = src[token];
+    out[i] = entry_valid(t, e, g) ? checked_slot(t, rules::choose_slot(AssignPolicy::kHash, t, e, g, token, 0, nullptr, nullptr))
+                                  : -1;
+  }
+}
+
+int end_bit_for(uint32_t sentinel) {
+  int b = 1;
+  while (b < 32 && (sentinel >> b) != 0) ++b;
+  return b;
+}
+
+size_t sort_temp_bytes(int64_t n, uint32_t sentinel) {
+  size_t bytes = 0;
+  MOEBAL_CHECK_CUDA(cub::DeviceRadixSort::SortPairs(nullptr, bytes, static_cast<const uint32_t*>(nullptr),
+                                                    static_cast<uint32_t*>(nullptr), static_cast<const int32_t*>(nullptr),
+                                                    static_cast<int32_t*>(nullptr), static_cast<int>(n), 0,
+                                                    end_bit_for(sentinel), static_cast<cudaStream_t>(nullptr)));
+  return bytes;
+}
+
+int grid_for(int64_t n) {
+  const int64_t b = (n + kThreads - 1) / kThreads;
+  return static_cast<int>(b < 4096 ? (b < 1 ? 1 : b) : 4096);
+}
+
+void check_args(int64_t num_tokens, int32_t top_k, int32_t E, int32_t G, int32_t N) {
+  MOEBAL_CHECK_ARG(num_tokens >= 0, "assign_replicas: num_tokens must be >= 0, got ", num_tokens);
+  MOEBAL_CHECK_ARG(top_k >= 1, "assign_replicas: top_k must be >= 1, got ", top_k);
+  MOEBAL_CHECK_ARG(num_tokens * top_k < (int64_t{1} << 31), "assign_replicas: num_tokens * top_k = ",
+                   num_tokens * top_k, " exceeds 2^31 - 1");
+  MOEBAL_CHECK_ARG(E > 0 && G > 0 && N > 0 && G % N == 0, "assign_replicas: bad layout: ", E, " experts, ", G,
+                   " GPUs, ", N, " nodes");
+  MOEBAL_CHECK_ARG(core::assign_num_classes(core::AssignPolicy::kLocality, E, G, N) < (int64_t{1} << 30) &&
+                       static_cast<int64_t>(G) * E < (int64_t{1} << 30),
+                   "assign_replicas: too many rank classes");
+}
+
+}  // namespace
+
+size_t assign_replicas_workspace_bytes(int64_t num_tokens, int32_t top_k, int32_t E, int32_t G, int32_t N,
+                                       AssignPolicy policy) {
+  check_args(num_tokens, top_k, E, G, N);
+  if (policy == AssignPolicy::kHash || num_tokens == 0) return 0;
+  const int64_t n = num_tokens * top_k;
+  const uint32_t sentinel = static_cast<uint32_t>(core::assign_num_classes(policy, E, G, N));
+  return 4 * align_up(sizeof(int32_t) * n) + align_up(sizeof(int32_t) * (sentinel + 1)) +
+         align_up(sort_temp_bytes(n, sentinel));
+}
+
+void assign_replicas(const int32_t* ids, const int32_t* src, int64_t num_tokens, int32_t top_k,
+                     const ReplicaTable& t, AssignPolicy policy, const int32_t* quota, const int32_t* w,
+                     int32_t* out, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+  check_args(num_tokens, top_k, t.num_experts, t.num_gpus, t.num_nodes);
+  MOEBAL_CHECK_ARG(t.num_slots > 0 && t.num_slots % t.num_gpus == 0 && t.max_copies >= 1,
+                   "assign_replicas: bad table: ", t.num_slots, " slots on ", t.num_gpus, " GPUs, max_copies ",
+                   t.max_copies);
+  MOEBAL_CHECK_ARG(policy != AssignPolicy::kQuota || quota != nullptr, "assign_replicas: policy 'quota' needs a quota matrix");
+  if (num_tokens == 0) return;
+  MOEBAL_CHECK_ARG(ids && src && out && t.log2phy && t.logcnt, "assign_replicas: null device pointer");
+  const int64_t n = num_tokens * top_k;
+  const int grid = grid_for(n);
+  if (policy == AssignPolicy::kHash) {
+    hash_kernel<<<grid, kThreads, 0, stream>>>(ids, src, n, top_k, t, out);
+    MOEBAL_CHECK_LAUNCH();
+    return;
+  }
+  const uint32_t sentinel = static_cast<uint32_t>(core::assign_num_classes(policy, t.num_experts, t.num_gpus, t.num_nodes));
+  const size_t need = assign_replicas_workspace_bytes(num_tokens, top_k, t.num_experts, t.num_gpus, t.num_nodes, policy);
+  MOEBAL_CHECK_ARG(workspace != nullptr && workspace_bytes >= need, "assign_replicas: workspace of ", workspace_bytes,
+                   " bytes is smaller than the ", need, " needed");
+  char* ws = static_cast<char*>(workspace);
+  auto take = [&](size_t bytes) {
+    char* p = ws;
+    ws += align_up(bytes);
+    return p;
+  };
+  auto* keys_in = reinterpret_cast<uint32_t*>(take(sizeof(int32_t) * n));
+  auto* keys_out = reinterpret_cast<uint32_t*>(take(sizeof(int32_t) * n));
+  auto* vals_in = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * n));
+  auto* vals_out = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * n));
+  auto* start = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * (sentinel + 1)));
+  size_t temp_bytes = sort_temp_bytes(n, sentinel);
+  void* temp = take(temp_bytes);
+
+  classify_kernel<<<grid, kThreads, 0, stream>>>(ids, src, n, top_k, t, policy, sentinel, keys_in, vals_in);
+  MOEBAL_CHECK_LAUNCH();
+  MOEBAL_CHECK_CUDA(cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys_in, keys_out, vals_in, vals_out,
+                                                    static_cast<int>(n), 0, end_bit_for(sentinel), stream));
+  heads_kernel<<<grid, kThreads, 0, stream>>>(keys_out, n, sentinel, start);
+  MOEBAL_CHECK_LAUNCH();
+  choose_kernel<<<grid, kThreads, 0, stream>>>(ids, src, n, top_k, t, policy, sentinel, keys_out, vals_out, start,
+                                               quota, w, out);
+  MOEBAL_CHECK_LAUNCH();
+}
+
+}  // namespace moebal::cuda

@@ -1,0 +1,64 @@
+// GRACE-MoE placement: hierarchical co-activation grouping + replication of hot experts by skew.
+//
+// Per layer, from the co-activation matrix A (A[i][j] = tokens that chose both i and j):
+//  1. Node level: spectral clustering of A into num_nodes groups, "fully non-uniform" (any size
+//     from 1 up to the node's slot capacity).
+//  2. GPU level, inside each node: spectral clustering into gpus_per_node groups with sizes in
+//     [base - delta, base + delta], base = floor(n / D), delta = max(1, round(base * r)), capped by
+//     the GPU's slot count (the paper's Algorithm 2 repair: peel the weakest members of oversized
+//     groups, re-home them by affinity, then feed undersized groups).
+//  3. Replication by skew on the slots left free: rho = W_max / W_mean over GPU loads,
+//     n_replica = min(max(1, floor(rho)), num_gpus - 1); the hot experts of the heaviest GPU are
+//     the shortest prefix (by load) reaching W_max * n / (n + 1); each gets copies on the n least
+//     loaded GPUs with a free slot. Repeated on the updated loads until the slots run out or the
+//     heaviest GPU cannot be relieved; any slot still free gets a copy of the expert with the
+//     highest load per copy not yet on that GPU.
+// moebal fixes num_slots / num_gpus slots per GPU, so the paper's non-uniform group sizes can only
+// use spare slots: a GPU holding fewer primaries than slots gets more replicas. With no spare slots
+// (num_slots == num_experts) every GPU holds exactly num_experts / num_gpus experts.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "moebal/core/placement.h"
+#include "moebal/core/trace.h"
+
+namespace moebal::core {
+
+struct GraceOptions {
+  double r = 0.15;              ///< GPU-level size tolerance (delta = max(1, round(base * r)))
+  int32_t power_iters = 300;    ///< cap on orthogonal-iteration steps of the spectral embedding
+  int32_t kmeans_restarts = 8;  ///< k-means++ restarts; the lowest inertia wins
+  uint64_t seed = 0x6a09e667f3bcc908ull;
+  void validate() const;
+};
+
+/// Groups `members` (expert ids) into num_groups groups of sizes in [min_size, max_size] using the
+/// symmetric affinity `coact` [num_experts, num_experts] (diagonal ignored): spectral clustering
+/// (normalised affinity, orthogonal iteration, row-normalised embedding, k-means++) then the
+/// size repair. Returns the group of each member (same order). Deterministic for a given seed.
+/// Throws ValueError if the sizes are infeasible (num_groups * min_size > n or num_groups *
+/// max_size < n).
+std::vector<int32_t> constrained_spectral_groups(const double* coact, int32_t num_experts,
+                                                 const std::vector<int32_t>& members, int32_t num_groups,
+                                                 int32_t min_size, int32_t max_size,
+                                                 const GraceOptions& opt = {});
+
+/// Primary GPU of every expert of one layer (steps 1-2): [num_experts], each GPU holding at most
+/// slots_per_gpu experts.
+std::vector<int32_t> grace_grouping(const double* coact, int32_t num_experts, int32_t num_gpus,
+                                    int32_t num_nodes, int32_t slots_per_gpu, const GraceOptions& opt = {});
+
+/// Share of the off-diagonal co-activation mass whose two experts share a group (U of the paper).
+double intra_group_affinity(const double* coact, int32_t num_experts, const int32_t* group_of);
+
+/// The full plan for every layer. coact is [L, E, E] (e.g. RoutingTrace::coactivation per layer);
+/// loads drive replication.
+Placement grace_plan(const LoadMatrix& loads, const std::vector<double>& coact, int32_t num_slots,
+                     int32_t num_gpus, int32_t num_nodes, const GraceOptions& opt = {});
+/// Same, co-activation taken from the trace (which must match loads in layers and experts).
+Placement grace_plan(const LoadMatrix& loads, const RoutingTrace& trace, int32_t num_slots,
+                     int32_t num_gpus, int32_t num_nodes, const GraceOptions& opt = {});
+
+}  // namespace moebal::core
