@@ -43,4 +43,5 @@ PYBIND11_MODULE(_core, m) {
   }, "What this build of the C++ core was compiled with.");
 
   moebal::python::bind_data_model(m);
+  moebal::python::bind_grace(m);
 }

@@ -27,7 +27,7 @@ def _library_path() -> str:
 
 # Python modules that register fake kernels for their ops (each defines register_fakes()).
 # A component adds its module name here.
-_FAKE_MODULES: tuple[str, ...] = ()
+_FAKE_MODULES: tuple[str, ...] = ("moebal.assign_ops",)
 
 
 def load_library() -> None:
