@@ -8,8 +8,8 @@ import numpy as np
 
 def plot_gpu_loads(path: str | os.PathLike, title: str, layer_names: list[str],
                    gpu_load_by_policy: dict[str, np.ndarray], ir_by_policy: dict[str, np.ndarray]) -> None:
-    """Two panels: per-GPU load (summed over layers, normalised to the mean) per policy, and the
-    per-layer imbalance ratio per policy."""
+    """Two panels: per-GPU load (normalised to the mean) of each policy in the layer the first policy
+    (the baseline) balances worst, and the per-layer imbalance ratio of each policy."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -17,17 +17,19 @@ def plot_gpu_loads(path: str | os.PathLike, title: str, layer_names: list[str],
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.6))
     names = list(gpu_load_by_policy)
-    num_gpus = next(iter(gpu_load_by_policy.values())).shape[1]
+    first = names[0]
+    worst = int(np.argmax(ir_by_policy[first]))  # the layer the first (baseline) policy balances worst
+    num_gpus = gpu_load_by_policy[first].shape[1]
     width = 0.8 / len(names)
     for i, name in enumerate(names):
-        per_layer = gpu_load_by_policy[name]                      # [L, G]
-        rel = per_layer / per_layer.mean(axis=1, keepdims=True).clip(min=1e-12)
-        worst = rel.max(axis=0)
-        ax1.bar(np.arange(num_gpus) + i * width, worst, width, label=name)
+        row = gpu_load_by_policy[name][worst]
+        ax1.bar(np.arange(num_gpus) + i * width - 0.4 + width / 2, row / max(row.mean(), 1e-12), width,
+                label=f"{name} (IR {ir_by_policy[name][worst]:.2f})")
     ax1.axhline(1.0, color="k", lw=0.8, ls="--")
+    ax1.set_xticks(np.arange(num_gpus))
     ax1.set_xlabel("GPU")
-    ax1.set_ylabel("load / mean (worst layer for that GPU)")
-    ax1.set_title("Per-GPU load, before and after")
+    ax1.set_ylabel("tokens / mean tokens per GPU")
+    ax1.set_title(f"Per-GPU load in {layer_names[worst]} (worst layer under {first})")
     ax1.legend(fontsize=8)
     for name in names:
         ax2.plot(np.arange(len(layer_names)), ir_by_policy[name], marker="o", label=name)
