@@ -99,6 +99,12 @@ void assign_replicas(const int32_t* ids, const int32_t* src, int64_t T, int32_t 
                      ", >= num_experts (", E, ")");
 
   std::vector<int64_t> counter(static_cast<size_t>(assign_num_classes(policy, E, G, t.num_nodes)), 0);
+  // The tier of (expert, GPU) depends on the table only: tabulate it once.
+  const bool tiered = assign_detail::uses_tier(policy);
+  std::vector<assign_detail::Tier> tiers(tiered ? static_cast<size_t>(E) * G : 0);
+  for (int32_t e = 0; tiered && e < E; ++e)
+    for (int32_t g = 0; g < G; ++g) tiers[static_cast<size_t>(e) * G + g] = assign_detail::locality_tier(t, e, g);
+  const assign_detail::Tier none{0, 0, 0};
   for (int64_t i = 0; i < T * K; ++i) {
     const int32_t e = ids[i];
     if (e < 0) {
@@ -107,9 +113,10 @@ void assign_replicas(const int32_t* ids, const int32_t* src, int64_t T, int32_t 
     }
     const int64_t tok = i / K;
     const int32_t g = src[tok];
+    const assign_detail::Tier& tr = tiered ? tiers[static_cast<size_t>(e) * G + g] : none;
     int64_t rank = 0;
-    if (policy != AssignPolicy::kHash) rank = counter[assign_detail::class_of(policy, t, e, g)]++;
-    out[i] = assign_detail::choose_slot(policy, t, e, g, tok, rank, quota, w);
+    if (policy != AssignPolicy::kHash) rank = counter[assign_detail::class_of(policy, t, e, g, tr)]++;
+    out[i] = assign_detail::choose_slot(policy, t, e, g, tok, rank, quota, w, tr);
     MOEBAL_CHECK(out[i] >= 0 && out[i] < t.num_slots, "no slot chosen for expert ", e);
   }
 }

@@ -35,7 +35,10 @@ __global__ void classify_kernel(const int32_t* __restrict__ ids, const int32_t* 
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int32_t e = ids[i], g = src[i / top_k];
     uint32_t key = sentinel;
-    if (entry_valid(t, e, g) && rules::copies(t, e) > 0) key = static_cast<uint32_t>(rules::class_of(policy, t, e, g));
+    if (entry_valid(t, e, g) && rules::copies(t, e) > 0) {
+      const rules::Tier tr = rules::uses_tier(policy) ? rules::locality_tier(t, e, g) : rules::Tier{0, 0, 0};
+      key = static_cast<uint32_t>(rules::class_of(policy, t, e, g, tr));
+    }
     keys[i] = key;
     vals[i] = static_cast<int32_t>(i);
   }
@@ -63,7 +66,9 @@ __global__ void choose_kernel(const int32_t* __restrict__ ids, const int32_t* __
       continue;
     }
     const int64_t token = i / top_k;
-    out[i] = checked_slot(t, rules::choose_slot(policy, t, ids[i], src[token], token, p - start[k], quota, w));
+    const int32_t e = ids[i], g = src[token];
+    const rules::Tier tr = rules::uses_tier(policy) ? rules::locality_tier(t, e, g) : rules::Tier{0, 0, 0};
+    out[i] = checked_slot(t, rules::choose_slot(policy, t, e, g, token, p - start[k], quota, w, tr));
   }
 }
 
@@ -74,7 +79,8 @@ __global__ void hash_kernel(const int32_t* __restrict__ ids, const int32_t* __re
     const int32_t e = ids[i];
     const int64_t token = i / top_k;
     const int32_t g = src[token];
-    out[i] = entry_valid(t, e, g) ? checked_slot(t, rules::choose_slot(AssignPolicy::kHash, t, e, g, token, 0, nullptr, nullptr))
+    out[i] = entry_valid(t, e, g) ? checked_slot(t, rules::choose_slot(AssignPolicy::kHash, t, e, g, token, 0, nullptr, nullptr,
+                                                                          rules::Tier{0, 0, 0}))
                                   : -1;
   }
 }

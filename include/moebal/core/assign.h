@@ -181,8 +181,14 @@ MOEBAL_HD int32_t copy_on_gpu(const ReplicaTable& t, int32_t e, int32_t d) {
   return -1;
 }
 
-/// Rank class of a valid (expert e, source GPU g) entry, in [0, assign_num_classes()).
-MOEBAL_HD int64_t class_of(AssignPolicy p, const ReplicaTable& t, int32_t e, int32_t g) {
+/// Whether the policy looks at locality tiers (then callers pass locality_tier(t, e, g) below).
+MOEBAL_HD bool uses_tier(AssignPolicy p) {
+  return p == AssignPolicy::kLocality || p == AssignPolicy::kWeightedLocality || p == AssignPolicy::kQuota;
+}
+
+/// Rank class of a valid (expert e, source GPU g) entry, in [0, assign_num_classes()); tr is
+/// locality_tier(t, e, g) when uses_tier(p), else ignored.
+MOEBAL_HD int64_t class_of(AssignPolicy p, const ReplicaTable& t, int32_t e, int32_t g, const Tier& tr) {
   switch (p) {
     case AssignPolicy::kRoundRobin:
       return e;
@@ -190,17 +196,17 @@ MOEBAL_HD int64_t class_of(AssignPolicy p, const ReplicaTable& t, int32_t e, int
       return static_cast<int64_t>(g) * t.num_experts + e;
     case AssignPolicy::kLocality:
     case AssignPolicy::kWeightedLocality:
-      return static_cast<int64_t>(e) * (t.num_gpus + t.num_nodes + 1) + locality_tier(t, e, g).key;
+      return static_cast<int64_t>(e) * (t.num_gpus + t.num_nodes + 1) + tr.key;
     default:
       return 0;
   }
 }
 
-/// The slot for the (token, expert e from GPU g) entry that is the rank-th of its class. quota is
-/// [G, E, G]; entries for a GPU without a copy of e count as zero and negative entries as zero
-/// (the CPU reference rejects both up front). Returns -1 if the table gives no copy.
+/// The slot for the (token, expert e from GPU g) entry that is the rank-th of its class; tr as for
+/// class_of. quota is [G, E, G]; entries for a GPU without a copy of e count as zero and negative
+/// entries as zero (the CPU reference rejects both up front). Returns -1 if the table gives no copy.
 MOEBAL_HD int32_t choose_slot(AssignPolicy p, const ReplicaTable& t, int32_t e, int32_t g, int64_t token,
-                              int64_t rank, const int32_t* quota, const int32_t* w) {
+                              int64_t rank, const int32_t* quota, const int32_t* w, const Tier& tr) {
   const int32_t n = copies(t, e);
   if (n <= 0) return -1;
   switch (p) {
@@ -210,14 +216,10 @@ MOEBAL_HD int32_t choose_slot(AssignPolicy p, const ReplicaTable& t, int32_t e, 
       return copy_slot(t, e, static_cast<int32_t>(
                                  mix32(static_cast<uint32_t>(token) * 0x9E3779B1u + static_cast<uint32_t>(e)) %
                                  static_cast<uint32_t>(n)));
-    case AssignPolicy::kLocality: {
-      const Tier tr = locality_tier(t, e, g);
+    case AssignPolicy::kLocality:
       return tier_candidate(t, e, g, tr.tier, static_cast<int32_t>(rank % tr.num_candidates));
-    }
-    case AssignPolicy::kWeightedLocality: {
-      const Tier tr = locality_tier(t, e, g);
+    case AssignPolicy::kWeightedLocality:
       return weighted_candidate(t, e, g, tr.tier, rank, w);
-    }
     case AssignPolicy::kQuota: {
       const int32_t G = t.num_gpus;
       const int32_t* row = quota + (static_cast<int64_t>(g) * t.num_experts + e) * G;
@@ -233,7 +235,6 @@ MOEBAL_HD int32_t choose_slot(AssignPolicy p, const ReplicaTable& t, int32_t e, 
         if (rank < acc + q) return s;
         acc += q;
       }
-      const Tier tr = locality_tier(t, e, g);
       return tier_candidate(t, e, g, tr.tier, static_cast<int32_t>((rank - acc) % tr.num_candidates));
     }
   }
