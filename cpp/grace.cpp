@@ -233,12 +233,80 @@ void repair_sizes(const std::vector<double>& a, int n, int D, int min_size, int 
     }
 }
 
+// Local search after the repair (our addition; the paper stops at Algorithm 2): single moves
+// within [min_size, max_size] and pairwise swaps, each taken when it raises the intra-group
+// affinity, first improvement in index order, until a pass finds none or max_passes is reached.
+void refine_groups(const std::vector<double>& a, int n, int D, int min_size, int max_size, int max_passes,
+                   std::vector<int32_t>& g) {
+  if (D <= 1 || n <= 1 || max_passes <= 0) return;
+  std::vector<double> M(static_cast<size_t>(n) * D, 0.0);  // M[i][k] = affinity of i to group k
+  double total = 0;
+  for (int i = 0; i < n; ++i)
+    for (int j = 0; j < n; ++j) {
+      M[static_cast<size_t>(i) * D + g[j]] += a[static_cast<size_t>(i) * n + j];
+      total += a[static_cast<size_t>(i) * n + j];
+    }
+  if (total <= 0) return;
+  const double eps = 1e-12 * total;
+  std::vector<int> size(D, 0);
+  for (int i = 0; i < n; ++i) ++size[g[i]];
+  auto move = [&](int i, int to) {
+    const int from = g[i];
+    for (int x = 0; x < n; ++x) {
+      const double v = a[static_cast<size_t>(x) * n + i];
+      M[static_cast<size_t>(x) * D + from] -= v;
+      M[static_cast<size_t>(x) * D + to] += v;
+    }
+    --size[from];
+    ++size[to];
+    g[i] = to;
+  };
+  for (int pass = 0; pass < max_passes; ++pass) {
+    bool improved = false;
+    for (int i = 0; i < n; ++i) {
+      const int gi = g[i];
+      const double* Mi = M.data() + static_cast<size_t>(i) * D;
+      int best_k = -1, best_j = -1;
+      double best = eps;
+      if (size[gi] > min_size)
+        for (int k = 0; k < D; ++k)
+          if (k != gi && size[k] < max_size && Mi[k] - Mi[gi] > best) {
+            best = Mi[k] - Mi[gi];
+            best_k = k;
+          }
+      for (int j = 0; j < n; ++j) {
+        const int gj = g[j];
+        if (gj == gi) continue;
+        const double aij = a[static_cast<size_t>(i) * n + j];
+        const double* Mj = M.data() + static_cast<size_t>(j) * D;
+        const double gain = (Mi[gj] - aij) - Mi[gi] + (Mj[gi] - aij) - Mj[gj];
+        if (gain > best) {
+          best = gain;
+          best_k = -1;
+          best_j = j;
+        }
+      }
+      if (best_j >= 0) {
+        const int gj = g[best_j];
+        move(i, gj);
+        move(best_j, gi);
+        improved = true;
+      } else if (best_k >= 0) {
+        move(i, best_k);
+        improved = true;
+      }
+    }
+    if (!improved) break;
+  }
+}
+
 }  // namespace
 
 void GraceOptions::validate() const {
   MOEBAL_CHECK_ARG(std::isfinite(r) && r >= 0 && r <= 1, "grace: r must be in [0, 1], got ", r);
   MOEBAL_CHECK_ARG(power_iters >= 1, "grace: power_iters must be >= 1, got ", power_iters);
   MOEBAL_CHECK_ARG(kmeans_restarts >= 1, "grace: kmeans_restarts must be >= 1, got ", kmeans_restarts);
+  MOEBAL_CHECK_ARG(refine_passes >= 0, "grace: refine_passes must be >= 0, got ", refine_passes);
 }
 
 std::vector<int32_t> constrained_spectral_groups(const double* coact, int32_t E, const std::vector<int32_t>& members,
@@ -269,6 +337,7 @@ std::vector<int32_t> constrained_spectral_groups(const double* coact, int32_t E,
     g = kmeans(X, n, D, D, opt.kmeans_restarts, rng);
   }
   repair_sizes(a, n, D, min_size, max_size, g);
+  refine_groups(a, n, D, min_size, max_size, opt.refine_passes, g);
   return g;
 }
 

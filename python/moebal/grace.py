@@ -26,13 +26,17 @@ DEFAULT_R = 0.15
 
 def plan(loads: _core.LoadMatrix, *, num_slots: int, num_gpus: int, num_nodes: int = 1,
          trace: _core.RoutingTrace | None = None, coactivation: Any = None, r: float = DEFAULT_R,
-         seed: int | None = None) -> _core.Placement:
-    """GRACE placement from ``loads`` and co-activation (a trace, or a matrix [layers, E, E])."""
+         seed: int | None = None, refine_passes: int = 8) -> _core.Placement:
+    """GRACE placement from ``loads`` and co-activation (a trace, or a matrix [layers, E, E]).
+
+    ``refine_passes=0`` gives the paper's grouping alone (spectral clustering + Algorithm 2);
+    the default adds a move/swap local search that raises intra-group co-activation."""
     if trace is None and coactivation is None:
         raise _core.MoebalValueError(
             "policy 'grace' groups co-activated experts and needs token-level routing: pass "
             "trace=RoutingTrace (or coactivation=[layers, experts, experts])")
-    kw: dict[str, Any] = {"num_slots": num_slots, "num_gpus": num_gpus, "num_nodes": num_nodes, "r": r}
+    kw: dict[str, Any] = {"num_slots": num_slots, "num_gpus": num_gpus, "num_nodes": num_nodes, "r": r,
+                          "refine_passes": refine_passes}
     if seed is not None:
         kw["seed"] = seed
     if trace is not None:
@@ -48,11 +52,11 @@ def _grace(loads: _core.LoadMatrix, *, num_slots: int, num_gpus: int, num_nodes:
 
 
 def grouping(coactivation: Any, *, num_gpus: int, num_nodes: int = 1, slots_per_gpu: int | None = None,
-             r: float = DEFAULT_R) -> np.ndarray:
+             r: float = DEFAULT_R, refine_passes: int = 8) -> np.ndarray:
     """Primary GPU [E] of every expert of one layer from its co-activation matrix [E, E]."""
     c = np.asarray(coactivation, dtype=np.float64)
     spg = slots_per_gpu if slots_per_gpu is not None else -(-c.shape[0] // num_gpus)
-    return _core.grace_grouping(c, num_gpus, num_nodes, spg, r)
+    return _core.grace_grouping(c, num_gpus, num_nodes, spg, r, refine_passes=refine_passes)
 
 
 def affinity_kept(trace: _core.RoutingTrace, placement: _core.Placement) -> dict[str, float]:

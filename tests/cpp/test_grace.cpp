@@ -135,6 +135,33 @@ TEST(GracePlan, RandomShapesAlwaysGiveValidPlacements) {
   }
 }
 
+TEST(GraceGrouping, RefinementNeverLowersIntraGroupAffinity) {
+  std::mt19937_64 rng(4);
+  for (int it = 0; it < 100; ++it) {
+    const int32_t N = 1 + static_cast<int32_t>(rng() % 2), G = N * (2 + static_cast<int32_t>(rng() % 3));
+    const int32_t E = G * (2 + static_cast<int32_t>(rng() % 4));
+    std::vector<double> A(static_cast<size_t>(E) * E, 0.0);
+    for (int32_t i = 0; i < E; ++i)
+      for (int32_t j = 0; j < i; ++j)
+        A[static_cast<size_t>(i) * E + j] = A[static_cast<size_t>(j) * E + i] = static_cast<double>(rng() % 100);
+    GraceOptions paper;
+    paper.refine_passes = 0;
+    const std::vector<int32_t> g0 = grace_grouping(A.data(), E, G, N, E / G + 1, paper);
+    const std::vector<int32_t> g1 = grace_grouping(A.data(), E, G, N, E / G + 1);
+    std::vector<int32_t> n0(N), n1(N);
+    std::vector<int32_t> node0(E), node1(E);
+    for (int32_t e = 0; e < E; ++e) {
+      node0[e] = g0[e] / (G / N);
+      node1[e] = g1[e] / (G / N);
+    }
+    // Node level is refined first, so compare node-level affinity, and GPU level when N == 1.
+    EXPECT_GE(intra_group_affinity(A.data(), E, node1.data()) + 1e-12, intra_group_affinity(A.data(), E, node0.data()));
+    if (N == 1) {
+      EXPECT_GE(intra_group_affinity(A.data(), E, g1.data()) + 1e-12, intra_group_affinity(A.data(), E, g0.data()));
+    }
+  }
+}
+
 TEST(GracePlan, RejectsBadInput) {
   const LoadMatrix lm(1, 4, {1, 2, 3, 4});
   std::vector<double> A(16, 1.0);

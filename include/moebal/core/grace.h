@@ -6,7 +6,9 @@
 //  2. GPU level, inside each node: spectral clustering into gpus_per_node groups with sizes in
 //     [base - delta, base + delta], base = floor(n / D), delta = max(1, round(base * r)), capped by
 //     the GPU's slot count (the paper's Algorithm 2 repair: peel the weakest members of oversized
-//     groups, re-home them by affinity, then feed undersized groups).
+//     groups, re-home them by affinity, then feed undersized groups). Both levels then run a
+//     move/swap local search that raises intra-group affinity within the size bounds (our
+//     addition; refine_passes = 0 gives the paper's procedure alone).
 //  3. Replication by skew on the slots left free: rho = W_max / W_mean over GPU loads,
 //     n_replica = min(max(1, floor(rho)), num_gpus - 1); the hot experts of the heaviest GPU are
 //     the shortest prefix (by load) reaching W_max * n / (n + 1); each gets copies on the n least
@@ -30,6 +32,7 @@ struct GraceOptions {
   double r = 0.15;              ///< GPU-level size tolerance (delta = max(1, round(base * r)))
   int32_t power_iters = 300;    ///< cap on orthogonal-iteration steps of the spectral embedding
   int32_t kmeans_restarts = 8;  ///< k-means++ restarts; the lowest inertia wins
+  int32_t refine_passes = 8;    ///< move/swap local-search passes after the repair (0 = paper only)
   uint64_t seed = 0x6a09e667f3bcc908ull;
   void validate() const;
 };
@@ -37,7 +40,7 @@ struct GraceOptions {
 /// Groups `members` (expert ids) into num_groups groups of sizes in [min_size, max_size] using the
 /// symmetric affinity `coact` [num_experts, num_experts] (diagonal ignored): spectral clustering
 /// (normalised affinity, orthogonal iteration, row-normalised embedding, k-means++) then the
-/// size repair. Returns the group of each member (same order). Deterministic for a given seed.
+/// size repair, then the move/swap refinement. Returns the group of each member (same order). Deterministic for a given seed.
 /// Throws ValueError if the sizes are infeasible (num_groups * min_size > n or num_groups *
 /// max_size < n).
 std::vector<int32_t> constrained_spectral_groups(const double* coact, int32_t num_experts,
