@@ -235,10 +235,16 @@ void repair_sizes(const std::vector<double>& a, int n, int D, int min_size, int 
 
 // Local search after the repair (our addition; the paper stops at Algorithm 2): single moves
 // within [min_size, max_size] and pairwise swaps, each taken when it raises the intra-group
-// affinity, first improvement in index order, until a pass finds none or max_passes is reached.
-void refine_groups(const std::vector<double>& a, int n, int D, int min_size, int max_size, int max_passes,
-                   std::vector<int32_t>& g) {
+// affinity and keeps every group's load (sum of w over members; w may be null = no load) at or
+// below the heaviest group's load before the search, best move per member in index order, until a
+// pass finds none or max_passes is reached. So it never worsens the grouping's load imbalance.
+void refine_groups(const std::vector<double>& a, const std::vector<double>& w, int n, int D, int min_size,
+                   int max_size, int max_passes, std::vector<int32_t>& g) {
   if (D <= 1 || n <= 1 || max_passes <= 0) return;
+  std::vector<double> load(D, 0.0);
+  for (int i = 0; i < n; ++i) load[g[i]] += w.empty() ? 0.0 : w[i];
+  const double cap = *std::max_element(load.begin(), load.end());
+  auto wt = [&](int i) { return w.empty() ? 0.0 : w[i]; };
   std::vector<double> M(static_cast<size_t>(n) * D, 0.0);  // M[i][k] = affinity of i to group k
   double total = 0;
   for (int i = 0; i < n; ++i)
@@ -259,6 +265,8 @@ void refine_groups(const std::vector<double>& a, int n, int D, int min_size, int
     }
     --size[from];
     ++size[to];
+    load[from] -= wt(i);
+    load[to] += wt(i);
     g[i] = to;
   };
   for (int pass = 0; pass < max_passes; ++pass) {
@@ -270,7 +278,7 @@ void refine_groups(const std::vector<double>& a, int n, int D, int min_size, int
       double best = eps;
       if (size[gi] > min_size)
         for (int k = 0; k < D; ++k)
-          if (k != gi && size[k] < max_size && Mi[k] - Mi[gi] > best) {
+          if (k != gi && size[k] < max_size && load[k] + wt(i) <= cap && Mi[k] - Mi[gi] > best) {
             best = Mi[k] - Mi[gi];
             best_k = k;
           }
@@ -280,7 +288,7 @@ void refine_groups(const std::vector<double>& a, int n, int D, int min_size, int
         const double aij = a[static_cast<size_t>(i) * n + j];
         const double* Mj = M.data() + static_cast<size_t>(j) * D;
         const double gain = (Mi[gj] - aij) - Mi[gi] + (Mj[gi] - aij) - Mj[gj];
-        if (gain > best) {
+        if (gain > best && load[gi] - wt(i) + wt(j) <= cap && load[gj] - wt(j) + wt(i) <= cap) {
           best = gain;
           best_k = -1;
           best_j = j;
@@ -311,7 +319,7 @@ void GraceOptions::validate() const {
 
 std::vector<int32_t> constrained_spectral_groups(const double* coact, int32_t E, const std::vector<int32_t>& members,
                                                  int32_t D, int32_t min_size, int32_t max_size,
-                                                 const GraceOptions& opt) {
+                                                 const GraceOptions& opt, const double* loads) {
   opt.validate();
   const int n = static_cast<int>(members.size());
   MOEBAL_CHECK_ARG(D >= 1, "grace: num_groups must be >= 1, got ", D);
@@ -337,19 +345,28 @@ std::vector<int32_t> constrained_spectral_groups(const double* coact, int32_t E,
     g = kmeans(X, n, D, D, opt.kmeans_restarts, rng);
   }
   repair_sizes(a, n, D, min_size, max_size, g);
-  refine_groups(a, n, D, min_size, max_size, opt.refine_passes, g);
+  std::vector<double> w;
+  if (loads != nullptr) {
+    w.resize(n);
+    for (int i = 0; i < n; ++i) {
+      w[i] = loads[members[i]];
+      MOEBAL_CHECK_ARG(std::isfinite(w[i]) && w[i] >= 0, "grace: load of expert ", members[i],
+                       " must be finite and >= 0, got ", w[i]);
+    }
+  }
+  refine_groups(a, w, n, D, min_size, max_size, opt.refine_passes, g);
   return g;
 }
 
 std::vector<int32_t> grace_grouping(const double* coact, int32_t E, int32_t G, int32_t N, int32_t spg,
-                                    const GraceOptions& opt) {
+                                    const GraceOptions& opt, const double* loads) {
   check_layout(E, spg * G, G, N);
   const int32_t gpn = G / N, spn = spg * gpn;
   std::vector<int32_t> all(E);
   std::iota(all.begin(), all.end(), 0);
   // Node level: fully non-uniform (any size up to the node's slots).
   const std::vector<int32_t> node =
-      constrained_spectral_groups(coact, E, all, N, E >= N ? 1 : 0, spn, opt);
+      constrained_spectral_groups(coact, E, all, N, E >= N ? 1 : 0, spn, opt, loads);
   std::vector<int32_t> gpu(E, -1);
   for (int32_t nd = 0; nd < N; ++nd) {
     std::vector<int32_t> mem;
@@ -360,7 +377,7 @@ std::vector<int32_t> grace_grouping(const double* coact, int32_t E, int32_t G, i
     const int32_t delta = std::max<int32_t>(1, static_cast<int32_t>(std::lround(base * opt.r)));
     const int32_t lo = base == 0 ? 0 : std::max(1, base - delta);
     const int32_t hi = std::min(base + delta, spg);
-    const std::vector<int32_t> sub = constrained_spectral_groups(coact, E, mem, gpn, lo, hi, opt);
+    const std::vector<int32_t> sub = constrained_spectral_groups(coact, E, mem, gpn, lo, hi, opt, loads);
     for (int32_t i = 0; i < n; ++i) gpu[mem[i]] = nd * gpn + sub[i];
   }
   return gpu;
@@ -391,7 +408,7 @@ Placement grace_plan(const LoadMatrix& loads, const std::vector<double>& coact, 
   for (int32_t l = 0; l < L; ++l) {
     const double* A = coact.data() + static_cast<size_t>(l) * E * E;
     const double* w = loads.row(l);
-    const std::vector<int32_t> primary = grace_grouping(A, E, G, N, spg, opt);
+    const std::vector<int32_t> primary = grace_grouping(A, E, G, N, spg, opt, w);
     std::vector<std::vector<int32_t>> held(G);
     for (int32_t e = 0; e < E; ++e) held[primary[e]].push_back(e);
     std::vector<int32_t> cnt(E, 1);

@@ -61,17 +61,23 @@ void bind_grace(py::module_& m) {
 
   m.def("grace_grouping",
         [](const py::handle& coact, int32_t num_gpus, int32_t num_nodes, int32_t slots_per_gpu, double r, uint64_t seed,
-           int32_t refine_passes) {
+           int32_t refine_passes, const py::object& loads_obj) {
           py::array a = checked(coact, "coactivation", 2);
           MOEBAL_CHECK_ARG(a.shape(0) == a.shape(1), "coactivation: must be square, got ", shape_str(a));
           const auto E = static_cast<int32_t>(a.shape(0));
           const std::vector<double> c = to_float<double>(a, "coactivation", 2);
+          std::vector<double> w;
+          if (!loads_obj.is_none()) {
+            w = to_float<double>(loads_obj, "loads", 1);
+            MOEBAL_CHECK_ARG(w.size() == static_cast<size_t>(E), "loads: expected ", E, " entries, got ", w.size());
+          }
           const std::vector<int32_t> g = grace_grouping(c.data(), E, num_gpus, num_nodes, slots_per_gpu,
-                                                       options(r, seed, refine_passes));
+                                                       options(r, seed, refine_passes), w.empty() ? nullptr : w.data());
           return to_numpy(g, {E});
         },
         py::arg("coactivation"), py::arg("num_gpus"), py::arg("num_nodes") = 1, py::arg("slots_per_gpu"),
         py::arg("r") = 0.15, py::arg("seed") = GraceOptions{}.seed, py::arg("refine_passes") = GraceOptions{}.refine_passes,
+        py::arg("loads") = py::none(),
         "Primary GPU of every expert of one layer from its co-activation matrix [E, E].");
 
   m.def("intra_group_affinity",

@@ -52,11 +52,15 @@ def _grace(loads: _core.LoadMatrix, *, num_slots: int, num_gpus: int, num_nodes:
 
 
 def grouping(coactivation: Any, *, num_gpus: int, num_nodes: int = 1, slots_per_gpu: int | None = None,
-             r: float = DEFAULT_R, refine_passes: int = 8) -> np.ndarray:
-    """Primary GPU [E] of every expert of one layer from its co-activation matrix [E, E]."""
+             r: float = DEFAULT_R, refine_passes: int = 8, loads: Any = None) -> np.ndarray:
+    """Primary GPU [E] of every expert of one layer from its co-activation matrix [E, E].
+
+    ``loads`` [E] (optional) caps the refinement: no group ends heavier than the heaviest group
+    of the paper's grouping."""
     c = np.asarray(coactivation, dtype=np.float64)
     spg = slots_per_gpu if slots_per_gpu is not None else -(-c.shape[0] // num_gpus)
-    return _core.grace_grouping(c, num_gpus, num_nodes, spg, r, refine_passes=refine_passes)
+    return _core.grace_grouping(c, num_gpus, num_nodes, spg, r, refine_passes=refine_passes,
+                                loads=None if loads is None else np.asarray(loads, dtype=np.float64))
 
 
 def affinity_kept(trace: _core.RoutingTrace, placement: _core.Placement) -> dict[str, float]:

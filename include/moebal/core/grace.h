@@ -7,8 +7,9 @@
 //     [base - delta, base + delta], base = floor(n / D), delta = max(1, round(base * r)), capped by
 //     the GPU's slot count (the paper's Algorithm 2 repair: peel the weakest members of oversized
 //     groups, re-home them by affinity, then feed undersized groups). Both levels then run a
-//     move/swap local search that raises intra-group affinity within the size bounds (our
-//     addition; refine_passes = 0 gives the paper's procedure alone).
+//     move/swap local search that raises intra-group affinity within the size bounds without
+//     letting any group's load exceed the heaviest group's load before the search (our addition;
+//     refine_passes = 0 gives the paper's procedure alone).
 //  3. Replication by skew on the slots left free: rho = W_max / W_mean over GPU loads,
 //     n_replica = min(max(1, floor(rho)), num_gpus - 1); the hot experts of the heaviest GPU are
 //     the shortest prefix (by load) reaching W_max * n / (n + 1); each gets copies on the n least
@@ -40,18 +41,21 @@ struct GraceOptions {
 /// Groups `members` (expert ids) into num_groups groups of sizes in [min_size, max_size] using the
 /// symmetric affinity `coact` [num_experts, num_experts] (diagonal ignored): spectral clustering
 /// (normalised affinity, orthogonal iteration, row-normalised embedding, k-means++) then the
-/// size repair, then the move/swap refinement. Returns the group of each member (same order). Deterministic for a given seed.
+/// size repair, then the move/swap refinement, which never lets a group's load (sum of `loads`
+/// [num_experts] over members; null = ignore load) exceed the heaviest group's load before it.
+/// Returns the group of each member (same order). Deterministic for a given seed.
 /// Throws ValueError if the sizes are infeasible (num_groups * min_size > n or num_groups *
 /// max_size < n).
 std::vector<int32_t> constrained_spectral_groups(const double* coact, int32_t num_experts,
                                                  const std::vector<int32_t>& members, int32_t num_groups,
                                                  int32_t min_size, int32_t max_size,
-                                                 const GraceOptions& opt = {});
+                                                 const GraceOptions& opt = {}, const double* loads = nullptr);
 
 /// Primary GPU of every expert of one layer (steps 1-2): [num_experts], each GPU holding at most
-/// slots_per_gpu experts.
+/// slots_per_gpu experts. loads [num_experts] (or null) bound the refinement as above.
 std::vector<int32_t> grace_grouping(const double* coact, int32_t num_experts, int32_t num_gpus,
-                                    int32_t num_nodes, int32_t slots_per_gpu, const GraceOptions& opt = {});
+                                    int32_t num_nodes, int32_t slots_per_gpu, const GraceOptions& opt = {},
+                                    const double* loads = nullptr);
 
 /// Share of the off-diagonal co-activation mass whose two experts share a group (U of the paper).
 double intra_group_affinity(const double* coact, int32_t num_experts, const int32_t* group_of);
