@@ -21,7 +21,7 @@ def make_case(T, K, E, G, N, extra, seed, skew=3.0):
     p = moebal.Placement.from_phy2log(phy[None, :], E, G, N)
     K = min(K, E)
     pop = rng.random(E) ** skew
-    ids = np.stack([rng.choice(E, K, replace=False, p=pop / pop.sum()) for _ in range(T)]).astype(np.int32).reshape(T, K)
+    ids = np.array([rng.choice(E, K, replace=False, p=pop / pop.sum()) for _ in range(T)], dtype=np.int32).reshape(T, K)
     if T:
         ids[rng.random((T, K)) < 0.02] = -1
     src = rng.integers(0, G, T).astype(np.int32)
