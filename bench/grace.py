@@ -23,6 +23,7 @@ import numpy as np
 
 import moebal
 from moebal import grace, policies, synthetic
+from moebal.benchmark import device_description, time_cpu, time_cuda
 
 MiB = 2.0 ** 20
 
@@ -95,15 +96,7 @@ def timing_section(quick: bool) -> list[str]:
     except ImportError:
         torch = None
     for policy in ("round_robin", "hash", "locality", "weighted_locality"):
-        def med(fn):
-            fn()
-            ts = []
-            for _ in range(reps):
-                t0 = time.perf_counter()
-                fn()
-                ts.append(time.perf_counter() - t0)
-            return 1e6 * float(np.median(ts))
-        ref_us = med(lambda: grace.assign(ids, src, p, policy=policy, slot_weights=w))
+        ref_us = time_cpu(lambda: grace.assign(ids, src, p, policy=policy, slot_weights=w), reps=reps).median_us
         cpu_op = cuda_op = "n/a"
         if torch is not None:
             l2p, cnt = placement_tensors(p, 0)
@@ -111,23 +104,13 @@ def timing_section(quick: bool) -> list[str]:
             ws = torch.from_numpy(w.copy())
             kw = dict(num_gpus=32, num_nodes=4, num_slots=288, policy=policy,
                       slot_weights=ws if policy == "weighted_locality" else None)
-            cpu_op = f"{med(lambda: assign_replicas(*args, **kw)):.0f}"
+            cpu_op = f"{time_cpu(lambda: assign_replicas(*args, **kw), reps=reps).median_us:.0f}"
             if torch.cuda.is_available():
                 dargs = [a.cuda() for a in args]
                 dkw = dict(kw, slot_weights=ws.cuda() if policy == "weighted_locality" else None)
                 out = assign_replicas(*dargs, **dkw)
                 assert torch.equal(out.cpu(), assign_replicas(*args, **kw)), "CUDA != CPU"
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                times = []
-                for _ in range(10):
-                    assign_replicas(*dargs, **dkw)
-                for _ in range(100):
-                    start.record()
-                    assign_replicas(*dargs, **dkw)
-                    end.record()
-                    end.synchronize()
-                    times.append(start.elapsed_time(end) * 1e3)
-                cuda_op = f"{np.median(times):.1f}"
+                cuda_op = f"{time_cuda(lambda: assign_replicas(*dargs, **dkw), reps=100, warmup=10).median_us:.1f}"
         lines.append(f"| {policy} | {ref_us:.0f} | {cpu_op} | {cuda_op} |")
     return lines
 
@@ -137,10 +120,9 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="write the markdown report here (default: print only)")
     ap.add_argument("--quick", action="store_true", help="fewer tokens and repetitions")
     args = ap.parse_args()
-    caps = moebal.capabilities()
     lines = [f"# GRACE-MoE benchmark (bench/grace.py)", "",
-             f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; host CPU: {platform.processor() or platform.machine()}; "
-             f"GPU: {caps['device_name'] or 'none'}",
+             f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; device: {device_description()}; "
+             f"host CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores",
              f"- command: `python bench/grace.py{' --quick' if args.quick else ''}{' --out ' + args.out if args.out else ''}`",
              f"- policies in the registry: {', '.join(policies.available_policies())}; 'grace (paper)' = GRACE grouping "
              "without our move/swap refinement (refine_passes=0)",
