@@ -394,6 +394,57 @@ double intra_group_affinity(const double* coact, int32_t E, const int32_t* group
   return total > 0 ? in / total : 1.0;
 }
 
+KneeResult grace_knee_r(const std::vector<double>& coact, int32_t L, int32_t E, int32_t G, int32_t N, int32_t spg,
+                        const std::vector<double>& candidates, const GraceOptions& opt) {
+  MOEBAL_CHECK_ARG(L > 0, "grace knee: num_layers must be > 0, got ", L);
+  check_layout(E, spg * G, G, N);
+  MOEBAL_CHECK_ARG(coact.size() == static_cast<size_t>(L) * E * E, "grace knee: co-activation must be [", L, ", ",
+                   E, ", ", E, "], got ", coact.size(), " values");
+  MOEBAL_CHECK_ARG(!candidates.empty(), "grace knee: needs at least one candidate r");
+  KneeResult k;
+  k.candidates = candidates;
+  for (double r : candidates) {
+    GraceOptions o = opt;
+    o.r = r;
+    o.validate();
+    double u = 0, sdev = 0;
+    for (int32_t l = 0; l < L; ++l) {
+      const double* A = coact.data() + static_cast<size_t>(l) * E * E;
+      const std::vector<int32_t> gpu = grace_grouping(A, E, G, N, spg, o);
+      u += intra_group_affinity(A, E, gpu.data());
+      std::vector<int32_t> n(G, 0);
+      for (int32_t g : gpu) ++n[g];
+      double ss = 0;
+      for (int32_t c : n) ss += (c - static_cast<double>(E) / G) * (c - static_cast<double>(E) / G);
+      sdev += std::sqrt(ss / G);
+    }
+    k.u.push_back(u / L);
+    k.s.push_back(sdev / L);
+  }
+  // Knee: farthest point from the chord, on axes scaled to [0, 1].
+  auto range = [](const std::vector<double>& v) {
+    const auto [lo, hi] = std::minmax_element(v.begin(), v.end());
+    return std::pair<double, double>{*lo, *hi - *lo > 0 ? *hi - *lo : 1.0};
+  };
+  const auto [s0, sr] = range(k.s);
+  const auto [u0, ur] = range(k.u);
+  const size_t m = candidates.size();
+  const double x0 = (k.s[0] - s0) / sr, y0 = (k.u[0] - u0) / ur;
+  const double x1 = (k.s[m - 1] - s0) / sr, y1 = (k.u[m - 1] - u0) / ur;
+  const double len = std::hypot(x1 - x0, y1 - y0);
+  double best = -1;
+  k.r = candidates[0];
+  for (size_t i = 0; i < m; ++i) {
+    const double x = (k.s[i] - s0) / sr, y = (k.u[i] - u0) / ur;
+    const double d = len > 0 ? std::abs((y1 - y0) * x - (x1 - x0) * y + x1 * y0 - y1 * x0) / len : 0.0;
+    if (d > best + 1e-12) {
+      best = d;
+      k.r = candidates[i];
+    }
+  }
+  return k;
+}
+
 Placement grace_plan(const LoadMatrix& loads, const std::vector<double>& coact, int32_t S, int32_t G, int32_t N,
                      const GraceOptions& opt) {
   loads.validate();

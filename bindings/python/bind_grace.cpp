@@ -80,6 +80,30 @@ void bind_grace(py::module_& m) {
         py::arg("loads") = py::none(),
         "Primary GPU of every expert of one layer from its co-activation matrix [E, E].");
 
+  m.def("grace_knee_r",
+        [](const RoutingTrace& trace, int32_t num_gpus, int32_t num_nodes, int32_t slots_per_gpu,
+           std::vector<double> candidates, uint64_t seed, int32_t refine_passes) {
+          const size_t EE = static_cast<size_t>(trace.num_experts) * trace.num_experts;
+          std::vector<double> coact(trace.num_layers * EE);
+          for (int32_t l = 0; l < trace.num_layers; ++l) {
+            const std::vector<double> c = trace.coactivation(l);
+            std::copy(c.begin(), c.end(), coact.begin() + l * EE);
+          }
+          const KneeResult k = grace_knee_r(coact, trace.num_layers, trace.num_experts, num_gpus, num_nodes,
+                                            slots_per_gpu, candidates, options(0.15, seed, refine_passes));
+          py::dict d;
+          d["r"] = k.r;
+          d["candidates"] = k.candidates;
+          d["U"] = k.u;
+          d["S"] = k.s;
+          return d;
+        },
+        py::arg("trace"), py::arg("num_gpus"), py::arg("num_nodes") = 1, py::arg("slots_per_gpu"),
+        py::arg("candidates") = std::vector<double>{0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5},
+        py::arg("seed") = GraceOptions{}.seed, py::arg("refine_passes") = GraceOptions{}.refine_passes,
+        "The paper's knee selection of r: U(r) (intra-GPU co-activation share) vs S(r) (RMS group-size "
+        "deviation) over candidate r; returns {'r', 'candidates', 'U', 'S'}.");
+
   m.def("intra_group_affinity",
         [](const py::handle& coact, const py::handle& group_of) {
           py::array a = checked(coact, "coactivation", 2);

@@ -63,6 +63,15 @@ def grouping(coactivation: Any, *, num_gpus: int, num_nodes: int = 1, slots_per_
                                 loads=None if loads is None else np.asarray(loads, dtype=np.float64))
 
 
+def knee_r(trace: _core.RoutingTrace, *, num_gpus: int, num_nodes: int = 1, slots_per_gpu: int,
+           candidates: Any = None) -> dict[str, Any]:
+    """The paper's selection of r: sweep candidates (default 0, 0.05, ..., 0.5), measure U(r)
+    (intra-GPU co-activation share) and S(r) (RMS group-size deviation), return the knee.
+    Only spare slots allow non-uniform groups, so with slots_per_gpu == E / G every r is the same."""
+    kw = {} if candidates is None else {"candidates": [float(c) for c in candidates]}
+    return _core.grace_knee_r(trace, num_gpus, num_nodes, slots_per_gpu, **kw)
+
+
 def affinity_kept(trace: _core.RoutingTrace, placement: _core.Placement) -> dict[str, float]:
     """Share of co-activation (pairs of experts chosen by one token) whose primaries share a GPU / a
     node, averaged over layers. Primary = the expert's first slot."""

@@ -98,3 +98,17 @@ def test_assign_reference_errors(demo):
     with pytest.raises(ValueError, match="quota policy needs per-layer"):
         grace.traffic(demo, grace.plan(demo.loads(), num_slots=64, num_gpus=8, trace=demo), token_bytes=2,
                       policy="quota")
+
+
+def test_knee_r_sweeps_size_tolerance():
+    cfg = synthetic.WorkloadConfig(num_layers=2, num_experts=32, top_k=4, num_steps=1, tokens_per_step=2048,
+                                   num_ranks=4, num_topics=6, topic_boost=4.0, seed=8)
+    t = synthetic.generate(cfg)
+    k = grace.knee_r(t, num_gpus=4, slots_per_gpu=12, candidates=[0.0, 0.15, 0.3, 0.5])
+    assert k["r"] in k["candidates"] and len(k["U"]) == len(k["S"]) == 4
+    assert k["S"][0] <= k["S"][-1] + 1e-9  # wider tolerance allows (not forces) larger size deviation
+    assert k["U"][-1] >= k["U"][0] - 0.05
+    with pytest.raises(ValueError, match="r must be in"):
+        grace.knee_r(t, num_gpus=4, slots_per_gpu=12, candidates=[2.0])
+    with pytest.raises(ValueError, match="at least one candidate"):
+        grace.knee_r(t, num_gpus=4, slots_per_gpu=12, candidates=[])

@@ -60,6 +60,19 @@ std::vector<int32_t> grace_grouping(const double* coact, int32_t num_experts, in
 /// Share of the off-diagonal co-activation mass whose two experts share a group (U of the paper).
 double intra_group_affinity(const double* coact, int32_t num_experts, const int32_t* group_of);
 
+/// The paper's choice of r (App. A.1): for each candidate r, group every layer (grace_grouping)
+/// and measure U(r) = intra-GPU share of co-activation and S(r) = RMS deviation of GPU group sizes
+/// from E / G, both averaged over layers; return the knee of the (S, U) curve, the candidate
+/// farthest from the chord between the first and last points (both axes scaled to [0, 1]).
+/// The result holds the curves too. Candidates must be non-empty, each in [0, 1].
+struct KneeResult {
+  double r = 0.15;
+  std::vector<double> candidates, u, s;
+};
+KneeResult grace_knee_r(const std::vector<double>& coact, int32_t num_layers, int32_t num_experts,
+                        int32_t num_gpus, int32_t num_nodes, int32_t slots_per_gpu,
+                        const std::vector<double>& candidates, const GraceOptions& opt = {});
+
 /// The full plan for every layer. coact is [L, E, E] (e.g. RoutingTrace::coactivation per layer);
 /// loads drive replication.
 Placement grace_plan(const LoadMatrix& loads, const std::vector<double>& coact, int32_t num_slots,
