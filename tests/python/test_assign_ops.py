@@ -90,6 +90,16 @@ def test_errors():
         assign_replicas(ids, src, l2p, cnt, num_gpus=4, num_nodes=3, num_slots=c["S"])
 
 
+def test_mismatched_devices_and_meta():
+    c = make_case(10, 2, 8, 4, 1, 1, seed=5)
+    kw = dict(num_gpus=4, num_nodes=1, num_slots=c["S"])
+    # Mixed CPU / meta tensors dispatch to the fake kernel, which checks devices like the C++ glue.
+    with pytest.raises(ValueError, match="src_rank is on meta but topk_ids is on cpu"):
+        assign_replicas(c["ids"], c["src"].to("meta"), c["l2p"], c["cnt"], **kw)
+    out = assign_replicas(*(c[k].to("meta") for k in ("ids", "src", "l2p", "cnt")), **kw)
+    assert out.shape == c["ids"].shape and out.dtype == torch.int32 and out.device.type == "meta"
+
+
 @pytest.mark.parametrize("policy", POLICIES)
 def test_opcheck(policy):
     c = make_case(33, 3, 12, 4, 2, 1, seed=3)
