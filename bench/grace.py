@@ -60,7 +60,7 @@ def evaluate(trace, G, N, shape, extra):
                 p = grace.plan(loads, num_slots=S, num_gpus=G, num_nodes=N, trace=trace, refine_passes=0)
             else:
                 p = policies.plan(name, loads, num_slots=S, num_gpus=G, num_nodes=N, trace=trace)
-        except ValueError as e:
+        except Exception as e:  # a policy that cannot serve this input is reported, not fatal
             if name == "contiguous" and S != E:
                 continue  # one copy per expert only
             rows.append({"policy": name, "error": str(e).split(" [")[0]})
