@@ -93,7 +93,10 @@ def timing_section(quick: bool) -> list[str]:
     try:
         import torch
         from moebal.assign_ops import assign_replicas, placement_tensors
-    except ImportError:
+        from moebal.ops import load_library
+
+        load_library()
+    except ImportError:  # no torch, or moebal built without its torch ops
         torch = None
     for policy in ("round_robin", "hash", "locality", "weighted_locality"):
         ref_us = time_cpu(lambda: grace.assign(ids, src, p, policy=policy, slot_weights=w), reps=reps).median_us
