@@ -233,17 +233,19 @@ void repair_sizes(const std::vector<double>& a, int n, int D, int min_size, int 
     }
 }
 
-// Local search after the repair (our addition; the paper stops at Algorithm 2): single moves
-// within [min_size, max_size] and pairwise swaps, each taken when it raises the intra-group
-// affinity and keeps every group's load (sum of w over members; w may be null = no load) at or
-// below the heaviest group's load before the search, best move per member in index order, until a
-// pass finds none or max_passes is reached. So it never worsens the grouping's load imbalance.
+// Local search after the repair (our additions; the paper stops at Algorithm 2).
+//  1. Balance (only with loads w and balance_tol >= 0): while the heaviest group exceeds
+//     (1 + balance_tol) x the mean group load, take the move or swap out of it that lowers it
+//     without lifting the other group to its level and that loses the least co-activation.
+//  2. Affinity: single moves within [min_size, max_size] and pairwise swaps, each taken when it
+//     raises the intra-group co-activation and keeps every group's load at or below the heaviest
+//     group's load before this phase, best move per member in index order, until a pass finds
+//     none or max_passes is reached. So it never worsens the grouping's load imbalance.
 void refine_groups(const std::vector<double>& a, const std::vector<double>& w, int n, int D, int min_size,
-                   int max_size, int max_passes, std::vector<int32_t>& g) {
-  if (D <= 1 || n <= 1 || max_passes <= 0) return;
+                   int max_size, int max_passes, double balance_tol, std::vector<int32_t>& g) {
+  if (D <= 1 || n <= 1) return;
   std::vector<double> load(D, 0.0);
   for (int i = 0; i < n; ++i) load[g[i]] += w.empty() ? 0.0 : w[i];
-  const double cap = *std::max_element(load.begin(), load.end());
   auto wt = [&](int i) { return w.empty() ? 0.0 : w[i]; };
   std::vector<double> M(static_cast<size_t>(n) * D, 0.0);  // M[i][k] = affinity of i to group k
   double total = 0;
@@ -252,7 +254,6 @@ void refine_groups(const std::vector<double>& a, const std::vector<double>& w, i
       M[static_cast<size_t>(i) * D + g[j]] += a[static_cast<size_t>(i) * n + j];
       total += a[static_cast<size_t>(i) * n + j];
     }
-  if (total <= 0) return;
   const double eps = 1e-12 * total;
   std::vector<int> size(D, 0);
   for (int i = 0; i < n; ++i) ++size[g[i]];
@@ -269,6 +270,44 @@ void refine_groups(const std::vector<double>& a, const std::vector<double>& w, i
     load[to] += wt(i);
     g[i] = to;
   };
+  if (balance_tol >= 0 && !w.empty()) {
+    const double target = (1.0 + balance_tol) * std::accumulate(load.begin(), load.end(), 0.0) / D;
+    for (int iter = 0; iter < n * D; ++iter) {
+      const int h = static_cast<int>(std::max_element(load.begin(), load.end()) - load.begin());
+      if (load[h] <= target) break;
+      int bi = -1, bj = -1, bk = -1;
+      double bd = -std::numeric_limits<double>::infinity(), bpeak = 0;
+      auto consider = [&](double delta, double peak, int i, int j, int k) {
+        if (delta > bd + eps || (delta >= bd - eps && peak < bpeak)) {
+          bd = delta;
+          bpeak = peak;
+          bi = i;
+          bj = j;
+          bk = k;
+        }
+      };
+      for (int i = 0; i < n; ++i) {
+        if (g[i] != h || wt(i) <= 0) continue;
+        const double* Mi = M.data() + static_cast<size_t>(i) * D;
+        for (int k = 0; k < D; ++k)
+          if (k != h && size[h] > min_size && size[k] < max_size && load[k] + wt(i) < load[h])
+            consider(Mi[k] - Mi[h], std::max(load[h] - wt(i), load[k] + wt(i)), i, -1, k);
+        for (int j = 0; j < n; ++j) {
+          const int k = g[j];
+          if (k == h || wt(j) >= wt(i) || load[k] - wt(j) + wt(i) >= load[h]) continue;
+          const double aij = a[static_cast<size_t>(i) * n + j];
+          const double* Mj = M.data() + static_cast<size_t>(j) * D;
+          consider((Mi[k] - aij) - Mi[h] + (Mj[h] - aij) - Mj[k],
+                   std::max(load[h] - wt(i) + wt(j), load[k] - wt(j) + wt(i)), i, j, k);
+        }
+      }
+      if (bi < 0) break;
+      move(bi, bk);
+      if (bj >= 0) move(bj, h);
+    }
+  }
+  if (max_passes <= 0 || total <= 0) return;
+  const double cap = *std::max_element(load.begin(), load.end());
   for (int pass = 0; pass < max_passes; ++pass) {
     bool improved = false;
     for (int i = 0; i < n; ++i) {
@@ -315,6 +354,7 @@ void GraceOptions::validate() const {
   MOEBAL_CHECK_ARG(power_iters >= 1, "grace: power_iters must be >= 1, got ", power_iters);
   MOEBAL_CHECK_ARG(kmeans_restarts >= 1, "grace: kmeans_restarts must be >= 1, got ", kmeans_restarts);
   MOEBAL_CHECK_ARG(refine_passes >= 0, "grace: refine_passes must be >= 0, got ", refine_passes);
+  MOEBAL_CHECK_ARG(std::isfinite(balance_tol), "grace: balance_tol must be finite (< 0 = off), got ", balance_tol);
 }
 
 std::vector<int32_t> constrained_spectral_groups(const double* coact, int32_t E, const std::vector<int32_t>& members,
@@ -354,7 +394,7 @@ std::vector<int32_t> constrained_spectral_groups(const double* coact, int32_t E,
                        " must be finite and >= 0, got ", w[i]);
     }
   }
-  refine_groups(a, w, n, D, min_size, max_size, opt.refine_passes, g);
+  refine_groups(a, w, n, D, min_size, max_size, opt.refine_passes, opt.balance_tol, g);
   return g;
 }
 
@@ -519,18 +559,31 @@ Placement grace_plan(const LoadMatrix& loads, const std::vector<double>& coact, 
       }
       if (!placed) break;
     }
-    // Slots still free: the expert with the highest load per copy that this GPU does not hold yet.
-    for (int32_t g = 0; g < G; ++g)
-      while (static_cast<int32_t>(held[g].size()) < spg) {
-        int32_t pick = -1;
-        for (int pass = 0; pass < 2 && pick < 0; ++pass)
-          for (int32_t e = 0; e < E; ++e) {
-            if (pass == 0 && holds(g, e)) continue;
-            if (pick < 0 || w[e] / cnt[e] > w[pick] / cnt[pick]) pick = e;
-          }
-        held[g].push_back(pick);
-        ++cnt[pick];
+    // Slots still free (ours): the least-loaded GPU with a free slot takes a copy of the expert with
+    // the highest load per copy that it does not hold and that does not make it the heaviest GPU;
+    // if every candidate would, the one adding the least load (an expert it holds, as a last resort).
+    while (true) {
+      int32_t g = -1;
+      double gmax_load = 0;
+      std::vector<double> gl(G);
+      for (int32_t x = 0; x < G; ++x) {
+        gl[x] = gpu_load(x);
+        gmax_load = std::max(gmax_load, gl[x]);
+        if (static_cast<int32_t>(held[x].size()) < spg && (g < 0 || gl[x] < gl[g])) g = x;
       }
+      if (g < 0) break;
+      int32_t pick = -1, least = -1;
+      for (int pass = 0; pass < 2 && pick < 0 && least < 0; ++pass)
+        for (int32_t e = 0; e < E; ++e) {
+          if (pass == 0 && holds(g, e)) continue;
+          const double add = w[e] / (cnt[e] + 1);
+          if (gl[g] + add <= gmax_load && (pick < 0 || w[e] / cnt[e] > w[pick] / cnt[pick])) pick = e;
+          if (least < 0 || add < w[least] / (cnt[least] + 1)) least = e;
+        }
+      if (pick < 0) pick = least;
+      held[g].push_back(pick);
+      ++cnt[pick];
+    }
     for (int32_t g = 0; g < G; ++g) {
       MOEBAL_CHECK(static_cast<int32_t>(held[g].size()) == spg, "grace: GPU ", g, " holds ", held[g].size(),
                    " experts, expected ", spg);

@@ -15,8 +15,9 @@ using namespace moebal::core;
 namespace moebal::python {
 namespace {
 
-GraceOptions options(double r, uint64_t seed, int32_t refine_passes) {
+GraceOptions options(double r, uint64_t seed, int32_t refine_passes, double balance_tol = -1.0) {
   GraceOptions o;
+  o.balance_tol = balance_tol;
   o.r = r;
   o.seed = seed;
   o.refine_passes = refine_passes;
@@ -40,8 +41,8 @@ py::dict bytes_dict(const A2ABytes& b) {
 void bind_grace(py::module_& m) {
   m.def("grace_plan",
         [](const LoadMatrix& loads, const py::object& trace, const py::object& coactivation, int32_t num_slots,
-           int32_t num_gpus, int32_t num_nodes, double r, uint64_t seed, int32_t refine_passes) {
-          const GraceOptions o = options(r, seed, refine_passes);
+           int32_t num_gpus, int32_t num_nodes, double r, uint64_t seed, int32_t refine_passes, double balance_tol) {
+          const GraceOptions o = options(r, seed, refine_passes, balance_tol);
           MOEBAL_CHECK_ARG(trace.is_none() != coactivation.is_none(),
                            "grace_plan: pass exactly one of trace (RoutingTrace) or coactivation [L, E, E]");
           if (!trace.is_none()) {
@@ -56,12 +57,13 @@ void bind_grace(py::module_& m) {
         py::arg("loads"), py::kw_only(), py::arg("trace") = py::none(), py::arg("coactivation") = py::none(),
         py::arg("num_slots"), py::arg("num_gpus"), py::arg("num_nodes") = 1, py::arg("r") = 0.15,
         py::arg("seed") = GraceOptions{}.seed, py::arg("refine_passes") = GraceOptions{}.refine_passes,
+        py::arg("balance_tol") = GraceOptions{}.balance_tol,
         "GRACE-MoE placement: hierarchical co-activation grouping (node, then GPU with tolerance r) and "
         "replication of hot experts by skew into the spare slots.");
 
   m.def("grace_grouping",
         [](const py::handle& coact, int32_t num_gpus, int32_t num_nodes, int32_t slots_per_gpu, double r, uint64_t seed,
-           int32_t refine_passes, const py::object& loads_obj) {
+           int32_t refine_passes, const py::object& loads_obj, double balance_tol) {
           py::array a = checked(coact, "coactivation", 2);
           MOEBAL_CHECK_ARG(a.shape(0) == a.shape(1), "coactivation: must be square, got ", shape_str(a));
           const auto E = static_cast<int32_t>(a.shape(0));
@@ -72,12 +74,13 @@ void bind_grace(py::module_& m) {
             MOEBAL_CHECK_ARG(w.size() == static_cast<size_t>(E), "loads: expected ", E, " entries, got ", w.size());
           }
           const std::vector<int32_t> g = grace_grouping(c.data(), E, num_gpus, num_nodes, slots_per_gpu,
-                                                       options(r, seed, refine_passes), w.empty() ? nullptr : w.data());
+                                                       options(r, seed, refine_passes, balance_tol),
+                                                       w.empty() ? nullptr : w.data());
           return to_numpy(g, {E});
         },
         py::arg("coactivation"), py::arg("num_gpus"), py::arg("num_nodes") = 1, py::arg("slots_per_gpu"),
         py::arg("r") = 0.15, py::arg("seed") = GraceOptions{}.seed, py::arg("refine_passes") = GraceOptions{}.refine_passes,
-        py::arg("loads") = py::none(),
+        py::arg("loads") = py::none(), py::arg("balance_tol") = GraceOptions{}.balance_tol,
         "Primary GPU of every expert of one layer from its co-activation matrix [E, E].");
 
   m.def("grace_knee_r",

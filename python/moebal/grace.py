@@ -26,17 +26,20 @@ DEFAULT_R = 0.15
 
 def plan(loads: _core.LoadMatrix, *, num_slots: int, num_gpus: int, num_nodes: int = 1,
          trace: _core.RoutingTrace | None = None, coactivation: Any = None, r: float = DEFAULT_R,
-         seed: int | None = None, refine_passes: int = 8) -> _core.Placement:
+         seed: int | None = None, refine_passes: int = 8, balance_tol: float | None = None) -> _core.Placement:
     """GRACE placement from ``loads`` and co-activation (a trace, or a matrix [layers, E, E]).
 
     ``refine_passes=0`` gives the paper's grouping alone (spectral clustering + Algorithm 2);
-    the default adds a move/swap local search that raises intra-group co-activation."""
+    the default adds a move/swap local search that raises intra-group co-activation without
+    raising the heaviest group's load. ``balance_tol`` (ours; None = off, as in the paper) first
+    balances node and GPU groups to within (1 + balance_tol) x their mean load where expert
+    granularity allows, giving up as little co-activation as possible."""
     if trace is None and coactivation is None:
         raise _core.MoebalValueError(
             "policy 'grace' groups co-activated experts and needs token-level routing: pass "
             "trace=RoutingTrace (or coactivation=[layers, experts, experts])")
     kw: dict[str, Any] = {"num_slots": num_slots, "num_gpus": num_gpus, "num_nodes": num_nodes, "r": r,
-                          "refine_passes": refine_passes}
+                          "refine_passes": refine_passes, "balance_tol": -1.0 if balance_tol is None else balance_tol}
     if seed is not None:
         kw["seed"] = seed
     if trace is not None:
@@ -51,8 +54,21 @@ def _grace(loads: _core.LoadMatrix, *, num_slots: int, num_gpus: int, num_nodes:
     return plan(loads, num_slots=num_slots, num_gpus=num_gpus, num_nodes=num_nodes, trace=trace)
 
 
+#: balance_tol of the registered policy ``grace_balanced``.
+BALANCED_TOL = 0.05
+
+
+@register_policy("grace_balanced", "GRACE-MoE with load-balanced groups (ours): groups within 5% of the mean "
+                                   "load where possible, then co-activation; needs trace=")
+def _grace_balanced(loads: _core.LoadMatrix, *, num_slots: int, num_gpus: int, num_nodes: int,
+                    trace: _core.RoutingTrace | None = None, **_: Any) -> _core.Placement:
+    return plan(loads, num_slots=num_slots, num_gpus=num_gpus, num_nodes=num_nodes, trace=trace,
+                balance_tol=BALANCED_TOL)
+
+
 def grouping(coactivation: Any, *, num_gpus: int, num_nodes: int = 1, slots_per_gpu: int | None = None,
-             r: float = DEFAULT_R, refine_passes: int = 8, loads: Any = None) -> np.ndarray:
+             r: float = DEFAULT_R, refine_passes: int = 8, loads: Any = None,
+             balance_tol: float | None = None) -> np.ndarray:
     """Primary GPU [E] of every expert of one layer from its co-activation matrix [E, E].
 
     ``loads`` [E] (optional) caps the refinement: no group ends heavier than the heaviest group
@@ -60,7 +76,8 @@ def grouping(coactivation: Any, *, num_gpus: int, num_nodes: int = 1, slots_per_
     c = np.asarray(coactivation, dtype=np.float64)
     spg = slots_per_gpu if slots_per_gpu is not None else -(-c.shape[0] // num_gpus)
     return _core.grace_grouping(c, num_gpus, num_nodes, spg, r, refine_passes=refine_passes,
-                                loads=None if loads is None else np.asarray(loads, dtype=np.float64))
+                                loads=None if loads is None else np.asarray(loads, dtype=np.float64),
+                                balance_tol=-1.0 if balance_tol is None else balance_tol)
 
 
 def knee_r(trace: _core.RoutingTrace, *, num_gpus: int, num_nodes: int = 1, slots_per_gpu: int,

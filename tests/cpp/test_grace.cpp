@@ -117,6 +117,26 @@ TEST(GracePlan, FillsEverySlotReplicatesHotExpertsAndImprovesBalance) {
   }
 }
 
+TEST(GracePlan, BalanceToleranceBoundsGroupLoads) {
+  // Planted clusters whose loads differ 8x: the paper's grouping puts a hot cluster on one GPU.
+  const int32_t E = 32, G = 4;
+  const std::vector<int32_t> perm = shuffled(E, 21);
+  const std::vector<double> A = planted(E, 8, perm, 3);
+  std::vector<double> w(E);
+  for (int32_t e = 0; e < E; ++e) w[e] = perm[e] < 8 ? 80.0 + e : 10.0 + e % 3;
+  const LoadMatrix lm(1, E, w);
+  GraceOptions bal;
+  bal.balance_tol = 0.05;
+  const Placement paper = grace_plan(lm, A, E, G, 1), balanced = grace_plan(lm, A, E, G, 1, bal);
+  const double ir_paper = layer_imbalance(lm, paper)[0], ir_bal = layer_imbalance(lm, balanced)[0];
+  EXPECT_GT(ir_paper, 1.5);
+  EXPECT_LT(ir_bal, 1.15);  // granularity: one expert is at most ~1/8 of a GPU's mean load here
+  EXPECT_LT(ir_bal, ir_paper);
+  GraceOptions bad;
+  bad.balance_tol = std::nan("");
+  EXPECT_VALUE_ERROR(grace_plan(lm, A, E, G, 1, bad), "balance_tol");
+}
+
 TEST(GracePlan, RandomShapesAlwaysGiveValidPlacements) {
   std::mt19937_64 rng(99);
   for (int it = 0; it < 300; ++it) {
@@ -129,7 +149,9 @@ TEST(GracePlan, RandomShapesAlwaysGiveValidPlacements) {
       for (int32_t j = 0; j < i; ++j)
         A[static_cast<size_t>(i) * E + j] = A[static_cast<size_t>(j) * E + i] = static_cast<double>(rng() % 3 == 0 ? 0 : rng() % 50);
     }
-    const Placement p = grace_plan(LoadMatrix(1, E, w), A, spg * G, G, N);
+    GraceOptions opt;
+    opt.balance_tol = it % 2 ? 0.05 : -1.0;
+    const Placement p = grace_plan(LoadMatrix(1, E, w), A, spg * G, G, N, opt);
     ASSERT_NO_THROW(p.validate()) << "case " << it;
     ASSERT_EQ(p.num_slots, spg * G);
   }

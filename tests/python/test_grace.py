@@ -16,9 +16,19 @@ def demo():
 
 
 def test_grace_registered_and_needs_trace(demo):
-    assert "grace" in policies.available_policies()
-    with pytest.raises(ValueError, match="needs token-level routing"):
-        policies.plan("grace", demo.loads(), num_slots=64, num_gpus=8)
+    assert {"grace", "grace_balanced"} <= set(policies.available_policies())
+    for name in ("grace", "grace_balanced"):
+        with pytest.raises(ValueError, match="needs token-level routing"):
+            policies.plan(name, demo.loads(), num_slots=64, num_gpus=8)
+
+
+def test_grace_balanced_trades_affinity_for_balance(demo):
+    loads = demo.loads()
+    p = policies.plan("grace", loads, num_slots=64, num_gpus=8, num_nodes=2, trace=demo)
+    b = policies.plan("grace_balanced", loads, num_slots=64, num_gpus=8, num_nodes=2, trace=demo)
+    assert moebal.layer_imbalance(loads, b).mean() < moebal.layer_imbalance(loads, p).mean()
+    contiguous = moebal.Placement.contiguous(loads.num_layers, 64, 8, 2)
+    assert grace.affinity_kept(demo, b)["gpu"] > grace.affinity_kept(demo, contiguous)["gpu"]
 
 
 @pytest.mark.parametrize("slots,gpus,nodes", [(64, 8, 1), (80, 8, 2), (96, 16, 2), (128, 32, 4)])

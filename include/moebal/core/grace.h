@@ -14,8 +14,9 @@
 //     n_replica = min(max(1, floor(rho)), num_gpus - 1); the hot experts of the heaviest GPU are
 //     the shortest prefix (by load) reaching W_max * n / (n + 1); each gets copies on the n least
 //     loaded GPUs with a free slot. Repeated on the updated loads until the slots run out or the
-//     heaviest GPU cannot be relieved; any slot still free gets a copy of the expert with the
-//     highest load per copy not yet on that GPU.
+//     heaviest GPU cannot be relieved. Slots still free (ours): the least-loaded GPU with a free
+//     slot takes a copy of the expert with the highest load per copy that it does not hold and
+//     that does not make it the heaviest GPU (else the copy adding the least load).
 // moebal fixes num_slots / num_gpus slots per GPU, so the paper's non-uniform group sizes can only
 // use spare slots: a GPU holding fewer primaries than slots gets more replicas. With no spare slots
 // (num_slots == num_experts) every GPU holds exactly num_experts / num_gpus experts.
@@ -34,6 +35,10 @@ struct GraceOptions {
   int32_t power_iters = 300;    ///< cap on orthogonal-iteration steps of the spectral embedding
   int32_t kmeans_restarts = 8;  ///< k-means++ restarts; the lowest inertia wins
   int32_t refine_passes = 8;    ///< move/swap local-search passes after the repair (0 = paper only)
+  /// Load balance of the groups (ours; < 0 = off, the paper's behaviour): before the affinity
+  /// search, moves/swaps lower every group's load to <= (1 + balance_tol) x mean where expert
+  /// granularity allows, losing as little co-activation as possible.
+  double balance_tol = -1.0;
   uint64_t seed = 0x6a09e667f3bcc908ull;
   void validate() const;
 };
