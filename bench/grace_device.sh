@@ -2,6 +2,7 @@
 # GPU run of the grace component: build (sm_90a), CUDA assignment tests (googletest + pytest),
 # assignment kernel timing (8192 tokens x top-8) and bench/grace.py. Usage, from the repo root:
 #   GTEST_SOURCE_DIR=/path/to/googletest bash bench/grace_device.sh OUTDIR
+# (MOEBAL_JOBS: ninja jobs, default 8; CMAKE_BUILD_PARALLEL_LEVEL: jobs of the pip build)
 set -uo pipefail
 out=${1:-grace_device_out}
 mkdir -p "$out"
@@ -12,7 +13,7 @@ extra=()
 [ -n "${GTEST_SOURCE_DIR:-}" ] && extra+=("-DGTEST_SOURCE_DIR=$GTEST_SOURCE_DIR")
 # C++ build and the Python package build run side by side (16 cores).
 ( cmake -S . -B build/grace-gpu -G Ninja -DMOEBAL_CUDA=ON -DMOEBAL_CUDA_ARCHS="$MOEBAL_CUDA_ARCHS" "${extra[@]}" \
-  && ninja -C build/grace-gpu -j8 moebal_cuda_tests moebal_bench_assign_cuda moebal_bench_assign ) >"$out/cmake.txt" 2>&1 &
+  && ninja -C build/grace-gpu -j${MOEBAL_JOBS:-8} moebal_cuda_tests moebal_bench_assign_cuda moebal_bench_assign ) >"$out/cmake.txt" 2>&1 &
 cpp=$!
 python3 -m pip install --no-build-isolation --no-deps -q . >"$out/pip.txt" 2>&1 || { echo "FAILED: pip install"; tail -30 "$out/pip.txt"; status=1; }
 wait $cpp || { echo "FAILED: C++ build"; tail -30 "$out/cmake.txt"; status=1; }
