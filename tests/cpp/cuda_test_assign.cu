@@ -107,12 +107,15 @@ TEST(AssignCudaGraph, CapturedLaunchEqualsReferenceAndInvalidEntriesGiveMinusOne
   if (moebal::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
   std::mt19937_64 rng(5);
   auto c = moebal::test::random_case(rng, 777, 8, 64, 8, 2, 10);
-  auto want = reference(c, AssignPolicy::kWeightedLocality);
-  // Out-of-range ids and ranks: the CPU rejects them, the GPU marks them -1 without a host sync.
+  // Out-of-range ids and ranks: the CPU rejects them, the GPU gives -1 without a host sync and leaves
+  // them out of every class, exactly as padding. So the expectation is the CPU result with those
+  // entries turned into padding (they shift the ranks of later entries of their class).
+  auto padded = c;
   c.ids[5] = 64;
   c.src[3] = 8;
-  want[5] = -1;
-  for (int k = 0; k < 8; ++k) want[3 * 8 + k] = -1;
+  padded.ids[5] = -1;
+  for (int k = 0; k < 8; ++k) padded.ids[3 * 8 + k] = -1;
+  const auto want = reference(padded, AssignPolicy::kWeightedLocality);
   cudaStream_t s;
   MOEBAL_CHECK_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   DeviceCase d = upload(c, AssignPolicy::kWeightedLocality, s);
