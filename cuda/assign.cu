@@ -1,9 +1,15 @@
-// Replica assignment kernels. Pipeline for the ranked policies (all except hash):
-//   classify: key[i] = class of entry i (or the sentinel num_classes for padding / invalid input)
-//   sort:     stable CUB radix sort of (key, i) pairs -> entries grouped by class in token order
-//   heads:    start[key] = first sorted position of each class present
-//   choose:   rank = position - start[key]; slot = core::assign_detail::choose_slot(...)
-// Hash needs no rank and runs as one elementwise kernel.
+// Replica assignment kernels. The ranked policies (all except hash) need, for every entry, its rank
+// among earlier entries of its class in flat token order. Two pipelines compute it:
+//  - count (classes <= kMaxCountClasses, the usual case): B blocks each own a contiguous chunk.
+//      count: key[i] = class (or the sentinel for padding / invalid input); per-block class
+//             histogram in shared memory -> counts[b][c]
+//      scan:  counts[b][c] -> exclusive prefix over blocks b (entries of class c before chunk b)
+//      rank:  each block walks its chunk in order, tile by tile, warp by warp (match_any gives the
+//             rank among equal keys inside a warp; a shared counter per class carries it on), and
+//             picks the slot with core::assign_detail::choose_slot.
+//  - sort (many classes): classify, stable CUB radix sort of (key, i), mark each class's first
+//    position, rank = position - first.
+// Both equal the CPU reference's per-class counters. Hash needs no rank: one elementwise kernel.
 #include <cub/device/device_radix_sort.cuh>
 
 #include "moebal/cuda/assign.h"
@@ -17,6 +23,10 @@ using core::ReplicaTable;
 namespace rules = core::assign_detail;
 
 constexpr int kThreads = 256;
+constexpr int kCountWarps = kThreads / 32;
+constexpr uint32_t kMaxCountClasses = 12288;  // 48 KiB of shared counters
+constexpr int64_t kCountChunk = 1024;        // entries per block of the count pipeline
+constexpr int kMaxCountBlocks = 128;
 
 __host__ __device__ inline size_t align_up(size_t v) { return (v + 255) & ~static_cast<size_t>(255); }
 
@@ -85,6 +95,84 @@ __global__ void hash_kernel(const int32_t* __restrict__ ids, const int32_t* __re
   }
 }
 
+__device__ __forceinline__ uint32_t class_key(const int32_t* ids, const int32_t* src, int64_t i, int32_t top_k,
+                                              const ReplicaTable& t, AssignPolicy policy, uint32_t sentinel) {
+  const int32_t e = ids[i], g = src[i / top_k];
+  if (!entry_valid(t, e, g) || rules::copies(t, e) <= 0) return sentinel;
+  const rules::Tier tr = rules::uses_tier(policy) ? rules::locality_tier(t, e, g) : rules::Tier{0, 0, 0};
+  return static_cast<uint32_t>(rules::class_of(policy, t, e, g, tr));
+}
+
+__global__ void count_kernel(const int32_t* __restrict__ ids, const int32_t* __restrict__ src, int64_t n,
+                             int32_t top_k, ReplicaTable t, AssignPolicy policy, uint32_t sentinel, int64_t chunk,
+                             uint32_t* __restrict__ keys, int32_t* __restrict__ counts) {
+  extern __shared__ int32_t hist[];
+  for (uint32_t c = threadIdx.x; c < sentinel; c += blockDim.x) hist[c] = 0;
+  __syncthreads();
+  const int64_t begin = blockIdx.x * chunk, end = begin + chunk < n ? begin + chunk : n;
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+    const uint32_t key = class_key(ids, src, i, top_k, t, policy, sentinel);
+    keys[i] = key;
+    if (key != sentinel) atomicAdd(&hist[key], 1);
+  }
+  __syncthreads();
+  int32_t* row = counts + static_cast<int64_t>(blockIdx.x) * sentinel;
+  for (uint32_t c = threadIdx.x; c < sentinel; c += blockDim.x) row[c] = hist[c];
+}
+
+// counts[b][c] -> sum of counts[b'][c] over b' < b.
+__global__ void scan_blocks_kernel(int32_t* __restrict__ counts, uint32_t num_classes, int num_blocks) {
+  const uint32_t c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= num_classes) return;
+  int32_t run = 0;
+  for (int b = 0; b < num_blocks; ++b) {
+    int32_t* p = counts + static_cast<int64_t>(b) * num_classes + c;
+    const int32_t v = *p;
+    *p = run;
+    run += v;
+  }
+}
+
+__global__ void rank_choose_kernel(const int32_t* __restrict__ ids, const int32_t* __restrict__ src, int64_t n,
+                                   int32_t top_k, ReplicaTable t, AssignPolicy policy, uint32_t sentinel,
+                                   int64_t chunk, const uint32_t* __restrict__ keys,
+                                   const int32_t* __restrict__ counts, const int32_t* __restrict__ quota,
+                                   const int32_t* __restrict__ w, int32_t* __restrict__ out) {
+  extern __shared__ int32_t next[];  // next rank of each class in this chunk
+  const int32_t* row = counts + static_cast<int64_t>(blockIdx.x) * sentinel;
+  for (uint32_t c = threadIdx.x; c < sentinel; c += blockDim.x) next[c] = row[c];
+  __syncthreads();
+  const int64_t begin = blockIdx.x * chunk, end = begin + chunk < n ? begin + chunk : n;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int64_t tile = begin; tile < end; tile += blockDim.x) {
+    const int64_t i = tile + threadIdx.x;
+    const bool valid = i < end;
+    const uint32_t key = valid ? keys[i] : sentinel;
+    const unsigned same = __match_any_sync(0xffffffffu, key);
+    const int before = __popc(same & ((1u << lane) - 1u));
+    int64_t rank = 0;
+    // Warps of a tile take their ranks in order, so ranks follow flat token order.
+    for (int wv = 0; wv < kCountWarps; ++wv) {
+      if (warp == wv && key != sentinel) {
+        const int32_t base = next[key];
+        __syncwarp(same);
+        if (before == 0) next[key] = base + __popc(same);
+        rank = base + before;
+      }
+      __syncthreads();
+    }
+    if (!valid) continue;
+    if (key == sentinel) {
+      out[i] = -1;
+      continue;
+    }
+    const int64_t token = i / top_k;
+    const int32_t e = ids[i], g = src[token];
+    const rules::Tier tr = rules::uses_tier(policy) ? rules::locality_tier(t, e, g) : rules::Tier{0, 0, 0};
+    out[i] = checked_slot(t, rules::choose_slot(policy, t, e, g, token, rank, quota, w, tr));
+  }
+}
+
 int end_bit_for(uint32_t sentinel) {
   int b = 1;
   while (b < 32 && (sentinel >> b) != 0) ++b;
@@ -117,6 +205,11 @@ void check_args(int64_t num_tokens, int32_t top_k, int32_t E, int32_t G, int32_t
                    "assign_replicas: too many rank classes");
 }
 
+int count_blocks(int64_t n) {
+  const int64_t b = (n + kCountChunk - 1) / kCountChunk;
+  return static_cast<int>(b < 1 ? 1 : (b > kMaxCountBlocks ? kMaxCountBlocks : b));
+}
+
 }  // namespace
 
 size_t assign_replicas_workspace_bytes(int64_t num_tokens, int32_t top_k, int32_t E, int32_t G, int32_t N,
@@ -125,6 +218,8 @@ size_t assign_replicas_workspace_bytes(int64_t num_tokens, int32_t top_k, int32_
   if (policy == AssignPolicy::kHash || num_tokens == 0) return 0;
   const int64_t n = num_tokens * top_k;
   const uint32_t sentinel = static_cast<uint32_t>(core::assign_num_classes(policy, E, G, N));
+  if (sentinel <= kMaxCountClasses)
+    return align_up(sizeof(int32_t) * n) + align_up(sizeof(int32_t) * sentinel * count_blocks(n));
   return 4 * align_up(sizeof(int32_t) * n) + align_up(sizeof(int32_t) * (sentinel + 1)) +
          align_up(sort_temp_bytes(n, sentinel));
 }
@@ -156,6 +251,22 @@ void assign_replicas(const int32_t* ids, const int32_t* src, int64_t num_tokens,
     ws += align_up(bytes);
     return p;
   };
+  if (sentinel <= kMaxCountClasses) {
+    const int blocks = count_blocks(n);
+    const int64_t chunk = (n + blocks - 1) / blocks;
+    auto* keys = reinterpret_cast<uint32_t*>(take(sizeof(int32_t) * n));
+    auto* counts = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * sentinel * blocks));
+    const size_t smem = sizeof(int32_t) * sentinel;
+    count_kernel<<<blocks, kThreads, smem, stream>>>(ids, src, n, top_k, t, policy, sentinel, chunk, keys, counts);
+    MOEBAL_CHECK_LAUNCH();
+    scan_blocks_kernel<<<static_cast<int>((sentinel + kThreads - 1) / kThreads), kThreads, 0, stream>>>(counts, sentinel,
+                                                                                                      blocks);
+    MOEBAL_CHECK_LAUNCH();
+    rank_choose_kernel<<<blocks, kThreads, smem, stream>>>(ids, src, n, top_k, t, policy, sentinel, chunk, keys, counts,
+                                                           quota, w, out);
+    MOEBAL_CHECK_LAUNCH();
+    return;
+  }
   auto* keys_in = reinterpret_cast<uint32_t*>(take(sizeof(int32_t) * n));
   auto* keys_out = reinterpret_cast<uint32_t*>(take(sizeof(int32_t) * n));
   auto* vals_in = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * n));

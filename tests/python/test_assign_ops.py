@@ -122,7 +122,8 @@ def test_compiles_fullgraph():
 @cuda
 @pytest.mark.parametrize("T,K,E,G,N,extra", [(0, 8, 16, 4, 1, 1), (1, 8, 64, 8, 1, 2), (3, 2, 8, 4, 2, 1),
                                              (17, 4, 33, 6, 3, 2), (1000, 8, 256, 32, 4, 1),
-                                             (1031, 6, 64, 16, 2, 3), (4096, 8, 128, 8, 1, 4)])
+                                             (1031, 6, 64, 16, 2, 3), (4096, 8, 128, 8, 1, 4),
+                                             (1500, 8, 1024, 16, 4, 1)])  # many classes: sort pipeline
 @pytest.mark.parametrize("policy", POLICIES)
 def test_cuda_matches_cpu(T, K, E, G, N, extra, policy):
     c = make_case(T, K, E, G, N, extra, seed=T + E, skew=5.0)
