@@ -24,7 +24,10 @@ namespace rules = core::assign_detail;
 
 constexpr int kThreads = 256;
 constexpr int kCountWarps = kThreads / 32;
-constexpr uint32_t kMaxCountClasses = 12288;  // 48 KiB of shared counters
+// The count pipeline's histograms grow with classes x blocks; on the H200 it beats the sort at 256
+// classes (24.8 vs 33.8 us for 8192 x top-8) and loses at 8-9K classes (45.8 vs 36.9 us), so
+// it serves up to 2048 classes (always within 48 KiB of shared counters).
+constexpr uint32_t kMaxCountClasses = 2048;
 constexpr int64_t kCountChunk = 1024;        // entries per block of the count pipeline
 constexpr int kMaxCountBlocks = 128;
 
@@ -125,11 +128,17 @@ __global__ void scan_blocks_kernel(int32_t* __restrict__ counts, uint32_t num_cl
   const uint32_t c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= num_classes) return;
   int32_t run = 0;
-  for (int b = 0; b < num_blocks; ++b) {
-    int32_t* p = counts + static_cast<int64_t>(b) * num_classes + c;
-    const int32_t v = *p;
-    *p = run;
-    run += v;
+  for (int b0 = 0; b0 < num_blocks; b0 += 8) {  // eight independent loads in flight
+    int32_t v[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+      v[j] = b0 + j < num_blocks ? counts[static_cast<int64_t>(b0 + j) * num_classes + c] : 0;
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+      if (b0 + j < num_blocks) {
+        counts[static_cast<int64_t>(b0 + j) * num_classes + c] = run;
+        run += v[j];
+      }
   }
 }
 

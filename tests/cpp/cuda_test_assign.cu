@@ -102,7 +102,7 @@ INSTANTIATE_TEST_SUITE_P(Sizes, AssignCuda,
                                            Shape{17, 4, 33, 6, 3, 2}, Shape{1000, 8, 256, 32, 4, 1},
                                            Shape{1031, 6, 64, 16, 2, 3}, Shape{8192, 8, 256, 8, 1, 4},
                                            Shape{4099, 1, 7, 7, 7, 1},
-                                           // > 12288 rank classes for locality/quota: the sort pipeline
+                                           // many rank classes for locality/quota: the sort pipeline
                                            Shape{2003, 8, 1024, 16, 4, 1}));
 
 TEST(AssignCudaGraph, CapturedLaunchEqualsReferenceAndInvalidEntriesGiveMinusOne) {

@@ -22,7 +22,7 @@ size_t assign_replicas_workspace_bytes(int64_t num_tokens, int32_t top_k, int32_
 /// out_slots [num_tokens, top_k], workspace (>= assign_replicas_workspace_bytes, 256-byte aligned).
 ///
 /// Ranks within a class come from per-block class counts + a scan over blocks + an in-order walk of
-/// each block's chunk (up to 12288 classes), or else from a stable CUB radix sort of the class keys;
+/// each block's chunk (up to 2048 classes), or else from a stable CUB radix sort of the class keys;
 /// either way they equal the CPU reference's token-order counters. Enqueued on `stream`; no host synchronisation, no
 /// allocation: capturable in a CUDA graph. Values are not validated (that would need a host sync):
 /// negative ids, ids >= num_experts, ranks outside [0, num_gpus) or a table without a copy give
