@@ -7,4 +7,5 @@ namespace moebal::python {
 void bind_data_model(pybind11::module_& m);
 void bind_solvers(pybind11::module_& m);
 void bind_probe(pybind11::module_& m);
+void bind_grace(pybind11::module_& m);
 }  // namespace moebal::python

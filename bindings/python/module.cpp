@@ -45,4 +45,5 @@ PYBIND11_MODULE(_core, m) {
   moebal::python::bind_data_model(m);
   moebal::python::bind_solvers(m);
   moebal::python::bind_probe(m);
+  moebal::python::bind_grace(m);
 }

@@ -27,7 +27,7 @@ def _library_path() -> str:
 
 # Python modules that register fake kernels for their ops (each defines register_fakes()).
 # A component adds its module name here.
-_FAKE_MODULES: tuple[str, ...] = ("moebal.predictor_ops", "moebal.probe_ops", "moebal.gemm_ops", "moebal.moe_ops",)
+_FAKE_MODULES: tuple[str, ...] = ("moebal.predictor_ops", "moebal.probe_ops", "moebal.gemm_ops", "moebal.moe_ops", "moebal.assign_ops",)
 
 
 def load_library() -> None:

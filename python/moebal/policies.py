@@ -49,7 +49,7 @@ def plan(policy: str, loads: Any, *, num_slots: int, num_gpus: int, num_nodes: i
 
 
 # Modules whose import registers more policies (a component adds its module here).
-_POLICY_MODULES: tuple[str, ...] = ("moebal.solvers",)
+_POLICY_MODULES: tuple[str, ...] = ("moebal.solvers", "moebal.grace",)
 
 
 @register_policy("contiguous", "static baseline: expert e on GPU e // (E/G), no replicas (needs slots == experts)")
