@@ -24,15 +24,18 @@ step "C++ build (CUDA ${MOEBAL_CUDA_ARCHS})"
 extra=()
 [ -n "${CUTLASS_DIR:-}" ] && extra+=("-DCUTLASS_DIR=$CUTLASS_DIR")
 [ -n "${GTEST_SOURCE_DIR:-}" ] && extra+=("-DGTEST_SOURCE_DIR=$GTEST_SOURCE_DIR")
-run cmake -S . -B build/gpu -G Ninja -DMOEBAL_CUDA=ON -DMOEBAL_CUDA_ARCHS="$MOEBAL_CUDA_ARCHS" \
-    -DMOEBAL_CUDA_HOPPER_ARCHS=90a "${extra[@]}"
-run ninja -C build/gpu
+# The C++ build and the Python package build run side by side (they use separate build trees).
+( cmake -S . -B build/gpu -G Ninja -DMOEBAL_CUDA=ON -DMOEBAL_CUDA_ARCHS="$MOEBAL_CUDA_ARCHS" \
+    -DMOEBAL_CUDA_HOPPER_ARCHS=90a "${extra[@]}" && ninja -C build/gpu ) >"$out/build.txt" 2>&1 &
+cpp_pid=$!
+export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
+run_log "$out/pip.txt" python3 -m pip install --no-build-isolation --no-deps -q .
+wait $cpp_pid || { echo "FAILED: C++ build"; grep -E "error" -A3 "$out/build.txt" | head -40; status=1; }
 
 step "ctest"
-run_log "$out/ctest.txt" ctest --test-dir build/gpu --output-on-failure
+run_log "$out/ctest.txt" ctest --test-dir build/gpu --output-on-failure -j 8
 
 step "Python package"
-run_log "$out/pip.txt" python3 -m pip install --no-build-isolation --no-deps -q .
 python3 -c "import json, moebal; print(json.dumps(moebal.capabilities(), indent=1))" | tee "$out/capabilities.json"
 
 step "pytest"
@@ -40,9 +43,7 @@ run_log "$out/pytest.txt" python3 -X faulthandler -m pytest -q -rs tests/python
 
 if [ -z "${MOEBAL_GPU_CHECK_SKIP_BENCH:-}" ]; then
   step "benchmarks"
-  for b in bench/run_gpu_benches.sh; do
-    [ -f "$b" ] && run bash "$b" "$out"
-  done
+  run bash bench/run_gpu_benches.sh "$out/bench"
 fi
 step "done (status $status)"
 exit $status
