@@ -9,19 +9,10 @@
 #include "moebal/core/placement.h"
 #include "moebal/core/topology.h"
 #include "moebal/core/trace.h"
+#include "test_util.h"
 
 using namespace moebal::core;
 
-// Expects a moebal::ValueError whose message contains `needle`.
-#define EXPECT_VALUE_ERROR(stmt, needle)                                               \
-  do {                                                                                 \
-    try {                                                                              \
-      stmt;                                                                            \
-      ADD_FAILURE() << "expected moebal::ValueError from " #stmt;                      \
-    } catch (const moebal::ValueError& e) {                                            \
-      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();    \
-    }                                                                                  \
-  } while (0)
 
 TEST(LoadMatrix, ValidatesShapeAndValues) {
   LoadMatrix ok(2, 3, {1, 2, 3, 4, 5, 6});

@@ -7,18 +7,10 @@
 #include "moebal/core/error.h"
 #include "moebal/core/grace.h"
 #include "moebal/core/metrics.h"
+#include "test_util.h"
 
 using namespace moebal::core;
 
-#define EXPECT_VALUE_ERROR(stmt, needle)                                            \
-  do {                                                                              \
-    try {                                                                           \
-      stmt;                                                                         \
-      ADD_FAILURE() << "expected moebal::ValueError from " #stmt;                   \
-    } catch (const moebal::ValueError& e) {                                         \
-      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what(); \
-    }                                                                               \
-  } while (0)
 
 namespace {
 

@@ -15,15 +15,6 @@
 
 using namespace moebal::core;
 
-#define EXPECT_VALUE_ERROR(stmt, needle)                                            \
-  do {                                                                              \
-    try {                                                                           \
-      stmt;                                                                         \
-      ADD_FAILURE() << "expected moebal::ValueError from " #stmt;                   \
-    } catch (const moebal::ValueError& e) {                                         \
-      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what(); \
-    }                                                                               \
-  } while (0)
 
 namespace {
 
@@ -341,6 +332,7 @@ TEST(Solvers, BalancedAvoidsDuplicateCopies) {
 // The large-size fast paths of EPLB's replication (heap) and packing (heap over packs) must pick
 // exactly what the plain scans of the description pick, ties included. References beside the test.
 #include "../../cpp/solver_detail.h"
+#include "test_util.h"
 
 namespace {
 void ref_replicate(const std::vector<double>& w, int32_t num_phy, std::vector<int32_t>* p2l,
