@@ -12,6 +12,7 @@
 #include "moebal/core/metrics.h"
 #include "moebal/core/plan_metrics.h"
 #include "moebal/core/solvers.h"
+#include "test_util.h"
 
 using namespace moebal::core;
 
@@ -332,7 +333,6 @@ TEST(Solvers, BalancedAvoidsDuplicateCopies) {
 // The large-size fast paths of EPLB's replication (heap) and packing (heap over packs) must pick
 // exactly what the plain scans of the description pick, ties included. References beside the test.
 #include "../../cpp/solver_detail.h"
-#include "test_util.h"
 
 namespace {
 void ref_replicate(const std::vector<double>& w, int32_t num_phy, std::vector<int32_t>* p2l,
