@@ -73,11 +73,14 @@ def imbalance_table(loads: _core.LoadMatrix, placements: dict[str, _core.Placeme
     return _format_table(header, rows)
 
 
-def _demo_topology(args: argparse.Namespace) -> _core.Topology:
+def _speed_topology(args: argparse.Namespace) -> _core.Topology:
     """GPUs with H100 roofline expert models and fixed-seed slowdowns in [1, 1 + spread]."""
     from moebal import solvers
 
-    hidden, ffn = (int(v) for v in args.expert_shape.split(","))
+    try:
+        hidden, ffn = (int(v) for v in args.expert_shape.split(","))
+    except ValueError:
+        raise _core.MoebalValueError(f"--expert-shape must be 'hidden,ffn' (two integers), got {args.expert_shape!r}") from None
     shape = _core.ExpertShape(hidden, ffn, 2)
     models = solvers.speed_spread_models(args.gpus, args.speed_spread, shape, seed=args.seed)
     if args.gpus % args.nodes:
@@ -102,12 +105,13 @@ def _save_placement(path: str, p: _core.Placement, policy: str) -> None:
 def cmd_plan(args: argparse.Namespace) -> int:
     loads, trace = _read_loads(args.input, args.step_begin, args.step_end)
     num_slots = args.slots if args.slots is not None else loads.num_experts + args.extra_per_gpu * args.gpus
+    topology = _speed_topology(args)
     p = policies.plan(args.policy, loads, num_slots=num_slots, num_gpus=args.gpus, num_nodes=args.nodes,
-                      num_groups=args.groups, trace=trace)
+                      num_groups=args.groups, topology=topology, trace=trace)
     base = {}
     if args.policy != "contiguous" and loads.num_experts % args.gpus == 0:
         base["contiguous"] = _core.Placement.contiguous(loads.num_layers, loads.num_experts, args.gpus, args.nodes)
-    print(imbalance_table(loads, {**base, args.policy: p}))
+    print(imbalance_table(loads, {**base, args.policy: p}, topology))
     if args.out:
         _save_placement(args.out, p, args.policy)
         print(f"placement written to {args.out}")
@@ -130,7 +134,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"in {S} steps; {G} GPUs on {N} node(s), {args.extra_per_gpu} extra slot(s) per GPU")
     print(f"  placements are planned on steps [0, {fit_end}) ('fit IR': mean imbalance there) and evaluated "
           f"on steps [{fit_end}, {S}) (the load they meet next: the other columns)")
-    topology = _demo_topology(args)
+    topology = _speed_topology(args)
     print(f"  GPU speeds: H100 roofline model of a {args.expert_shape} bf16 expert, slowdowns up to "
           f"{100 * args.speed_spread:.0f}% (seed {args.seed}); 'step us' = predicted MoE time of all layers for the held-out tokens as one batch\n")
     placements: dict[str, _core.Placement] = {}
@@ -186,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step-begin", type=int)
     p.add_argument("--step-end", type=int)
     p.add_argument("--out", help="write the placement tables to this .npz")
+    p.add_argument("--expert-shape", default="2048,768", help="hidden,ffn of one expert (GPU time models for vibe and 'step us')")
+    p.add_argument("--speed-spread", type=float, default=0.0, help="GPU slowdowns drawn from [1, 1 + spread]")
+    p.add_argument("--seed", type=int, default=1)
     p.set_defaults(fn=cmd_plan)
 
     d = sub.add_parser("demo", help="balance a shipped routing trace and plot per-GPU load")

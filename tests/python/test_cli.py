@@ -29,6 +29,17 @@ def test_plan_from_npy(tmp_path, capsys):
         assert z["phy2log"].shape == (4, 16)
 
 
+def test_plan_speed_aware_policy(tmp_path, capsys):
+    w = np.random.default_rng(1).gamma(0.5, 10, size=(3, 16))
+    np.save(tmp_path / "w.npy", w)
+    assert main(["plan", str(tmp_path / "w.npy"), "--gpus", "4", "--policy", "vibe", "--extra-per-gpu", "1",
+                 "--speed-spread", "0.07"]) == 0
+    text = capsys.readouterr().out
+    assert "vibe" in text and "step us" in text
+    assert main(["plan", str(tmp_path / "w.npy"), "--gpus", "4", "--expert-shape", "12"]) == 2
+    assert "hidden,ffn" in capsys.readouterr().err
+
+
 def test_plan_errors_are_clean(tmp_path, capsys):
     np.save(tmp_path / "w.npy", np.ones((2, 6)))
     assert main(["plan", str(tmp_path / "w.npy"), "--gpus", "4"]) == 2
