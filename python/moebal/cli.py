@@ -13,7 +13,7 @@ import numpy as np
 import moebal
 from moebal import _core, policies
 from moebal._progress import progress
-from moebal.trace import LoadTrace, from_eplb_weight, load_trace, trace_meta
+from moebal.trace import LoadTrace, from_eplb_weight, load_trace, slice_steps, trace_meta
 
 # Real routing of moebal's reference MoE (8 layers, 64 experts, top-8; tools/refmoe) on held-out
 # Python source. data/demo_trace.npz is the synthetic alternative (moebal.synthetic).
@@ -135,6 +135,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"  placements are planned on steps [0, {fit_end}) ('fit IR': mean imbalance there) and evaluated "
           f"on steps [{fit_end}, {S}) (the load they meet next: the other columns)")
     topology = _speed_topology(args)
+    fit_trace = slice_steps(trace, 0, fit_end)  # co-activation-aware policies see only the planning window
     print(f"  GPU speeds: H100 roofline model of a {args.expert_shape} bf16 expert, slowdowns up to "
           f"{100 * args.speed_spread:.0f}% (seed {args.seed}); 'step us' = predicted MoE time of all layers for the held-out tokens as one batch\n")
     placements: dict[str, _core.Placement] = {}
@@ -144,7 +145,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         slots = E if name == "contiguous" else E + args.extra_per_gpu * G
         try:
             placements[name] = policies.plan(name, fit, num_slots=slots, num_gpus=G, num_nodes=N,
-                                             num_groups=args.groups, topology=topology, trace=trace)
+                                             num_groups=args.groups, topology=topology, trace=fit_trace)
         except ValueError as e:
             skipped[name] = str(e)
     print(imbalance_table(held, placements, topology, fit_loads=fit if fit_end < S else None))

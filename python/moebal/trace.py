@@ -179,6 +179,20 @@ def load_arrays(path: str | os.PathLike, names: tuple[str, ...] = ("topk_ids", "
     return out
 
 
+def slice_steps(trace: _core.RoutingTrace, step_begin: int, step_end: int) -> _core.RoutingTrace:
+    """The tokens of ``trace`` whose step lies in [step_begin, step_end), as a new RoutingTrace."""
+    step = trace.step
+    if step is None:
+        step = np.zeros(trace.num_tokens, dtype=np.int32)
+    keep = (step >= step_begin) & (step < step_end)
+    if not keep.any():
+        raise _err(f"slice_steps: no token has a step in [{step_begin}, {step_end})")
+    w = trace.topk_weights
+    r = trace.src_rank
+    return _core.RoutingTrace(trace.topk_ids[:, keep], trace.num_experts,
+                              None if w is None else w[:, keep], None if r is None else r[keep], step[keep])
+
+
 def trace_meta(path: str | os.PathLike) -> dict[str, Any]:
     """The metadata dict of a trace file, without loading its arrays."""
     with np.load(path, allow_pickle=False) as z:

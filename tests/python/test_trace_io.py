@@ -6,7 +6,8 @@ import pytest
 
 import moebal
 from moebal import synthetic
-from moebal.trace import LoadTrace, from_eplb_weight, from_step_counts, load_trace, save_trace, trace_meta
+from moebal.trace import (LoadTrace, from_eplb_weight, from_step_counts, load_trace, save_trace, slice_steps,
+                          trace_meta)
 
 
 def small_trace(seed=0):
@@ -122,3 +123,13 @@ def test_shipped_demo_trace_is_valid():
     ir = gpu.max(1) / gpu.mean(1)
     # Per-layer contiguous imbalance within the range PROBE measured on production models (1.4-2.6).
     assert 1.2 < ir.mean() < 2.6
+
+
+def test_slice_steps():
+    t = small_trace()
+    s = slice_steps(t, 1, 3)
+    keep = (t.step >= 1) & (t.step < 3)
+    np.testing.assert_array_equal(s.topk_ids, t.topk_ids[:, keep])
+    np.testing.assert_array_equal(s.loads().loads, t.loads(1, 3).loads)
+    with pytest.raises(ValueError, match="no token"):
+        slice_steps(t, 7, 9)
