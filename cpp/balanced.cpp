@@ -570,19 +570,7 @@ using detail::CostModel;
 // Per-GPU busiest cost of a full layer row (slot order, as evaluation does).
 double row_cost(const double* w, int32_t E, const int32_t* row, int32_t S, int32_t G,
                 const CostModel& cost) {
-  std::vector<int32_t> cnt(E, 0);
-  for (int32_t s = 0; s < S; ++s) ++cnt[row[s]];
-  const int32_t k = S / G;
-  double mx = 0;
-  for (int32_t g = 0; g < G; ++g) {
-    double sum = 0;
-    for (int32_t j = 0; j < k; ++j) {
-      const int32_t e = row[g * k + j];
-      sum += cost(g, w[e] / cnt[e]);
-    }
-    mx = std::max(mx, sum);
-  }
-  return mx;
+  return detail::packing_cost(w, E, G, S / G, row, cost);
 }
 
 // Solves one layer under a group -> node assignment (node_groups; for the global problem one node
