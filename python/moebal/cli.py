@@ -46,7 +46,7 @@ def _read_loads(path: str, step_begin: int | None, step_end: int | None):
 
 
 def _format_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
     line = "  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(header, widths)))
     out = [line, "-" * len(line)]
     for r in rows:
@@ -148,6 +148,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                              num_groups=args.groups, topology=topology, trace=fit_trace)
         except ValueError as e:
             skipped[name] = str(e)
+    if not placements:
+        reasons = "; ".join(f"{n}: {why}" for n, why in skipped.items())
+        raise _core.MoebalValueError(f"no policy can place {E} experts on {G} GPUs ({reasons})")
     print(imbalance_table(held, placements, topology, fit_loads=fit if fit_end < S else None))
     for name, why in skipped.items():
         print(f"  (skipped {name}: {why})")

@@ -61,6 +61,12 @@ def test_demo_writes_table_and_plot(tmp_path, capsys):
     assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_demo_impossible_layout_is_a_clean_error(tmp_path, capsys):
+    # 64 experts on 6 GPUs: no policy can fill equal slots per GPU.
+    assert main(["demo", "--gpus", "6", "--no-plot", "--no-progress", "--out-dir", str(tmp_path)]) == 2
+    assert "no policy can place 64 experts on 6 GPUs" in capsys.readouterr().err
+
+
 def test_console_script(tmp_path):
     exe = shutil.which("moebal")
     cmd = [exe] if exe else [sys.executable, "-m", "moebal"]
