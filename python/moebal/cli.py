@@ -15,7 +15,7 @@ from moebal import _core, policies
 from moebal._progress import progress
 from moebal.trace import LoadTrace, from_eplb_weight, load_trace, slice_steps, trace_meta
 
-# Real routing of moebal's reference MoE (8 layers, 64 experts, top-8; tools/refmoe) on held-out
+# Real routing of moebal's reference MoE (12 layers, 64 experts, top-8; tools/refmoe) on held-out
 # Python source. data/demo_trace.npz is the synthetic alternative (moebal.synthetic).
 DEMO_TRACE = ("refmoe", "refmoe_python.npz")
 SYNTHETIC_TRACE = ("demo_trace.npz",)

@@ -19,6 +19,8 @@ library is available, else through plain torch (same math).
 """
 from __future__ import annotations
 
+import math
+
 import threading
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -200,10 +202,13 @@ class ProbePredictor(_Predictor):
         return x if b is None else x + b
 
     def fit(self, layer: int, hidden: Any, hidden_next: Any, *, steps: int = 300, batch: int = 4096,
-            lr: float = 2e-3, weight_decay: float = 0.0, seed: int = 0) -> list[float]:
+            lr: float = 2e-3, weight_decay: float = 0.0, seed: int = 0,
+            min_lr_frac: float = 1.0) -> list[float]:
         """Offline distillation for ``layer``: ``hidden`` [T, H] entering layer ``layer``, ``hidden_next``
         [T, H] entering layer ``layer + 1`` (same tokens). Adam on (W1, W2), cross-entropy against
-        softmax of the true layer-``l+1`` router logits. Publishes the result; returns the losses."""
+        softmax of the true layer-``l+1`` router logits. ``min_lr_frac`` < 1 decays the learning rate
+        along a cosine from ``lr`` to ``lr * min_lr_frac`` over the ``steps`` (1.0: constant).
+        Publishes the result; returns the losses."""
         import torch
 
         h = torch.as_tensor(hidden)
@@ -212,13 +217,19 @@ class ProbePredictor(_Predictor):
         self._check(layer, hn)
         if h.shape[0] != hn.shape[0]:
             raise _err(f"fit: hidden has {h.shape[0]} tokens, hidden_next {hn.shape[0]}")
+        if not 0.0 <= min_lr_frac <= 1.0:
+            raise _err(f"fit: min_lr_frac must be in [0, 1], got {min_lr_frac}")
         trainer = _ResidualTrainer(self, layer, lr=lr, weight_decay=weight_decay)
         g = torch.Generator().manual_seed(seed)
         T = h.shape[0]
         losses = []
         with torch.no_grad():
             target_all = torch.softmax(self.target_logits(layer, hn), -1)
-        for _ in range(steps):
+        for i in range(steps):
+            if min_lr_frac < 1.0:
+                frac = min_lr_frac + (1.0 - min_lr_frac) * 0.5 * (1.0 + math.cos(math.pi * i / max(1, steps)))
+                for group in trainer.opt.param_groups:
+                    group["lr"] = lr * frac
             idx = torch.randint(0, T, (min(batch, T),), generator=g)
             losses.append(trainer.step(h[idx.to(h.device)], target_all[idx.to(target_all.device)]))
         trainer.commit()

@@ -132,3 +132,29 @@ def test_bad_input():
         ProbePredictor(routers, 2, residual_dim=0)
     with pytest.raises(ValueError, match="do not match"):
         pr.publish(0, torch.zeros(3, 3), torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="min_lr_frac"):
+        pr.fit(0, hs[0][:64], hs[1][:64], steps=2, min_lr_frac=1.5)
+
+
+def test_fit_cosine_schedule_learns_and_ends_at_min_lr():
+    hs, routers = synthetic()
+    pr = ProbePredictor(routers, 4, residual_dim=48, use_op=False)
+    ids, w = true_routing(routers, 1, hs[1], 4)
+    before = evaluate(pr, 0, hs[0][2500:], ids[2500:], w[2500:])
+    seen = []
+    orig = torch.optim.AdamW.step
+
+    def spy(self, *a, **k):  # record the learning rate each step runs with
+        seen.append(self.param_groups[0]["lr"])
+        return orig(self, *a, **k)
+
+    torch.optim.AdamW.step = spy
+    try:
+        pr.fit(0, hs[0][:2500], hs[1][:2500], steps=200, batch=512, lr=3e-3, min_lr_frac=0.1)
+    finally:
+        torch.optim.AdamW.step = orig
+    after = evaluate(pr, 0, hs[0][2500:], ids[2500:], w[2500:])
+    assert len(seen) == 200 and seen[0] == pytest.approx(3e-3)
+    assert all(a >= b for a, b in zip(seen, seen[1:]))  # monotone cosine decay
+    assert seen[-1] == pytest.approx(3e-4, rel=0.01)
+    assert after["topk_acc"] > before["topk_acc"] + 0.1

@@ -13,6 +13,7 @@ from moebal.trace import load_arrays
 
 DATA = str(resources.files("moebal") / "data" / "refmoe")
 DOMAINS = ["c", "man", "prose", "python"]
+LAYERS = 12  # tools/refmoe/config.json: num_hidden_layers
 pytestmark = pytest.mark.skipif(not os.path.isdir(DATA), reason="reference-MoE data not shipped in this build")
 
 
@@ -22,20 +23,21 @@ def test_traces_load_and_are_skewed(name):
     t = moebal.load_trace(path)
     a = load_arrays(path)
     meta = a["meta"]
-    assert (t.num_layers, t.num_experts, t.top_k) == (8, 64, 8)
-    assert meta["model_type"] == "qwen3_moe" and meta["moe_layer_ids"] == list(range(8))
+    L = t.num_layers
+    assert (L, t.num_experts, t.top_k) == (LAYERS, 64, 8)
+    assert meta["model_type"] == "qwen3_moe" and meta["moe_layer_ids"] == list(range(L))
     assert t.num_steps >= 4 and a["position"].max() < 512
     w = a["topk_weights"]
     np.testing.assert_allclose(w.sum(-1), 1.0, atol=5e-3)  # norm_topk_prob
-    loads = np.asarray(t.loads().loads).reshape(8, 64)
+    loads = np.asarray(t.loads().loads).reshape(L, 64)
     ratio = loads.max(1) / loads.mean(1)
     assert np.all(ratio > 2.5)  # real routing is skewed (measured 3.3-7.0); uniform routing of this many tokens is ~1.2
-    place = moebal.Placement.contiguous(8, 64, 8, 1)
+    place = moebal.Placement.contiguous(L, 64, 8, 1)
     assert np.all(moebal.layer_imbalance(t.loads(), place) > 1.02)
 
 
 def test_domains_route_differently():
-    loads = {d: np.asarray(moebal.load_trace(os.path.join(DATA, f"refmoe_{d}.npz")).loads().loads).reshape(8, 64)
+    loads = {d: np.asarray(moebal.load_trace(os.path.join(DATA, f"refmoe_{d}.npz")).loads().loads).reshape(LAYERS, 64)
              for d in DOMAINS}
     p = {d: v / v.sum(1, keepdims=True) for d, v in loads.items()}
     # total-variation distance between the expert distributions of code and prose, middle layer
@@ -64,5 +66,5 @@ def test_shipped_predictors_reproduce():
     assert own > 0.99  # fp16 storage flips only near-ties
     acc_ng = np.mean([topk_accuracy(ng.predict(l, h[l]).topk_ids, ids[l + 1]) for l in range(W.shape[0] - 1)])
     acc_pr = np.mean([topk_accuracy(pr.predict(l, h[l]).topk_ids, ids[l + 1]) for l in range(W.shape[0] - 1)])
-    assert acc_pr > acc_ng + 0.04  # measured on this sample: next_gate 79.1%, probe 84.4%
-    assert acc_pr > 0.8
+    assert acc_pr > acc_ng + 0.03  # measured on this sample: next_gate 83.3%, probe 88.1%
+    assert acc_pr > 0.85

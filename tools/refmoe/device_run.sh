@@ -27,7 +27,7 @@ grep -i -E "error|rc=" "$WORK/build.log" | tail -40 | tee -a "$OUT/log.txt"
 ( cd /tmp && python -c "import moebal, json; print(json.dumps(moebal.capabilities()))" ) 2>&1 | tee -a "$OUT/log.txt"  # installed moebal, not the source tree
 ( cd /tmp && python -m pytest "$REPO/tests/python" -q -p no:cacheprovider > "$WORK/pytest.txt" 2>&1; echo "pytest rc=$?" >> "$WORK/pytest.txt" ) &
 TESTS=$!
-( cd /tmp && python "$REPO/tools/refmoe/run_eval.py" --corpus "$CORPUS" --model "$WORK/model" --out "$WORK/eval" ) 2>&1 \
+( cd /tmp && python "$REPO/tools/refmoe/run_eval.py" --corpus "$CORPUS" --model "$WORK/model" --out "$WORK/eval" --residual-dims 256,1024 --per-domain ) 2>&1 \
   | grep -v -i warn | tee -a "$OUT/log.txt"
 echo "eval rc=$?" | tee -a "$OUT/log.txt"
 ( cd /tmp && python "$REPO/bench/probe_predictor.py" --refcheck --json "$WORK/bench_probe.json" ) 2>&1 | tee -a "$OUT/log.txt"

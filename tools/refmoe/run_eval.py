@@ -83,6 +83,13 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--residual-dims", default="256,1024,2048")
     ap.add_argument("--ship-dim", type=int, default=256)
+    ap.add_argument("--n-fit", type=int, default=384, help="training sequences per domain for the predictors")
+    ap.add_argument("--fit-steps", type=int, default=2000, help="Adam steps per layer (batch 4096, cosine lr)")
+    ap.add_argument("--per-domain", action="store_true",
+                    help="also fit the shipped width per domain, and run it online (prequential) per domain")
+    ap.add_argument("--ablate", action="store_true",
+                    help="also fit the shipped width on the previous recipe (96 sequences per domain, 1000 "
+                         "constant-lr steps) to separate the effect of the fit data from the model's")
     args = ap.parse_args(argv)
     import transformers
 
@@ -96,9 +103,10 @@ def main(argv=None) -> int:
     E, K, L, H = cfg.num_experts, cfg.num_experts_per_tok, cfg.num_hidden_layers, cfg.hidden_size
     S = 512 if not args.tiny else 64
     n_eval = 64 if not args.tiny else 4           # sequences per domain for metrics
-    n_fit = 96 if not args.tiny else 4            # sequences per domain for predictor training
+    n_fit = args.n_fit if not args.tiny else 4    # sequences per domain for predictor training
     batch = 16 if not args.tiny else 2
-    fit_steps = 1000 if not args.tiny else 20
+    fit_steps = args.fit_steps if not args.tiny else 20
+    fit_kw = dict(batch=4096, lr=2e-3, min_lr_frac=0.05)
     res: dict = {"model": {"num_layers": L, "num_experts": E, "top_k": K, "hidden": H}, "device": args.device,
                  "seq_len": S}
     os.makedirs(os.path.join(args.out, "traces"), exist_ok=True)
@@ -144,7 +152,7 @@ def main(argv=None) -> int:
             D = min(D, 32)
         pr = ProbePredictor(routers, K, residual_dim=D, device=dev, seed=0)
         t0 = time.time()
-        losses = {l: pr.fit(l, h_fit[l], h_fit[l + 1], steps=fit_steps, batch=4096, lr=2e-3, seed=l) for l in range(L - 1)}
+        losses = {l: pr.fit(l, h_fit[l], h_fit[l + 1], steps=fit_steps, seed=l, **fit_kw) for l in range(L - 1)}
         fit_s = time.time() - t0
         res["probe"][str(D)] = {"fit_s": fit_s, "final_loss": {l: float(np.mean(v[-20:])) for l, v in losses.items()},
                                 "eval": {d: layer_metrics(pr, evalset[d], bt) for d in DOMAINS}}
@@ -155,6 +163,21 @@ def main(argv=None) -> int:
         if D == args.ship_dim or shipped is None:
             shipped = (D, pr)
 
+    if args.ablate:
+        # previous recipe: the first 96 sequences of each domain's fit windows, 1000 constant-lr steps
+        n_old, steps_old = (min(96, n_fit), 1000) if not args.tiny else (min(2, n_fit), 20)
+        keep = torch.cat([torch.arange(i * n_fit * S, (i * n_fit + n_old) * S) for i in range(len(DOMAINS))])
+        pr = ProbePredictor(routers, K, residual_dim=args.ship_dim, device=dev, seed=0)
+        for l in range(L - 1):
+            ki = keep.to(h_fit[l].device)
+            pr.fit(l, h_fit[l][ki], h_fit[l + 1][ki], steps=steps_old, batch=4096, lr=2e-3, seed=l)
+        res["probe_ablation_small_fit"] = {"residual_dim": args.ship_dim, "sequences_per_domain": n_old, "steps": steps_old,
+                                           "eval": {d: layer_metrics(pr, evalset[d], bt) for d in DOMAINS}}
+        r = res["probe_ablation_small_fit"]["eval"]
+        print(f"probe D={args.ship_dim} previous recipe ({n_old} seqs/domain, {steps_old} steps): top-K acc " +
+              " ".join(f"{d}={r[d]['avg']['topk_acc']:.3f}" for d in DOMAINS), flush=True)
+    res["fit_recipe"] = {"sequences_per_domain": n_fit, "steps": fit_steps, **fit_kw}
+
     # 4. domain switch: python then prose, `per_step` sequences per step; predictors predict a step,
     # then (online only) learn from it
     per_step = 4 if not args.tiny else 1
@@ -164,7 +187,7 @@ def main(argv=None) -> int:
     D = shipped[0]
     py_probe = ProbePredictor(routers, K, residual_dim=D, device=dev, seed=0)
     for l in range(L - 1):
-        py_probe.fit(l, fit_py.cat("hidden", l), fit_py.cat("hidden", l + 1), steps=fit_steps, batch=4096, lr=2e-3, seed=l)
+        py_probe.fit(l, fit_py.cat("hidden", l), fit_py.cat("hidden", l + 1), steps=fit_steps, seed=l, **fit_kw)
     online = ProbePredictor(routers, K, residual_dim=D, device=dev, seed=0)
     for l in range(L - 1):
         online.w1[l], online.w2[l] = py_probe.w1[l].clone(), py_probe.w2[l].clone()
@@ -183,6 +206,48 @@ def main(argv=None) -> int:
         print(f"switch step {st} ({row['domain']}): " + " ".join(
             f"{n}={row[n]['topk_acc']:.3f}" for n in ("next_gate", "probe_mixed", "probe_python_static", "probe_online")), flush=True)
     res["switch"] = {"seqs_per_step": per_step, "residual_dim": D, "online_update": "50 AdamW steps, batch 2048, lr 1e-3, ring 8192 tokens, after every step", "rows": switch_rows}
+
+    # 4b. per-domain predictors, the way PROBE deploys them (trained on the serving workload itself):
+    #  - offline per domain: the shipped width fitted on that domain's training windows only;
+    #  - online, prequential: start from the mixed offline probe and stream the first half of the
+    #    domain's held-out text in steps of `pq_seqs` sequences; each step is PREDICTED FIRST (that is
+    #    what is scored), then fed to the online trainer, then an update is published.
+    if args.per_domain:
+        D = shipped[0]
+        res["probe_domain_offline"] = {}
+        for i, d in enumerate(DOMAINS):
+            sl = torch.arange(i * n_fit * S, (i + 1) * n_fit * S)
+            pd = ProbePredictor(routers, K, residual_dim=D, device=dev, seed=0)
+            for l in range(L - 1):
+                si = sl.to(h_fit[l].device)
+                pd.fit(l, h_fit[l][si], h_fit[l + 1][si], steps=fit_steps, seed=l, **fit_kw)
+            res["probe_domain_offline"][d] = layer_metrics(pd, evalset[d], bt)
+            print(f"probe D={D} fitted on {d} only: top-K acc {res['probe_domain_offline'][d]['avg']['topk_acc']:.3f}", flush=True)
+        pq_seqs, pq_steps = (4, 24) if not args.tiny else (1, 3)
+        res["probe_online_prequential"] = {"residual_dim": D, "seqs_per_step": pq_seqs, "steps": pq_steps,
+                                           "online_update": "50 AdamW steps, batch 2048, lr 1e-3, ring 16384 tokens",
+                                           "domains": {}}
+        for d in DOMAINS:
+            op = ProbePredictor(routers, K, residual_dim=D, device=dev, seed=0)
+            for l in range(L - 1):
+                op.w1[l], op.w2[l] = shipped[1].w1[l].clone(), shipped[1].w2[l].clone()
+                op.publish(l, op.w1[l], op.w2[l])
+            tr = OnlineProbeTrainer(op, capacity=16384, lr=1e-3, steps_per_update=50, batch=2048)
+            ids = windows(z[f"{d}_heldout"], pq_seqs * pq_steps, S, 0)
+            rows = []
+            for st in range(pq_steps):
+                one = record(model, ids[st * pq_seqs:(st + 1) * pq_seqs], pq_seqs, dev)
+                m = layer_metrics(op, one, pq_seqs * S)
+                rows.append({"step": st, **m["avg"], "per_layer_topk_acc": [p_["topk_acc"] for p_ in m["per_layer"]]})
+                for l in range(L - 1):
+                    tr.observe(l, one.cat("hidden", l), one.cat("hidden", l + 1))
+                tr.update()
+            acc = [r_["topk_acc"] for r_ in rows]
+            res["probe_online_prequential"]["domains"][d] = {
+                "rows": rows, "topk_acc_all_steps": float(np.mean(acc)),
+                "topk_acc_after_first_quarter": float(np.mean(acc[pq_steps // 4:]))}
+            print(f"probe D={D} online prequential on {d}: top-K acc all steps {np.mean(acc):.3f}, "
+                  f"after the first quarter {np.mean(acc[pq_steps // 4:]):.3f}", flush=True)
 
     # 5. shipped traces (moebal format, ids + gate weights + positions + steps; small)
     n_ship = 16 if not args.tiny else 2  # switch trace: 8 python + 8 prose sequences; domains: half of that
