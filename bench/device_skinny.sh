@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device pass for the skinny grouped GEMM / fused FFN work (bench/results/skinny.md): install the
 # package for sm_90a, the grouped-GEMM / FFN / MoE googletest suites, tests/python/test_grouped_gemm.py
-# (+ test_moe_ops.py), then bench/kernels_gemm.py with the forced-kernel columns.
+# (+ test_moe_ops.py), the skinny tuning sweep (bench/skinny_sweep.py), then bench/kernels_gemm.py
+# with the forced-kernel columns under the sweep's best setting.
 # Usage (repository root): OUT=dir [GTEST_BIN=prebuilt moebal_cuda_tests] [CUTLASS_DIR=..]
 #   [GTEST_SOURCE_DIR=..] [BENCH_ARGS="--tokens 1,16,128"] bash bench/device_skinny.sh
 set -uo pipefail
@@ -36,13 +37,20 @@ if [ -n "$build_pid" ]; then
 fi
 
 stamp googletest
-"$gtest" --gtest_filter='*GroupedGemm*:*ExpertFfn*:*Router*:*Dispatch*:*Permute*:CudaSuite*' --gtest_brief=1 \
+"$gtest" --gtest_filter='*GroupedGemm*:*ExpertFfn*' --gtest_brief=1 \
   >"$out/gtest.txt" 2>&1 || status=1
 tail -n 30 "$out/gtest.txt"
 
 stamp pytest
 python3 -m pytest -q -rs -x tests/python/test_grouped_gemm.py tests/python/test_moe_ops.py >"$out/pytest.txt" 2>&1 || status=1
 tail -n 25 "$out/pytest.txt"
+
+stamp "skinny tuning sweep"
+timeout 120 python3 bench/skinny_sweep.py --json "$out/sweep.json" --best-env /tmp/skinny_best.sh >"$out/sweep.md" 2>&1 \
+  || { echo "FAILED: sweep"; status=1; }
+cat "$out/sweep.md"
+# The table below runs with the best setting of the sweep (the library defaults are then set to it).
+[ -f /tmp/skinny_best.sh ] && . /tmp/skinny_best.sh && env | grep MOEBAL_SKINNY
 
 stamp bench
 # shellcheck disable=SC2086

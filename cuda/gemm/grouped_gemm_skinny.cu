@@ -34,6 +34,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 
 #include "grouped_gemm_internal.h"
 #include "moebal/core/error.h"
@@ -114,12 +115,21 @@ __device__ int locate_group(const int32_t* __restrict__ offsets, int num_groups,
   return found;
 }
 
-// 16 bytes of weights, read-only, not kept in L1 (each byte is used by one warp only).
+// 16 bytes of weights, read-only, not kept in L1 (each byte is used by one warp only). A lane
+// quad reads 64 contiguous bytes of a row per chunk and 256 per batch of 4 chunks, so the L2
+// prefetch-size hint turns the batch into one 256-byte DRAM request per row.
+template <bool kL2Prefetch>
 __device__ __forceinline__ uint4 load_weights(const __nv_bfloat16* p) {
   uint4 v;
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-      : "l"(p));
+  if constexpr (kL2Prefetch) {
+    asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(p));
+  } else {
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(p));
+  }
   return v;
 }
 
@@ -141,7 +151,7 @@ struct SkinnyShared {
 };
 
 // One pass of NT token tiles (tokens tok0 .. tok0 + 8 NT - 1 of the group) for the warp's tile.
-template <bool kFused, int KS, int NT>
+template <bool kFused, bool kL2Prefetch, int KS, int NT>
 __device__ __forceinline__ void skinny_pass(const SkinnyParams& p, SkinnyShared& sm, int lo, int rows, int tok0,
                                             const __nv_bfloat16* w_g, int tile, int ks_idx) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x / 32;
@@ -176,8 +186,8 @@ __device__ __forceinline__ void skinny_pass(const SkinnyParams& p, SkinnyShared&
     for (int u = 0; u < kSkinnyUnroll; ++u) {
       const int kk = (ch + u) * 32;
       const bool in_k = ch + u < ch_end && kk + 8 * c < p.k;  // k % 8 == 0: 8-wide pieces are all in or out
-      va[u] = in_k && ok_a ? load_weights(wa + kk) : make_uint4(0, 0, 0, 0);
-      vb[u] = in_k && ok_b ? load_weights(wb + kk) : make_uint4(0, 0, 0, 0);
+      va[u] = in_k && ok_a ? load_weights<kL2Prefetch>(wa + kk) : make_uint4(0, 0, 0, 0);
+      vb[u] = in_k && ok_b ? load_weights<kL2Prefetch>(wb + kk) : make_uint4(0, 0, 0, 0);
     }
 #pragma unroll
     for (int u = 0; u < kSkinnyUnroll; ++u) {
@@ -229,7 +239,7 @@ __device__ __forceinline__ void skinny_pass(const SkinnyParams& p, SkinnyShared&
   }
 }
 
-template <bool kFused, int KS, int NT>
+template <bool kFused, bool kL2Prefetch, int KS, int NT>
 __global__ void __launch_bounds__(kSkinnyWarps * 32) skinny_grouped_gemm_kernel(SkinnyParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   static_assert(kSkinnyWarps % KS == 0, "k-split must divide the warps of a CTA");
@@ -243,7 +253,7 @@ __global__ void __launch_bounds__(kSkinnyWarps * 32) skinny_grouped_gemm_kernel(
     if (grp < 0) return;  // CTA-uniform: every warp scans the same offsets
     const int rows = hi - lo;
     const __nv_bfloat16* w_g = p.w + static_cast<int64_t>(grp) * p.n * p.k;
-    for (int tok0 = 0; tok0 < rows; tok0 += 8 * NT) skinny_pass<kFused, KS, NT>(p, sm, lo, rows, tok0, w_g, tile, ks_idx);
+    for (int tok0 = 0; tok0 < rows; tok0 += 8 * NT) skinny_pass<kFused, kL2Prefetch, KS, NT>(p, sm, lo, rows, tok0, w_g, tile, ks_idx);
     if (a + static_cast<int>(gridDim.y) >= num_active) return;
   }
 #endif
@@ -260,18 +270,56 @@ int skinny_k_split(int64_t k) {
 
 using SkinnyKernel = void (*)(SkinnyParams);
 
-template <bool kFused, int KS>
+template <bool kFused, bool kL2Prefetch, int KS>
 SkinnyKernel pick_skinny_kernel_nt(int nt) {
-  if (nt == 1) return skinny_grouped_gemm_kernel<kFused, KS, 1>;
-  if (nt == 2) return skinny_grouped_gemm_kernel<kFused, KS, 2>;
-  return skinny_grouped_gemm_kernel<kFused, KS, kSkinnyTokenTiles>;
+  if (nt == 1) return skinny_grouped_gemm_kernel<kFused, kL2Prefetch, KS, 1>;
+  if (nt == 2) return skinny_grouped_gemm_kernel<kFused, kL2Prefetch, KS, 2>;
+  return skinny_grouped_gemm_kernel<kFused, kL2Prefetch, KS, kSkinnyTokenTiles>;
+}
+
+template <bool kFused, bool kL2Prefetch>
+SkinnyKernel pick_skinny_kernel_ks(int ks, int nt) {
+  if (ks == 4) return pick_skinny_kernel_nt<kFused, kL2Prefetch, 4>(nt);
+  if (ks == 2) return pick_skinny_kernel_nt<kFused, kL2Prefetch, 2>(nt);
+  return pick_skinny_kernel_nt<kFused, kL2Prefetch, 1>(nt);
 }
 
 template <bool kFused>
-SkinnyKernel pick_skinny_kernel(int ks, int nt) {
-  if (ks == 4) return pick_skinny_kernel_nt<kFused, 4>(nt);
-  if (ks == 2) return pick_skinny_kernel_nt<kFused, 2>(nt);
-  return pick_skinny_kernel_nt<kFused, 1>(nt);
+SkinnyKernel pick_skinny_kernel(bool l2_prefetch, int ks, int nt) {
+  return l2_prefetch ? pick_skinny_kernel_ks<kFused, true>(ks, nt) : pick_skinny_kernel_ks<kFused, false>(ks, nt);
+}
+
+// Tuning of the weight stream, measured on H100 (bench/results/skinny.md): how many CTAs an SM may
+// hold at once and whether weight loads carry the L2 256-byte prefetch hint. Too many concurrent
+// weight streams per SM lower the HBM rate (short per-row bursts); the cap is enforced with unused
+// dynamic shared memory. MOEBAL_SKINNY_CTAS_PER_SM / MOEBAL_SKINNY_L2_PREFETCH override them for
+// benchmarks (read at each launch; 0 = no cap).
+constexpr int kSkinnyCtasPerSm = 4;
+constexpr bool kSkinnyL2Prefetch = true;
+
+int env_or(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  return v != nullptr && *v != '\0' ? std::atoi(v) : fallback;
+}
+
+// Dynamic shared memory that leaves room for at most `ctas_per_sm` CTAs of `kernel` on an SM.
+size_t occupancy_cap_smem(SkinnyKernel kernel, int ctas_per_sm) {
+  if (ctas_per_sm <= 0) return 0;
+  int natural = 0;
+  MOEBAL_CHECK_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&natural, kernel, kSkinnyWarps * 32, 0));
+  if (natural <= ctas_per_sm) return 0;
+  int device = 0, smem_sm = 0, reserved = 0;
+  MOEBAL_CHECK_CUDA(cudaGetDevice(&device));
+  MOEBAL_CHECK_CUDA(cudaDeviceGetAttribute(&smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
+  MOEBAL_CHECK_CUDA(cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, device));
+  cudaFuncAttributes attr{};
+  MOEBAL_CHECK_CUDA(cudaFuncGetAttributes(&attr, kernel));
+  // ctas_per_sm footprints of smem_sm / ctas_per_sm fit, one more does not.
+  const int64_t per_cta = (static_cast<int64_t>(smem_sm) / ctas_per_sm) / 256 * 256;
+  const int64_t dyn = per_cta - reserved - static_cast<int64_t>(attr.sharedSizeBytes);
+  if (dyn <= 0) return 0;
+  MOEBAL_CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dyn)));
+  return static_cast<size_t>(dyn);
 }
 
 template <bool kFused>
@@ -287,8 +335,10 @@ void launch_skinny(const SkinnyParams& sp, cudaStream_t stream) {
   // Token tiles per pass: every group fits one pass when total_rows <= 8 * NT. Registers grow with
   // NT (more x fragments and accumulators), so the smallest sufficient NT keeps occupancy up.
   const int nt = sp.total_rows <= 8 ? 1 : sp.total_rows <= 16 ? 2 : kSkinnyTokenTiles;
-  const auto kernel = pick_skinny_kernel<kFused>(ks, nt);
-  kernel<<<grid, block, 0, stream>>>(sp);
+  const bool l2_prefetch = env_or("MOEBAL_SKINNY_L2_PREFETCH", kSkinnyL2Prefetch ? 1 : 0) != 0;
+  const auto kernel = pick_skinny_kernel<kFused>(l2_prefetch, ks, nt);
+  const size_t smem = occupancy_cap_smem(kernel, env_or("MOEBAL_SKINNY_CTAS_PER_SM", kSkinnyCtasPerSm));
+  kernel<<<grid, block, smem, stream>>>(sp);
   MOEBAL_CHECK_LAUNCH();
 }
 
@@ -296,7 +346,7 @@ void launch_skinny(const SkinnyParams& sp, cudaStream_t stream) {
 
 void skinny_grouped_gemm(const GroupedGemmProblem& p, cudaStream_t stream) {
   if (p.total_rows == 0) return;
-  const SkinnyParams sp{p.x, p.w, p.y, p.offsets, p.num_groups, static_cast<int>(p.total_rows),
+  const SkinnyParams sp{p.x,   p.w, p.y, p.offsets, p.num_groups, static_cast<int>(p.total_rows),
                         static_cast<int>(p.n), static_cast<int>(p.k), static_cast<int>((p.n + 15) / 16), 0};
   launch_skinny<false>(sp, stream);
 }
