@@ -169,19 +169,27 @@ bool hopper_ok(const DeviceInfo& d) {
 // min(num_groups, total_rows); the host does not know per-group sizes.
 constexpr int64_t kSmallMRowsPerGroup = 4;
 constexpr int64_t kMediumMRowsPerGroup = 24;
-// The skinny kernel holds up to 32 rows of a group in registers per pass over its weights: with
-// total_rows <= 32 every group fits one pass. Beyond that it is used while the rows per active
-// group stay small (a larger group streams its weights once more per 32 rows); the bound is set
-// from the forced-kernel columns of bench/results/skinny.md.
-constexpr int64_t kSkinnyAllRows = 32;
-constexpr int64_t kSkinnyRowsPerGroup = 8;
+// Skinny kernel (bench/results/skinny.md, forced-kernel columns on H100 and H200): on Hopper it
+// beats the CUTLASS kernels only for small experts at the smallest batches (Qwen3-30B-A3B at 1
+// token: 1.05-1.13x per GEMM, 1.15x for the fused FFN on H100), where launch and pipeline fill
+// dominate; for experts of tens of MB and up the TMA/wgmma kernels stream weights 15-40% faster,
+// so it is used there only with <= 8 rows in all and <= 4 Mi weight elements per expert. Without
+// the Hopper kernels it replaces the untuned 64-row-tile portable kernel at decode (few rows per
+// group; not measured on such a device).
+constexpr int64_t kSkinnyHopperRows = 8;
+constexpr int64_t kSkinnyHopperExpertElems = int64_t{4} << 20;
+constexpr int64_t kSkinnyPortableAllRows = 32;
+constexpr int64_t kSkinnyPortableRowsPerGroup = 8;
 
-GroupedGemmKernel pick(const DeviceInfo& d, int num_groups, int64_t total_rows) {
+GroupedGemmKernel pick(const DeviceInfo& d, int num_groups, int64_t total_rows, int64_t n, int64_t k) {
   const int64_t active = std::max<int64_t>(1, std::min<int64_t>(num_groups, total_rows));
   const int64_t per_group = total_rows / active;
-  if (d.major >= 8 && (total_rows <= kSkinnyAllRows || per_group <= kSkinnyRowsPerGroup))
-    return GroupedGemmKernel::kSkinny;
-  if (!hopper_ok(d)) return GroupedGemmKernel::kPortable;
+  if (!hopper_ok(d)) {
+    if (d.major >= 8 && (total_rows <= kSkinnyPortableAllRows || per_group <= kSkinnyPortableRowsPerGroup))
+      return GroupedGemmKernel::kSkinny;
+    return GroupedGemmKernel::kPortable;
+  }
+  if (total_rows <= kSkinnyHopperRows && n * k <= kSkinnyHopperExpertElems) return GroupedGemmKernel::kSkinny;
   if (per_group <= kSmallMRowsPerGroup) return GroupedGemmKernel::kHopperSmallM;
   if (per_group <= kMediumMRowsPerGroup) return GroupedGemmKernel::kHopperMediumM;
   return GroupedGemmKernel::kHopperLargeM;
@@ -219,7 +227,7 @@ void check_problem(const char* fn, const void* x, const void* w, const void* y, 
 void run_grouped(GroupedGemmKernel kernel, const DeviceInfo& d, const GroupedGemmProblem& p, void* workspace,
                  size_t workspace_bytes, cudaStream_t stream) {
   if (p.total_rows == 0) return;
-  if (kernel == GroupedGemmKernel::kAuto) kernel = pick(d, p.num_groups, p.total_rows);
+  if (kernel == GroupedGemmKernel::kAuto) kernel = pick(d, p.num_groups, p.total_rows, p.n, p.k);
   if (kernel == GroupedGemmKernel::kPortable) {
     portable_grouped_gemm(p, stream);
     return;
@@ -268,8 +276,8 @@ const char* to_string(GroupedGemmKernel kernel) {
 
 bool hopper_grouped_gemm_available(int device) { return hopper_ok(device_info(device)); }
 
-GroupedGemmKernel pick_grouped_gemm_kernel(int device, int num_groups, int64_t total_rows) {
-  return pick(device_info(device), num_groups, total_rows);
+GroupedGemmKernel pick_grouped_gemm_kernel(int device, int num_groups, int64_t total_rows, int64_t n, int64_t k) {
+  return pick(device_info(device), num_groups, total_rows, n, k);
 }
 
 size_t grouped_gemm_workspace_bytes(int num_groups) {
@@ -317,7 +325,8 @@ void expert_ffn_bf16_with(GroupedGemmKernel kernel, const __nv_bfloat16* x, cons
   char* ws = static_cast<char*>(workspace);
   MOEBAL_CHECK_ARG(aligned16(ws), "expert_ffn_bf16: workspace must be 16-byte aligned");
   const DeviceInfo d = current_device_info();
-  if (kernel == GroupedGemmKernel::kAuto) kernel = pick(d, num_groups, total_rows);
+  // One choice for both GEMMs, made on the gate/up projection (the larger of the two).
+  if (kernel == GroupedGemmKernel::kAuto) kernel = pick(d, num_groups, total_rows, 2 * ffn, hidden);
 
   if (kernel == GroupedGemmKernel::kSkinny) {
     // Two launches: gate/up GEMM with SiLU(gate) * up in the epilogue into act [rows, ffn], then

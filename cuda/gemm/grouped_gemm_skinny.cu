@@ -289,13 +289,15 @@ SkinnyKernel pick_skinny_kernel(bool l2_prefetch, int ks, int nt) {
   return l2_prefetch ? pick_skinny_kernel_ks<kFused, true>(ks, nt) : pick_skinny_kernel_ks<kFused, false>(ks, nt);
 }
 
-// Tuning of the weight stream, measured on H100 (bench/results/skinny.md): how many CTAs an SM may
-// hold at once and whether weight loads carry the L2 256-byte prefetch hint. Too many concurrent
-// weight streams per SM lower the HBM rate (short per-row bursts); the cap is enforced with unused
-// dynamic shared memory. MOEBAL_SKINNY_CTAS_PER_SM / MOEBAL_SKINNY_L2_PREFETCH override them for
-// benchmarks (read at each launch; 0 = no cap).
-constexpr int kSkinnyCtasPerSm = 4;
-constexpr bool kSkinnyL2Prefetch = true;
+// Tuning of the weight stream (sweep in bench/results/skinny.md, H200): how many CTAs an SM may
+// hold at once and whether weight loads carry the L2 256-byte prefetch hint. Small streams (tens of
+// MB, e.g. Qwen3-30B experts at 1 token) are latency-bound and fastest uncapped without the hint;
+// large ones (>= ~200 MB) gain 5-15% from the hint with at most 4 CTAs per SM (fewer concurrent
+// short per-row bursts). The cap is enforced with unused dynamic shared memory.
+// MOEBAL_SKINNY_CTAS_PER_SM / MOEBAL_SKINNY_L2_PREFETCH override both for benchmarks (read at each
+// launch; 0 = no cap).
+constexpr int64_t kSkinnyLargeStreamBytes = int64_t{160} << 20;
+constexpr int kSkinnyLargeStreamCtasPerSm = 4;
 
 int env_or(const char* name, int fallback) {
   const char* v = std::getenv(name);
@@ -335,9 +337,12 @@ void launch_skinny(const SkinnyParams& sp, cudaStream_t stream) {
   // Token tiles per pass: every group fits one pass when total_rows <= 8 * NT. Registers grow with
   // NT (more x fragments and accumulators), so the smallest sufficient NT keeps occupancy up.
   const int nt = sp.total_rows <= 8 ? 1 : sp.total_rows <= 16 ? 2 : kSkinnyTokenTiles;
-  const bool l2_prefetch = env_or("MOEBAL_SKINNY_L2_PREFETCH", kSkinnyL2Prefetch ? 1 : 0) != 0;
+  // Weight bytes streamed if every slot is a distinct active group (an upper bound).
+  const bool large = slots * sp.n * static_cast<int64_t>(sp.k) * 2 > kSkinnyLargeStreamBytes;
+  const bool l2_prefetch = env_or("MOEBAL_SKINNY_L2_PREFETCH", large ? 1 : 0) != 0;
   const auto kernel = pick_skinny_kernel<kFused>(l2_prefetch, ks, nt);
-  const size_t smem = occupancy_cap_smem(kernel, env_or("MOEBAL_SKINNY_CTAS_PER_SM", kSkinnyCtasPerSm));
+  const size_t smem =
+      occupancy_cap_smem(kernel, env_or("MOEBAL_SKINNY_CTAS_PER_SM", large ? kSkinnyLargeStreamCtasPerSm : 0));
   kernel<<<grid, block, smem, stream>>>(sp);
   MOEBAL_CHECK_LAUNCH();
 }

@@ -1,9 +1,10 @@
 """Grouped expert GEMM and expert FFN ops: typed wrappers and fake (meta) kernels.
 
 ``torch.ops.moebal.grouped_gemm`` / ``expert_ffn`` are declared in bindings/torch/grouped_gemm.cpp
-with CPU reference kernels (fp32 loops) and, on CUDA builds, CUDA kernels (a "skinny" mma.sync
-kernel at decode on any sm_80+ GPU, with SiLU(gate) * up fused into the gate/up GEMM of
-``expert_ffn``; CUTLASS grouped GEMMs on H100; a portable WMMA kernel elsewhere). The fakes below
+with CPU reference kernels (fp32 loops) and, on CUDA builds, CUDA kernels (CUTLASS grouped GEMMs
+on H100; a "skinny" mma.sync decode kernel on any sm_80+ GPU, picked on H100 only for small experts
+at <= 8 rows, with SiLU(gate) * up fused into the gate/up GEMM of ``expert_ffn``; a portable WMMA
+kernel otherwise). The fakes below
 mirror the C++ checks.
 
 Offsets contract: int32 ``[num_groups + 1]`` on the device of ``x``, ``offsets[0] == 0``,

@@ -205,10 +205,12 @@ TEST_F(GroupedGemmCudaArgs, RejectsBadShapesAndSmallWorkspace) {
                                                       offs.ptr, 2, 4, 16, 16, nullptr, 0, nullptr),
                  moebal::ValueError);  // Hopper kernel on another architecture
   }
-  // The skinny kernel is what kAuto picks at decode on any sm_80+ device.
-  EXPECT_EQ(moebal::cuda::pick_grouped_gemm_kernel(device, 128, 8), GroupedGemmKernel::kSkinny);
-  EXPECT_EQ(moebal::cuda::pick_grouped_gemm_kernel(device, 8, 32), GroupedGemmKernel::kSkinny);
-  EXPECT_NE(moebal::cuda::pick_grouped_gemm_kernel(device, 8, 4096), GroupedGemmKernel::kSkinny);
+  // kAuto picks the skinny kernel for small experts at the smallest batches on any sm_80+ device
+  // (Qwen3-30B-A3B w13 at 1 token), never with many rows per group.
+  EXPECT_EQ(moebal::cuda::pick_grouped_gemm_kernel(device, 128, 8, 1536, 2048), GroupedGemmKernel::kSkinny);
+  EXPECT_NE(moebal::cuda::pick_grouped_gemm_kernel(device, 8, 4096, 1536, 2048), GroupedGemmKernel::kSkinny);
+  if (moebal::cuda::hopper_grouped_gemm_available(device))  // large experts stay on CUTLASS
+    EXPECT_EQ(moebal::cuda::pick_grouped_gemm_kernel(device, 8, 2, 28672, 4096), GroupedGemmKernel::kHopperSmallM);
   // Zero rows: nothing to do, no launch, no workspace needed.
   EXPECT_NO_THROW(moebal::cuda::grouped_gemm_bf16(nullptr, buf.ptr, nullptr, offs.ptr, 2, 0, 16, 16, nullptr, 0, nullptr));
 }

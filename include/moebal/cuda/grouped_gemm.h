@@ -13,12 +13,11 @@
 // [0, total_rows] on the device (so a bad array cannot make a kernel write outside y), but rows
 // of a malformed array are then computed for the wrong group or left unwritten.
 //
-// Kernels: at decode (few rows per group) a "skinny" kernel on any sm_80+ device: y^T = W x^T with
-// mma.sync, expert weights streamed from global memory straight into MMA fragments, only active
-// groups launched (found on the device), split-k inside a CTA. Otherwise, on compute capability 9.0
-// with the sm_90a kernels compiled in, CUTLASS 3.x grouped GEMMs (TMA, warp-specialised wgmma,
-// per-group problem shapes built on the device); elsewhere a portable tensor-core kernel (mma.sync
-// through WMMA, sm_80+). The choice is made per call from the current device and the host-known
+// Kernels: a "skinny" decode kernel on any sm_80+ device (y^T = W x^T with mma.sync, expert
+// weights streamed from global memory straight into MMA fragments, only active groups launched
+// (found on the device), split-k inside a CTA); on compute capability 9.0 with the sm_90a kernels
+// compiled in, CUTLASS 3.x grouped GEMMs (TMA, warp-specialised wgmma, per-group problem shapes
+// built on the device); a portable tensor-core kernel (mma.sync through WMMA, sm_80+). The choice is made per call from the current device and the host-known
 // sizes (see GroupedGemmKernel, pick_grouped_gemm_kernel).
 #pragma once
 
@@ -47,11 +46,13 @@ const char* to_string(GroupedGemmKernel kernel);
 /// Whether the Hopper kernels are compiled in and `device` (compute capability 9.0) can run them.
 bool hopper_grouped_gemm_available(int device);
 
-/// The kernel kAuto resolves to on `device` for total_rows rows over num_groups groups: kSkinny on
-/// sm_80+ when total_rows <= 32 or total_rows / min(num_groups, total_rows) <= 8; otherwise the
-/// Hopper kernels by rows per active group (small_m <= 4 < medium_m <= 24 < large_m) on
-/// compute capability 9.0, kPortable elsewhere.
-GroupedGemmKernel pick_grouped_gemm_kernel(int device, int num_groups, int64_t total_rows);
+/// The kernel kAuto resolves to on `device` for total_rows rows over num_groups groups of [n, k]
+/// weights. Compute capability 9.0 with the Hopper kernels: kSkinny when total_rows <= 8 and
+/// n * k <= 4 Mi (small experts at the smallest batches, where it measured faster), else by rows
+/// per active group small_m <= 4 < medium_m <= 24 < large_m. Other sm_80+ devices: kSkinny when
+/// total_rows <= 32 or total_rows / min(num_groups, total_rows) <= 8, else kPortable.
+GroupedGemmKernel pick_grouped_gemm_kernel(int device, int num_groups, int64_t total_rows, int64_t n,
+                                           int64_t k);
 
 /// Bytes of device workspace grouped_gemm_bf16 needs for num_groups groups on the current device.
 size_t grouped_gemm_workspace_bytes(int num_groups);
@@ -81,7 +82,8 @@ size_t expert_ffn_workspace_bytes(int num_groups, int64_t total_rows, int64_t ff
 /// w13 [num_groups, 2 * ffn, hidden] stacks W1 (rows [0, ffn), the gate) over W3 (rows
 /// [ffn, 2 * ffn), the up projection) and w2 is [num_groups, hidden, ffn].
 /// x, y [total_rows, hidden]. All device pointers; hidden and ffn multiples of 8.
-/// The kernel is chosen as for grouped_gemm_bf16 (pick_grouped_gemm_kernel). With kSkinny (decode):
+/// The kernel is chosen as for grouped_gemm_bf16 with the gate/up shape (pick_grouped_gemm_kernel
+/// with n = 2 * ffn, k = hidden) and used for both GEMMs. With kSkinny (decode):
 /// two launches on `stream`, the gate/up GEMM with silu(gate) * up computed in fp32 in its epilogue
 /// (rounded once to bf16 into a [total_rows, ffn] intermediate), then the down GEMM; no
 /// [total_rows, 2 * ffn] buffer. With any other kernel: three launches, grouped GEMM x @ w13^T into
