@@ -5,7 +5,11 @@ Every timed call is preceded by a 256 MiB L2 flush (outside the timed region); C
 around each call; median of the repetitions after warm-up. The HBM copy rate and an 8192^3 bf16
 matmul are measured in the same process and set the floors:
   floor = max(distinct expert weight bytes + activation bytes) / HBM, FLOPs / matmul rate).
-Usage: python bench/kernels_gemm.py [--quick] [--json out.json] [--models a,b] [--tokens 1,16]
+Forced-kernel variants (--variants forced) time every moebal kernel on every case, incl. the
+skinny decode kernel; the expert FFN is timed as auto, as the fused skinny path (gate/up GEMM with
+SiLU * up in its epilogue + down GEMM) and as the previous unfused path (GEMM, SiLU * up, GEMM with
+the CUTLASS kernel the pre-skinny heuristic chose).
+Usage: python bench/kernels_gemm.py [--json out.json] [--models a,b] [--tokens 1,16] [--variants forced]
 """
 from __future__ import annotations
 
@@ -77,6 +81,14 @@ def route(tokens, experts, k, zipf, gen):
     return counts
 
 
+def previous_kernel(rows, experts):
+    """The kernel the heuristic chose before the skinny kernel existed (Hopper: by rows per active expert)."""
+    if torch.cuda.get_device_capability() != (9, 0):
+        return "portable"
+    per_group = rows // max(1, min(experts, rows))
+    return "hopper_small_m" if per_group <= 4 else "hopper_medium_m" if per_group <= 24 else "hopper_large_m"
+
+
 def grouped_mm_fn():
     f = getattr(torch.nn.functional, "grouped_mm", None)
     return f if f is not None else torch._grouped_mm
@@ -112,6 +124,7 @@ def bench_case(model, tokens, zipf, bw, peak, gen, variants):
             fns["moebal_small_m"] = lambda: gemm_ops.grouped_gemm(a, w, offs, kernel="hopper_small_m")
             fns["moebal_medium_m"] = lambda: gemm_ops.grouped_gemm(a, w, offs, kernel="hopper_medium_m")
             fns["moebal_large_m"] = lambda: gemm_ops.grouped_gemm(a, w, offs, kernel="hopper_large_m")
+            fns["moebal_skinny"] = lambda: gemm_ops.grouped_gemm(a, w, offs, kernel="skinny")
         if "loop" in variants:
             segs = [(g, int(offs_host[g]), int(offs_host[g + 1])) for g in range(experts) if counts[g] > 0]
             y_loop = torch.empty(rows, n, device="cuda", dtype=torch.bfloat16)
@@ -145,7 +158,12 @@ def bench_case(model, tokens, zipf, bw, peak, gen, variants):
         act = torch.nn.functional.silu(h[:, :ffn]) * h[:, ffn:]
         return gmm(act, w2.transpose(1, 2), offs=ends)
     ref = torch_ffn()
-    for name, fn in (("torch_ffn", torch_ffn), ("moebal_expert_ffn", lambda: gemm_ops.expert_ffn(x, w13, w2, offs))):
+    ffn_fns = {"torch_ffn": torch_ffn, "moebal_expert_ffn": lambda: gemm_ops.expert_ffn(x, w13, w2, offs)}
+    if "forced" in variants:
+        prev = previous_kernel(rows, experts)
+        ffn_fns["moebal_ffn_skinny_fused"] = lambda: gemm_ops.expert_ffn(x, w13, w2, offs, kernel="skinny")
+        ffn_fns["moebal_ffn_previous"] = lambda: gemm_ops.expert_ffn(x, w13, w2, offs, kernel=prev)
+    for name, fn in ffn_fns.items():
         try:
             err = ((fn().float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-30)).item()
             if not err < 2e-2:

@@ -1,6 +1,7 @@
 """Markdown tables from the JSON of bench/kernels_gemm.py.
 
 Usage: python bench/kernels_gemm_report.py gemm.json > table.md
+       python bench/kernels_gemm_report.py --skinny gemm.json > table.md   (skinny vs CUTLASS / grouped_mm)
 """
 from __future__ import annotations
 
@@ -54,5 +55,56 @@ def main(path):
         print("Below 0.95x grouped_mm: " + "; ".join(f"{k[0]} T={k[1]} {k[2]} {k[3]}: {v:.2f}" for k, v in below_gmm))
 
 
+def skinny(path):
+    """Skinny decode kernel vs the best forced CUTLASS kernel and grouped_mm; FFN fused vs previous vs torch."""
+    data = json.load(open(path))
+    by = defaultdict(dict)
+    for r in data["results"]:
+        by[(r["model"], r["tokens"], r["routing"], r["op"])][r["impl"]] = r
+    print(f"Device: {data['device']}, torch {data['torch']}; HBM copy {data['hbm_bps'] / 1e12:.2f} TB/s, "
+          f"bf16 8192^3 matmul {data['mm_flops'] / 1e12:.0f} TFLOP/s.\n")
+    print("| model | T | routing | op | rows/active | floor us | skinny us | frac | best CUTLASS us | frac | "
+          "grouped_mm us | frac | skinny vs gmm | auto us |")
+    print("|---|---:|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|")
+    cutlass = {"moebal_small_m": "small_m", "moebal_medium_m": "medium_m", "moebal_large_m": "large_m"}
+    order = ["w13", "w2", "ffn"]
+    for key in sorted(by, key=lambda k: (k[0], k[1], k[2], order.index(k[3]))):
+        model, tokens, routing, op = key
+        d = by[key]
+        if op == "ffn":
+            continue
+        sk, gmm, auto = d.get("moebal_skinny"), d.get("torch_grouped_mm"), d.get("moebal_auto")
+        best = min((d[k] for k in cutlass if k in d), key=lambda r: r["time_us"], default=None)
+        if sk is None or gmm is None or best is None:
+            print(f"| {model} | {tokens} | {routing} | {op} | missing variant |")
+            continue
+        print(f"| {model} | {tokens} | {routing} | {op} | {sk['rows'] / max(1, sk['active']):.1f} | {sk['floor_us']:.1f} | "
+              f"{sk['time_us']:.1f} | {sk['frac_floor']:.2f} | {cutlass[best['impl']]} {best['time_us']:.1f} | "
+              f"{best['frac_floor']:.2f} | {gmm['time_us']:.1f} | {gmm['frac_floor']:.2f} | "
+              f"{gmm['time_us'] / sk['time_us']:.2f} | {auto['time_us'] if auto else float('nan'):.1f} |")
+    print("\nExpert FFN (w13 -> SiLU(gate) * up -> w2): fused skinny (2 launches) vs the previous path (3 launches, "
+          "CUTLASS kernel of the pre-skinny heuristic) vs auto vs torch (grouped_mm, silu * mul, grouped_mm).\n")
+    print("| model | T | routing | rows/active | floor us | fused skinny us | frac | previous us | frac | auto us | "
+          "torch us | frac | fused vs previous | fused vs torch |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for key in sorted(by, key=lambda k: (k[0], k[1], k[2])):
+        model, tokens, routing, op = key
+        if op != "ffn":
+            continue
+        d = by[key]
+        fu, pr, au, to = (d.get(k) for k in ("moebal_ffn_skinny_fused", "moebal_ffn_previous", "moebal_expert_ffn",
+                                              "torch_ffn"))
+        if fu is None or pr is None or au is None or to is None:
+            print(f"| {model} | {tokens} | {routing} | missing variant |")
+            continue
+        print(f"| {model} | {tokens} | {routing} | {fu['rows'] / max(1, fu['active']):.1f} | {fu['floor_us']:.1f} | "
+              f"{fu['time_us']:.1f} | {fu['frac_floor']:.2f} | {pr['time_us']:.1f} | {pr['frac_floor']:.2f} | "
+              f"{au['time_us']:.1f} | {to['time_us']:.1f} | {to['frac_floor']:.2f} | "
+              f"{pr['time_us'] / fu['time_us']:.2f} | {to['time_us'] / fu['time_us']:.2f} |")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[1] == "--skinny":
+        skinny(sys.argv[2])
+    else:
+        main(sys.argv[1])

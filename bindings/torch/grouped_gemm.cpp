@@ -13,12 +13,14 @@ TORCH_LIBRARY_FRAGMENT(moebal, m) {
   // contiguous, w bf16 [groups, n, k], offsets int32 [groups + 1], non-decreasing from 0 to rows.
   // The CPU kernel validates offsets; the CUDA kernel cannot without a host sync (it clamps them,
   // so bad offsets give wrong or unwritten rows, never out-of-bounds accesses). kernel: 0 auto,
-  // 1 portable, 2 hopper_small_m, 3 hopper_large_m, 4 hopper_medium_m (CUDA only; the CPU kernel
-  // ignores it).
+  // 1 portable, 2 hopper_small_m, 3 hopper_large_m, 4 hopper_medium_m, 5 skinny (CUDA only; the
+  // CPU kernel ignores it).
   m.def("grouped_gemm(Tensor x, Tensor w, Tensor offsets, int kernel=0) -> Tensor");
   // y = (silu(x @ W1^T) * (x @ W3^T)) @ W2^T per group, w13 [groups, 2 * ffn, hidden] stacking W1
   // (gate) over W3 (up), w2 [groups, hidden, ffn]. The silu * up intermediate is rounded to bf16.
-  m.def("expert_ffn(Tensor x, Tensor w13, Tensor w2, Tensor offsets) -> Tensor");
+  // kernel as for grouped_gemm; 5 (skinny) runs the gate/up GEMM with the activation fused into its
+  // epilogue (CUDA only; the CPU kernel ignores it).
+  m.def("expert_ffn(Tensor x, Tensor w13, Tensor w2, Tensor offsets, int kernel=0) -> Tensor");
 }
 
 namespace moebal::pytorch {
@@ -64,8 +66,10 @@ at::Tensor grouped_gemm_cpu(const at::Tensor& x, const at::Tensor& w, const at::
   return yf.to(at::kBFloat16);
 }
 
-at::Tensor expert_ffn_cpu(const at::Tensor& x, const at::Tensor& w13, const at::Tensor& w2, const at::Tensor& offsets) {
+at::Tensor expert_ffn_cpu(const at::Tensor& x, const at::Tensor& w13, const at::Tensor& w2, const at::Tensor& offsets,
+                          int64_t kernel) {
   check_expert_ffn(x, w13, w2, offsets);
+  check_kernel_choice(kernel);
   const int64_t rows = x.size(0), hidden = x.size(1), ffn = w13.size(1) / 2;
   const auto offs = checked_offsets(offsets, rows);
   const at::Tensor xf = x.to(at::kFloat).contiguous(), w13f = w13.to(at::kFloat).contiguous();

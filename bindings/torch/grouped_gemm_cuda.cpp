@@ -1,5 +1,5 @@
 // CUDA kernels of moebal::grouped_gemm / moebal::expert_ffn: glue from tensors to
-// moebal::cuda::grouped_gemm_bf16_with / expert_ffn_bf16 on torch's current stream. Offsets are
+// moebal::cuda::grouped_gemm_bf16_with / expert_ffn_bf16_with on torch's current stream. Offsets are
 // not validated (that would need a host synchronisation); see include/moebal/cuda/grouped_gemm.h.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -37,17 +37,20 @@ at::Tensor grouped_gemm_cuda(const at::Tensor& x, const at::Tensor& w, const at:
   return y;
 }
 
-at::Tensor expert_ffn_cuda(const at::Tensor& x, const at::Tensor& w13, const at::Tensor& w2, const at::Tensor& offsets) {
+at::Tensor expert_ffn_cuda(const at::Tensor& x, const at::Tensor& w13, const at::Tensor& w2, const at::Tensor& offsets,
+                           int64_t kernel) {
   check_expert_ffn(x, w13, w2, offsets);
+  check_kernel_choice(kernel);
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t rows = x.size(0), groups = w13.size(0), hidden = x.size(1), ffn = w13.size(1) / 2;
   at::Tensor y = at::empty({rows, hidden}, x.options());
   if (rows == 0) return y;
   const size_t bytes = moebal::cuda::expert_ffn_workspace_bytes(static_cast<int>(groups), rows, ffn);
   at::Tensor ws = workspace(x, bytes);
-  moebal::cuda::expert_ffn_bf16(bf16_ptr(x), bf16_ptr(w13), bf16_ptr(w2), bf16_ptr_mut(y),
-                                offsets.data_ptr<int32_t>(), static_cast<int>(groups), rows, hidden, ffn,
-                                ws.data_ptr(), bytes, at::cuda::getCurrentCUDAStream());
+  moebal::cuda::expert_ffn_bf16_with(static_cast<moebal::cuda::GroupedGemmKernel>(kernel), bf16_ptr(x),
+                                     bf16_ptr(w13), bf16_ptr(w2), bf16_ptr_mut(y), offsets.data_ptr<int32_t>(),
+                                     static_cast<int>(groups), rows, hidden, ffn, ws.data_ptr(), bytes,
+                                     at::cuda::getCurrentCUDAStream());
   return y;
 }
 

@@ -1,5 +1,6 @@
 // Grouped expert GEMM front end: argument checks, kernel choice, the portable WMMA kernel, and
-// the expert FFN (two grouped GEMMs around a fused SiLU(gate) * up pass).
+// the expert FFN: at decode the skinny gate/up GEMM with SiLU(gate) * up in its epilogue followed
+// by the skinny down GEMM; otherwise two grouped GEMMs around a separate SiLU(gate) * up pass.
 #include <mma.h>
 
 #include <algorithm>
@@ -168,11 +169,27 @@ bool hopper_ok(const DeviceInfo& d) {
 // min(num_groups, total_rows); the host does not know per-group sizes.
 constexpr int64_t kSmallMRowsPerGroup = 4;
 constexpr int64_t kMediumMRowsPerGroup = 24;
+// Skinny kernel (bench/results/skinny.md, forced-kernel columns on H100 and H200): on Hopper it
+// beats the CUTLASS kernels only for small experts at the smallest batches (Qwen3-30B-A3B at 1
+// token: 1.05-1.13x per GEMM, 1.15x for the fused FFN on H100), where launch and pipeline fill
+// dominate; for experts of tens of MB and up the TMA/wgmma kernels stream weights 15-40% faster,
+// so it is used there only with <= 8 rows in all and <= 4 Mi weight elements per expert. Without
+// the Hopper kernels it replaces the untuned 64-row-tile portable kernel at decode (few rows per
+// group; not measured on such a device).
+constexpr int64_t kSkinnyHopperRows = 8;
+constexpr int64_t kSkinnyHopperExpertElems = int64_t{4} << 20;
+constexpr int64_t kSkinnyPortableAllRows = 32;
+constexpr int64_t kSkinnyPortableRowsPerGroup = 8;
 
-GroupedGemmKernel pick(const DeviceInfo& d, int num_groups, int64_t total_rows) {
-  if (!hopper_ok(d)) return GroupedGemmKernel::kPortable;
+GroupedGemmKernel pick(const DeviceInfo& d, int num_groups, int64_t total_rows, int64_t n, int64_t k) {
   const int64_t active = std::max<int64_t>(1, std::min<int64_t>(num_groups, total_rows));
   const int64_t per_group = total_rows / active;
+  if (!hopper_ok(d)) {
+    if (d.major >= 8 && (total_rows <= kSkinnyPortableAllRows || per_group <= kSkinnyPortableRowsPerGroup))
+      return GroupedGemmKernel::kSkinny;
+    return GroupedGemmKernel::kPortable;
+  }
+  if (total_rows <= kSkinnyHopperRows && n * k <= kSkinnyHopperExpertElems) return GroupedGemmKernel::kSkinny;
   if (per_group <= kSmallMRowsPerGroup) return GroupedGemmKernel::kHopperSmallM;
   if (per_group <= kMediumMRowsPerGroup) return GroupedGemmKernel::kHopperMediumM;
   return GroupedGemmKernel::kHopperLargeM;
@@ -210,9 +227,15 @@ void check_problem(const char* fn, const void* x, const void* w, const void* y, 
 void run_grouped(GroupedGemmKernel kernel, const DeviceInfo& d, const GroupedGemmProblem& p, void* workspace,
                  size_t workspace_bytes, cudaStream_t stream) {
   if (p.total_rows == 0) return;
-  if (kernel == GroupedGemmKernel::kAuto) kernel = pick(d, p.num_groups, p.total_rows);
+  if (kernel == GroupedGemmKernel::kAuto) kernel = pick(d, p.num_groups, p.total_rows, p.n, p.k);
   if (kernel == GroupedGemmKernel::kPortable) {
     portable_grouped_gemm(p, stream);
+    return;
+  }
+  if (kernel == GroupedGemmKernel::kSkinny) {
+    MOEBAL_CHECK_ARG(d.major >= 8, "grouped_gemm_bf16: kernel skinny needs compute capability 8.0 or newer; device ",
+                     d.device, " is ", d.major, ".", d.minor);
+    detail::skinny_grouped_gemm(p, stream);
     return;
   }
   MOEBAL_CHECK_ARG(hopper_ok(d), "grouped_gemm_bf16: kernel ", to_string(kernel),
@@ -246,14 +269,15 @@ const char* to_string(GroupedGemmKernel kernel) {
     case GroupedGemmKernel::kHopperSmallM: return "hopper_small_m";
     case GroupedGemmKernel::kHopperMediumM: return "hopper_medium_m";
     case GroupedGemmKernel::kHopperLargeM: return "hopper_large_m";
+    case GroupedGemmKernel::kSkinny: return "skinny";
   }
   return "unknown";
 }
 
 bool hopper_grouped_gemm_available(int device) { return hopper_ok(device_info(device)); }
 
-GroupedGemmKernel pick_grouped_gemm_kernel(int device, int num_groups, int64_t total_rows) {
-  return pick(device_info(device), num_groups, total_rows);
+GroupedGemmKernel pick_grouped_gemm_kernel(int device, int num_groups, int64_t total_rows, int64_t n, int64_t k) {
+  return pick(device_info(device), num_groups, total_rows, n, k);
 }
 
 size_t grouped_gemm_workspace_bytes(int num_groups) {
@@ -286,9 +310,10 @@ size_t expert_ffn_workspace_bytes(int num_groups, int64_t total_rows, int64_t ff
   return h + a + grouped_gemm_workspace_bytes(num_groups);
 }
 
-void expert_ffn_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w13, const __nv_bfloat16* w2, __nv_bfloat16* y,
-                     const int32_t* offsets, int num_groups, int64_t total_rows, int64_t hidden, int64_t ffn,
-                     void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+void expert_ffn_bf16_with(GroupedGemmKernel kernel, const __nv_bfloat16* x, const __nv_bfloat16* w13,
+                          const __nv_bfloat16* w2, __nv_bfloat16* y, const int32_t* offsets, int num_groups,
+                          int64_t total_rows, int64_t hidden, int64_t ffn, void* workspace, size_t workspace_bytes,
+                          cudaStream_t stream) {
   check_problem("expert_ffn_bf16", x, w13, y, offsets, num_groups, total_rows, 2 * ffn, hidden);
   MOEBAL_CHECK_ARG(ffn % 8 == 0, "expert_ffn_bf16: ffn must be a multiple of 8, got ", ffn);
   MOEBAL_CHECK_ARG(w2 != nullptr && aligned16(w2), "expert_ffn_bf16: w2 must be a non-null 16-byte aligned pointer");
@@ -299,15 +324,29 @@ void expert_ffn_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w13, const __n
   if (total_rows == 0) return;
   char* ws = static_cast<char*>(workspace);
   MOEBAL_CHECK_ARG(aligned16(ws), "expert_ffn_bf16: workspace must be 16-byte aligned");
+  const DeviceInfo d = current_device_info();
+  // One choice for both GEMMs, made on the gate/up projection (the larger of the two).
+  if (kernel == GroupedGemmKernel::kAuto) kernel = pick(d, num_groups, total_rows, 2 * ffn, hidden);
+
+  if (kernel == GroupedGemmKernel::kSkinny) {
+    // Two launches: gate/up GEMM with SiLU(gate) * up in the epilogue into act [rows, ffn], then
+    // the down GEMM. No [rows, 2 * ffn] intermediate.
+    MOEBAL_CHECK_ARG(d.major >= 8, "expert_ffn_bf16: kernel skinny needs compute capability 8.0 or newer; device ",
+                     d.device, " is ", d.major, ".", d.minor);
+    auto* act = reinterpret_cast<__nv_bfloat16*>(ws);
+    detail::skinny_swiglu_grouped_gemm(
+        GroupedGemmProblem{x, w13, act, offsets, num_groups, total_rows, 2 * ffn, hidden, d.sm_count}, stream);
+    detail::skinny_grouped_gemm(
+        GroupedGemmProblem{act, w2, y, offsets, num_groups, total_rows, hidden, ffn, d.sm_count}, stream);
+    return;
+  }
+
   auto* h = reinterpret_cast<__nv_bfloat16*>(ws);
   const size_t h_bytes = align256(static_cast<size_t>(total_rows) * 2 * ffn * sizeof(__nv_bfloat16));
   auto* a = reinterpret_cast<__nv_bfloat16*>(ws + h_bytes);
   const size_t a_bytes = align256(static_cast<size_t>(total_rows) * ffn * sizeof(__nv_bfloat16));
   void* gemm_ws = ws + h_bytes + a_bytes;
   const size_t gemm_bytes = workspace_bytes - h_bytes - a_bytes;
-
-  const DeviceInfo d = current_device_info();
-  const GroupedGemmKernel kernel = pick(d, num_groups, total_rows);
   run_grouped(kernel, d, GroupedGemmProblem{x, w13, h, offsets, num_groups, total_rows, 2 * ffn, hidden, d.sm_count},
               gemm_ws, gemm_bytes, stream);
   const int64_t chunks = total_rows * (ffn / 8);
@@ -316,6 +355,13 @@ void expert_ffn_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w13, const __n
   MOEBAL_CHECK_LAUNCH();
   run_grouped(kernel, d, GroupedGemmProblem{a, w2, y, offsets, num_groups, total_rows, hidden, ffn, d.sm_count},
               gemm_ws, gemm_bytes, stream);
+}
+
+void expert_ffn_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w13, const __nv_bfloat16* w2, __nv_bfloat16* y,
+                     const int32_t* offsets, int num_groups, int64_t total_rows, int64_t hidden, int64_t ffn,
+                     void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+  expert_ffn_bf16_with(GroupedGemmKernel::kAuto, x, w13, w2, y, offsets, num_groups, total_rows, hidden, ffn,
+                       workspace, workspace_bytes, stream);
 }
 
 }  // namespace moebal::cuda

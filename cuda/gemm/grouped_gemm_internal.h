@@ -1,5 +1,6 @@
-// Internal interface between the portable grouped-GEMM front end (grouped_gemm.cu) and the
-// Hopper CUTLASS kernels (*_sm90.cu, compiled only for sm_90a). Not installed.
+// Internal interface between the grouped-GEMM front end (grouped_gemm.cu), the decode kernels
+// (grouped_gemm_skinny.cu, sm_80+) and the Hopper CUTLASS kernels (*_sm90.cu, compiled only for
+// sm_90a). Not installed.
 #pragma once
 
 #include <cstddef>
@@ -19,6 +20,13 @@ struct GroupedGemmProblem {
   int64_t total_rows, n, k;
   int sm_count;             // multiprocessors of the current device
 };
+
+// Decode kernel (mma.sync, weights streamed from global memory into fragments): any group size is
+// correct, but the weights of a group are streamed once per 32 rows. No workspace.
+void skinny_grouped_gemm(const GroupedGemmProblem& p, cudaStream_t stream);
+// Fused gate/up GEMM + SwiGLU epilogue: p.w is w13 [num_groups, n = 2 * ffn, k] (gate rows first),
+// p.y receives act = silu(x @ W1^T) * (x @ W3^T) as [total_rows, ffn] bf16. n % 16 == 0.
+void skinny_swiglu_grouped_gemm(const GroupedGemmProblem& p, cudaStream_t stream);
 
 #if defined(MOEBAL_HAS_SM90_KERNELS)
 // Workspace of each Hopper kernel: per-group shapes/pointers/strides + CUTLASS's own workspace.

@@ -1,8 +1,11 @@
 """Grouped expert GEMM and expert FFN ops: typed wrappers and fake (meta) kernels.
 
 ``torch.ops.moebal.grouped_gemm`` / ``expert_ffn`` are declared in bindings/torch/grouped_gemm.cpp
-with CPU reference kernels (fp32 loops) and, on CUDA builds, CUDA kernels (CUTLASS grouped GEMM on
-H100, a portable WMMA kernel elsewhere). The fakes below mirror the C++ checks.
+with CPU reference kernels (fp32 loops) and, on CUDA builds, CUDA kernels (CUTLASS grouped GEMMs
+on H100; a "skinny" mma.sync decode kernel on any sm_80+ GPU, picked on H100 only for small experts
+at <= 8 rows, with SiLU(gate) * up fused into the gate/up GEMM of ``expert_ffn``; a portable WMMA
+kernel otherwise). The fakes below
+mirror the C++ checks.
 
 Offsets contract: int32 ``[num_groups + 1]`` on the device of ``x``, ``offsets[0] == 0``,
 non-decreasing, ``offsets[-1] == x.shape[0]``; the rows of group ``g`` are
@@ -17,7 +20,17 @@ import torch
 from moebal.ops import load_library
 
 #: Values of the ``kernel`` argument of :func:`grouped_gemm`.
-KERNELS = {"auto": 0, "portable": 1, "hopper_small_m": 2, "hopper_large_m": 3, "hopper_medium_m": 4}
+KERNELS = {"auto": 0, "portable": 1, "hopper_small_m": 2, "hopper_large_m": 3, "hopper_medium_m": 4, "skinny": 5}
+
+
+def _check_kernel(kernel: int) -> None:
+    torch._check_value(0 <= kernel <= 5, lambda: f"moebal: kernel must be in [0, 5], got {kernel}")
+
+
+def _kernel_id(kernel: str) -> int:
+    if kernel not in KERNELS:  # a plain check: torch.compile traces it as a constant
+        raise ValueError(f"moebal: unknown kernel {kernel!r}; one of {sorted(KERNELS)}")
+    return KERNELS[kernel]
 
 
 def _check_matrix(t: torch.Tensor, name: str, dims: int) -> None:
@@ -59,12 +72,13 @@ def register_fakes() -> None:
     @torch.library.register_fake("moebal::grouped_gemm")
     def _(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor, kernel: int = 0) -> torch.Tensor:
         _check_grouped_gemm(x, w, offsets)
-        torch._check_value(0 <= kernel <= 4, lambda: f"moebal: kernel must be in [0, 4], got {kernel}")
+        _check_kernel(kernel)
         return x.new_empty((x.shape[0], w.shape[1]))
 
     @torch.library.register_fake("moebal::expert_ffn")
-    def _(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    def _(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, offsets: torch.Tensor, kernel: int = 0) -> torch.Tensor:
         _check_expert_ffn(x, w13, w2, offsets)
+        _check_kernel(kernel)
         return x.new_empty(x.shape)
 
 
@@ -75,15 +89,17 @@ def grouped_gemm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor, kernel
     module docstring). ``kernel`` forces a CUDA kernel (a key of :data:`KERNELS`).
     """
     load_library()
-    if kernel not in KERNELS:  # a plain check: torch.compile traces it as a constant
-        raise ValueError(f"moebal: unknown kernel {kernel!r}; one of {sorted(KERNELS)}")
-    return torch.ops.moebal.grouped_gemm(x, w, offsets, KERNELS[kernel])
+    return torch.ops.moebal.grouped_gemm(x, w, offsets, _kernel_id(kernel))
 
 
-def expert_ffn(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+def expert_ffn(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, offsets: torch.Tensor,
+               kernel: str = "auto") -> torch.Tensor:
     """Per-group SwiGLU expert: ``(silu(x @ W1.T) * (x @ W3.T)) @ W2.T``.
 
     w13: bf16 ``[groups, 2 * ffn, hidden]`` (gate rows first, then up); w2: bf16 ``[groups, hidden, ffn]``.
+    ``kernel`` forces the CUDA GEMM kernel of both projections: ``"skinny"`` runs the gate/up GEMM
+    with SiLU(gate) * up fused into its epilogue (two launches), any other choice three launches
+    (GEMM, SiLU * up, GEMM). ``"auto"`` picks as :func:`grouped_gemm` does.
     """
     load_library()
-    return torch.ops.moebal.expert_ffn(x, w13, w2, offsets)
+    return torch.ops.moebal.expert_ffn(x, w13, w2, offsets, _kernel_id(kernel))

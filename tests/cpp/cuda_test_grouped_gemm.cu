@@ -1,6 +1,7 @@
 // Grouped GEMM and expert FFN on the GPU against fp64 host references: every kernel choice the
-// device supports, odd sizes (k and n not multiples of the tile), empty / 1 / 3 / 17 / 1000+ row
-// groups, skewed groups, and outputs poisoned with NaN so an unwritten row fails.
+// device supports (incl. the skinny decode kernel and the fused gate/up + SiLU FFN path), odd sizes
+// (k and n not multiples of the tile), empty / 1 / 3 / 17 / 1000+ row groups, skewed groups, and
+// outputs poisoned with NaN so an unwritten row fails.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -78,7 +79,8 @@ double rel_error(const std::vector<__nv_bfloat16>& got, const std::vector<double
 bool kernel_runs_here(GroupedGemmKernel kernel) {
   int device = 0;
   MOEBAL_CHECK_CUDA(cudaGetDevice(&device));
-  if (kernel != GroupedGemmKernel::kAuto && kernel != GroupedGemmKernel::kPortable)
+  if (kernel != GroupedGemmKernel::kAuto && kernel != GroupedGemmKernel::kPortable &&
+      kernel != GroupedGemmKernel::kSkinny)
     return moebal::cuda::hopper_grouped_gemm_available(device);
   int major = 0;
   MOEBAL_CHECK_CUDA(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
@@ -150,9 +152,25 @@ std::vector<GemmCase> gemm_cases() {
   const std::vector<std::pair<int64_t, int64_t>> shapes = {{200, 136}, {512, 1024}, {72, 4104}};
   std::vector<GemmCase> out;
   for (auto kernel : {GroupedGemmKernel::kAuto, GroupedGemmKernel::kPortable, GroupedGemmKernel::kHopperSmallM,
-                      GroupedGemmKernel::kHopperMediumM, GroupedGemmKernel::kHopperLargeM})
+                      GroupedGemmKernel::kHopperMediumM, GroupedGemmKernel::kHopperLargeM, GroupedGemmKernel::kSkinny})
     for (const auto& p : patterns)
       for (const auto& [n, k] : shapes) out.push_back({p, n, k, kernel});
+  // Skinny kernel at decode sizes: total_rows 1, 3, 16, 17, 32, 33, 100 (one, two and four token
+  // tiles per pass; 33+ rows take several passes), empty groups, n = 8 (half a 16-row tile),
+  // n = 24, 2880; k = 8 (one 8-wide piece), 40 (k % 32 != 0), 2888 (k-split over 4 warps with a tail).
+  const std::vector<std::vector<int>> decode = {
+      {1},
+      {0, 2, 0, 1},
+      {0, 0, 9, 0, 7, 0},
+      {17, 0},
+      {0, 5, 3, 8, 0, 16},
+      {0, 0, 33},
+      {40, 1, 0, 0, 59},
+  };
+  const std::vector<std::pair<int64_t, int64_t>> decode_shapes = {{8, 8}, {24, 40}, {2880, 2888}, {8, 2888}, {40, 512}};
+  for (auto kernel : {GroupedGemmKernel::kSkinny, GroupedGemmKernel::kAuto})
+    for (const auto& p : decode)
+      for (const auto& [n, k] : decode_shapes) out.push_back({p, n, k, kernel});
   return out;
 }
 
@@ -187,25 +205,47 @@ TEST_F(GroupedGemmCudaArgs, RejectsBadShapesAndSmallWorkspace) {
                                                       offs.ptr, 2, 4, 16, 16, nullptr, 0, nullptr),
                  moebal::ValueError);  // Hopper kernel on another architecture
   }
+  // kAuto picks the skinny kernel for small experts at the smallest batches on any sm_80+ device
+  // (Qwen3-30B-A3B w13 at 1 token), never with many rows per group.
+  EXPECT_EQ(moebal::cuda::pick_grouped_gemm_kernel(device, 128, 8, 1536, 2048), GroupedGemmKernel::kSkinny);
+  EXPECT_NE(moebal::cuda::pick_grouped_gemm_kernel(device, 8, 4096, 1536, 2048), GroupedGemmKernel::kSkinny);
+  if (moebal::cuda::hopper_grouped_gemm_available(device))  // large experts stay on CUTLASS
+    EXPECT_EQ(moebal::cuda::pick_grouped_gemm_kernel(device, 8, 2, 28672, 4096), GroupedGemmKernel::kHopperSmallM);
   // Zero rows: nothing to do, no launch, no workspace needed.
   EXPECT_NO_THROW(moebal::cuda::grouped_gemm_bf16(nullptr, buf.ptr, nullptr, offs.ptr, 2, 0, 16, 16, nullptr, 0, nullptr));
 }
 
-class ExpertFfnCuda : public ::testing::TestWithParam<std::vector<int>> {
+struct FfnCase {
+  std::vector<int> sizes;
+  int64_t hidden, ffn;
+  GroupedGemmKernel kernel;
+};
+
+std::string ffn_case_name(const ::testing::TestParamInfo<FfnCase>& info) {
+  int rows = 0;
+  for (int s : info.param.sizes) rows += s;
+  return std::string(moebal::cuda::to_string(info.param.kernel)) + "_g" + std::to_string(info.param.sizes.size()) +
+         "_r" + std::to_string(rows) + "_h" + std::to_string(info.param.hidden) + "_f" +
+         std::to_string(info.param.ffn) + "_" + std::to_string(info.index);
+}
+
+class ExpertFfnCuda : public ::testing::TestWithParam<FfnCase> {
  protected:
   void SetUp() override {
     if (moebal::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
     if (!kernel_runs_here(GroupedGemmKernel::kPortable)) GTEST_SKIP() << "needs sm_80+";
+    if (!kernel_runs_here(GetParam().kernel)) GTEST_SKIP() << "kernel not supported on this device";
   }
 };
 
 TEST_P(ExpertFfnCuda, MatchesHostReference) {
-  const auto& sizes = GetParam();
+  const FfnCase& c = GetParam();
+  const auto& sizes = c.sizes;
   const int groups = static_cast<int>(sizes.size());
-  const int64_t hidden = 264, ffn = 200;
+  const int64_t hidden = c.hidden, ffn = c.ffn;
   const auto offs = offsets_of(sizes);
   const int64_t rows = offs.back();
-  std::mt19937 rng(static_cast<unsigned>(rows + groups));
+  std::mt19937 rng(static_cast<unsigned>(rows + groups + hidden + ffn));
   const auto x = random_bf16(rows * hidden, 1.0f, rng);
   const auto w13 = random_bf16(groups * 2 * ffn * hidden, 1.0f / std::sqrt(float(hidden)), rng);
   const auto w2 = random_bf16(groups * hidden * ffn, 1.0f / std::sqrt(float(ffn)), rng);
@@ -228,9 +268,11 @@ TEST_P(ExpertFfnCuda, MatchesHostReference) {
   MOEBAL_CHECK_CUDA(cudaMemcpyAsync(dw13.ptr, w13.data(), w13.size() * 2, cudaMemcpyHostToDevice, stream));
   MOEBAL_CHECK_CUDA(cudaMemcpyAsync(dw2.ptr, w2.data(), w2.size() * 2, cudaMemcpyHostToDevice, stream));
   MOEBAL_CHECK_CUDA(cudaMemcpyAsync(doff.ptr, offs.data(), offs.size() * 4, cudaMemcpyHostToDevice, stream));
+  // Poison the output and the workspace (which holds the activation): an unwritten element fails.
   MOEBAL_CHECK_CUDA(cudaMemsetAsync(dy.ptr, 0xff, rows * hidden * 2, stream));
-  moebal::cuda::expert_ffn_bf16(dx.ptr, dw13.ptr, dw2.ptr, dy.ptr, doff.ptr, groups, rows, hidden, ffn, ws.ptr,
-                                ws_bytes, stream);
+  MOEBAL_CHECK_CUDA(cudaMemsetAsync(ws.ptr, 0xff, ws_bytes, stream));
+  moebal::cuda::expert_ffn_bf16_with(c.kernel, dx.ptr, dw13.ptr, dw2.ptr, dy.ptr, doff.ptr, groups, rows, hidden, ffn,
+                                     ws.ptr, ws_bytes, stream);
   std::vector<__nv_bfloat16> got(rows * hidden);
   MOEBAL_CHECK_CUDA(cudaMemcpyAsync(got.data(), dy.ptr, got.size() * 2, cudaMemcpyDeviceToHost, stream));
   MOEBAL_CHECK_CUDA(cudaStreamSynchronize(stream));
@@ -239,9 +281,23 @@ TEST_P(ExpertFfnCuda, MatchesHostReference) {
   cudaStreamDestroy(stream);
 }
 
-INSTANTIATE_TEST_SUITE_P(Groups, ExpertFfnCuda,
-                         ::testing::Values(std::vector<int>{0, 1, 3, 17, 1031}, std::vector<int>{1},
-                                           std::vector<int>{5, 0, 0, 0, 0, 0, 0, 2},
-                                           std::vector<int>{40, 40, 40, 40}));
+std::vector<FfnCase> ffn_cases() {
+  std::vector<FfnCase> out;
+  const std::vector<std::vector<int>> general = {
+      {0, 1, 3, 17, 1031}, {1}, {5, 0, 0, 0, 0, 0, 0, 2}, {40, 40, 40, 40}};
+  for (auto kernel : {GroupedGemmKernel::kAuto, GroupedGemmKernel::kPortable, GroupedGemmKernel::kSkinny})
+    for (const auto& s : general) out.push_back({s, 264, 200, kernel});
+  // Fused skinny path at decode: total_rows 1, 3, 16, 17, 32, 33, 100; empty groups; hidden (the
+  // k of the gate/up GEMM) 8, 40, 2888 and ffn (its k in the down GEMM) 8, 24, 2880.
+  const std::vector<std::vector<int>> decode = {{1}, {0, 2, 0, 1}, {0, 16, 0}, {17},
+                                                {0, 5, 3, 8, 0, 16}, {0, 0, 33}, {40, 1, 0, 0, 59}};
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {{8, 8}, {40, 24}, {2888, 48}, {264, 2880}};
+  for (auto kernel : {GroupedGemmKernel::kSkinny, GroupedGemmKernel::kAuto})
+    for (const auto& s : decode)
+      for (const auto& [hidden, ffn] : shapes) out.push_back({s, hidden, ffn, kernel});
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Groups, ExpertFfnCuda, ::testing::ValuesIn(ffn_cases()), ffn_case_name);
 
 }  // namespace

@@ -138,9 +138,20 @@ def test_opcheck_cpu():
     x, w, offs = make_problem([3, 0, 5], 16, 24, seed=6)
     torch.library.opcheck(torch.ops.moebal.grouped_gemm, (x, w, offs))
     torch.library.opcheck(torch.ops.moebal.grouped_gemm, (x, w, offs, 1))
+    torch.library.opcheck(torch.ops.moebal.grouped_gemm, (x, w, offs, gemm_ops.KERNELS["skinny"]))
     w13 = (torch.randn(3, 32, 24) / 5).to(torch.bfloat16)
     w2 = (torch.randn(3, 24, 16) / 4).to(torch.bfloat16)
     torch.library.opcheck(torch.ops.moebal.expert_ffn, (x, w13, w2, offs))
+    torch.library.opcheck(torch.ops.moebal.expert_ffn, (x, w13, w2, offs, gemm_ops.KERNELS["skinny"]))
+
+
+def test_expert_ffn_bad_kernel():
+    x, w13, offs = make_problem([2, 3], 32, 24, seed=8)
+    w2 = (torch.randn(2, 24, 16) / 4).to(torch.bfloat16)
+    with pytest.raises(ValueError, match="unknown kernel"):
+        gemm_ops.expert_ffn(x, w13, w2, offs, kernel="fused")
+    with pytest.raises(ValueError, match="kernel must be"):
+        torch.ops.moebal.expert_ffn(x, w13, w2, offs, 6)
 
 
 def test_compile_fullgraph_cpu():
@@ -158,7 +169,7 @@ def test_compile_fullgraph_cpu():
 # ----------------------------------------------------------------------------------------------- GPU
 
 def gpu_kernels():
-    names = ["auto", "portable"]
+    names = ["auto", "portable", "skinny"]
     if HOPPER:
         names += ["hopper_small_m", "hopper_medium_m", "hopper_large_m"]
     return names
@@ -188,13 +199,31 @@ def test_cuda_matches_cpu(kernel, sizes, n, k):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not GPU, reason="needs a CUDA device and moebal CUDA kernels")
+@pytest.mark.parametrize("kernel", ["auto", "portable", "skinny"])
 @pytest.mark.parametrize("sizes", [[0, 1, 3, 17, 1031], [1, 0, 0, 0, 0, 0, 0, 0], [300, 2, 1, 0]])
-def test_cuda_expert_ffn_matches_cpu(sizes):
+def test_cuda_expert_ffn_matches_cpu(sizes, kernel):
     hidden, ffn = 264, 200
     x, w13, offs = make_problem(sizes, 2 * ffn, hidden, seed=sum(sizes))
     w2 = (torch.randn(len(sizes), hidden, ffn) / math.sqrt(ffn)).to(torch.bfloat16)
     want = torch.ops.moebal.expert_ffn(x, w13, w2, offs)
-    got = poisoned_call(lambda: gemm_ops.expert_ffn(x.cuda(), w13.cuda(), w2.cuda(), offs.cuda()), x.shape)
+    got = poisoned_call(lambda: gemm_ops.expert_ffn(x.cuda(), w13.cuda(), w2.cuda(), offs.cuda(), kernel=kernel),
+                        x.shape)
+    assert rel_err(got, want) < 1.5e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs a CUDA device and moebal CUDA kernels")
+@pytest.mark.parametrize("sizes", [[1], [0, 2, 0, 1], [0, 16, 0], [17], [0, 0, 33], [40, 1, 0, 0, 59]])
+@pytest.mark.parametrize("hidden,ffn", [(40, 24), (2048, 768), (2880, 2880)])
+def test_cuda_skinny_decode_matches_cpu(sizes, hidden, ffn):
+    """The skinny GEMM and the fused gate/up + SiLU FFN at decode sizes, model-like shapes."""
+    x, w13, offs = make_problem(sizes, 2 * ffn, hidden, seed=sum(sizes) + hidden)
+    w2 = (torch.randn(len(sizes), hidden, ffn) / math.sqrt(ffn)).to(torch.bfloat16)
+    xd, w13d, w2d, od = x.cuda(), w13.cuda(), w2.cuda(), offs.cuda()
+    got = poisoned_call(lambda: gemm_ops.grouped_gemm(xd, w13d, od, kernel="skinny"), (x.shape[0], 2 * ffn))
+    assert rel_err(got, torch_reference(x, w13, offs)) < tol(hidden)
+    want = torch.ops.moebal.expert_ffn(x, w13, w2, offs)
+    got = poisoned_call(lambda: gemm_ops.expert_ffn(xd, w13d, w2d, od, kernel="skinny"), x.shape)
     assert rel_err(got, want) < 1.5e-2
 
 
@@ -203,9 +232,11 @@ def test_cuda_expert_ffn_matches_cpu(sizes):
 def test_cuda_opcheck_and_graph_capture():
     x, w, offs = make_problem([5, 0, 70, 1], 64, 96, seed=11, device="cuda")
     torch.library.opcheck(torch.ops.moebal.grouped_gemm, (x, w, offs))
+    torch.library.opcheck(torch.ops.moebal.grouped_gemm, (x, w, offs, gemm_ops.KERNELS["skinny"]))
     w13 = (torch.randn(4, 128, 96, device="cuda") / 10).to(torch.bfloat16)
     w2 = (torch.randn(4, 96, 64, device="cuda") / 8).to(torch.bfloat16)
     torch.library.opcheck(torch.ops.moebal.expert_ffn, (x, w13, w2, offs))
+    torch.library.opcheck(torch.ops.moebal.expert_ffn, (x, w13, w2, offs, gemm_ops.KERNELS["skinny"]))
     # No host synchronisation: the FFN captures into a CUDA graph; new offsets replay correctly.
     want_first = gemm_ops.expert_ffn(x, w13, w2, offs)
     graph = torch.cuda.CUDAGraph()
@@ -225,3 +256,21 @@ def test_cuda_hopper_kernel_rejected_elsewhere():
     x, w, offs = make_problem([2, 3], 16, 24, seed=12, device="cuda")
     with pytest.raises(RuntimeError, match="compute capability 9.0"):
         gemm_ops.grouped_gemm(x, w, offs, kernel="hopper_small_m")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs a CUDA device and moebal CUDA kernels")
+def test_cuda_skinny_graph_replay_with_new_offsets():
+    # The skinny kernels find the active groups on the device: a captured graph replays correctly
+    # when the routing (offsets) changes, including every row moving to one group.
+    x, w13, offs = make_problem([3, 0, 8, 1], 2 * 48, 72, seed=13, device="cuda")
+    w2 = (torch.randn(4, 72, 48, device="cuda") / 7).to(torch.bfloat16)
+    gemm_ops.expert_ffn(x, w13, w2, offs, kernel="skinny")
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = gemm_ops.expert_ffn(x, w13, w2, offs, kernel="skinny")
+    for sizes in ([3, 0, 8, 1], [0, 12, 0, 0], [1, 1, 1, 9]):
+        offs.copy_(offsets_of(sizes, "cuda"))
+        graph.replay()
+        want = torch.ops.moebal.expert_ffn(x.cpu(), w13.cpu(), w2.cpu(), offs.cpu())
+        assert rel_err(y, want) < 1.5e-2, sizes
