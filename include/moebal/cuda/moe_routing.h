@@ -83,4 +83,40 @@ void dispatch_layout(const int32_t* topk_ids, int64_t num_tokens, int32_t top_k,
                      int32_t* offsets, int32_t* row_index, int32_t* sorted_token, void* workspace,
                      size_t workspace_bytes, cudaStream_t stream);
 
+/// Most physical slots a dispatch layout supports (its per-warp slot histograms live in shared
+/// memory).
+inline constexpr int32_t kLayoutMaxSlots = 11 * 1024 - 1;
+
+/// Bytes of device workspace route_and_layout needs (0 whenever it runs fused; the same as
+/// dispatch_layout_workspace_bytes, which its two-kernel fallback uses).
+size_t route_and_layout_workspace_bytes(int64_t num_tokens, int32_t top_k, int32_t num_slots);
+
+/// True when route_and_layout runs as ONE kernel for this problem: num_tokens in
+/// [1, kRouteLayoutMaxTokens], num_tokens * top_k <= kRouteLayoutMaxPairs and the block's shared
+/// memory (slot histograms, the pairs' slots, group staging) within kRouteLayoutMaxSmemBytes.
+/// Otherwise route_and_layout falls back to router_topk + dispatch_layout. Host-only, cheap.
+bool route_and_layout_is_fused(int64_t num_tokens, const RouterParams& params, int32_t num_slots);
+
+inline constexpr int64_t kRouteLayoutMaxTokens = 256;
+inline constexpr int64_t kRouteLayoutMaxPairs = 4096;
+inline constexpr size_t kRouteLayoutMaxSmemBytes = 160 * 1024;
+
+/// router_topk followed by dispatch_layout, for every size, with the outputs of both: the same
+/// ids, bit-identical weights and the same layout as the two calls (the fused kernel inlines the
+/// router's per-token routine and reproduces the layout's stable order). Decode sizes
+/// (route_and_layout_is_fused) run in one launch: one block whose warps route the tokens into
+/// shared memory, then a stable counting sort of the (token, k) pairs by slot in the same block.
+/// Larger problems launch router_topk then dispatch_layout on `stream`.
+/// logits, correction_bias, placement: as router_topk / dispatch_layout (num_experts is
+/// params.num_experts). Outputs (device, overwritten): topk_ids int32 / topk_weights fp32
+/// [num_tokens, top_k]; slot_ids, offsets [num_slots + 1], row_index, sorted_token as
+/// dispatch_layout. workspace: route_and_layout_workspace_bytes(...) bytes (may be null when 0).
+/// Enqueued on `stream`; no host synchronisation (CUDA-graph capturable); deterministic.
+/// Throws moebal::ValueError on an invalid configuration.
+void route_and_layout(const void* logits, LogitsDtype dtype, int64_t num_tokens, const RouterParams& params,
+                      const float* correction_bias, int32_t num_slots, const PlacementView& placement,
+                      int32_t* topk_ids, float* topk_weights, int32_t* slot_ids, int32_t* offsets,
+                      int32_t* row_index, int32_t* sorted_token, void* workspace, size_t workspace_bytes,
+                      cudaStream_t stream);
+
 }  // namespace moebal::cuda

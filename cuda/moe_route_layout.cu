@@ -1,0 +1,268 @@
+// Router top-k and the replica-aware dispatch layout in ONE launch for decode-sized batches.
+//
+// At decode sizes both steps are a few microseconds of work each, and as two kernels each pays its
+// own launch (or CUDA-graph node) plus a round trip of the ids through global memory. Here one
+// block does everything:
+//   1. each warp routes tokens warp, warp + W, ... with the router's own per-token routine
+//      (moe_router_device.cuh, so ids and weights are those of router_topk, bit for bit) and maps
+//      each pair to its bin (slot, or the drop bin num_slots) right away;
+//   2. each warp walks a contiguous piece of the pairs 32 at a time; __match_any_sync groups the
+//      lanes of equal bins, so a pair's rank among the piece's earlier pairs of its bin is the
+//      warp's running count plus a popcount (no atomics, order kept);
+//   3. per bin, an exclusive scan of the warps' counts; over bins, an exclusive scan of the totals
+//      (the offsets);
+//   4. row = bin start + the warp's prefix in that bin + the pair's rank: the stable counting sort
+//      dispatch_layout computes.
+// Larger problems fall back to router_topk + dispatch_layout (several blocks each).
+#include <algorithm>
+#include <climits>
+
+#include "moe_router_device.cuh"
+#include "moebal/cuda/check.h"
+#include "moebal/cuda/moe_routing.h"
+
+namespace moebal::cuda {
+namespace {
+
+constexpr unsigned kFull = 0xffffffffu;
+constexpr int kRankBits = 13;  // a pair's rank inside its warp's piece (< kRouteLayoutMaxPairs)
+static_assert(kRouteLayoutMaxPairs <= (int64_t{1} << kRankBits), "ranks must fit in kRankBits");
+static_assert(static_cast<int64_t>(kLayoutMaxSlots + 1) << kRankBits <= INT_MAX, "packed bin/rank must fit");
+
+// Warps per block for a kernel that keeps kPerLane (x2 with a bias) scores per lane in registers:
+// 1024 threads leave 64 registers a thread, enough up to 8 per lane (256 experts).
+constexpr int max_warps(int per_lane) { return per_lane <= 8 ? 32 : per_lane <= 16 ? 16 : 8; }
+
+int per_lane_of(int32_t num_experts) {
+  const int need = (num_experts + 31) / 32;
+  int p = 1;
+  while (p < need) p <<= 1;
+  return p;
+}
+
+int warps_for(int64_t num_tokens, int32_t num_experts) {
+  return static_cast<int>(std::min<int64_t>(max_warps(per_lane_of(num_experts)), std::max<int64_t>(4, num_tokens)));
+}
+
+size_t smem_bytes(int64_t num_tokens, const RouterParams& p, int32_t num_slots, int warps) {
+  const size_t bins = static_cast<size_t>(num_slots) + 1;
+  const size_t pairs = static_cast<size_t>(num_tokens) * p.top_k;
+  size_t ints = static_cast<size_t>(warps) * bins + bins + pairs;
+  if (p.num_groups > 1) ints += static_cast<size_t>(warps) * p.num_experts;
+  return sizeof(int32_t) * ints;
+}
+
+struct FusedArgs {
+  const void* logits;
+  int32_t num_tokens;
+  RouterParams p;
+  const float* bias;
+  int32_t num_slots;
+  PlacementView placement;
+  int32_t* topk_ids;
+  float* topk_weights;
+  int32_t* slot_ids;
+  int32_t* offsets;
+  int32_t* row_index;
+  int32_t* sorted_token;
+};
+
+// The bin of pair (token, expert e), exactly as dispatch_layout's bin_of.
+__device__ __forceinline__ int bin_of(const FusedArgs& a, int token, int e) {
+  if (e < 0 || e >= a.p.num_experts) return a.num_slots;
+  int32_t slot = e;
+  if (a.placement.log2phy != nullptr) {
+    const int32_t cnt = __ldg(a.placement.logcnt + e);
+    if (cnt <= 0 || cnt > a.placement.max_copies) return a.num_slots;
+    slot = __ldg(a.placement.log2phy + static_cast<int64_t>(e) * a.placement.max_copies + token % cnt);
+  }
+  return (slot < 0 || slot >= a.num_slots) ? a.num_slots : slot;
+}
+
+// Exclusive scan of one int per thread over the block; returns the prefix, sets *total.
+__device__ int block_exclusive_scan(int v, int* scratch, int* total) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  int incl = v;
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const int o = __shfl_up_sync(kFull, incl, off);
+    if (lane >= off) incl += o;
+  }
+  if (lane == 31) scratch[warp] = incl;
+  __syncthreads();
+  if (warp == 0) {
+    int w = lane < warps ? scratch[lane] : 0;
+#pragma unroll
+    for (int off = 1; off < 32; off <<= 1) {
+      const int o = __shfl_up_sync(kFull, w, off);
+      if (lane >= off) w += o;
+    }
+    if (lane < warps) scratch[lane] = w;  // inclusive warp totals
+  }
+  __syncthreads();
+  const int before = warp > 0 ? scratch[warp - 1] : 0;
+  *total = scratch[warps - 1];
+  __syncthreads();  // scratch is reused by the next call
+  return before + incl - v;
+}
+
+template <int kPerLane, bool kBias, class T>
+__global__ void __launch_bounds__(max_warps(kPerLane) * 32) route_layout_kernel(FusedArgs a) {
+  extern __shared__ int smem[];  // hist [warps][bins] | start [bins] | packed [pairs] | stage [warps][E]
+  __shared__ int scratch[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  const int bins = a.num_slots + 1;
+  const int K = a.p.top_k, E = a.p.num_experts;
+  const int pairs = a.num_tokens * K;
+  int* hist = smem;
+  int* start = hist + warps * bins;
+  int* packed = start + bins;
+  float* stage = reinterpret_cast<float*>(packed + pairs) + warp * E;
+  for (int i = threadIdx.x; i < warps * bins; i += blockDim.x) hist[i] = 0;
+
+  // 1. Route; each pair's bin goes to shared memory, the router outputs and slot_ids to global.
+  const T* logits = static_cast<const T*>(a.logits);
+  for (int t = warp; t < a.num_tokens; t += warps) {
+    int id;
+    float w;
+    detail::route_token_warp<kPerLane, kBias>(logits + static_cast<int64_t>(t) * E, a.p, a.bias, stage, id, w);
+    if (lane < K) {
+      const int pair = t * K + lane;
+      const int bin = bin_of(a, t, id);
+      a.topk_ids[pair] = id;
+      a.topk_weights[pair] = w;
+      a.slot_ids[pair] = bin == a.num_slots ? -1 : bin;
+      packed[pair] = bin;
+    }
+  }
+  __syncthreads();
+
+  // 2. Per-warp counts over contiguous pieces, and each pair's rank inside its piece and bin.
+  const int piece = (pairs + warps - 1) / warps;
+  const int begin = min(pairs, warp * piece);
+  const int end = min(pairs, begin + piece);
+  int* my_hist = hist + warp * bins;
+  const unsigned lt_mask = (1u << lane) - 1u;
+  for (int base = begin; base < end; base += 32) {
+    const int pair = base + lane;
+    const int bin = pair < end ? packed[pair] : -1;
+    const unsigned peers = __match_any_sync(kFull, bin);
+    if (bin >= 0) packed[pair] = (bin << kRankBits) | (my_hist[bin] + __popc(peers & lt_mask));
+    __syncwarp();
+    if (bin >= 0 && (peers & lt_mask) == 0) my_hist[bin] += __popc(peers);
+    __syncwarp();
+  }
+  __syncthreads();
+
+  // 3. hist[w][s] -> rows of bin s before warp w's piece; start[s] -> first row of bin s.
+  for (int s = threadIdx.x; s < bins; s += blockDim.x) {
+    int run = 0;
+    for (int w = 0; w < warps; ++w) {
+      const int c = hist[w * bins + s];
+      hist[w * bins + s] = run;
+      run += c;
+    }
+    start[s] = run;
+  }
+  __syncthreads();
+  int carry = 0;
+  for (int tile = 0; tile < bins; tile += blockDim.x) {  // uniform trip count: every thread scans
+    const int s = tile + threadIdx.x;
+    int total;
+    const int first = carry + block_exclusive_scan(s < bins ? start[s] : 0, scratch, &total);
+    if (s < bins) {
+      start[s] = first;
+      a.offsets[s] = first;  // offsets[num_slots] = first dropped row = number of valid rows
+    }
+    carry += total;
+  }
+  __syncthreads();
+
+  // 4. Scatter.
+  for (int i = threadIdx.x; i < pairs; i += blockDim.x) {
+    const int v = packed[i];
+    const int bin = v >> kRankBits;
+    const int row = start[bin] + hist[(i / piece) * bins + bin] + (v & ((1 << kRankBits) - 1));
+    a.row_index[i] = row;
+    a.sorted_token[row] = i / K;
+  }
+}
+
+template <int kPerLane, class T>
+void launch_fused(const FusedArgs& a, cudaStream_t stream) {
+  const int warps = warps_for(a.num_tokens, a.p.num_experts);
+  const size_t smem = smem_bytes(a.num_tokens, a.p, a.num_slots, warps);
+  auto kernel = a.bias != nullptr ? route_layout_kernel<kPerLane, true, T> : route_layout_kernel<kPerLane, false, T>;
+  if (smem > 48 * 1024) {
+    MOEBAL_CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  }
+  kernel<<<1, warps * 32, smem, stream>>>(a);
+}
+
+template <class T>
+void dispatch_fused(const FusedArgs& a, cudaStream_t stream) {
+  switch (per_lane_of(a.p.num_experts)) {
+    case 1: return launch_fused<1, T>(a, stream);
+    case 2: return launch_fused<2, T>(a, stream);
+    case 4: return launch_fused<4, T>(a, stream);
+    case 8: return launch_fused<8, T>(a, stream);
+    case 16: return launch_fused<16, T>(a, stream);
+    case 32: return launch_fused<32, T>(a, stream);
+    default: return launch_fused<64, T>(a, stream);
+  }
+}
+
+}  // namespace
+
+size_t route_and_layout_workspace_bytes(int64_t num_tokens, int32_t top_k, int32_t num_slots) {
+  return dispatch_layout_workspace_bytes(num_tokens, top_k, num_slots);
+}
+
+bool route_and_layout_is_fused(int64_t num_tokens, const RouterParams& p, int32_t num_slots) {
+  if (num_tokens < 1 || num_tokens > kRouteLayoutMaxTokens || p.num_experts < 1 || p.top_k < 1) return false;
+  if (num_tokens * p.top_k > kRouteLayoutMaxPairs || num_slots < 1 || num_slots > kLayoutMaxSlots) return false;
+  return smem_bytes(num_tokens, p, num_slots, warps_for(num_tokens, p.num_experts)) <= kRouteLayoutMaxSmemBytes;
+}
+
+void route_and_layout(const void* logits, LogitsDtype dtype, int64_t num_tokens, const RouterParams& p,
+                      const float* correction_bias, int32_t num_slots, const PlacementView& placement,
+                      int32_t* topk_ids, float* topk_weights, int32_t* slot_ids, int32_t* offsets,
+                      int32_t* row_index, int32_t* sorted_token, void* workspace, size_t workspace_bytes,
+                      cudaStream_t stream) {
+  detail::check_router_params("route_and_layout", dtype, num_tokens, p);
+  MOEBAL_CHECK_ARG(num_slots >= 1 && num_slots <= kLayoutMaxSlots, "route_and_layout: num_slots must be in [1, ",
+                   kLayoutMaxSlots, "], got ", num_slots);
+  MOEBAL_CHECK_ARG(num_tokens * p.top_k < INT_MAX, "route_and_layout: num_tokens * top_k (", num_tokens * p.top_k,
+                   ") must fit in int32");
+  if (placement.log2phy == nullptr) {
+    MOEBAL_CHECK_ARG(num_slots == p.num_experts, "route_and_layout: without a placement num_slots (", num_slots,
+                     ") must equal num_experts (", p.num_experts, ")");
+  } else {
+    MOEBAL_CHECK_ARG(placement.logcnt != nullptr && placement.max_copies >= 1,
+                     "route_and_layout: a placement needs logcnt and max_copies >= 1 (max_copies=",
+                     placement.max_copies, ")");
+  }
+  MOEBAL_CHECK_ARG(offsets != nullptr, "route_and_layout: offsets is null");
+  if (num_tokens == 0) {
+    MOEBAL_CHECK_CUDA(cudaMemsetAsync(offsets, 0, sizeof(int32_t) * (static_cast<size_t>(num_slots) + 1), stream));
+    return;
+  }
+  MOEBAL_CHECK_ARG(logits && topk_ids && topk_weights && slot_ids && row_index && sorted_token,
+                   "route_and_layout: null device pointer");
+  if (!route_and_layout_is_fused(num_tokens, p, num_slots)) {
+    router_topk(logits, dtype, num_tokens, p, correction_bias, topk_ids, topk_weights, stream);
+    dispatch_layout(topk_ids, num_tokens, p.top_k, p.num_experts, num_slots, placement, slot_ids, offsets,
+                    row_index, sorted_token, workspace, workspace_bytes, stream);
+    return;
+  }
+  const FusedArgs a{logits,   static_cast<int32_t>(num_tokens), p,       correction_bias, num_slots, placement,
+                    topk_ids, topk_weights,                     slot_ids, offsets,        row_index, sorted_token};
+  if (dtype == LogitsDtype::kFloat32) {
+    dispatch_fused<float>(a, stream);
+  } else {
+    dispatch_fused<__nv_bfloat16>(a, stream);
+  }
+  MOEBAL_CHECK_LAUNCH();
+}
+
+}  // namespace moebal::cuda
