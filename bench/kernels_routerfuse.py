@@ -1,5 +1,6 @@
-"""Router + dispatch layout at decode sizes: one fused launch (torch.ops.moebal.route_and_layout)
-against the two launches router_topk + dispatch_layout, in one process on one device.
+"""Router + dispatch layout at decode sizes: one fused launch (torch.ops.moebal.route_and_layout, its
+one-block and cluster paths and the automatic choice) against the two launches router_topk +
+dispatch_layout, in one process on one device.
 
 Each model uses its own router configuration (DeepSeek-V3: sigmoid, correction bias, 8 groups /
 top-4 groups, scaling 2.5), with the identity placement and a replicated one (the first E/8
@@ -33,7 +34,8 @@ MODELS = {
     "DeepSeek-V3": (256, 8, dict(scoring="sigmoid", renormalize=True, num_groups=8, topk_groups=4,
                                  scaling_factor=2.5), True),
 }
-TOKENS = [1, 16, 128, 256]
+TOKENS = [1, 4, 16, 32, 128, 256]
+PATHS = ["auto", "one_block", "cluster"]
 
 
 def replicated_placement(e: int, gen: torch.Generator):
@@ -70,18 +72,20 @@ def main() -> int:
             for t in [int(x) for x in args.tokens.split(",")]:
                 logits = (torch.randn(t, e, generator=gen) * 2).cuda()
 
-                def fused():
-                    return moe_ops.route_and_layout(logits, k, s, log2phy=log2phy, logcnt=logcnt, **kw)
+                def fused(path="auto"):
+                    return moe_ops.route_and_layout(logits, k, s, log2phy=log2phy, logcnt=logcnt, path=path, **kw)
 
                 def two():
                     ids, w = moe_ops.router_topk(logits, k, **kw)
                     return (ids, w) + tuple(moe_ops.dispatch_layout(ids, e, s, log2phy, logcnt))
 
-                same = all(torch.equal(a, b) for a, b in zip(fused(), two()))
+                want = two()
+                same = all(torch.equal(a, b) for p_ in PATHS for a, b in zip(fused(p_), want))
                 r = dict(model=name, tokens=t, placement=placement, experts=e, top_k=k, slots=s, identical=same)
                 r["two_launch_us"] = 1e3 * time_ms(two, graph=True)
-                r["fused_us"] = 1e3 * time_ms(fused, graph=True)
-                r["speedup"] = r["two_launch_us"] / r["fused_us"]
+                for p_ in PATHS:
+                    r[f"{p_}_us"] = 1e3 * time_ms(lambda: fused(p_), graph=True)
+                r["speedup"] = r["two_launch_us"] / r["auto_us"]
                 rows.append(r)
                 print(json.dumps({k_: (round(v, 3) if isinstance(v, float) else v) for k_, v in r.items()}), flush=True)
     meta = dict(device=dev, torch=torch.__version__, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
@@ -89,12 +93,13 @@ def main() -> int:
         with open(args.json, "w") as fh:
             json.dump(dict(meta=meta, rows=rows), fh, indent=1)
     lines = [f"Device: {dev}, torch {torch.__version__}, {meta['date']}.", "",
-             "| model | tokens | placement | slots | router + layout (2 launches) us | route_and_layout (fused) us "
-             "| speedup | outputs identical |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| model | tokens | placement | slots | router + layout (2 launches) us | one block us | cluster us "
+             "| auto us | speedup (auto) | outputs identical |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['tokens']} | {r['placement']} | {r['slots']} | {r['two_launch_us']:.1f} | "
-                     f"{r['fused_us']:.1f} | {r['speedup']:.2f}x | {'yes' if r['identical'] else 'NO'} |")
+                     f"{r['one_block_us']:.1f} | {r['cluster_us']:.1f} | {r['auto_us']:.1f} | {r['speedup']:.2f}x | "
+                     f"{'yes' if r['identical'] else 'NO'} |")
     md = "\n".join(lines) + "\n"
     if args.md:
         with open(args.md, "w") as fh:

@@ -130,7 +130,7 @@ void moe_forward_bf16_from_logits(const __nv_bfloat16* hidden, const void* logit
   route_and_layout(logits, dtype, shape.num_tokens, params, correction_bias, shape.num_slots, placement, ids,
                    weights, at_offset<int32_t>(workspace, c.slot_ids), at_offset<int32_t>(workspace, c.offsets),
                    at_offset<int32_t>(workspace, c.row_index), at_offset<int32_t>(workspace, c.sorted_token),
-                   at_offset<void>(workspace, c.layout_ws), c.layout_ws_bytes, stream);
+                   at_offset<void>(workspace, c.layout_ws), c.layout_ws_bytes, RouteLayoutPath::kAuto, stream);
   run_layer(hidden, ids, weights, w13, w2, shape, placement, out, workspace, c, true, stream);
 }
 

@@ -2,10 +2,13 @@
 //
 // At decode sizes both steps are a few microseconds of work each, and as two kernels each pays its
 // own launch (or CUDA-graph node) plus a round trip of the ids through global memory. Here one
-// block does everything:
-//   1. each warp routes tokens warp, warp + W, ... with the router's own per-token routine
-//      (moe_router_device.cuh, so ids and weights are those of router_topk, bit for bit) and maps
-//      each pair to its bin (slot, or the drop bin num_slots) right away;
+// launch does everything:
+//   1. the warps route the tokens with the router's own per-token routine (moe_router_device.cuh,
+//      so ids and weights are those of router_topk, bit for bit) and map each pair to its bin
+//      (slot, or the drop bin num_slots) right away. One block (kOneBlock) keeps the bins in
+//      shared memory; a cluster of blocks (kCluster, sm_90+) spreads the routing over several SMs,
+//      writes slot_ids, and after a cluster barrier (release/acquire) its first block reads them
+//      back and alone does steps 2-4;
 //   2. each warp walks a contiguous piece of the pairs 32 at a time; __match_any_sync groups the
 //      lanes of equal bins, so a pair's rank among the piece's earlier pairs of its bin is the
 //      warp's running count plus a popcount (no atomics, order kept);
@@ -13,8 +16,9 @@
 //      (the offsets);
 //   4. row = bin start + the warp's prefix in that bin + the pair's rank: the stable counting sort
 //      dispatch_layout computes.
-// Larger problems fall back to router_topk + dispatch_layout (several blocks each).
+// Larger problems run router_topk + dispatch_layout (several blocks each).
 #include <algorithm>
+#include <atomic>
 #include <climits>
 
 #include "moe_router_device.cuh"
@@ -106,6 +110,17 @@ __device__ int block_exclusive_scan(int v, int* scratch, int* total) {
   return before + incl - v;
 }
 
+// Barrier over the thread-block cluster with release/acquire semantics at cluster scope: the
+// slot_ids the other blocks stored are visible to the first block after it.
+__device__ __forceinline__ void cluster_barrier() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+#else
+  __trap();  // the host launches clusters only on devices that support them
+#endif
+}
+
+// gridDim.x == 1: one block. gridDim.x > 1: the grid is ONE cluster of gridDim.x blocks.
 template <int kPerLane, bool kBias, class T>
 __global__ void __launch_bounds__(max_warps(kPerLane) * 32) route_layout_kernel(FusedArgs a) {
   extern __shared__ int smem[];  // hist [warps][bins] | start [bins] | packed [pairs] | stage [warps][E]
@@ -118,11 +133,14 @@ __global__ void __launch_bounds__(max_warps(kPerLane) * 32) route_layout_kernel(
   int* start = hist + warps * bins;
   int* packed = start + bins;
   float* stage = reinterpret_cast<float*>(packed + pairs) + warp * E;
-  for (int i = threadIdx.x; i < warps * bins; i += blockDim.x) hist[i] = 0;
+  const int blocks = gridDim.x;
+  if (blockIdx.x == 0)
+    for (int i = threadIdx.x; i < warps * bins; i += blockDim.x) hist[i] = 0;
 
-  // 1. Route; each pair's bin goes to shared memory, the router outputs and slot_ids to global.
+  // 1. Route; the router outputs and slot_ids go to global memory, each pair's bin (one block)
+  // to shared memory.
   const T* logits = static_cast<const T*>(a.logits);
-  for (int t = warp; t < a.num_tokens; t += warps) {
+  for (int t = blockIdx.x * warps + warp; t < a.num_tokens; t += blocks * warps) {
     int id;
     float w;
     detail::route_token_warp<kPerLane, kBias>(logits + static_cast<int64_t>(t) * E, a.p, a.bias, stage, id, w);
@@ -132,7 +150,16 @@ __global__ void __launch_bounds__(max_warps(kPerLane) * 32) route_layout_kernel(
       a.topk_ids[pair] = id;
       a.topk_weights[pair] = w;
       a.slot_ids[pair] = bin == a.num_slots ? -1 : bin;
-      packed[pair] = bin;
+      if (blocks == 1) packed[pair] = bin;
+    }
+  }
+  if (blocks > 1) {
+    __threadfence();
+    cluster_barrier();
+    if (blockIdx.x != 0) return;
+    for (int i = threadIdx.x; i < pairs; i += blockDim.x) {
+      const int slot = __ldcg(a.slot_ids + i);  // from L2: written by other SMs
+      packed[i] = slot < 0 ? a.num_slots : slot;
     }
   }
   __syncthreads();
@@ -188,28 +215,102 @@ __global__ void __launch_bounds__(max_warps(kPerLane) * 32) route_layout_kernel(
   }
 }
 
+// Blocks and warps of a fused launch.
+struct Plan {
+  RouteLayoutPath path;
+  int blocks, warps;
+  size_t smem;
+};
+
 template <int kPerLane, class T>
-void launch_fused(const FusedArgs& a, cudaStream_t stream) {
-  const int warps = warps_for(a.num_tokens, a.p.num_experts);
-  const size_t smem = smem_bytes(a.num_tokens, a.p, a.num_slots, warps);
+void launch_fused(const FusedArgs& a, const Plan& plan, cudaStream_t stream) {
   auto kernel = a.bias != nullptr ? route_layout_kernel<kPerLane, true, T> : route_layout_kernel<kPerLane, false, T>;
-  if (smem > 48 * 1024) {
-    MOEBAL_CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  if (plan.smem > 48 * 1024) {
+    MOEBAL_CHECK_CUDA(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(plan.smem)));
   }
-  kernel<<<1, warps * 32, smem, stream>>>(a);
+  if (plan.blocks == 1) {
+    kernel<<<1, plan.warps * 32, plan.smem, stream>>>(a);
+    return;
+  }
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(plan.blocks));
+  cfg.blockDim = dim3(static_cast<unsigned>(plan.warps * 32));
+  cfg.dynamicSmemBytes = plan.smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = static_cast<unsigned>(plan.blocks);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  MOEBAL_CHECK_CUDA(cudaLaunchKernelEx(&cfg, kernel, a));
 }
 
 template <class T>
-void dispatch_fused(const FusedArgs& a, cudaStream_t stream) {
+void dispatch_fused(const FusedArgs& a, const Plan& plan, cudaStream_t stream) {
   switch (per_lane_of(a.p.num_experts)) {
-    case 1: return launch_fused<1, T>(a, stream);
-    case 2: return launch_fused<2, T>(a, stream);
-    case 4: return launch_fused<4, T>(a, stream);
-    case 8: return launch_fused<8, T>(a, stream);
-    case 16: return launch_fused<16, T>(a, stream);
-    case 32: return launch_fused<32, T>(a, stream);
-    default: return launch_fused<64, T>(a, stream);
+    case 1: return launch_fused<1, T>(a, plan, stream);
+    case 2: return launch_fused<2, T>(a, plan, stream);
+    case 4: return launch_fused<4, T>(a, plan, stream);
+    case 8: return launch_fused<8, T>(a, plan, stream);
+    case 16: return launch_fused<16, T>(a, plan, stream);
+    case 32: return launch_fused<32, T>(a, plan, stream);
+    default: return launch_fused<64, T>(a, plan, stream);
   }
+}
+
+// Whether the current device can launch thread-block clusters (cached per device).
+bool cluster_launch_supported() {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cache[kMaxDevices];  // 0 unknown, 1 no, 2 yes
+  int dev = 0;
+  MOEBAL_CHECK_CUDA(cudaGetDevice(&dev));
+  if (dev < 0 || dev >= kMaxDevices) return false;
+  int v = cache[dev].load(std::memory_order_relaxed);
+  if (v == 0) {
+    int attr = 0;
+    MOEBAL_CHECK_CUDA(cudaDeviceGetAttribute(&attr, cudaDevAttrClusterLaunch, dev));
+    v = attr ? 2 : 1;
+    cache[dev].store(v, std::memory_order_relaxed);
+  }
+  return v == 2;
+}
+
+// Auto: one block while its routing is short, a cluster beyond (the crossover measured in
+// bench/results/routerfuse.md), the two kernels past the fused limits.
+constexpr int64_t kAutoOneBlockMaxTokens = 4;
+constexpr int64_t kAutoOneBlockMaxTokensNoCluster = 16;
+
+Plan make_plan(int64_t num_tokens, const RouterParams& p, int32_t num_slots, RouteLayoutPath want) {
+  const Plan two{RouteLayoutPath::kTwoKernels, 0, 0, 0};
+  if (want == RouteLayoutPath::kTwoKernels) return two;
+  if (num_tokens < 1 || num_tokens > kRouteLayoutMaxTokens || p.num_experts < 1 || p.top_k < 1) return two;
+  if (num_tokens * p.top_k > kRouteLayoutMaxPairs || num_slots < 1 || num_slots > kLayoutMaxSlots) return two;
+  const bool cluster_ok = cluster_launch_supported();
+  if (want == RouteLayoutPath::kAuto) {
+    if (num_tokens <= kAutoOneBlockMaxTokens) {
+      want = RouteLayoutPath::kOneBlock;
+    } else if (cluster_ok) {
+      want = RouteLayoutPath::kCluster;
+    } else {
+      want = num_tokens <= kAutoOneBlockMaxTokensNoCluster ? RouteLayoutPath::kOneBlock : RouteLayoutPath::kTwoKernels;
+    }
+    if (want == RouteLayoutPath::kTwoKernels) return two;
+  }
+  Plan plan{want, 1, warps_for(num_tokens, p.num_experts), 0};
+  if (want == RouteLayoutPath::kCluster) {
+    if (!cluster_ok) return two;
+    // About 4+ tokens a block, up to the portable cluster size; one token a warp where possible.
+    const int64_t blocks = std::min<int64_t>(kRouteLayoutMaxCluster, std::max<int64_t>(2, (num_tokens + 3) / 4));
+    const int64_t per_block = (num_tokens + blocks - 1) / blocks;
+    plan.blocks = static_cast<int>(blocks);
+    plan.warps = static_cast<int>(
+        std::min<int64_t>(max_warps(per_lane_of(p.num_experts)), std::max<int64_t>(4, per_block)));
+  }
+  plan.smem = smem_bytes(num_tokens, p, num_slots, plan.warps);
+  return plan.smem <= kRouteLayoutMaxSmemBytes ? plan : two;
 }
 
 }  // namespace
@@ -218,18 +319,20 @@ size_t route_and_layout_workspace_bytes(int64_t num_tokens, int32_t top_k, int32
   return dispatch_layout_workspace_bytes(num_tokens, top_k, num_slots);
 }
 
-bool route_and_layout_is_fused(int64_t num_tokens, const RouterParams& p, int32_t num_slots) {
-  if (num_tokens < 1 || num_tokens > kRouteLayoutMaxTokens || p.num_experts < 1 || p.top_k < 1) return false;
-  if (num_tokens * p.top_k > kRouteLayoutMaxPairs || num_slots < 1 || num_slots > kLayoutMaxSlots) return false;
-  return smem_bytes(num_tokens, p, num_slots, warps_for(num_tokens, p.num_experts)) <= kRouteLayoutMaxSmemBytes;
+RouteLayoutPath route_and_layout_plan(int64_t num_tokens, const RouterParams& p, int32_t num_slots,
+                                      RouteLayoutPath path) {
+  return make_plan(num_tokens, p, num_slots, path).path;
 }
 
 void route_and_layout(const void* logits, LogitsDtype dtype, int64_t num_tokens, const RouterParams& p,
                       const float* correction_bias, int32_t num_slots, const PlacementView& placement,
                       int32_t* topk_ids, float* topk_weights, int32_t* slot_ids, int32_t* offsets,
                       int32_t* row_index, int32_t* sorted_token, void* workspace, size_t workspace_bytes,
-                      cudaStream_t stream) {
+                      RouteLayoutPath path, cudaStream_t stream) {
   detail::check_router_params("route_and_layout", dtype, num_tokens, p);
+  MOEBAL_CHECK_ARG(path == RouteLayoutPath::kAuto || path == RouteLayoutPath::kTwoKernels ||
+                       path == RouteLayoutPath::kOneBlock || path == RouteLayoutPath::kCluster,
+                   "route_and_layout: unknown path ", static_cast<int>(path));
   MOEBAL_CHECK_ARG(num_slots >= 1 && num_slots <= kLayoutMaxSlots, "route_and_layout: num_slots must be in [1, ",
                    kLayoutMaxSlots, "], got ", num_slots);
   MOEBAL_CHECK_ARG(num_tokens * p.top_k < INT_MAX, "route_and_layout: num_tokens * top_k (", num_tokens * p.top_k,
@@ -249,7 +352,8 @@ void route_and_layout(const void* logits, LogitsDtype dtype, int64_t num_tokens,
   }
   MOEBAL_CHECK_ARG(logits && topk_ids && topk_weights && slot_ids && row_index && sorted_token,
                    "route_and_layout: null device pointer");
-  if (!route_and_layout_is_fused(num_tokens, p, num_slots)) {
+  const Plan plan = make_plan(num_tokens, p, num_slots, path);
+  if (plan.path == RouteLayoutPath::kTwoKernels) {
     router_topk(logits, dtype, num_tokens, p, correction_bias, topk_ids, topk_weights, stream);
     dispatch_layout(topk_ids, num_tokens, p.top_k, p.num_experts, num_slots, placement, slot_ids, offsets,
                     row_index, sorted_token, workspace, workspace_bytes, stream);
@@ -258,9 +362,9 @@ void route_and_layout(const void* logits, LogitsDtype dtype, int64_t num_tokens,
   const FusedArgs a{logits,   static_cast<int32_t>(num_tokens), p,       correction_bias, num_slots, placement,
                     topk_ids, topk_weights,                     slot_ids, offsets,        row_index, sorted_token};
   if (dtype == LogitsDtype::kFloat32) {
-    dispatch_fused<float>(a, stream);
+    dispatch_fused<float>(a, plan, stream);
   } else {
-    dispatch_fused<__nv_bfloat16>(a, stream);
+    dispatch_fused<__nv_bfloat16>(a, plan, stream);
   }
   MOEBAL_CHECK_LAUNCH();
 }

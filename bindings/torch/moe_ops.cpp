@@ -30,11 +30,12 @@ TORCH_LIBRARY_FRAGMENT(moebal, m) {
       "dispatch_layout(Tensor topk_ids, int num_experts, int num_slots, Tensor? log2phy=None, "
       "Tensor? logcnt=None) -> (Tensor, Tensor, Tensor, Tensor)");
   // router_topk then dispatch_layout, one launch at decode sizes on CUDA (same outputs, bit for
-  // bit) -> (topk_ids, topk_weights, slot_ids, offsets, row_index, sorted_token).
+  // bit) -> (topk_ids, topk_weights, slot_ids, offsets, row_index, sorted_token). path: "auto" |
+  // "two_kernels" | "one_block" | "cluster" (benchmarking; every path gives the same outputs).
   m.def(
       "route_and_layout(Tensor router_logits, int top_k, int num_slots, str scoring=\"softmax\", "
       "bool renormalize=True, int num_groups=1, int topk_groups=1, Tensor? correction_bias=None, "
-      "float scaling_factor=1.0, Tensor? log2phy=None, Tensor? logcnt=None) "
+      "float scaling_factor=1.0, Tensor? log2phy=None, Tensor? logcnt=None, str path=\"auto\") "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   // out[row_index[t, j]] = hidden[t]: [tokens, hidden] bf16 -> [tokens * k, hidden] bf16.
   m.def("permute(Tensor hidden, Tensor row_index) -> Tensor");
@@ -203,9 +204,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dispatch_layout_cpu(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> route_and_layout_cpu(
     const at::Tensor& logits, int64_t top_k, int64_t num_slots, const std::string& scoring, bool renormalize,
     int64_t num_groups, int64_t topk_groups, const OptTensor& bias, double scaling, const OptTensor& log2phy,
-    const OptTensor& logcnt) {
+    const OptTensor& logcnt, const std::string& path) {
   const int64_t E = moe_check_router(logits, top_k, scoring, num_groups, topk_groups, bias);
   moe_check_placement(log2phy, logcnt, E, num_slots, logits.device());
+  moe_route_layout_path_code(path);
   auto [ids, weights] = router_topk_cpu(logits, top_k, scoring, renormalize, num_groups, topk_groups, bias, scaling);
   auto [slot_ids, offsets, row_index, sorted_token] = dispatch_layout_cpu(ids, E, num_slots, log2phy, logcnt);
   return {ids, weights, slot_ids, offsets, row_index, sorted_token};

@@ -94,9 +94,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dispatch_layout_cuda(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> route_and_layout_cuda(
     const at::Tensor& logits, int64_t top_k, int64_t num_slots, const std::string& scoring, bool renormalize,
     int64_t num_groups, int64_t topk_groups, const OptTensor& bias, double scaling, const OptTensor& log2phy,
-    const OptTensor& logcnt) {
+    const OptTensor& logcnt, const std::string& path) {
   const int64_t E = moe_check_router(logits, top_k, scoring, num_groups, topk_groups, bias);
   moe_check_placement(log2phy, logcnt, E, num_slots, logits.device());
+  const auto route_path = static_cast<mc::RouteLayoutPath>(moe_route_layout_path_code(path));
   TORCH_CHECK_VALUE(logits.size(0) * top_k < (int64_t{1} << 31) - 1, "moebal: tokens * top_k must fit in int32, got ",
                     logits.size(0), " * ", top_k);
   const c10::cuda::CUDAGuard guard(logits.device());
@@ -116,7 +117,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                        bias.has_value() ? bias->data_ptr<float>() : nullptr, static_cast<int32_t>(num_slots),
                        placement_view(log2phy, logcnt), ids.data_ptr<int32_t>(), weights.data_ptr<float>(),
                        slot_ids.data_ptr<int32_t>(), offsets.data_ptr<int32_t>(), row_index.data_ptr<int32_t>(),
-                       sorted_token.data_ptr<int32_t>(), ws_bytes ? ws.data_ptr() : nullptr, ws_bytes,
+                       sorted_token.data_ptr<int32_t>(), ws_bytes ? ws.data_ptr() : nullptr, ws_bytes, route_path,
                        at::cuda::getCurrentCUDAStream());
   return {ids, weights, slot_ids, offsets, row_index, sorted_token};
 }

@@ -1,4 +1,5 @@
-// route_and_layout (router + dispatch layout in one launch at decode sizes) against the two-kernel
+// route_and_layout (router + dispatch layout in one launch at decode sizes), on each of its paths
+// (auto, one block, cluster, two kernels), against the two-kernel
 // path router_topk + dispatch_layout, which cuda_test_moe_dataplane.cu checks against host
 // references: ids, slots and layout must be equal, weights bit-identical. The layout is also
 // checked against a stable host sort of the fused ids. Four model configurations, identity /
@@ -237,9 +238,26 @@ void run_two_kernels(const Problem& pr, Outputs& o, cudaStream_t s) {
   MOEBAL_CHECK_CUDA(cudaStreamSynchronize(s));
 }
 
-void run_fused(const Problem& pr, Outputs& o, void* ws, size_t ws_bytes, cudaStream_t s) {
+void run_fused(const Problem& pr, Outputs& o, void* ws, size_t ws_bytes, mc::RouteLayoutPath path, cudaStream_t s) {
   mc::route_and_layout(pr.logits_ptr(), pr.dtype(), pr.T, pr.p, pr.bias_ptr(), pr.P.slots, pr.pv, o.ids.ptr,
-                       o.w.ptr, o.slot.ptr, o.offsets.ptr, o.row.ptr, o.token.ptr, ws, ws_bytes, s);
+                       o.w.ptr, o.slot.ptr, o.offsets.ptr, o.row.ptr, o.token.ptr, ws, ws_bytes, path, s);
+}
+
+bool device_has_clusters() {
+  int dev = 0, v = 0;
+  MOEBAL_CHECK_CUDA(cudaGetDevice(&dev));
+  MOEBAL_CHECK_CUDA(cudaDeviceGetAttribute(&v, cudaDevAttrClusterLaunch, dev));
+  return v != 0;
+}
+
+const char* path_name(mc::RouteLayoutPath p) {
+  switch (p) {
+    case mc::RouteLayoutPath::kAuto: return "auto";
+    case mc::RouteLayoutPath::kTwoKernels: return "two_kernels";
+    case mc::RouteLayoutPath::kOneBlock: return "one_block";
+    case mc::RouteLayoutPath::kCluster: return "cluster";
+  }
+  return "?";
 }
 
 void expect_same(const Outputs& want, const Outputs& got, const char* what) {
@@ -265,43 +283,57 @@ TEST_P(RouteAndLayoutCuda, MatchesRouterThenLayout) {
   std::mt19937 rng(static_cast<unsigned>(c.tokens * 31 + c.model.experts * 7 + static_cast<int>(c.placement)));
   const Problem pr(c, rng);
   const int64_t N = pr.T * pr.K;
-  // The size rule: one launch up to 256 tokens for these configurations, two kernels beyond.
-  EXPECT_EQ(mc::route_and_layout_is_fused(pr.T, pr.p, pr.P.slots), pr.T <= mc::kRouteLayoutMaxTokens &&
-                                                                        N <= mc::kRouteLayoutMaxPairs);
+  // The size rule: fused paths up to 256 tokens and 4096 pairs (shared memory fits for all of
+  // these configurations), the two kernels beyond; kCluster needs cluster launch.
+  const bool fusable = pr.T <= mc::kRouteLayoutMaxTokens && N <= mc::kRouteLayoutMaxPairs;
+  using P = mc::RouteLayoutPath;
+  EXPECT_EQ(mc::route_and_layout_plan(pr.T, pr.p, pr.P.slots, P::kOneBlock), fusable ? P::kOneBlock : P::kTwoKernels);
+  EXPECT_EQ(mc::route_and_layout_plan(pr.T, pr.p, pr.P.slots, P::kCluster),
+            fusable && device_has_clusters() ? P::kCluster : P::kTwoKernels);
+  EXPECT_EQ(mc::route_and_layout_plan(pr.T, pr.p, pr.P.slots, P::kTwoKernels), P::kTwoKernels);
+  EXPECT_EQ(mc::route_and_layout_plan(pr.T, pr.p, pr.P.slots) != P::kTwoKernels, fusable);
   cudaStream_t s;
   MOEBAL_CHECK_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-  Outputs want(N, pr.P.slots), got(N, pr.P.slots);
+  Outputs want(N, pr.P.slots);
   run_two_kernels(pr, want, s);
   const size_t ws_bytes = mc::route_and_layout_workspace_bytes(pr.T, pr.K, pr.P.slots);
   DeviceBuffer<char> ws(ws_bytes);
   ws.poison();
-  run_fused(pr, got, ws_bytes ? ws.ptr : nullptr, ws_bytes, s);
-  MOEBAL_CHECK_CUDA(cudaStreamSynchronize(s));
-  expect_same(want, got, "eager");
+  void* wsp = ws_bytes ? ws.ptr : nullptr;
 
-  // Independent of the two-kernel path: the layout is the stable host sort of the fused ids.
-  const Layout L = layout_ref(got.ids.host(), pr.T, pr.K, pr.E, pr.P);
-  EXPECT_EQ(got.slot.host(), L.slot);
-  EXPECT_EQ(got.offsets.host(), L.offsets);
-  EXPECT_EQ(got.row.host(), L.row);
-  EXPECT_EQ(got.token.host(), L.token);
-  if (c.placement == PlacementKind::kBroken && pr.T >= 128) {
-    EXPECT_LT(L.offsets.back(), N) << "the broken placement must drop some pairs";
+  for (const P path : {P::kAuto, P::kOneBlock, P::kCluster, P::kTwoKernels}) {
+    SCOPED_TRACE(path_name(path));
+    Outputs got(N, pr.P.slots);
+    run_fused(pr, got, wsp, ws_bytes, path, s);
+    MOEBAL_CHECK_CUDA(cudaStreamSynchronize(s));
+    expect_same(want, got, "eager");
+
+    // Independent of the two-kernel path: the layout is the stable host sort of the fused ids.
+    const Layout L = layout_ref(got.ids.host(), pr.T, pr.K, pr.E, pr.P);
+    EXPECT_EQ(got.slot.host(), L.slot);
+    EXPECT_EQ(got.offsets.host(), L.offsets);
+    EXPECT_EQ(got.row.host(), L.row);
+    EXPECT_EQ(got.token.host(), L.token);
+    if (c.placement == PlacementKind::kBroken && pr.T >= 128) {
+      EXPECT_LT(L.offsets.back(), N) << "the broken placement must drop some pairs";
+    }
+
+    // No host synchronisation: the call captures into a CUDA graph and replays to the same result.
+    Outputs replay(N, pr.P.slots);
+    cudaGraph_t graph;
+    MOEBAL_CHECK_CUDA(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+    run_fused(pr, replay, wsp, ws_bytes, path, s);
+    MOEBAL_CHECK_CUDA(cudaStreamEndCapture(s, &graph));
+    cudaGraphExec_t exec;
+    MOEBAL_CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+    for (int rep = 0; rep < 2; ++rep) {
+      MOEBAL_CHECK_CUDA(cudaGraphLaunch(exec, s));
+      MOEBAL_CHECK_CUDA(cudaStreamSynchronize(s));
+      expect_same(want, replay, "graph replay");
+    }
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
   }
-
-  // No host synchronisation: the call captures into a CUDA graph and replays to the same result.
-  Outputs replay(N, pr.P.slots);
-  cudaGraph_t graph;
-  MOEBAL_CHECK_CUDA(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
-  run_fused(pr, replay, ws_bytes ? ws.ptr : nullptr, ws_bytes, s);
-  MOEBAL_CHECK_CUDA(cudaStreamEndCapture(s, &graph));
-  cudaGraphExec_t exec;
-  MOEBAL_CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
-  MOEBAL_CHECK_CUDA(cudaGraphLaunch(exec, s));
-  MOEBAL_CHECK_CUDA(cudaStreamSynchronize(s));
-  expect_same(want, replay, "graph replay");
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
   cudaStreamDestroy(s);
 }
 
@@ -332,10 +364,10 @@ TEST_F(RouteAndLayoutArgs, EmptyBatchZeroesOffsets) {
   offsets.poison();
   mc::RouterParams p = params_of(kMixtral);
   mc::route_and_layout(nullptr, mc::LogitsDtype::kFloat32, 0, p, nullptr, 8, {}, nullptr, nullptr, nullptr,
-                       offsets.ptr, nullptr, nullptr, nullptr, 0, nullptr);
+                       offsets.ptr, nullptr, nullptr, nullptr, 0, mc::RouteLayoutPath::kAuto, nullptr);
   MOEBAL_CHECK_CUDA(cudaDeviceSynchronize());
   EXPECT_EQ(offsets.host(), std::vector<int32_t>(9, 0));
-  EXPECT_FALSE(mc::route_and_layout_is_fused(0, p, 8));
+  EXPECT_EQ(mc::route_and_layout_plan(0, p, 8), mc::RouteLayoutPath::kTwoKernels);
 }
 
 TEST_F(RouteAndLayoutArgs, RejectsBadArguments) {
@@ -344,7 +376,7 @@ TEST_F(RouteAndLayoutArgs, RejectsBadArguments) {
   int32_t* i = buf.ptr;
   auto call = [&](const mc::RouterParams& p, int32_t slots, const mc::PlacementView& pv) {
     mc::route_and_layout(fbuf.ptr, mc::LogitsDtype::kFloat32, 4, p, nullptr, slots, pv, i, fbuf.ptr, i, i, i, i,
-                         nullptr, 0, nullptr);
+                         nullptr, 0, mc::RouteLayoutPath::kAuto, nullptr);
   };
   mc::RouterParams p = params_of(kMixtral);
   EXPECT_THROW(call(p, 9, {}), moebal::ValueError);       // identity needs num_slots == num_experts
@@ -359,13 +391,18 @@ TEST_F(RouteAndLayoutArgs, RejectsBadArguments) {
   bad.num_groups = 3;  // does not divide 8
   EXPECT_THROW(call(bad, 8, {}), moebal::ValueError);
   EXPECT_THROW(mc::route_and_layout(fbuf.ptr, mc::LogitsDtype::kFloat32, 4, p, nullptr, 8, {}, i, fbuf.ptr, i,
-                                    nullptr, i, i, nullptr, 0, nullptr),
+                                    nullptr, i, i, nullptr, 0, mc::RouteLayoutPath::kAuto, nullptr),
                moebal::ValueError);  // offsets null
-  // Sizes beyond the fused kernel's limits are not errors: they take the two-kernel path.
-  EXPECT_FALSE(mc::route_and_layout_is_fused(mc::kRouteLayoutMaxTokens + 1, p, 8));
+  EXPECT_THROW(mc::route_and_layout(fbuf.ptr, mc::LogitsDtype::kFloat32, 4, p, nullptr, 8, {}, i, fbuf.ptr, i, i, i,
+                                    i, nullptr, 0, static_cast<mc::RouteLayoutPath>(7), nullptr),
+               moebal::ValueError);  // unknown path
+  // Sizes beyond the fused kernels' limits are not errors: they take the two-kernel path.
+  using P = mc::RouteLayoutPath;
+  EXPECT_EQ(mc::route_and_layout_plan(mc::kRouteLayoutMaxTokens + 1, p, 8), P::kTwoKernels);
+  EXPECT_EQ(mc::route_and_layout_plan(mc::kRouteLayoutMaxTokens + 1, p, 8, P::kOneBlock), P::kTwoKernels);
   mc::RouterParams big = params_of(kDeepSeekV3);
-  EXPECT_TRUE(mc::route_and_layout_is_fused(256, big, 256));
-  EXPECT_FALSE(mc::route_and_layout_is_fused(256, big, mc::kLayoutMaxSlots));  // histograms too large
+  EXPECT_EQ(mc::route_and_layout_plan(256, big, 256, P::kOneBlock), P::kOneBlock);
+  EXPECT_EQ(mc::route_and_layout_plan(256, big, mc::kLayoutMaxSlots, P::kOneBlock), P::kTwoKernels);  // smem
 }
 
 }  // namespace

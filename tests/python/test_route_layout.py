@@ -83,6 +83,8 @@ def test_bad_inputs_raise_value_error():
         moe_ops.route_and_layout(logits, k, log2phy=log2phy, logcnt=logcnt)  # placement needs num_slots
     with pytest.raises(ValueError, match="top_k"):
         moe_ops.route_and_layout(logits, 9, 8)
+    with pytest.raises(ValueError, match="path"):
+        moe_ops.route_and_layout(logits, k, 8, path="fastest")
     with pytest.raises(ValueError, match="together"):
         moe_ops.route_and_layout(logits, k, s, log2phy=log2phy)
     with pytest.raises(ValueError, match="log2phy"):
@@ -101,7 +103,7 @@ def test_opcheck(device):
         logits, k, kw, s, log2phy, logcnt = make_inputs(model, 9, replicated, seed=3)
         args = (logits.to(device), k, s, kw["scoring"], kw["renormalize"], kw.get("num_groups", 1),
                 kw.get("topk_groups", 1), to(kw["correction_bias"], device), kw.get("scaling_factor", 1.0),
-                to(log2phy, device), to(logcnt, device))
+                to(log2phy, device), to(logcnt, device), "cluster" if replicated else "auto")
         torch.library.opcheck(torch.ops.moebal.route_and_layout.default, args)
 
 
@@ -126,10 +128,12 @@ def test_cuda_equals_two_ops_and_cpu(model, t, replicated):
     logits, k, kw, s, log2phy, logcnt = make_inputs(model, t, replicated, seed=t * 3 + int(replicated), dtype=dtype)
     dkw = dict(kw, correction_bias=to(kw["correction_bias"], "cuda"))
     dl, dp, dc = logits.cuda(), to(log2phy, "cuda"), to(logcnt, "cuda")
-    got = moe_ops.route_and_layout(dl, k, s, log2phy=dp, logcnt=dc, **dkw)
     two = two_ops(dl, k, dkw, s, dp, dc)
-    for g, w in zip(got, two):  # bit for bit, weights included
-        assert torch.equal(g, w)
+    for path in moe_ops.ROUTE_LAYOUT_PATHS:
+        got = moe_ops.route_and_layout(dl, k, s, log2phy=dp, logcnt=dc, path=path, **dkw)
+        for g, w in zip(got, two):  # bit for bit, weights included
+            assert torch.equal(g, w), path
+    got = moe_ops.route_and_layout(dl, k, s, log2phy=dp, logcnt=dc, **dkw)
     cpu = moe_ops.route_and_layout(logits, k, s, log2phy=log2phy, logcnt=logcnt, **kw)
     for i, (g, w) in enumerate(zip(got, cpu)):
         if i == 1:
@@ -141,6 +145,7 @@ def test_cuda_equals_two_ops_and_cpu(model, t, replicated):
 @gpu
 def test_cuda_broken_placement_drops_like_dispatch_layout():
     logits, k, kw, s, log2phy, logcnt = make_inputs("deepseek_v3", 128, True, seed=5)
+    logits[:, 0] = logits[:, 3] = 6.0  # most tokens pick experts 0 and 3, whose tables are broken below
     log2phy = log2phy.clone()
     logcnt = logcnt.clone()
     log2phy[0, 1] = s + 3  # out of range
@@ -148,9 +153,11 @@ def test_cuda_broken_placement_drops_like_dispatch_layout():
     log2phy[3, 0] = -2
     dkw = dict(kw, correction_bias=kw["correction_bias"].cuda())
     dl, dp, dc = logits.cuda(), log2phy.cuda(), logcnt.cuda()
-    got = moe_ops.route_and_layout(dl, k, s, log2phy=dp, logcnt=dc, **dkw)
-    for g, w in zip(got, two_ops(dl, k, dkw, s, dp, dc)):
-        assert torch.equal(g, w)
+    two = two_ops(dl, k, dkw, s, dp, dc)
+    for path in moe_ops.ROUTE_LAYOUT_PATHS:
+        got = moe_ops.route_and_layout(dl, k, s, log2phy=dp, logcnt=dc, path=path, **dkw)
+        for g, w in zip(got, two):
+            assert torch.equal(g, w), path
     slot_ids, offsets = got[2], got[3]
     dropped = int((slot_ids < 0).sum())
     assert dropped > 0 and int(offsets[-1]) == 128 * k - dropped
@@ -162,13 +169,14 @@ def test_cuda_graph_capture_and_whole_layer():
     dkw = dict(kw, correction_bias=kw["correction_bias"].cuda())
     dl, dp, dc = logits.cuda(), log2phy.cuda(), logcnt.cuda()
     eager = moe_ops.route_and_layout(dl, k, s, log2phy=dp, logcnt=dc, **dkw)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        captured = moe_ops.route_and_layout(dl, k, s, log2phy=dp, logcnt=dc, **dkw)
-    g.replay()
-    torch.cuda.synchronize()
-    for a, b in zip(captured, eager):
-        assert torch.equal(a, b)
+    for path in moe_ops.ROUTE_LAYOUT_PATHS:
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            captured = moe_ops.route_and_layout(dl, k, s, log2phy=dp, logcnt=dc, path=path, **dkw)
+        g.replay()
+        torch.cuda.synchronize()
+        for a, b in zip(captured, eager):
+            assert torch.equal(a, b), path
     # moe_forward from logits (fused routing inside) equals moe_forward from the fused ids/weights.
     gen = torch.Generator().manual_seed(7)
     h, f = 128, 64
