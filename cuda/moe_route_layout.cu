@@ -282,6 +282,7 @@ bool cluster_launch_supported() {
 // bench/results/routerfuse.md), the two kernels past the fused limits.
 constexpr int64_t kAutoOneBlockMaxTokens = 4;
 constexpr int64_t kAutoOneBlockMaxTokensNoCluster = 16;
+constexpr int64_t kAutoMaxFusedTokens = kRouteLayoutMaxTokens;
 
 Plan make_plan(int64_t num_tokens, const RouterParams& p, int32_t num_slots, RouteLayoutPath want) {
   const Plan two{RouteLayoutPath::kTwoKernels, 0, 0, 0};
@@ -290,6 +291,7 @@ Plan make_plan(int64_t num_tokens, const RouterParams& p, int32_t num_slots, Rou
   if (num_tokens * p.top_k > kRouteLayoutMaxPairs || num_slots < 1 || num_slots > kLayoutMaxSlots) return two;
   const bool cluster_ok = cluster_launch_supported();
   if (want == RouteLayoutPath::kAuto) {
+    if (num_tokens > kAutoMaxFusedTokens) return two;
     if (num_tokens <= kAutoOneBlockMaxTokens) {
       want = RouteLayoutPath::kOneBlock;
     } else if (cluster_ok) {
