@@ -278,11 +278,15 @@ bool cluster_launch_supported() {
   return v == 2;
 }
 
-// Auto: one block while its routing is short, a cluster beyond (the crossover measured in
-// bench/results/routerfuse.md), the two kernels past the fused limits.
+// Auto, from bench/results/routerfuse.md (H200; one-block rows also on H100): one block while
+// its routing is short (<= 4 tokens), a cluster beyond, and the two kernels once the routing work
+// (tokens x scores per lane) outgrows what up to 8 SMs do faster than the router kernel's grid:
+// DeepSeek-V3 (8 scores a lane) wins fused up to 32 tokens and loses at 128; Qwen3 / GPT-OSS
+// (4 a lane) win at 128 and lose at 256; Mixtral (1 a lane) is even at 256.
 constexpr int64_t kAutoOneBlockMaxTokens = 4;
 constexpr int64_t kAutoOneBlockMaxTokensNoCluster = 16;
-constexpr int64_t kAutoMaxFusedTokens = kRouteLayoutMaxTokens;
+constexpr int64_t kAutoMaxFusedTokens = 128;
+constexpr int64_t kAutoMaxFusedWork = 512;  // num_tokens * ceil_pow2(num_experts / 32)
 
 Plan make_plan(int64_t num_tokens, const RouterParams& p, int32_t num_slots, RouteLayoutPath want) {
   const Plan two{RouteLayoutPath::kTwoKernels, 0, 0, 0};
@@ -291,7 +295,7 @@ Plan make_plan(int64_t num_tokens, const RouterParams& p, int32_t num_slots, Rou
   if (num_tokens * p.top_k > kRouteLayoutMaxPairs || num_slots < 1 || num_slots > kLayoutMaxSlots) return two;
   const bool cluster_ok = cluster_launch_supported();
   if (want == RouteLayoutPath::kAuto) {
-    if (num_tokens > kAutoMaxFusedTokens) return two;
+    if (num_tokens > kAutoMaxFusedTokens || num_tokens * per_lane_of(p.num_experts) > kAutoMaxFusedWork) return two;
     if (num_tokens <= kAutoOneBlockMaxTokens) {
       want = RouteLayoutPath::kOneBlock;
     } else if (cluster_ok) {
