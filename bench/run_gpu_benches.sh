@@ -18,6 +18,7 @@ fi
 bench gemm python3 bench/kernels_gemm.py --json "$out/gemm.json" "${gemm_args[@]}"
 [ -f "$out/gemm.json" ] && python3 bench/kernels_gemm_report.py "$out/gemm.json" >"$out/gemm_report.md" 2>&1
 bench dataplane python3 bench/kernels_dataplane.py --json "$out/dataplane.json" --md "$out/dataplane.md" "${dp_args[@]}"
+bench routerfuse python3 bench/kernels_routerfuse.py --json "$out/routerfuse.json" --md "$out/routerfuse.md"
 bench probe_cuda build/gpu/bench/moebal_bench_probe_cuda 200
 bench assign_cuda build/gpu/bench/moebal_bench_assign_cuda 8192 8 200
 bench predictor python3 bench/probe_predictor.py --refcheck

@@ -60,9 +60,10 @@ T* at_offset(void* base, size_t off) {
   return reinterpret_cast<T*>(static_cast<char*>(base) + off);
 }
 
+// layout_done: the layout buffers were already filled (by route_and_layout).
 void run_layer(const __nv_bfloat16* hidden, const int32_t* topk_ids, const float* topk_weights,
                const __nv_bfloat16* w13, const __nv_bfloat16* w2, const MoeShape& s,
-               const PlacementView& placement, __nv_bfloat16* out, void* ws, const Carve& c,
+               const PlacementView& placement, __nv_bfloat16* out, void* ws, const Carve& c, bool layout_done,
                cudaStream_t stream) {
   const int64_t pairs = s.num_tokens * s.top_k;
   auto* slot_ids = at_offset<int32_t>(ws, c.slot_ids);
@@ -71,9 +72,11 @@ void run_layer(const __nv_bfloat16* hidden, const int32_t* topk_ids, const float
   auto* sorted_token = at_offset<int32_t>(ws, c.sorted_token);
   auto* x = at_offset<__nv_bfloat16>(ws, c.x);
   auto* y = at_offset<__nv_bfloat16>(ws, c.y);
-  dispatch_layout(topk_ids, s.num_tokens, s.top_k, s.num_experts, s.num_slots, placement, slot_ids,
-                  offsets, row_index, sorted_token, at_offset<void>(ws, c.layout_ws), c.layout_ws_bytes,
-                  stream);
+  if (!layout_done) {
+    dispatch_layout(topk_ids, s.num_tokens, s.top_k, s.num_experts, s.num_slots, placement, slot_ids,
+                    offsets, row_index, sorted_token, at_offset<void>(ws, c.layout_ws), c.layout_ws_bytes,
+                    stream);
+  }
   permute_rows_bf16(hidden, s.num_tokens, s.hidden, row_index, s.top_k, x, stream);
   // Rows of dropped pairs sit after offsets[num_slots]; the FFN covers only the valid rows, and
   // the combine skips the rest.
@@ -101,7 +104,7 @@ void moe_forward_bf16(const __nv_bfloat16* hidden, const int32_t* topk_ids, cons
   MOEBAL_CHECK_ARG(reinterpret_cast<uintptr_t>(workspace) % kAlign == 0,
                    "moe_forward: workspace must be 256-byte aligned");
   if (shape.num_tokens == 0) return;
-  run_layer(hidden, topk_ids, topk_weights, w13, w2, shape, placement, out, workspace, c, stream);
+  run_layer(hidden, topk_ids, topk_weights, w13, w2, shape, placement, out, workspace, c, false, stream);
 }
 
 void moe_forward_bf16_from_logits(const __nv_bfloat16* hidden, const void* logits, LogitsDtype dtype,
@@ -122,8 +125,13 @@ void moe_forward_bf16_from_logits(const __nv_bfloat16* hidden, const void* logit
   if (shape.num_tokens == 0) return;
   auto* ids = at_offset<int32_t>(workspace, c.ids);
   auto* weights = at_offset<float>(workspace, c.weights);
-  router_topk(logits, dtype, shape.num_tokens, params, correction_bias, ids, weights, stream);
-  run_layer(hidden, ids, weights, w13, w2, shape, placement, out, workspace, c, stream);
+  // Router + layout: one launch at decode sizes (route_and_layout falls back to two otherwise).
+  // Its workspace need equals dispatch_layout's, which the carve reserved.
+  route_and_layout(logits, dtype, shape.num_tokens, params, correction_bias, shape.num_slots, placement, ids,
+                   weights, at_offset<int32_t>(workspace, c.slot_ids), at_offset<int32_t>(workspace, c.offsets),
+                   at_offset<int32_t>(workspace, c.row_index), at_offset<int32_t>(workspace, c.sorted_token),
+                   at_offset<void>(workspace, c.layout_ws), c.layout_ws_bytes, RouteLayoutPath::kAuto, stream);
+  run_layer(hidden, ids, weights, w13, w2, shape, placement, out, workspace, c, true, stream);
 }
 
 }  // namespace moebal::cuda

@@ -46,6 +46,16 @@ inline int32_t moe_scoring_code(const std::string& scoring) {
   return -1;
 }
 
+/// route_and_layout's path argument -> moebal::cuda::RouteLayoutPath's value.
+inline int32_t moe_route_layout_path_code(const std::string& path) {
+  if (path == "auto") return 0;
+  if (path == "two_kernels") return 1;
+  if (path == "one_block") return 2;
+  if (path == "cluster") return 3;
+  TORCH_CHECK_VALUE(false, "moebal: path must be 'auto', 'two_kernels', 'one_block' or 'cluster', got '", path, "'");
+  return -1;
+}
+
 /// Checks the router inputs; returns num_experts.
 inline int64_t moe_check_router(const at::Tensor& logits, int64_t top_k, const std::string& scoring,
                                 int64_t num_groups, int64_t topk_groups,

@@ -29,6 +29,14 @@ TORCH_LIBRARY_FRAGMENT(moebal, m) {
   m.def(
       "dispatch_layout(Tensor topk_ids, int num_experts, int num_slots, Tensor? log2phy=None, "
       "Tensor? logcnt=None) -> (Tensor, Tensor, Tensor, Tensor)");
+  // router_topk then dispatch_layout, one launch at decode sizes on CUDA (same outputs, bit for
+  // bit) -> (topk_ids, topk_weights, slot_ids, offsets, row_index, sorted_token). path: "auto" |
+  // "two_kernels" | "one_block" | "cluster" (benchmarking; every path gives the same outputs).
+  m.def(
+      "route_and_layout(Tensor router_logits, int top_k, int num_slots, str scoring=\"softmax\", "
+      "bool renormalize=True, int num_groups=1, int topk_groups=1, Tensor? correction_bias=None, "
+      "float scaling_factor=1.0, Tensor? log2phy=None, Tensor? logcnt=None, str path=\"auto\") "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   // out[row_index[t, j]] = hidden[t]: [tokens, hidden] bf16 -> [tokens * k, hidden] bf16.
   m.def("permute(Tensor hidden, Tensor row_index) -> Tensor");
   // out[t] = sum_j topk_weights[t, j] * expert_out[row_index[t, j]] over rows < offsets[-1], fp32
@@ -190,6 +198,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dispatch_layout_cpu(
     tok[r] = static_cast<int32_t>(i / K);
   }
   return {slot_ids, offsets, row_index, sorted_token};
+}
+
+// The composition of the two references: what the CUDA op computes in one launch.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> route_and_layout_cpu(
+    const at::Tensor& logits, int64_t top_k, int64_t num_slots, const std::string& scoring, bool renormalize,
+    int64_t num_groups, int64_t topk_groups, const OptTensor& bias, double scaling, const OptTensor& log2phy,
+    const OptTensor& logcnt, const std::string& path) {
+  const int64_t E = moe_check_router(logits, top_k, scoring, num_groups, topk_groups, bias);
+  moe_check_placement(log2phy, logcnt, E, num_slots, logits.device());
+  moe_route_layout_path_code(path);
+  auto [ids, weights] = router_topk_cpu(logits, top_k, scoring, renormalize, num_groups, topk_groups, bias, scaling);
+  auto [slot_ids, offsets, row_index, sorted_token] = dispatch_layout_cpu(ids, E, num_slots, log2phy, logcnt);
+  return {ids, weights, slot_ids, offsets, row_index, sorted_token};
 }
 
 void check_row_index(const at::Tensor& hidden_like_tokens, const at::Tensor& row_index, int64_t tokens) {
@@ -357,6 +378,7 @@ at::Tensor moe_forward_cpu(const at::Tensor& hidden, const at::Tensor& w13, cons
 TORCH_LIBRARY_IMPL(moebal, CPU, m) {
   m.impl("router_topk", &router_topk_cpu);
   m.impl("dispatch_layout", &dispatch_layout_cpu);
+  m.impl("route_and_layout", &route_and_layout_cpu);
   m.impl("permute", &permute_cpu);
   m.impl("unpermute_combine", &unpermute_combine_cpu);
   m.impl("moe_forward", &moe_forward_cpu);

@@ -91,6 +91,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dispatch_layout_cuda(
   return {slot_ids, offsets, row_index, sorted_token};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> route_and_layout_cuda(
+    const at::Tensor& logits, int64_t top_k, int64_t num_slots, const std::string& scoring, bool renormalize,
+    int64_t num_groups, int64_t topk_groups, const OptTensor& bias, double scaling, const OptTensor& log2phy,
+    const OptTensor& logcnt, const std::string& path) {
+  const int64_t E = moe_check_router(logits, top_k, scoring, num_groups, topk_groups, bias);
+  moe_check_placement(log2phy, logcnt, E, num_slots, logits.device());
+  const auto route_path = static_cast<mc::RouteLayoutPath>(moe_route_layout_path_code(path));
+  TORCH_CHECK_VALUE(logits.size(0) * top_k < (int64_t{1} << 31) - 1, "moebal: tokens * top_k must fit in int32, got ",
+                    logits.size(0), " * ", top_k);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const int64_t T = logits.size(0);
+  const auto iopt = logits.options().dtype(at::kInt);
+  at::Tensor ids = at::empty({T, top_k}, iopt);
+  at::Tensor weights = at::empty({T, top_k}, logits.options().dtype(at::kFloat));
+  at::Tensor slot_ids = at::empty({T, top_k}, iopt);
+  at::Tensor offsets = at::empty({num_slots + 1}, iopt);
+  at::Tensor row_index = at::empty({T, top_k}, iopt);
+  at::Tensor sorted_token = at::empty({T * top_k}, iopt);
+  const size_t ws_bytes =
+      mc::route_and_layout_workspace_bytes(T, static_cast<int32_t>(top_k), static_cast<int32_t>(num_slots));
+  at::Tensor ws = at::empty({static_cast<int64_t>(ws_bytes)}, iopt.dtype(at::kByte));
+  mc::route_and_layout(logits.data_ptr(), logits_dtype(logits), T,
+                       router_params(E, top_k, scoring, renormalize, num_groups, topk_groups, scaling),
+                       bias.has_value() ? bias->data_ptr<float>() : nullptr, static_cast<int32_t>(num_slots),
+                       placement_view(log2phy, logcnt), ids.data_ptr<int32_t>(), weights.data_ptr<float>(),
+                       slot_ids.data_ptr<int32_t>(), offsets.data_ptr<int32_t>(), row_index.data_ptr<int32_t>(),
+                       sorted_token.data_ptr<int32_t>(), ws_bytes ? ws.data_ptr() : nullptr, ws_bytes, route_path,
+                       at::cuda::getCurrentCUDAStream());
+  return {ids, weights, slot_ids, offsets, row_index, sorted_token};
+}
+
 at::Tensor permute_cuda(const at::Tensor& hidden, const at::Tensor& row_index) {
   moe_check_hidden(hidden);
   moe_check_tensor(row_index, "row_index", 2, at::kInt, hidden.device());
@@ -165,6 +196,7 @@ at::Tensor moe_forward_cuda(const at::Tensor& hidden, const at::Tensor& w13, con
 TORCH_LIBRARY_IMPL(moebal, CUDA, m) {
   m.impl("router_topk", &router_topk_cuda);
   m.impl("dispatch_layout", &dispatch_layout_cuda);
+  m.impl("route_and_layout", &route_and_layout_cuda);
   m.impl("permute", &permute_cuda);
   m.impl("unpermute_combine", &unpermute_combine_cuda);
   m.impl("moe_forward", &moe_forward_cuda);

@@ -16,6 +16,7 @@ from . import ops as _ops
 MAX_EXPERTS = 2048
 MAX_TOP_K = 32
 MAX_SLOTS = 11 * 1024 - 1
+ROUTE_LAYOUT_PATHS = ("auto", "two_kernels", "one_block", "cluster")
 
 
 def _check(cond: bool, msg) -> None:
@@ -103,6 +104,18 @@ def register_fakes() -> None:
         return (topk_ids.new_empty((t, k)), topk_ids.new_empty((num_slots + 1,)),
                 topk_ids.new_empty((t, k)), topk_ids.new_empty((t * k,)))
 
+    @torch.library.register_fake("moebal::route_and_layout")
+    def _route_and_layout(router_logits, top_k, num_slots, scoring="softmax", renormalize=True, num_groups=1,
+                          topk_groups=1, correction_bias=None, scaling_factor=1.0, log2phy=None, logcnt=None,
+                          path="auto"):
+        e = _check_router(router_logits, top_k, scoring, num_groups, topk_groups, correction_bias)
+        _check_placement(log2phy, logcnt, e, num_slots, router_logits.device)
+        _check(path in ROUTE_LAYOUT_PATHS, lambda: f"moebal: path must be one of {ROUTE_LAYOUT_PATHS}, got '{path}'")
+        t = router_logits.shape[0]
+        ids = router_logits.new_empty((t, top_k), dtype=torch.int32)
+        return (ids, router_logits.new_empty((t, top_k), dtype=torch.float32), ids.new_empty((t, top_k)),
+                ids.new_empty((num_slots + 1,)), ids.new_empty((t, top_k)), ids.new_empty((t * top_k,)))
+
     @torch.library.register_fake("moebal::permute")
     def _permute(hidden, row_index):
         _check_hidden(hidden)
@@ -168,6 +181,22 @@ def dispatch_layout(topk_ids: torch.Tensor, num_experts: int, num_slots: Optiona
     if num_slots is None:
         num_slots = num_experts
     return torch.ops.moebal.dispatch_layout(topk_ids, num_experts, num_slots, log2phy, logcnt)
+
+
+def route_and_layout(router_logits: torch.Tensor, top_k: int, num_slots: Optional[int] = None, *,
+                     scoring: str = "softmax", renormalize: bool = True, num_groups: int = 1, topk_groups: int = 1,
+                     correction_bias: Optional[torch.Tensor] = None, scaling_factor: float = 1.0,
+                     log2phy: Optional[torch.Tensor] = None, logcnt: Optional[torch.Tensor] = None,
+                     path: str = "auto"):
+    """router_topk then dispatch_layout (one launch at decode sizes on CUDA, identical outputs) ->
+    (topk_ids, topk_weights, slot_ids, offsets, row_index, sorted_token). ``path`` forces a CUDA
+    path for benchmarking ("two_kernels", "one_block", "cluster"); every path gives the same outputs."""
+    _ops.load_library()
+    if num_slots is None:
+        _check(log2phy is None, "moebal: route_and_layout with a placement needs num_slots")
+        num_slots = router_logits.shape[-1]
+    return torch.ops.moebal.route_and_layout(router_logits, top_k, num_slots, scoring, renormalize, num_groups,
+                                             topk_groups, correction_bias, scaling_factor, log2phy, logcnt, path)
 
 
 def permute(hidden: torch.Tensor, row_index: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,8 @@ void moe_forward_bf16(const __nv_bfloat16* hidden, const int32_t* topk_ids, cons
                       size_t workspace_bytes, cudaStream_t stream);
 
 /// As above, routing first: router_topk(logits, params) with params.num_experts and top_k equal to
-/// the shape's. correction_bias: nullptr or fp32 [num_experts].
+/// the shape's, then the layout; both as route_and_layout (one launch at decode sizes).
+/// correction_bias: nullptr or fp32 [num_experts].
 void moe_forward_bf16_from_logits(const __nv_bfloat16* hidden, const void* logits, LogitsDtype dtype,
                                   const RouterParams& params, const float* correction_bias,
                                   const __nv_bfloat16* w13, const __nv_bfloat16* w2,

@@ -83,4 +83,54 @@ void dispatch_layout(const int32_t* topk_ids, int64_t num_tokens, int32_t top_k,
                      int32_t* offsets, int32_t* row_index, int32_t* sorted_token, void* workspace,
                      size_t workspace_bytes, cudaStream_t stream);
 
+/// Most physical slots a dispatch layout supports (its per-warp slot histograms live in shared
+/// memory).
+inline constexpr int32_t kLayoutMaxSlots = 11 * 1024 - 1;
+
+/// Bytes of device workspace route_and_layout needs (0 whenever it runs fused; the same as
+/// dispatch_layout_workspace_bytes, which its two-kernel path uses).
+size_t route_and_layout_workspace_bytes(int64_t num_tokens, int32_t top_k, int32_t num_slots);
+
+/// How route_and_layout runs.
+enum class RouteLayoutPath : int32_t {
+  kAuto = 0,        // the fastest measured path for the size and device (see route_and_layout_plan)
+  kTwoKernels = 1,  // router_topk then dispatch_layout (every size)
+  kOneBlock = 2,    // one launch, one block: routing and layout in one SM
+  kCluster = 3,     // one launch, one thread-block cluster (sm_90+): routing spread over up to
+                    // kRouteLayoutMaxCluster SMs, layout in the cluster's first block
+};
+
+inline constexpr int64_t kRouteLayoutMaxTokens = 256;   // fused paths: num_tokens <= this
+inline constexpr int64_t kRouteLayoutMaxPairs = 4096;   // and num_tokens * top_k <= this
+inline constexpr size_t kRouteLayoutMaxSmemBytes = 160 * 1024;  // and a block's shared memory
+inline constexpr int kRouteLayoutMaxCluster = 8;        // blocks of the cluster path (portable size)
+
+/// The path route_and_layout(..., path, ...) takes on the current device: `path` itself when it
+/// can run the problem, kAuto resolved to a concrete path, or kTwoKernels when a fused path cannot
+/// (num_tokens outside [1, kRouteLayoutMaxTokens], more than kRouteLayoutMaxPairs pairs, shared
+/// memory over kRouteLayoutMaxSmemBytes, or kCluster on a device without cluster launch).
+/// Host-only; cheap (one cached device-attribute query).
+RouteLayoutPath route_and_layout_plan(int64_t num_tokens, const RouterParams& params, int32_t num_slots,
+                                      RouteLayoutPath path = RouteLayoutPath::kAuto);
+
+/// router_topk followed by dispatch_layout, for every size, with the outputs of both: the same
+/// ids, bit-identical weights and the same layout as the two calls (the fused kernel inlines the
+/// router's per-token routine and reproduces the layout's stable order). At decode sizes it is
+/// one launch: warps route tokens (one block, or a cluster of blocks whose first block gathers the
+/// slots after a cluster barrier), then one block sorts the (token, k) pairs by slot (stable
+/// counting sort in shared memory). `path` (kAuto unless benchmarking) picks the path as
+/// route_and_layout_plan resolves it; a forced path that cannot run the problem falls back to
+/// kTwoKernels.
+/// logits, correction_bias, placement: as router_topk / dispatch_layout (num_experts is
+/// params.num_experts). Outputs (device, overwritten): topk_ids int32 / topk_weights fp32
+/// [num_tokens, top_k]; slot_ids, offsets [num_slots + 1], row_index, sorted_token as
+/// dispatch_layout. workspace: route_and_layout_workspace_bytes(...) bytes (may be null when 0).
+/// Enqueued on `stream`; no host synchronisation (CUDA-graph capturable); deterministic.
+/// Throws moebal::ValueError on an invalid configuration.
+void route_and_layout(const void* logits, LogitsDtype dtype, int64_t num_tokens, const RouterParams& params,
+                      const float* correction_bias, int32_t num_slots, const PlacementView& placement,
+                      int32_t* topk_ids, float* topk_weights, int32_t* slot_ids, int32_t* offsets,
+                      int32_t* row_index, int32_t* sorted_token, void* workspace, size_t workspace_bytes,
+                      RouteLayoutPath path, cudaStream_t stream);
+
 }  // namespace moebal::cuda
