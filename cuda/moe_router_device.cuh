@@ -75,14 +75,17 @@ __device__ __forceinline__ void route_token_warp(const T* __restrict__ row, cons
   const int lane = threadIdx.x & 31;
   const int E = p.num_experts;
 
-  // 1. Logits -> scores s (kept only with a bias) and choice values c.
+  // 1. Logits -> scores s (kept only with a bias) and choice values c. Every global load (logits
+  // and bias) is issued here, up front, so their latencies overlap.
   float c[kPerLane];
   float s[kBias ? kPerLane : 1];
+  float bv[kBias ? kPerLane : 1];
   unsigned long long alive = 0;
 #pragma unroll
   for (int i = 0; i < kPerLane; ++i) {
     const int e = lane + 32 * i;
     c[i] = e < E ? nan_to_neg_inf(load_logit(row + e)) : -INFINITY;
+    if constexpr (kBias) bv[i] = e < E ? __ldg(bias + e) : 0.0f;
     if (e < E) alive |= 1ull << i;
   }
   const bool softmax = p.scoring == RouterScoring::kSoftmax;
@@ -109,22 +112,73 @@ __device__ __forceinline__ void route_token_warp(const T* __restrict__ row, cons
 #pragma unroll
   for (int i = 0; i < kPerLane; ++i) {
     if constexpr (kBias) {
-      const int e = lane + 32 * i;
       s[i] = c[i];
-      c[i] = nan_to_neg_inf(c[i] + (e < E ? __ldg(bias + e) : 0.0f));
+      c[i] = nan_to_neg_inf(c[i] + bv[i]);
     } else {
       c[i] = nan_to_neg_inf(c[i]);
     }
   }
 
-  // 2. Group-limited routing: stage c in shared memory, one lane per group scores its group,
-  // the best topk_groups groups stay alive.
-  if (p.num_groups > 1) {
+  // 2. Group-limited routing: the best topk_groups groups stay alive. A group's score is the sum
+  // of its two largest choice values with a bias, else its largest.
+  //  - Groups of a multiple of 32 experts (DeepSeek-V3: 256 / 8 = 32), up to 256 experts: group g
+  //    is registers [g * m, (g + 1) * m) of every lane (m = group_size / 32), so each register's
+  //    top two are reduced across the warp by a butterfly (every lane ends with every group's
+  //    score) and the groups are chosen in registers, with no shared memory and no serial loop.
+  //  - Otherwise: stage c in shared memory and let one lane per group score its group.
+  // Both compute each score from the same two values, so they agree bit for bit.
+  const int group_size = p.num_groups > 1 ? E / p.num_groups : E;
+  if (kPerLane <= 8 && p.num_groups > 1 && group_size % 32 == 0) {
+    const int m = group_size / 32;
+    float top1[kPerLane], top2[kPerLane];
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      top1[i] = c[i];
+      top2[i] = -INFINITY;
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) {
+        const float oa = __shfl_xor_sync(kRouterFullMask, top1[i], off);
+        const float ob = __shfl_xor_sync(kRouterFullMask, top2[i], off);
+        top2[i] = fmaxf(fminf(top1[i], oa), fmaxf(top2[i], ob));
+        top1[i] = fmaxf(top1[i], oa);
+      }
+    }
+    // Merge the registers of a group into its first register (m is 1, 2, 4 or 8 here).
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+#pragma unroll
+      for (int j = i + 1; j < kPerLane; ++j) {
+        if (i % m == 0 && j / m == i / m) {
+          top2[i] = fmaxf(fminf(top1[i], top1[j]), fmaxf(top2[i], top2[j]));
+          top1[i] = fmaxf(top1[i], top1[j]);
+        }
+      }
+    }
+    float gscore[kPerLane];
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) gscore[i] = kBias ? top1[i] + top2[i] : top1[i];
+    unsigned eligible = 0;  // bit g: group g stays
+    for (int r = 0; r < p.topk_groups; ++r) {
+      float bvv = -INFINITY;
+      int bg = -1;
+#pragma unroll
+      for (int i = 0; i < kPerLane; ++i) {
+        const int g = i / m;
+        if (i % m == 0 && g < p.num_groups && !((eligible >> g) & 1u) && (bg < 0 || beats(gscore[i], g, bvv, bg))) {
+          bvv = gscore[i];
+          bg = g;
+        }
+      }
+      eligible |= 1u << bg;
+    }
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i)
+      if (!((eligible >> (i / m)) & 1u)) alive &= ~(1ull << i);
+  } else if (p.num_groups > 1) {
 #pragma unroll
     for (int i = 0; i < kPerLane; ++i)
       if (lane + 32 * i < E) stage[lane + 32 * i] = c[i];
     __syncwarp();
-    const int group_size = E / p.num_groups;
     float gscore = -INFINITY;
     if (lane < p.num_groups) {
       const float* g = stage + lane * group_size;

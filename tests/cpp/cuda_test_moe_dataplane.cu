@@ -187,6 +187,9 @@ INSTANTIATE_TEST_SUITE_P(
         RouterCase{1000, 128, 4, mc::RouterScoring::kSoftmax, true, false, false, 1, 1},   // GPT-OSS
         RouterCase{1003, 256, 8, mc::RouterScoring::kSigmoid, true, true, true, 8, 4},     // DeepSeek-V3
         RouterCase{17, 256, 8, mc::RouterScoring::kSigmoid, true, true, false, 8, 4},
+        RouterCase{65, 256, 8, mc::RouterScoring::kSigmoid, true, true, false, 4, 2},      // groups of 64
+        RouterCase{29, 256, 6, mc::RouterScoring::kSoftmax, true, false, true, 2, 1},      // groups of 128
+        RouterCase{40, 64, 4, mc::RouterScoring::kSigmoid, true, true, false, 2, 1},       // 2 regs/lane
         RouterCase{33, 160, 6, mc::RouterScoring::kSoftmax, false, false, false, 8, 3},    // DeepSeek-V2
         RouterCase{5, 60, 4, mc::RouterScoring::kSigmoid, false, false, false, 1, 1},      // E < 64, odd
         RouterCase{7, 2048, 32, mc::RouterScoring::kSoftmax, true, false, false, 32, 16},  // limits
