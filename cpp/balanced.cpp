@@ -321,6 +321,103 @@ int32_t default_iters(int32_t P, int32_t k) { return 2 * P * k + 16; }
 constexpr int32_t kCountSearchMaxSlots = 5;  // count search only with <= this many slots/GPU
 constexpr int32_t kCountShiftRounds = 6;
 
+
+// Copy counts for a time target T (time cost models only). A copy of expert e shares its GPU with
+// k - 1 other copies, each costing at least `fill` (the cheapest non-empty copy) on the reference GPU
+// (the fastest for the mean copy), so e needs the fewest c <= P copies with
+// t_ref(w_e / c) + (k - 1) fill <= T. The remaining slots go, one at a time, to the expert whose
+// extra copy adds the least predicted work on the reference GPU (rule 0: free copies of
+// compute-bound experts and copies of empty experts first, the finest such copy first) or to the
+// largest load per copy (rule 1, the token greedy started from the minimal counts). Returns false
+// when the minimal counts already exceed the slots.
+struct TimeTarget {
+  int32_t ref = 0;
+  double fill = 0;
+};
+
+TimeTarget time_reference(const double* w, int32_t n, int32_t P, int32_t k, const CostModel& cost) {
+  double total = 0, wmin = std::numeric_limits<double>::infinity();
+  for (int32_t e = 0; e < n; ++e) {
+    total += w[e];
+    if (w[e] > 0) wmin = std::min(wmin, w[e]);
+  }
+  TimeTarget r;
+  const double mean = total / (static_cast<double>(P) * k);
+  double bv = std::numeric_limits<double>::infinity();
+  for (int32_t g = 0; g < P; ++g) {
+    const double v = cost(g, mean);
+    if (v < bv) bv = v, r.ref = g;
+  }
+  r.fill = std::isfinite(wmin) ? cost(r.ref, wmin / P) : 0.0;
+  return r;
+}
+
+int32_t copies_needed(double we, int32_t P, int32_t k, const CostModel& cost, const TimeTarget& tt,
+                      double target) {
+  if (!(we > 0)) return 1;
+  const double room = target - (k - 1) * tt.fill;
+  int32_t lo = 1, hi = P;
+  if (cost(tt.ref, we / hi) > room) return P;
+  while (lo < hi) {  // smallest c with t_ref(w / c) <= room (t_ref is non-increasing in c)
+    const int32_t mid = lo + (hi - lo) / 2;
+    if (cost(tt.ref, we / mid) <= room)
+      hi = mid;
+    else
+      lo = mid + 1;
+  }
+  return lo;
+}
+
+// Smallest target (between lo and hi) whose minimal counts fit the P * k slots; 0 when even hi's
+// do not.
+double time_target_bisect(const double* w, int32_t n, int32_t P, int32_t k, const CostModel& cost,
+                          double lo, double hi) {
+  const TimeTarget tt = time_reference(w, n, P, k, cost);
+  const int64_t M = static_cast<int64_t>(P) * k;
+  auto fits = [&](double target) {
+    int64_t sum = 0;
+    for (int32_t e = 0; e < n && sum <= M; ++e) sum += copies_needed(w[e], P, k, cost, tt, target);
+    return sum <= M;
+  };
+  if (!fits(hi)) return 0.0;
+  for (int it = 0; it < 40 && hi - lo > 1e-9 * hi; ++it) {
+    const double mid = 0.5 * (lo + hi);
+    if (fits(mid))
+      hi = mid;
+    else
+      lo = mid;
+  }
+  return hi;
+}
+
+bool time_target_counts(const double* w, int32_t n, int32_t P, int32_t k, const CostModel& cost,
+                        double target, int rule, int32_t* cnt) {
+  const TimeTarget tt = time_reference(w, n, P, k, cost);
+  const int64_t M = static_cast<int64_t>(P) * k;
+  int64_t sum = 0;
+  for (int32_t e = 0; e < n; ++e) sum += cnt[e] = copies_needed(w[e], P, k, cost, tt, target);
+  if (sum > M) return false;
+  for (; sum < M; ++sum) {
+    int32_t bi = -1;
+    double bd = 0, bp = 0;
+    for (int32_t e = 0; e < n; ++e) {
+      if (cnt[e] >= P) continue;
+      if (rule == 0) {
+        const double before = cnt[e] * cost(tt.ref, w[e] / cnt[e]);
+        const double per = cost(tt.ref, w[e] / (cnt[e] + 1));
+        const double d = (cnt[e] + 1) * per - before;
+        const double tol = 1e-9 * std::max(1.0, before);
+        if (bi < 0 || d < bd - tol || (d <= bd + tol && per < bp)) bi = e, bd = d, bp = per;
+      } else if (bi < 0 || w[e] * cnt[bi] > w[bi] * cnt[e]) {
+        bi = e;
+      }
+    }
+    if (bi < 0) return false;  // every expert at P copies: cannot happen when M <= n * P
+    ++cnt[bi];
+  }
+  return true;
+}
+
 }  // namespace
 
 double packing_cost(const double* w, int32_t n, int32_t P, int32_t k, const int32_t* slot_expert,
@@ -377,18 +474,36 @@ double solve_domain(const double* w, int32_t n, int32_t P, int32_t k, const Cost
   // counts are often not the best for packing. Try other apportionments (Webster and
   // Huntington-Hill divisors) and exploratory count shifts (one copy moves from a donor expert to an
   // expert on the busiest GPU), re-packing each and keeping the lightest busiest GPU.
-  if (k <= kCountSearchMaxSlots && best > floor * (1 + 1e-12)) {
-    Packer t(w, n, P, k, cost);
-    auto try_counts = [&](const std::vector<int32_t>& c) {
-      t.lpt(c.data());
-      t.search(default_iters(P, k), t.floor_for_counts());
-      if (t.max_load() < best) {
-        best = t.max_load();
-        t.sorted_out(out);
-        return true;
-      }
-      return false;
+  Packer t(w, n, P, k, cost);
+  auto try_counts = [&](const std::vector<int32_t>& c) {
+    t.lpt(c.data());
+    t.search(default_iters(P, k), t.floor_for_counts());
+    if (t.max_load() < best) {
+      best = t.max_load();
+      t.sorted_out(out);
+      return true;
+    }
+    return false;
+  };
+  // Time costs (vibe): copy counts chosen for the time objective, not for tokens (see
+  // time_target_counts). Runs before the count shifts below so that they start from its answer.
+  if (cost.models && M > n && best > floor * (1 + 1e-12)) {
+    std::vector<int32_t> c(n);
+    std::vector<std::vector<int32_t>> tried;
+    auto try_once = [&](const std::vector<int32_t>& v) {
+      if (std::find(tried.begin(), tried.end(), v) != tried.end()) return;
+      tried.push_back(v);
+      try_counts(v);
     };
+    const double t0 = time_target_bisect(w, n, P, k, cost, floor, best);
+    if (t0 > 0)
+      for (double f : {0.0, 0.25, 0.5}) {
+        const double target = t0 + f * (best - t0);
+        for (int rule = 0; rule < 2; ++rule)
+          if (time_target_counts(w, n, P, k, cost, target, rule, c.data())) try_once(c);
+      }
+  }
+  if ((k <= kCountSearchMaxSlots || cost.models) && best > floor * (1 + 1e-12)) {
     for (int method = 1; method <= 2; ++method) {
       std::vector<int32_t> c(n, 1);
       for (int32_t r = n; r < M; ++r) {
