@@ -8,6 +8,7 @@
 #include <limits>
 #include <map>
 #include <numeric>
+#include <optional>
 #include <queue>
 
 #include "moebal/core/error.h"
@@ -320,103 +321,106 @@ struct Packer {
 int32_t default_iters(int32_t P, int32_t k) { return 2 * P * k + 16; }
 constexpr int32_t kCountSearchMaxSlots = 5;  // count search only with <= this many slots/GPU
 constexpr int32_t kCountShiftRounds = 6;
+constexpr int32_t kCountShiftRoundsManySlots = 2;  // time costs with > kCountSearchMaxSlots slots/GPU
 
 
 // Copy counts for a time target T (time cost models only). A copy of expert e shares its GPU with
-// k - 1 other copies, each costing at least `fill` (the cheapest non-empty copy) on the reference GPU
-// (the fastest for the mean copy), so e needs the fewest c <= P copies with
-// t_ref(w_e / c) + (k - 1) fill <= T. The remaining slots go, one at a time, to the expert whose
-// extra copy adds the least predicted work on the reference GPU (rule 0: free copies of
-// compute-bound experts and copies of empty experts first, the finest such copy first) or to the
-// largest load per copy (rule 1, the token greedy started from the minimal counts). Returns false
-// when the minimal counts already exceed the slots.
-struct TimeTarget {
-  int32_t ref = 0;
-  double fill = 0;
-};
-
-TimeTarget time_reference(const double* w, int32_t n, int32_t P, int32_t k, const CostModel& cost) {
-  double total = 0, wmin = std::numeric_limits<double>::infinity();
-  for (int32_t e = 0; e < n; ++e) {
-    total += w[e];
-    if (w[e] > 0) wmin = std::min(wmin, w[e]);
-  }
-  TimeTarget r;
-  const double mean = total / (static_cast<double>(P) * k);
-  double bv = std::numeric_limits<double>::infinity();
-  for (int32_t g = 0; g < P; ++g) {
-    const double v = cost(g, mean);
-    if (v < bv) bv = v, r.ref = g;
-  }
-  r.fill = std::isfinite(wmin) ? cost(r.ref, wmin / P) : 0.0;
-  return r;
-}
-
-int32_t copies_needed(double we, int32_t P, int32_t k, const CostModel& cost, const TimeTarget& tt,
-                      double target) {
-  if (!(we > 0)) return 1;
-  const double room = target - (k - 1) * tt.fill;
-  int32_t lo = 1, hi = P;
-  if (cost(tt.ref, we / hi) > room) return P;
-  while (lo < hi) {  // smallest c with t_ref(w / c) <= room (t_ref is non-increasing in c)
-    const int32_t mid = lo + (hi - lo) / 2;
-    if (cost(tt.ref, we / mid) <= room)
-      hi = mid;
-    else
-      lo = mid + 1;
-  }
-  return lo;
-}
-
-// Smallest target (between lo and hi) whose minimal counts fit the P * k slots; 0 when even hi's
-// do not.
-double time_target_bisect(const double* w, int32_t n, int32_t P, int32_t k, const CostModel& cost,
-                          double lo, double hi) {
-  const TimeTarget tt = time_reference(w, n, P, k, cost);
-  const int64_t M = static_cast<int64_t>(P) * k;
-  auto fits = [&](double target) {
-    int64_t sum = 0;
-    for (int32_t e = 0; e < n && sum <= M; ++e) sum += copies_needed(w[e], P, k, cost, tt, target);
-    return sum <= M;
-  };
-  if (!fits(hi)) return 0.0;
-  for (int it = 0; it < 40 && hi - lo > 1e-9 * hi; ++it) {
-    const double mid = 0.5 * (lo + hi);
-    if (fits(mid))
-      hi = mid;
-    else
-      lo = mid;
-  }
-  return hi;
-}
-
-bool time_target_counts(const double* w, int32_t n, int32_t P, int32_t k, const CostModel& cost,
-                        double target, int rule, int32_t* cnt) {
-  const TimeTarget tt = time_reference(w, n, P, k, cost);
-  const int64_t M = static_cast<int64_t>(P) * k;
-  int64_t sum = 0;
-  for (int32_t e = 0; e < n; ++e) sum += cnt[e] = copies_needed(w[e], P, k, cost, tt, target);
-  if (sum > M) return false;
-  for (; sum < M; ++sum) {
-    int32_t bi = -1;
-    double bd = 0, bp = 0;
+// `others` non-empty copies (k - 1 unless empty experts pad GPUs), each costing at least `fill` (the
+// cheapest non-empty copy) on the reference GPU (the fastest for the mean copy), so e needs the
+// fewest c <= P copies with t_ref(w_e / c) + others * fill <= T. The remaining slots go, one at a
+// time, to the expert whose extra copy adds the least predicted work on the reference GPU (rule 0:
+// free copies of compute-bound experts and copies of empty experts first, the finest such copy
+// first) or to the largest load per copy (rule 1, the token greedy started from the minimal
+// counts). t_ref(w_e / c) is tabulated once for c = 1..P.
+class TimeCounts {
+ public:
+  TimeCounts(const double* w, int32_t n, int32_t P, int32_t k, const CostModel& cost)
+      : w_(w), n_(n), P_(P), M_(static_cast<int64_t>(P) * k), tab_(static_cast<size_t>(n) * P) {
+    double total = 0, wmin = std::numeric_limits<double>::infinity();
     for (int32_t e = 0; e < n; ++e) {
-      if (cnt[e] >= P) continue;
-      if (rule == 0) {
-        const double before = cnt[e] * cost(tt.ref, w[e] / cnt[e]);
-        const double per = cost(tt.ref, w[e] / (cnt[e] + 1));
-        const double d = (cnt[e] + 1) * per - before;
-        const double tol = 1e-9 * std::max(1.0, before);
-        if (bi < 0 || d < bd - tol || (d <= bd + tol && per < bp)) bi = e, bd = d, bp = per;
-      } else if (bi < 0 || w[e] * cnt[bi] > w[bi] * cnt[e]) {
-        bi = e;
-      }
+      total += w[e];
+      if (w[e] > 0) wmin = std::min(wmin, w[e]);
     }
-    if (bi < 0) return false;  // every expert at P copies: cannot happen when M <= n * P
-    ++cnt[bi];
+    const double mean = total / static_cast<double>(M_);
+    int32_t ref = 0;
+    double bv = std::numeric_limits<double>::infinity();
+    for (int32_t g = 0; g < P; ++g) {
+      const double v = cost(g, mean);
+      if (v < bv) bv = v, ref = g;
+    }
+    fill_ = std::isfinite(wmin) ? cost(ref, wmin / P) : 0.0;
+    for (int32_t e = 0; e < n; ++e)
+      for (int32_t c = 1; c <= P; ++c) tab_[static_cast<size_t>(e) * P + c - 1] = cost(ref, w[e] / c);
   }
-  return true;
-}
+
+  // t_ref(w_e / c), 1 <= c <= P.
+  double per(int32_t e, int32_t c) const { return tab_[static_cast<size_t>(e) * P_ + c - 1]; }
+
+  int32_t needed(int32_t e, int32_t others, double target) const {
+    if (!(w_[e] > 0)) return 1;
+    const double room = target - others * fill_;
+    if (per(e, P_) > room) return P_;
+    int32_t lo = 1, hi = P_;
+    while (lo < hi) {  // smallest c with t_ref(w / c) <= room (t_ref is non-increasing in c)
+      const int32_t mid = lo + (hi - lo) / 2;
+      if (per(e, mid) <= room)
+        hi = mid;
+      else
+        lo = mid + 1;
+    }
+    return lo;
+  }
+
+  // Smallest target in [lo, hi] (to 0.01%) whose minimal counts fit the slots; 0 when hi's do not.
+  double bisect(int32_t others, double lo, double hi) const {
+    auto fits = [&](double target) {
+      int64_t sum = 0;
+      for (int32_t e = 0; e < n_ && sum <= M_; ++e) sum += needed(e, others, target);
+      return sum <= M_;
+    };
+    if (!fits(hi)) return 0.0;
+    for (int it = 0; it < 40 && hi - lo > 1e-4 * hi; ++it) {
+      const double mid = 0.5 * (lo + hi);
+      if (fits(mid))
+        hi = mid;
+      else
+        lo = mid;
+    }
+    return hi;
+  }
+
+  // Counts for a target (rule 0 or 1, see above); false when the minimal counts exceed the slots.
+  bool counts(int32_t others, double target, int rule, int32_t* cnt) const {
+    int64_t sum = 0;
+    for (int32_t e = 0; e < n_; ++e) sum += cnt[e] = needed(e, others, target);
+    if (sum > M_) return false;
+    for (; sum < M_; ++sum) {
+      int32_t bi = -1;
+      double bd = 0, bp = 0;
+      for (int32_t e = 0; e < n_; ++e) {
+        if (cnt[e] >= P_) continue;
+        if (rule == 0) {
+          const double before = cnt[e] * per(e, cnt[e]), next = per(e, cnt[e] + 1);
+          const double d = (cnt[e] + 1) * next - before;
+          const double tol = 1e-9 * std::max(1.0, before);
+          if (bi < 0 || d < bd - tol || (d <= bd + tol && next < bp)) bi = e, bd = d, bp = next;
+        } else if (bi < 0 || w_[e] * cnt[bi] > w_[bi] * cnt[e]) {
+          bi = e;
+        }
+      }
+      if (bi < 0) return false;  // every expert at P copies: cannot happen when M <= n * P
+      ++cnt[bi];
+    }
+    return true;
+  }
+
+ private:
+  const double* w_;
+  int32_t n_, P_;
+  int64_t M_;
+  double fill_ = 0;
+  std::vector<double> tab_;  // [n, P]
+};
 
 }  // namespace
 
@@ -470,12 +474,14 @@ double solve_domain(const double* w, int32_t n, int32_t P, int32_t k, const Cost
     }
     }
   }
-  // Few slots per GPU: the copy counts decide how well copies pair up, and the min-max-per-copy
-  // counts are often not the best for packing. Try other apportionments (Webster and
+  // Few slots per GPU, or time costs: the copy counts decide how well copies pair up, and the
+  // min-max-per-copy counts are often not the best for packing. Try other apportionments (Webster and
   // Huntington-Hill divisors) and exploratory count shifts (one copy moves from a donor expert to an
   // expert on the busiest GPU), re-packing each and keeping the lightest busiest GPU.
-  Packer t(w, n, P, k, cost);
+  std::optional<Packer> tp;  // built on first use: most token-cost domains never need it
   auto try_counts = [&](const std::vector<int32_t>& c) {
+    if (!tp) tp.emplace(w, n, P, k, cost);
+    Packer& t = *tp;
     t.lpt(c.data());
     t.search(default_iters(P, k), t.floor_for_counts());
     if (t.max_load() < best) {
@@ -495,13 +501,18 @@ double solve_domain(const double* w, int32_t n, int32_t P, int32_t k, const Cost
       tried.push_back(v);
       try_counts(v);
     };
-    const double t0 = time_target_bisect(w, n, P, k, cost, floor, best);
-    if (t0 > 0)
-      for (double f : {0.0, 0.25, 0.5}) {
-        const double target = t0 + f * (best - t0);
+    // Empty experts' copies cost nothing and can pad a GPU, so a copy may share its GPU with fewer
+    // than k - 1 non-empty copies: then every neighbour count from k - 1 down to 0 is tried.
+    int32_t n_empty = 0;
+    for (int32_t e = 0; e < n; ++e) n_empty += !(w[e] > 0);
+    const TimeCounts tc(w, n, P, k, cost);
+    for (int32_t others = k - 1; others >= (n_empty > 0 ? 0 : k - 1); --others) {
+      const double t0 = tc.bisect(others, floor, best);
+      if (!(t0 > 0)) continue;
+      for (double f : {0.0, 0.25, 0.5})
         for (int rule = 0; rule < 2; ++rule)
-          if (time_target_counts(w, n, P, k, cost, target, rule, c.data())) try_once(c);
-      }
+          if (tc.counts(others, t0 + f * (best - t0), rule, c.data())) try_once(c);
+    }
   }
   if ((k <= kCountSearchMaxSlots || cost.models) && best > floor * (1 + 1e-12)) {
     for (int method = 1; method <= 2; ++method) {
@@ -520,7 +531,10 @@ double solve_domain(const double* w, int32_t n, int32_t P, int32_t k, const Cost
       }
       if (std::accumulate(c.begin(), c.end(), 0) == M) try_counts(c);
     }
-    for (int32_t round = 0; round < kCountShiftRounds; ++round) {
+    if (!tp) tp.emplace(w, n, P, k, cost);
+    Packer& t = *tp;
+    const int32_t rounds = k > kCountSearchMaxSlots ? kCountShiftRoundsManySlots : kCountShiftRounds;
+    for (int32_t round = 0; round < rounds; ++round) {
       std::copy(out, out + M, t.ex.begin());
       t.rebuild();
       if (t.max_load() <= t.floor_for_counts() * (1 + 1e-12)) break;
@@ -531,6 +545,13 @@ double solve_domain(const double* w, int32_t n, int32_t P, int32_t k, const Cost
         const int32_t x = t.ex[gm * k + j];
         if (base[x] < P && std::find(receivers.begin(), receivers.end(), x) == receivers.end())
           receivers.push_back(x);
+      }
+      if (k > kCountSearchMaxSlots && receivers.size() > 3) {
+        // Many slots per GPU (time costs only): the three heaviest copies of the busiest GPU.
+        std::sort(receivers.begin(), receivers.end(), [&](int32_t a, int32_t b) {
+          return w[a] * base[b] > w[b] * base[a] || (w[a] * base[b] == w[b] * base[a] && a < b);
+        });
+        receivers.resize(3);
       }
       std::vector<int32_t> order(n);
       std::iota(order.begin(), order.end(), 0);
