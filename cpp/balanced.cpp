@@ -491,49 +491,11 @@ double solve_domain(const double* w, int32_t n, int32_t P, int32_t k, const Cost
     }
     return false;
   };
-  // Time costs (vibe): copy counts chosen for the time objective, not for tokens (see
-  // time_target_counts). Runs before the count shifts below so that they start from its answer.
-  if (cost.models && M > n && best > floor * (1 + 1e-12)) {
-    std::vector<int32_t> c(n);
-    std::vector<std::vector<int32_t>> tried;
-    auto try_once = [&](const std::vector<int32_t>& v) {
-      if (std::find(tried.begin(), tried.end(), v) != tried.end()) return;
-      tried.push_back(v);
-      try_counts(v);
-    };
-    // Empty experts' copies cost nothing and can pad a GPU, so a copy may share its GPU with fewer
-    // than k - 1 non-empty copies: then every neighbour count from k - 1 down to 0 is tried.
-    int32_t n_empty = 0;
-    for (int32_t e = 0; e < n; ++e) n_empty += !(w[e] > 0);
-    const TimeCounts tc(w, n, P, k, cost);
-    for (int32_t others = k - 1; others >= (n_empty > 0 ? 0 : k - 1); --others) {
-      const double t0 = tc.bisect(others, floor, best);
-      if (!(t0 > 0)) continue;
-      for (double f : {0.0, 0.25, 0.5})
-        for (int rule = 0; rule < 2; ++rule)
-          if (tc.counts(others, t0 + f * (best - t0), rule, c.data())) try_once(c);
-    }
-  }
-  if ((k <= kCountSearchMaxSlots || cost.models) && best > floor * (1 + 1e-12)) {
-    for (int method = 1; method <= 2; ++method) {
-      std::vector<int32_t> c(n, 1);
-      for (int32_t r = n; r < M; ++r) {
-        int32_t bi = -1;
-        double bv = -1;
-        for (int32_t x = 0; x < n; ++x) {
-          if (c[x] >= P) continue;
-          const double d = method == 1 ? c[x] + 0.5 : std::sqrt(double(c[x]) * (c[x] + 1));
-          const double v = w[x] / d;
-          if (v > bv) bv = v, bi = x;
-        }
-        if (bi < 0) break;
-        ++c[bi];
-      }
-      if (std::accumulate(c.begin(), c.end(), 0) == M) try_counts(c);
-    }
+  // Exploratory count shifts: one copy moves from a donor expert (the smallest load per copy after
+  // losing one) to an expert on the busiest GPU; repeated while a round improves.
+  auto count_shifts = [&](int32_t rounds) {
     if (!tp) tp.emplace(w, n, P, k, cost);
     Packer& t = *tp;
-    const int32_t rounds = k > kCountSearchMaxSlots ? kCountShiftRoundsManySlots : kCountShiftRounds;
     for (int32_t round = 0; round < rounds; ++round) {
       std::copy(out, out + M, t.ex.begin());
       t.rebuild();
@@ -572,6 +534,51 @@ double solve_domain(const double* w, int32_t n, int32_t P, int32_t k, const Cost
         }
       if (!improved) break;
     }
+  };
+  if ((k <= kCountSearchMaxSlots || cost.models) && best > floor * (1 + 1e-12)) {
+    for (int method = 1; method <= 2; ++method) {
+      std::vector<int32_t> c(n, 1);
+      for (int32_t r = n; r < M; ++r) {
+        int32_t bi = -1;
+        double bv = -1;
+        for (int32_t x = 0; x < n; ++x) {
+          if (c[x] >= P) continue;
+          const double d = method == 1 ? c[x] + 0.5 : std::sqrt(double(c[x]) * (c[x] + 1));
+          const double v = w[x] / d;
+          if (v > bv) bv = v, bi = x;
+        }
+        if (bi < 0) break;
+        ++c[bi];
+      }
+      if (std::accumulate(c.begin(), c.end(), 0) == M) try_counts(c);
+    }
+    count_shifts(k > kCountSearchMaxSlots ? kCountShiftRoundsManySlots : kCountShiftRounds);
+  }
+  // Time costs (vibe): copy counts chosen for the time objective, not for tokens (see
+  // TimeCounts). They run after the count search above, so they only add candidates to it.
+  if (cost.models && M > n && best > floor * (1 + 1e-12)) {
+    std::vector<int32_t> c(n);
+    std::vector<std::vector<int32_t>> tried;
+    auto try_once = [&](const std::vector<int32_t>& v) {
+      if (std::find(tried.begin(), tried.end(), v) != tried.end()) return;
+      tried.push_back(v);
+      try_counts(v);
+    };
+    // Empty experts' copies cost nothing and can pad a GPU, so a copy may share its GPU with fewer
+    // than k - 1 non-empty copies: then every neighbour count from k - 1 down to 0 is tried.
+    int32_t n_empty = 0;
+    for (int32_t e = 0; e < n; ++e) n_empty += !(w[e] > 0);
+    const TimeCounts tc(w, n, P, k, cost);
+    const double before = best;
+    for (int32_t others = k - 1; others >= (n_empty > 0 ? 0 : k - 1); --others) {
+      const double t0 = tc.bisect(others, floor, best);
+      if (!(t0 > 0)) continue;
+      for (double f : {0.0, 0.25, 0.5})
+        for (int rule = 0; rule < 2; ++rule)
+          if (tc.counts(others, t0 + f * (best - t0), rule, c.data())) try_once(c);
+    }
+    // A better apportionment can open new count shifts around it.
+    if (best < before && best > floor * (1 + 1e-12)) count_shifts(kCountShiftRoundsManySlots);
   }
   // out is sorted per GPU, so a duplicate sits next to its twin.
   bool dup = false;
