@@ -322,6 +322,7 @@ int32_t default_iters(int32_t P, int32_t k) { return 2 * P * k + 16; }
 constexpr int32_t kCountSearchMaxSlots = 5;  // count search only with <= this many slots/GPU
 constexpr int32_t kCountShiftRounds = 6;
 constexpr int32_t kCountShiftRoundsManySlots = 2;  // time costs with > kCountSearchMaxSlots slots/GPU
+constexpr int32_t kCountSearchMaxGpusManySlots = 16;  // ... on domains of at most this many GPUs
 
 
 // Copy counts for a time target T (time cost models only). A copy of expert e shares its GPU with
@@ -535,7 +536,8 @@ double solve_domain(const double* w, int32_t n, int32_t P, int32_t k, const Cost
       if (!improved) break;
     }
   };
-  if ((k <= kCountSearchMaxSlots || cost.models) && best > floor * (1 + 1e-12)) {
+  if ((k <= kCountSearchMaxSlots || (cost.models && P <= kCountSearchMaxGpusManySlots)) &&
+      best > floor * (1 + 1e-12)) {
     for (int method = 1; method <= 2; ++method) {
       std::vector<int32_t> c(n, 1);
       for (int32_t r = n; r < M; ++r) {
