@@ -310,6 +310,45 @@ struct Packer {
     std::copy(counts, counts + n, cnt.begin());  // per, tab, load and has are already current
   }
 
+  // Replica move (time costs): one slot of the busiest GPU changes expert, e -> f, so e loses a copy
+  // (it keeps >= 1) and f gains one (at most P, and not a second copy on this GPU). Every GPU holding
+  // e or f sees its per-copy cost change, so the move is scored on all GPUs. Applies the move that
+  // lowers the busiest GPU the most; false when none lowers it.
+  bool move_once() {
+    if (!cost.models) return false;
+    const int32_t gm = static_cast<int32_t>(std::max_element(load.begin(), load.end()) - load.begin());
+    const double cur = load[gm];
+    double best = cur - 1e-12 * std::max(1.0, std::abs(cur));
+    int32_t bs = -1, bf = -1;
+    thread_local std::vector<double> up, down;  // [n*P] cost of a copy after f gains / e loses one
+    up.resize(static_cast<size_t>(n) * P);
+    down.resize(static_cast<size_t>(P));
+    for (int32_t f = 0; f < n; ++f)
+      if (cnt[f] < P && !has[static_cast<size_t>(gm) * n + f])
+        for (int32_t g = 0; g < P; ++g) up[static_cast<size_t>(f) * P + g] = cost(g, w[f] / (cnt[f] + 1));
+    for (int32_t j = 0; j < k; ++j) {
+      const int32_t s = gm * k + j, e = ex[s];
+      if (cnt[e] < 2) continue;
+      for (int32_t g = 0; g < P; ++g) down[g] = cost(g, w[e] / (cnt[e] - 1));
+      for (int32_t f = 0; f < n; ++f) {
+        if (f == e || cnt[f] >= P || has[static_cast<size_t>(gm) * n + f]) continue;
+        const double* uf = up.data() + static_cast<size_t>(f) * P;
+        double mx = 0;
+        for (int32_t g = 0; g < P && mx < best; ++g) {
+          const size_t gn = static_cast<size_t>(g) * n;
+          double v = load[g] + has[gn + e] * (down[g] - tab[gn + e]) + has[gn + f] * (uf[g] - tab[gn + f]);
+          if (g == gm) v += uf[g] - down[g];
+          mx = std::max(mx, v);
+        }
+        if (mx < best) best = mx, bs = s, bf = f;
+      }
+    }
+    if (bs < 0) return false;
+    ex[bs] = bf;
+    rebuild();
+    return true;
+  }
+
   void sorted_out(int32_t* out) const {
     for (int32_t g = 0; g < P; ++g) {
       std::copy(ex.begin() + g * k, ex.begin() + (g + 1) * k, out + g * k);
@@ -321,6 +360,8 @@ struct Packer {
 int32_t default_iters(int32_t P, int32_t k) { return 2 * P * k + 16; }
 constexpr int32_t kCountSearchMaxSlots = 5;  // count search only with <= this many slots/GPU
 constexpr int32_t kCountShiftRounds = 6;
+constexpr int32_t kMoveRounds = 64;  // replica moves per domain (time costs)
+constexpr int32_t kSmallDomainSlots = 64;  // time-target counts try 11 targets up to this many slots
 constexpr int32_t kCountShiftRoundsManySlots = 2;  // time costs with > kCountSearchMaxSlots slots/GPU
 constexpr int32_t kCountSearchMaxGpusManySlots = 16;  // ... on domains of at most this many GPUs
 
@@ -522,8 +563,15 @@ double solve_domain(const double* w, int32_t n, int32_t P, int32_t k, const Cost
         const double va = base[a] >= 2 ? w[a] / (base[a] - 1) : 1e300, vb = base[b] >= 2 ? w[b] / (base[b] - 1) : 1e300;
         return va < vb || (va == vb && a < b);
       });
+      // Small domains with time costs: every expert may receive or donate (re-packs are cheap).
+      const bool wide = cost.models && M <= kSmallDomainSlots;
+      if (wide) {
+        receivers.clear();
+        for (int32_t x = 0; x < n; ++x)
+          if (base[x] < P) receivers.push_back(x);
+      }
       for (int32_t x : order)
-        if (base[x] >= 2 && donors.size() < 3) donors.push_back(x);
+        if (base[x] >= 2 && (wide || donors.size() < 3)) donors.push_back(x);
       bool improved = false;
       for (int32_t e : receivers)
         for (int32_t f : donors) {
@@ -575,12 +623,26 @@ double solve_domain(const double* w, int32_t n, int32_t P, int32_t k, const Cost
     for (int32_t others = k - 1; others >= (n_empty > 0 ? 0 : k - 1); --others) {
       const double t0 = tc.bisect(others, floor, best);
       if (!(t0 > 0)) continue;
-      for (double f : {0.0, 0.25, 0.5})
+      // Targets from t0 up to halfway to the current best; small domains (cheap re-packs) try more.
+      const int32_t steps = M <= kSmallDomainSlots ? 10 : 2;
+      for (int32_t i = 0; i <= steps; ++i)
         for (int rule = 0; rule < 2; ++rule)
-          if (tc.counts(others, t0 + f * (best - t0), rule, c.data())) try_once(c);
+          if (tc.counts(others, t0 + 0.5 * i / steps * (best - t0), rule, c.data())) try_once(c);
     }
     // A better apportionment can open new count shifts around it.
     if (best < before && best > floor * (1 + 1e-12)) count_shifts(kCountShiftRoundsManySlots);
+  }
+  // Time costs: alternate replica moves (copy counts change one slot at a time, scored on the time
+  // objective) with the swap search until neither lowers the busiest GPU.
+  if (cost.models && M > n && best > floor * (1 + 1e-12)) {
+    Packer r(w, n, P, k, cost);
+    std::copy(out, out + M, r.ex.begin());
+    r.rebuild();
+    for (int32_t it = 0; it < kMoveRounds && r.move_once(); ++it) r.search(default_iters(P, k), r.floor_for_counts());
+    if (r.max_load() < best) {
+      best = r.max_load();
+      r.sorted_out(out);
+    }
   }
   // out is sorted per GPU, so a duplicate sits next to its twin.
   bool dup = false;
