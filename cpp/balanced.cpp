@@ -76,18 +76,25 @@ struct Packer {
   std::vector<double> load;    // [P] cost sum
   std::vector<uint16_t> has;   // [P*n] copies of e on g
   std::vector<double> tab;     // [P*n] cost of one copy of e on g (counts are fixed while searching)
+  std::vector<double> tab_per; // [n] load per copy each column of tab was computed for (NaN: none)
 
   Packer(const double* w_, int32_t n_, int32_t P_, int32_t k_, const CostModel& c)
       : w(w_), n(n_), P(P_), k(k_), cost(c), ex(static_cast<size_t>(P_) * k_), cnt(n_),
         per(n_), load(P_), has(static_cast<size_t>(P_) * n_),
-        tab(c.models ? static_cast<size_t>(P_) * n_ : 0) {}
+        tab(c.models ? static_cast<size_t>(P_) * n_ : 0),
+        tab_per(c.models ? n_ : 0, std::numeric_limits<double>::quiet_NaN()) {}
 
   // With per-GPU models the cost of a copy depends on the GPU: tabulate it once per count vector.
   // With the identity cost (tokens) it is per[e] and no table is kept.
+  // Only columns whose load per copy changed are recomputed (re-packs try count vectors that differ
+  // in a few experts).
   void fill_table() {
     if (!cost.models) return;
-    for (int32_t g = 0; g < P; ++g)
-      for (int32_t e = 0; e < n; ++e) tab[static_cast<size_t>(g) * n + e] = cost(g, per[e]);
+    for (int32_t e = 0; e < n; ++e) {
+      if (per[e] == tab_per[e]) continue;
+      for (int32_t g = 0; g < P; ++g) tab[static_cast<size_t>(g) * n + e] = cost(g, per[e]);
+      tab_per[e] = per[e];
+    }
   }
   double c(int32_t g, int32_t e) const {
     return cost.models ? tab[static_cast<size_t>(g) * n + e] : per[e];
