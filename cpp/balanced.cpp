@@ -8,6 +8,7 @@
 #include <limits>
 #include <map>
 #include <numeric>
+#include <optional>
 #include <queue>
 
 #include "moebal/core/error.h"
@@ -75,18 +76,25 @@ struct Packer {
   std::vector<double> load;    // [P] cost sum
   std::vector<uint16_t> has;   // [P*n] copies of e on g
   std::vector<double> tab;     // [P*n] cost of one copy of e on g (counts are fixed while searching)
+  std::vector<double> tab_per; // [n] load per copy each column of tab was computed for (NaN: none)
 
   Packer(const double* w_, int32_t n_, int32_t P_, int32_t k_, const CostModel& c)
       : w(w_), n(n_), P(P_), k(k_), cost(c), ex(static_cast<size_t>(P_) * k_), cnt(n_),
         per(n_), load(P_), has(static_cast<size_t>(P_) * n_),
-        tab(c.models ? static_cast<size_t>(P_) * n_ : 0) {}
+        tab(c.models ? static_cast<size_t>(P_) * n_ : 0),
+        tab_per(c.models ? n_ : 0, std::numeric_limits<double>::quiet_NaN()) {}
 
   // With per-GPU models the cost of a copy depends on the GPU: tabulate it once per count vector.
   // With the identity cost (tokens) it is per[e] and no table is kept.
+  // Only columns whose load per copy changed are recomputed (re-packs try count vectors that differ
+  // in a few experts).
   void fill_table() {
     if (!cost.models) return;
-    for (int32_t g = 0; g < P; ++g)
-      for (int32_t e = 0; e < n; ++e) tab[static_cast<size_t>(g) * n + e] = cost(g, per[e]);
+    for (int32_t e = 0; e < n; ++e) {
+      if (per[e] == tab_per[e]) continue;
+      for (int32_t g = 0; g < P; ++g) tab[static_cast<size_t>(g) * n + e] = cost(g, per[e]);
+      tab_per[e] = per[e];
+    }
   }
   double c(int32_t g, int32_t e) const {
     return cost.models ? tab[static_cast<size_t>(g) * n + e] : per[e];
@@ -309,6 +317,45 @@ struct Packer {
     std::copy(counts, counts + n, cnt.begin());  // per, tab, load and has are already current
   }
 
+  // Replica move (time costs): one slot of the busiest GPU changes expert, e -> f, so e loses a copy
+  // (it keeps >= 1) and f gains one (at most P, and not a second copy on this GPU). Every GPU holding
+  // e or f sees its per-copy cost change, so the move is scored on all GPUs. Applies the move that
+  // lowers the busiest GPU the most; false when none lowers it.
+  bool move_once() {
+    if (!cost.models) return false;
+    const int32_t gm = static_cast<int32_t>(std::max_element(load.begin(), load.end()) - load.begin());
+    const double cur = load[gm];
+    double best = cur - 1e-12 * std::max(1.0, std::abs(cur));
+    int32_t bs = -1, bf = -1;
+    thread_local std::vector<double> up, down;  // [n*P] cost of a copy after f gains / e loses one
+    up.resize(static_cast<size_t>(n) * P);
+    down.resize(static_cast<size_t>(P));
+    for (int32_t f = 0; f < n; ++f)
+      if (cnt[f] < P && !has[static_cast<size_t>(gm) * n + f])
+        for (int32_t g = 0; g < P; ++g) up[static_cast<size_t>(f) * P + g] = cost(g, w[f] / (cnt[f] + 1));
+    for (int32_t j = 0; j < k; ++j) {
+      const int32_t s = gm * k + j, e = ex[s];
+      if (cnt[e] < 2) continue;
+      for (int32_t g = 0; g < P; ++g) down[g] = cost(g, w[e] / (cnt[e] - 1));
+      for (int32_t f = 0; f < n; ++f) {
+        if (f == e || cnt[f] >= P || has[static_cast<size_t>(gm) * n + f]) continue;
+        const double* uf = up.data() + static_cast<size_t>(f) * P;
+        double mx = 0;
+        for (int32_t g = 0; g < P && mx < best; ++g) {
+          const size_t gn = static_cast<size_t>(g) * n;
+          double v = load[g] + has[gn + e] * (down[g] - tab[gn + e]) + has[gn + f] * (uf[g] - tab[gn + f]);
+          if (g == gm) v += uf[g] - down[g];
+          mx = std::max(mx, v);
+        }
+        if (mx < best) best = mx, bs = s, bf = f;
+      }
+    }
+    if (bs < 0) return false;
+    ex[bs] = bf;
+    rebuild();
+    return true;
+  }
+
   void sorted_out(int32_t* out) const {
     for (int32_t g = 0; g < P; ++g) {
       std::copy(ex.begin() + g * k, ex.begin() + (g + 1) * k, out + g * k);
@@ -320,6 +367,109 @@ struct Packer {
 int32_t default_iters(int32_t P, int32_t k) { return 2 * P * k + 16; }
 constexpr int32_t kCountSearchMaxSlots = 5;  // count search only with <= this many slots/GPU
 constexpr int32_t kCountShiftRounds = 6;
+constexpr int32_t kMoveRounds = 64;  // replica moves per domain (time costs)
+constexpr int32_t kSmallDomainSlots = 64;  // time-target counts try 11 targets up to this many slots
+constexpr int32_t kCountShiftRoundsManySlots = 2;  // time costs with > kCountSearchMaxSlots slots/GPU
+constexpr int32_t kCountSearchMaxGpusManySlots = 16;  // ... on domains of at most this many GPUs
+
+
+// Copy counts for a time target T (time cost models only). A copy of expert e shares its GPU with
+// `others` non-empty copies (k - 1 unless empty experts pad GPUs), each costing at least `fill` (the
+// cheapest non-empty copy) on the reference GPU (the fastest for the mean copy), so e needs the
+// fewest c <= P copies with t_ref(w_e / c) + others * fill <= T. The remaining slots go, one at a
+// time, to the expert whose extra copy adds the least predicted work on the reference GPU (rule 0:
+// free copies of compute-bound experts and copies of empty experts first, the finest such copy
+// first) or to the largest load per copy (rule 1, the token greedy started from the minimal
+// counts). t_ref(w_e / c) is tabulated once for c = 1..P.
+class TimeCounts {
+ public:
+  TimeCounts(const double* w, int32_t n, int32_t P, int32_t k, const CostModel& cost)
+      : w_(w), n_(n), P_(P), M_(static_cast<int64_t>(P) * k), tab_(static_cast<size_t>(n) * P) {
+    double total = 0, wmin = std::numeric_limits<double>::infinity();
+    for (int32_t e = 0; e < n; ++e) {
+      total += w[e];
+      if (w[e] > 0) wmin = std::min(wmin, w[e]);
+    }
+    const double mean = total / static_cast<double>(M_);
+    int32_t ref = 0;
+    double bv = std::numeric_limits<double>::infinity();
+    for (int32_t g = 0; g < P; ++g) {
+      const double v = cost(g, mean);
+      if (v < bv) bv = v, ref = g;
+    }
+    fill_ = std::isfinite(wmin) ? cost(ref, wmin / P) : 0.0;
+    for (int32_t e = 0; e < n; ++e)
+      for (int32_t c = 1; c <= P; ++c) tab_[static_cast<size_t>(e) * P + c - 1] = cost(ref, w[e] / c);
+  }
+
+  // t_ref(w_e / c), 1 <= c <= P.
+  double per(int32_t e, int32_t c) const { return tab_[static_cast<size_t>(e) * P_ + c - 1]; }
+
+  int32_t needed(int32_t e, int32_t others, double target) const {
+    if (!(w_[e] > 0)) return 1;
+    const double room = target - others * fill_;
+    if (per(e, P_) > room) return P_;
+    int32_t lo = 1, hi = P_;
+    while (lo < hi) {  // smallest c with t_ref(w / c) <= room (t_ref is non-increasing in c)
+      const int32_t mid = lo + (hi - lo) / 2;
+      if (per(e, mid) <= room)
+        hi = mid;
+      else
+        lo = mid + 1;
+    }
+    return lo;
+  }
+
+  // Smallest target in [lo, hi] (to 0.01%) whose minimal counts fit the slots; 0 when hi's do not.
+  double bisect(int32_t others, double lo, double hi) const {
+    auto fits = [&](double target) {
+      int64_t sum = 0;
+      for (int32_t e = 0; e < n_ && sum <= M_; ++e) sum += needed(e, others, target);
+      return sum <= M_;
+    };
+    if (!fits(hi)) return 0.0;
+    for (int it = 0; it < 40 && hi - lo > 1e-4 * hi; ++it) {
+      const double mid = 0.5 * (lo + hi);
+      if (fits(mid))
+        hi = mid;
+      else
+        lo = mid;
+    }
+    return hi;
+  }
+
+  // Counts for a target (rule 0 or 1, see above); false when the minimal counts exceed the slots.
+  bool counts(int32_t others, double target, int rule, int32_t* cnt) const {
+    int64_t sum = 0;
+    for (int32_t e = 0; e < n_; ++e) sum += cnt[e] = needed(e, others, target);
+    if (sum > M_) return false;
+    for (; sum < M_; ++sum) {
+      int32_t bi = -1;
+      double bd = 0, bp = 0;
+      for (int32_t e = 0; e < n_; ++e) {
+        if (cnt[e] >= P_) continue;
+        if (rule == 0) {
+          const double before = cnt[e] * per(e, cnt[e]), next = per(e, cnt[e] + 1);
+          const double d = (cnt[e] + 1) * next - before;
+          const double tol = 1e-9 * std::max(1.0, before);
+          if (bi < 0 || d < bd - tol || (d <= bd + tol && next < bp)) bi = e, bd = d, bp = next;
+        } else if (bi < 0 || w_[e] * cnt[bi] > w_[bi] * cnt[e]) {
+          bi = e;
+        }
+      }
+      if (bi < 0) return false;  // every expert at P copies: cannot happen when M <= n * P
+      ++cnt[bi];
+    }
+    return true;
+  }
+
+ private:
+  const double* w_;
+  int32_t n_, P_;
+  int64_t M_;
+  double fill_ = 0;
+  std::vector<double> tab_;  // [n, P]
+};
 
 }  // namespace
 
@@ -373,22 +523,76 @@ double solve_domain(const double* w, int32_t n, int32_t P, int32_t k, const Cost
     }
     }
   }
-  // Few slots per GPU: the copy counts decide how well copies pair up, and the min-max-per-copy
-  // counts are often not the best for packing. Try other apportionments (Webster and
+  // Few slots per GPU, or time costs: the copy counts decide how well copies pair up, and the
+  // min-max-per-copy counts are often not the best for packing. Try other apportionments (Webster and
   // Huntington-Hill divisors) and exploratory count shifts (one copy moves from a donor expert to an
   // expert on the busiest GPU), re-packing each and keeping the lightest busiest GPU.
-  if (k <= kCountSearchMaxSlots && best > floor * (1 + 1e-12)) {
-    Packer t(w, n, P, k, cost);
-    auto try_counts = [&](const std::vector<int32_t>& c) {
-      t.lpt(c.data());
-      t.search(default_iters(P, k), t.floor_for_counts());
-      if (t.max_load() < best) {
-        best = t.max_load();
-        t.sorted_out(out);
-        return true;
+  std::optional<Packer> tp;  // built on first use: most token-cost domains never need it
+  auto try_counts = [&](const std::vector<int32_t>& c) {
+    if (!tp) tp.emplace(w, n, P, k, cost);
+    Packer& t = *tp;
+    t.lpt(c.data());
+    t.search(default_iters(P, k), t.floor_for_counts());
+    if (t.max_load() < best) {
+      best = t.max_load();
+      t.sorted_out(out);
+      return true;
+    }
+    return false;
+  };
+  // Exploratory count shifts: one copy moves from a donor expert (the smallest load per copy after
+  // losing one) to an expert on the busiest GPU; repeated while a round improves.
+  auto count_shifts = [&](int32_t rounds) {
+    if (!tp) tp.emplace(w, n, P, k, cost);
+    Packer& t = *tp;
+    for (int32_t round = 0; round < rounds; ++round) {
+      std::copy(out, out + M, t.ex.begin());
+      t.rebuild();
+      if (t.max_load() <= t.floor_for_counts() * (1 + 1e-12)) break;
+      const int32_t gm = static_cast<int32_t>(std::max_element(t.load.begin(), t.load.end()) - t.load.begin());
+      const std::vector<int32_t> base = t.cnt;
+      std::vector<int32_t> receivers, donors;
+      for (int32_t j = 0; j < k; ++j) {
+        const int32_t x = t.ex[gm * k + j];
+        if (base[x] < P && std::find(receivers.begin(), receivers.end(), x) == receivers.end())
+          receivers.push_back(x);
       }
-      return false;
-    };
+      if (k > kCountSearchMaxSlots && receivers.size() > 3) {
+        // Many slots per GPU (time costs only): the three heaviest copies of the busiest GPU.
+        std::sort(receivers.begin(), receivers.end(), [&](int32_t a, int32_t b) {
+          return w[a] * base[b] > w[b] * base[a] || (w[a] * base[b] == w[b] * base[a] && a < b);
+        });
+        receivers.resize(3);
+      }
+      std::vector<int32_t> order(n);
+      std::iota(order.begin(), order.end(), 0);
+      std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+        const double va = base[a] >= 2 ? w[a] / (base[a] - 1) : 1e300, vb = base[b] >= 2 ? w[b] / (base[b] - 1) : 1e300;
+        return va < vb || (va == vb && a < b);
+      });
+      // Small domains with time costs: every expert may receive or donate (re-packs are cheap).
+      const bool wide = cost.models && M <= kSmallDomainSlots;
+      if (wide) {
+        receivers.clear();
+        for (int32_t x = 0; x < n; ++x)
+          if (base[x] < P) receivers.push_back(x);
+      }
+      for (int32_t x : order)
+        if (base[x] >= 2 && (wide || donors.size() < 3)) donors.push_back(x);
+      bool improved = false;
+      for (int32_t e : receivers)
+        for (int32_t f : donors) {
+          if (e == f) continue;
+          std::vector<int32_t> c = base;
+          ++c[e];
+          --c[f];
+          improved |= try_counts(c);
+        }
+      if (!improved) break;
+    }
+  };
+  if ((k <= kCountSearchMaxSlots || (cost.models && P <= kCountSearchMaxGpusManySlots)) &&
+      best > floor * (1 + 1e-12)) {
     for (int method = 1; method <= 2; ++method) {
       std::vector<int32_t> c(n, 1);
       for (int32_t r = n; r < M; ++r) {
@@ -405,36 +609,46 @@ double solve_domain(const double* w, int32_t n, int32_t P, int32_t k, const Cost
       }
       if (std::accumulate(c.begin(), c.end(), 0) == M) try_counts(c);
     }
-    for (int32_t round = 0; round < kCountShiftRounds; ++round) {
-      std::copy(out, out + M, t.ex.begin());
-      t.rebuild();
-      if (t.max_load() <= t.floor_for_counts() * (1 + 1e-12)) break;
-      const int32_t gm = static_cast<int32_t>(std::max_element(t.load.begin(), t.load.end()) - t.load.begin());
-      const std::vector<int32_t> base = t.cnt;
-      std::vector<int32_t> receivers, donors;
-      for (int32_t j = 0; j < k; ++j) {
-        const int32_t x = t.ex[gm * k + j];
-        if (base[x] < P && std::find(receivers.begin(), receivers.end(), x) == receivers.end())
-          receivers.push_back(x);
-      }
-      std::vector<int32_t> order(n);
-      std::iota(order.begin(), order.end(), 0);
-      std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
-        const double va = base[a] >= 2 ? w[a] / (base[a] - 1) : 1e300, vb = base[b] >= 2 ? w[b] / (base[b] - 1) : 1e300;
-        return va < vb || (va == vb && a < b);
-      });
-      for (int32_t x : order)
-        if (base[x] >= 2 && donors.size() < 3) donors.push_back(x);
-      bool improved = false;
-      for (int32_t e : receivers)
-        for (int32_t f : donors) {
-          if (e == f) continue;
-          std::vector<int32_t> c = base;
-          ++c[e];
-          --c[f];
-          improved |= try_counts(c);
-        }
-      if (!improved) break;
+    count_shifts(k > kCountSearchMaxSlots ? kCountShiftRoundsManySlots : kCountShiftRounds);
+  }
+  // Time costs (vibe): copy counts chosen for the time objective, not for tokens (see
+  // TimeCounts). They run after the count search above, so they only add candidates to it.
+  if (cost.models && M > n && best > floor * (1 + 1e-12)) {
+    std::vector<int32_t> c(n);
+    std::vector<std::vector<int32_t>> tried;
+    auto try_once = [&](const std::vector<int32_t>& v) {
+      if (std::find(tried.begin(), tried.end(), v) != tried.end()) return;
+      tried.push_back(v);
+      try_counts(v);
+    };
+    // Empty experts' copies cost nothing and can pad a GPU, so a copy may share its GPU with fewer
+    // than k - 1 non-empty copies: then every neighbour count from k - 1 down to 0 is tried.
+    int32_t n_empty = 0;
+    for (int32_t e = 0; e < n; ++e) n_empty += !(w[e] > 0);
+    const TimeCounts tc(w, n, P, k, cost);
+    const double before = best;
+    for (int32_t others = k - 1; others >= (n_empty > 0 ? 0 : k - 1); --others) {
+      const double t0 = tc.bisect(others, floor, best);
+      if (!(t0 > 0)) continue;
+      // Targets from t0 up to halfway to the current best; small domains (cheap re-packs) try more.
+      const int32_t steps = M <= kSmallDomainSlots ? 10 : 2;
+      for (int32_t i = 0; i <= steps; ++i)
+        for (int rule = 0; rule < 2; ++rule)
+          if (tc.counts(others, t0 + 0.5 * i / steps * (best - t0), rule, c.data())) try_once(c);
+    }
+    // A better apportionment can open new count shifts around it.
+    if (best < before && best > floor * (1 + 1e-12)) count_shifts(kCountShiftRoundsManySlots);
+  }
+  // Time costs: alternate replica moves (copy counts change one slot at a time, scored on the time
+  // objective) with the swap search until neither lowers the busiest GPU.
+  if (cost.models && M > n && best > floor * (1 + 1e-12)) {
+    Packer r(w, n, P, k, cost);
+    std::copy(out, out + M, r.ex.begin());
+    r.rebuild();
+    for (int32_t it = 0; it < kMoveRounds && r.move_once(); ++it) r.search(default_iters(P, k), r.floor_for_counts());
+    if (r.max_load() < best) {
+      best = r.max_load();
+      r.sorted_out(out);
     }
   }
   // out is sorted per GPU, so a duplicate sits next to its twin.

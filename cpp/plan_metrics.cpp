@@ -25,6 +25,27 @@
 // group -> node assignments (exact DP, detail::best_group_assignment) bounds every such placement.
 // The result is max(global bound, that DP value); when the DP is too large only the global bound is
 // used. Both are valid because a group-constrained placement is also an unconstrained one.
+// Time lower bound (layer_time_lower_bound). Roofline copies: a copy with n > 0 tokens costs
+// s_g * max(a, b n) on GPU g, an empty copy 0; loads split evenly over copies. Let x_g be GPU g's
+// unscaled work (sum of max(a, b n) over its copies), so its time is s_g x_g <= T for the optimum T.
+// Let n+ experts have tokens. At most Z = M - n+ slots can hold empty copies when some expert is
+// empty (its copies cost nothing), else Z = 0. domain_time_bound returns the maximum of:
+//  (1) U_min / sum_g 1/s_g. Counts c give total work U(c) = sum over non-empty e of
+//      max(c_e a, b w_e) (c_e copies of w_e / c_e tokens each), and sum_g x_g = U(c) with
+//      x_g <= T / s_g, so T >= U(c) / sum_g 1/s_g. U is minimised over counts exactly: with an empty
+//      expert the extra copies can go to it at no cost (U_min = sum max(a, b w_e)); otherwise the
+//      R = M - n extra copies take the cheapest increments, each expert's increments being
+//      non-decreasing (0 while (c + 1) a <= b w_e, then one partial step (q + 1) a - b w_e, then a).
+//  (2) For the j slowest GPUs: they hold j k slots, at least j k - Z of them non-empty copies of
+//      cost >= a, so sum of their x_g >= a (j k - Z) and T >= a (j k - Z) / sum_{j slowest} 1/s_g.
+//      (j = 1 without empty experts: the slowest GPU runs k weight reads.)
+//  (3) The copy with the most tokens has >= T* tokens (T* = min over counts of max_e w_e / c_e, as
+//      in the token bound); its GPU also holds k - 1 other copies, >= k - 1 - Z of them non-empty:
+//      T >= s_min (max(a, b T*) + a max(0, k - 1 - Z)).
+// Group constraint: every node n is a domain of its groups' experts, M / N slots and its own GPUs'
+// slowdowns, so T >= max_n domain_time_bound(node n); the minimum of that over group -> node
+// assignments (DP over subsets of groups, nodes taken in order) bounds every group-keeping
+// placement. As for tokens, the result is the maximum of that and the unconstrained bound.
 #include "moebal/core/plan_metrics.h"
 
 #include <algorithm>
@@ -85,6 +106,60 @@ double domain_lower_bound(const double* w, int32_t n, int32_t M, int32_t P) {
   return sorted_lower_bound(p.data(), n, W, M, P);
 }
 
+
+namespace {
+
+// Bound (1)-(3) above for one domain: loads w [n], M slots on P GPUs with slowdowns s [P].
+double domain_time_bound(const double* w, int32_t n, int32_t M, int32_t P, double a, double b,
+                         const double* s) {
+  const int32_t k = M / P;
+  std::vector<double> slow(s, s + P);
+  std::sort(slow.begin(), slow.end(), std::greater<double>());
+  int32_t nonempty = 0;
+  double base = 0;
+  for (int32_t e = 0; e < n; ++e)
+    if (w[e] > 0) {
+      ++nonempty;
+      base += std::max(a, b * w[e]);
+    }
+  if (nonempty == 0) return 0.0;
+  const int64_t Z = nonempty < n ? M - nonempty : 0;
+  double U = base;
+  if (Z == 0 && M > n && a > 0) {
+    // Free increments first (they cost nothing), then the cheapest partial steps, then a each.
+    double free = 0;
+    std::vector<double> partial(n);
+    for (int32_t e = 0; e < n; ++e) {
+      const double q = std::floor(b * w[e] / a);
+      free += std::max(0.0, q - 1);
+      partial[e] = (std::max(1.0, q) + 1) * a - std::max(a, b * w[e]);
+    }
+    const double left = static_cast<double>(M - n) - free;
+    if (left > 0) {
+      std::sort(partial.begin(), partial.end());
+      const int64_t take = std::min<int64_t>(static_cast<int64_t>(left), n);
+      for (int64_t i = 0; i < take; ++i) U += partial[i];
+      U += (left - static_cast<double>(take)) * a;
+    }
+  }
+  double inv = 0, lb = 0;
+  for (int32_t j = 1; j <= P; ++j) {
+    inv += 1.0 / slow[j - 1];
+    lb = std::max(lb, a * static_cast<double>(std::max<int64_t>(0, static_cast<int64_t>(j) * k - Z)) / inv);
+  }
+  lb = std::max(lb, U / inv);
+  std::vector<int32_t> cnt(n);
+  greedy_counts(w, n, M, 0, cnt.data());
+  double tstar = 0;
+  for (int32_t e = 0; e < n; ++e) tstar = std::max(tstar, w[e] / cnt[e]);
+  if (tstar > 0)
+    lb = std::max(lb, slow.back() * (std::max(a, b * tstar) +
+                                     a * static_cast<double>(std::max<int64_t>(0, k - 1 - Z))));
+  return lb;
+}
+
+}  // namespace
+
 }  // namespace detail
 
 double layer_lower_bound(const double* w, int32_t E, int32_t S, int32_t G, int32_t N, int32_t groups) {
@@ -109,6 +184,77 @@ std::vector<double> lower_bounds(const LoadMatrix& loads, int32_t S, int32_t G, 
   std::vector<double> out(loads.num_layers);
   for (int32_t l = 0; l < loads.num_layers; ++l)
     out[l] = layer_lower_bound(loads.row(l), loads.num_experts, S, G, N, groups);
+  return out;
+}
+
+
+double layer_time_lower_bound(const double* w, int32_t E, int32_t S, int32_t G, int32_t N,
+                              int32_t groups, double a, double b, const double* slowdown) {
+  check_layout(E, S, G, N);
+  MOEBAL_CHECK_ARG(groups > 0, "time lower bound: num_groups must be > 0, got ", groups);
+  MOEBAL_CHECK_ARG(std::isfinite(a) && a >= 0, "time lower bound: read_us must be finite and >= 0, got ", a);
+  MOEBAL_CHECK_ARG(std::isfinite(b) && b >= 0, "time lower bound: us_per_token must be finite and >= 0, got ", b);
+  MOEBAL_CHECK_ARG(slowdown != nullptr, "time lower bound: slowdown is missing");
+  for (int32_t g = 0; g < G; ++g)
+    MOEBAL_CHECK_ARG(std::isfinite(slowdown[g]) && slowdown[g] > 0, "time lower bound: slowdown of GPU ",
+                     g, " must be finite and > 0, got ", slowdown[g]);
+  for (int32_t e = 0; e < E; ++e)
+    MOEBAL_CHECK_ARG(std::isfinite(w[e]) && w[e] >= 0, "time lower bound: load of expert ", e,
+                     " must be finite and >= 0, got ", w[e]);
+  double lb = detail::domain_time_bound(w, E, S, G, a, b, slowdown);
+  if (!(N > 1 && groups % N == 0)) return lb;
+  MOEBAL_CHECK_ARG(E % groups == 0, "time lower bound: num_experts (", E,
+                   ") must be divisible by num_groups (", groups, ")");
+  const int32_t per = groups / N, gsize = E / groups, Pn = G / N, Sn = S / N;
+  if (groups > 16) return lb;
+  std::vector<uint32_t> subsets;
+  for (uint32_t m = (1u << per) - 1; m < (1u << groups);) {  // Gosper: next subset of `per` groups
+    subsets.push_back(m);
+    const uint32_t c = m & (~m + 1u), r = m + c;
+    if (r == 0) break;
+    m = (((r ^ m) >> 2) / c) | r;
+  }
+  if ((static_cast<double>(subsets.size()) * (1u << groups)) > double(1 << 22)) return lb;
+  // cost[node][i]: bound of node `node` holding subset i.
+  std::vector<double> cost(static_cast<size_t>(N) * subsets.size()), wn(static_cast<size_t>(per) * gsize);
+  for (int32_t node = 0; node < N; ++node)
+    for (size_t i = 0; i < subsets.size(); ++i) {
+      int32_t len = 0;
+      for (int32_t g = 0; g < groups; ++g)
+        if (subsets[i] >> g & 1u)
+          for (int32_t j = 0; j < gsize; ++j) wn[len++] = w[g * gsize + j];
+      cost[node * subsets.size() + i] =
+          detail::domain_time_bound(wn.data(), len, Sn, Pn, a, b, slowdown + node * Pn);
+    }
+  // f[mask]: best bottleneck placing the groups of mask on nodes 0 .. popcount(mask) / per - 1.
+  const double inf = std::numeric_limits<double>::infinity();
+  std::vector<double> f(1u << groups, inf);
+  f[0] = 0;
+  for (uint32_t mask = 0; mask < (1u << groups); ++mask) {
+    if (!std::isfinite(f[mask])) continue;
+    int32_t pc = 0;
+    for (uint32_t x = mask; x; x &= x - 1) ++pc;
+    const int32_t node = pc / per;
+    if (node >= N) continue;
+    for (size_t i = 0; i < subsets.size(); ++i) {
+      if (subsets[i] & mask) continue;
+      const double v = std::max(f[mask], cost[node * subsets.size() + i]);
+      double& dst = f[mask | subsets[i]];
+      if (v < dst) dst = v;
+    }
+  }
+  return std::max(lb, f[(1u << groups) - 1]);
+}
+
+std::vector<double> time_lower_bounds(const LoadMatrix& loads, int32_t S, int32_t G, int32_t N,
+                                      int32_t groups, double a, double b,
+                                      const std::vector<double>& slowdown) {
+  loads.validate();
+  MOEBAL_CHECK_ARG(slowdown.size() == static_cast<size_t>(G), "time lower bound: need one slowdown per GPU (",
+                   G, "), got ", slowdown.size());
+  std::vector<double> out(loads.num_layers);
+  for (int32_t l = 0; l < loads.num_layers; ++l)
+    out[l] = layer_time_lower_bound(loads.row(l), loads.num_experts, S, G, N, groups, a, b, slowdown.data());
   return out;
 }
 

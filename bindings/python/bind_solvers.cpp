@@ -91,6 +91,35 @@ void bind_solvers(py::module_& m) {
       },
       py::arg("loads"), py::arg("num_slots"), py::arg("num_gpus"), py::arg("num_nodes") = 1,
       py::arg("num_groups") = 1, "layer_lower_bound for every layer [L].");
+  m.def("layer_time_lower_bound", [](const py::handle& w, int32_t num_slots, int32_t num_gpus,
+                                     int32_t num_nodes, int32_t num_groups, double read_us,
+                                     double us_per_token, const py::handle& slowdown) {
+        const std::vector<double> v = to_float<double>(w, "loads", 1);
+        const std::vector<double> sl = to_float<double>(slowdown, "slowdown", 1);
+        MOEBAL_CHECK_ARG(!v.empty(), "time lower bound: loads of the layer are empty");
+        MOEBAL_CHECK_ARG(sl.size() == static_cast<size_t>(num_gpus), "time lower bound: need one slowdown per GPU (",
+                         num_gpus, "), got ", sl.size());
+        return layer_time_lower_bound(v.data(), static_cast<int32_t>(v.size()), num_slots, num_gpus,
+                                      num_nodes, num_groups, read_us, us_per_token, sl.data());
+      },
+      py::arg("loads"), py::arg("num_slots"), py::arg("num_gpus"), py::arg("num_nodes"),
+      py::arg("num_groups"), py::arg("read_us"), py::arg("us_per_token"), py::arg("slowdown"),
+      "Lower bound (us) on any placement's step time for one layer [E] under roofline copy times "
+      "slowdown[g] * max(read_us, us_per_token * n) (0 for an empty copy); see docs/solvers.md.");
+  m.def("time_lower_bounds", [](const LoadMatrix& loads, int32_t num_slots, int32_t num_gpus,
+                                int32_t num_nodes, int32_t num_groups, double read_us,
+                                double us_per_token, const py::handle& slowdown) {
+        const std::vector<double> sl = to_float<double>(slowdown, "slowdown", 1);
+        std::vector<double> r;
+        {
+          py::gil_scoped_release release;
+          r = time_lower_bounds(loads, num_slots, num_gpus, num_nodes, num_groups, read_us, us_per_token, sl);
+        }
+        return to_numpy(r, {loads.num_layers});
+      },
+      py::arg("loads"), py::arg("num_slots"), py::arg("num_gpus"), py::arg("num_nodes"),
+      py::arg("num_groups"), py::arg("read_us"), py::arg("us_per_token"), py::arg("slowdown"),
+      "layer_time_lower_bound for every layer [L].");
   m.def("gpu_times", [](const LoadMatrix& loads, const Placement& p, const std::vector<PerfModel>& models) {
         return to_numpy(gpu_times(loads, p, models), {p.num_layers, p.num_gpus});
       },

@@ -1,6 +1,7 @@
 """Placement quality metrics (C++ core): imbalance ratio, predicted step time under per-GPU
 performance models, extra expert memory, and the lower bound on the best achievable busiest-GPU
-load, per layer and overall. See docs/solvers.md for the bound and its proof."""
+load and on the best achievable roofline step time, per layer and overall. See docs/solvers.md for
+the bounds and their proofs."""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -9,6 +10,8 @@ from moebal import _core
 
 lower_bounds = _core.lower_bounds
 layer_lower_bound = _core.layer_lower_bound
+time_lower_bounds = _core.time_lower_bounds
+layer_time_lower_bound = _core.layer_time_lower_bound
 gpu_times = _core.gpu_times
 layer_step_times = _core.layer_step_times
 extra_expert_bytes = _core.extra_expert_bytes

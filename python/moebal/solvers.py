@@ -35,23 +35,34 @@ H100_BW_EFFICIENCY = 0.85
 H100_FLOP_EFFICIENCY = 0.80
 
 
+def h100_roofline(shape: _core.ExpertShape) -> tuple[float, float]:
+    """(read_us, us_per_token) of one expert copy on an H100 at slowdown 1: the weight-read time
+    and the compute time per token (see :func:`h100_expert_model`)."""
+    read_us = shape.weight_bytes / (H100_HBM_BYTES_PER_S * H100_BW_EFFICIENCY) * 1e6
+    us_per_token = shape.flops(1.0) / (H100_BF16_FLOPS * H100_FLOP_EFFICIENCY) * 1e6
+    return read_us, us_per_token
+
+
 def h100_expert_model(shape: _core.ExpertShape, slowdown: float = 1.0) -> _core.PerfModel:
     """Roofline time of one expert copy on an H100: ``max(weight_bytes / BW, flops(n) / P)`` us for
     n > 0 tokens (0 for none), times ``slowdown`` (a GPU that is that much slower)."""
-    read_us = shape.weight_bytes / (H100_HBM_BYTES_PER_S * H100_BW_EFFICIENCY) * 1e6
-    us_per_token = shape.flops(1.0) / (H100_BF16_FLOPS * H100_FLOP_EFFICIENCY) * 1e6
+    read_us, us_per_token = h100_roofline(shape)
     ridge = read_us / us_per_token  # tokens where compute time equals the weight read
     return _core.PerfModel([ridge, 2 * ridge], [read_us, 2 * read_us]).scaled(slowdown)
+
+
+def speed_spread_slowdowns(num_gpus: int, spread: float, seed: int = 0) -> np.ndarray:
+    """Per-GPU slowdowns drawn uniformly from [1, 1 + spread] (fixed seed); all 1 for spread 0."""
+    if not np.isfinite(spread) or spread < 0:
+        raise _core.MoebalValueError(f"speed spread must be finite and >= 0, got {spread}")
+    rng = np.random.default_rng(seed)
+    return 1.0 + spread * rng.random(num_gpus) if spread > 0 else np.ones(num_gpus)
 
 
 def speed_spread_models(num_gpus: int, spread: float, shape: _core.ExpertShape,
                         seed: int = 0) -> list[_core.PerfModel]:
     """One H100 model per GPU with slowdowns drawn uniformly from [1, 1 + spread] (fixed seed)."""
-    if not np.isfinite(spread) or spread < 0:
-        raise _core.MoebalValueError(f"speed spread must be finite and >= 0, got {spread}")
-    rng = np.random.default_rng(seed)
-    slow = 1.0 + spread * rng.random(num_gpus) if spread > 0 else np.ones(num_gpus)
-    return [h100_expert_model(shape, float(s)) for s in slow]
+    return [h100_expert_model(shape, float(s)) for s in speed_spread_slowdowns(num_gpus, spread, seed)]
 
 
 def _plan(name: str):

@@ -200,3 +200,101 @@ def test_drift_and_recalibration():
         solvers.RecalibrationBudget(max_moves=-1)
     with pytest.raises(ValueError, match="cosine"):
         solvers.DriftThresholds(cosine=float("nan"))
+
+
+def _roofline_time(w, row, slow, read_us, per_tok):
+    """Slowest GPU's roofline time of one layer's slot -> expert row (GPU g holds row[g*k:(g+1)*k])."""
+    k = len(row) // len(slow)
+    cnt = np.bincount(row, minlength=len(w))
+    per_copy = np.where(w[row] > 0, np.maximum(read_us, per_tok * w[row] / cnt[row]), 0.0)
+    return float((per_copy.reshape(len(slow), k).sum(axis=1) * slow).max())
+
+
+def test_time_lower_bound_below_brute_force_optimum():
+    """The roofline time bound never exceeds the exact optimum over every placement (small cases,
+    with empty experts and the group constraint), and vibe never goes below it."""
+    import itertools
+    rng = np.random.default_rng(3)
+    checked = tight = 0
+    for _ in range(400):
+        G = int(rng.integers(1, 4))
+        N = G if G > 1 and rng.random() < 0.5 else 1
+        groups = N if N > 1 and rng.random() < 0.5 else 1
+        E = int(rng.integers(1, 4))
+        if groups > 1:
+            E = groups * max(1, E // groups)
+        k = -(-E // G) + int(rng.integers(0, 2))
+        S = k * G
+        if E ** S > 5000:
+            continue
+        w = np.where(rng.random(E) < 0.25, 0.0, np.floor(rng.random(E) * 400))
+        read_us, per_tok = float(rng.uniform(1, 60)), float(rng.uniform(0.05, 1.0))
+        slow = rng.uniform(1.0, 1.3, size=G)
+        gsize, spn = E // groups, S // N
+        best = np.inf
+        for row in itertools.product(range(E), repeat=S):
+            row = np.array(row)
+            if len(set(row.tolist())) < E:
+                continue
+            if N > 1 and groups % N == 0 and any(
+                    len({s // spn for s in range(S) if row[s] // gsize == grp}) > 1 for grp in range(groups)):
+                continue
+            best = min(best, _roofline_time(w, row, slow, read_us, per_tok))
+        lb = plan_metrics.layer_time_lower_bound(w, S, G, N, groups, read_us, per_tok, slow)
+        assert lb <= best * (1 + 1e-9), (w, S, G, N, groups)
+        tight += lb >= best * (1 - 1e-9)
+        models = [_core.PerfModel([read_us / per_tok, 2 * read_us / per_tok], [read_us, 2 * read_us]).scaled(float(s))
+                  for s in slow]
+        loads = moebal.LoadMatrix(w[None, :])
+        v = policies.plan("vibe", loads, num_slots=S, num_gpus=G, num_nodes=N, num_groups=groups,
+                          topology=solvers.topology_with_models(N, G // N, models))
+        assert plan_metrics.layer_step_times(loads, v, models)[0] >= best * (1 - 1e-9)
+        checked += 1
+    assert checked > 250 and tight > checked // 2
+
+
+def test_time_lower_bound_matches_bench_models_and_bad_input():
+    shape = moebal.ExpertShape(7168, 2048, 2)
+    read_us, per_tok = solvers.h100_roofline(shape)
+    slow = solvers.speed_spread_slowdowns(8, 0.07, seed=1)
+    models = solvers.speed_spread_models(8, 0.07, shape, seed=1)
+    for s, m in zip(slow, models):  # the bound's (read_us, us_per_token, slowdown) are the models'
+        assert m.time_us(1) == pytest.approx(s * read_us)
+        assert m.time_us(5000) == pytest.approx(s * 5000 * per_tok)
+    loads = moebal.LoadMatrix(np.random.default_rng(1).integers(0, 500, size=(3, 64)).astype(float))
+    lb = plan_metrics.time_lower_bounds(loads, 72, 8, 1, 1, read_us, per_tok, slow)
+    v = policies.plan("vibe", loads, num_slots=72, num_gpus=8, topology=solvers.topology_with_models(1, 8, models))
+    assert (plan_metrics.layer_step_times(loads, v, models) >= lb * (1 - 1e-9)).all()
+    with pytest.raises(ValueError, match="one slowdown per GPU"):
+        plan_metrics.time_lower_bounds(loads, 72, 8, 1, 1, read_us, per_tok, slow[:7])
+    with pytest.raises(ValueError, match="read_us"):
+        plan_metrics.time_lower_bounds(loads, 72, 8, 1, 1, -1.0, per_tok, slow)
+    with pytest.raises(ValueError, match="slowdown of GPU 2"):
+        plan_metrics.layer_time_lower_bound(np.ones(64), 72, 8, 1, 1, read_us, per_tok,
+                                            np.array([1, 1, 0, 1, 1, 1, 1, 1.0]))
+    with pytest.raises(ValueError, match="speed spread"):
+        solvers.speed_spread_slowdowns(8, -0.1)
+
+
+@pytest.mark.parametrize("gpus,nodes,groups,extra", [(8, 1, 1, 1), (16, 2, 4, 1), (12, 3, 6, 2), (8, 4, 8, 0)])
+def test_vibe_never_worse_than_eplb_at_equal_speeds(gpus, nodes, groups, extra):
+    """At 0% speed spread (equal H100 roofline models) vibe's predicted step time is <= eplb's on
+    every layer: skewed, flat and sparse loads."""
+    rng = np.random.default_rng(gpus * 100 + extra)
+    E = 48
+    shape = moebal.ExpertShape(2048, 1024, 2)
+    models = solvers.speed_spread_models(gpus, 0.0, shape)
+    topo = solvers.topology_with_models(nodes, gpus // nodes, models)
+    for kind in range(3):
+        if kind == 0:
+            p = 1.0 / np.arange(1, E + 1) ** 1.1
+            w = np.stack([rng.multinomial(24000, rng.permutation(p) / p.sum()) for _ in range(5)])
+        elif kind == 1:
+            w = rng.integers(200, 400, size=(5, E))
+        else:
+            w = np.where(rng.random((5, E)) < 0.4, 0, rng.pareto(1.5, size=(5, E)) * 300).astype(int)
+        loads = moebal.LoadMatrix(w.astype(float))
+        kw = dict(num_slots=E + extra * gpus, num_gpus=gpus, num_nodes=nodes, num_groups=groups, topology=topo)
+        te = plan_metrics.layer_step_times(loads, policies.plan("eplb", loads, **kw), models)
+        tv = plan_metrics.layer_step_times(loads, policies.plan("vibe", loads, **kw), models)
+        assert (tv <= te * (1 + 1e-12)).all(), (kind, tv / te)

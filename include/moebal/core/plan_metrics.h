@@ -25,6 +25,23 @@ double layer_lower_bound(const double* w, int32_t num_experts, int32_t num_slots
 std::vector<double> lower_bounds(const LoadMatrix& loads, int32_t num_slots, int32_t num_gpus,
                                  int32_t num_nodes = 1, int32_t num_groups = 1);
 
+/// Lower bound (us) on the predicted step time (slowest GPU) of one layer over every placement, under
+/// roofline copy times: on GPU g a copy with n > 0 tokens takes
+/// slowdown[g] * max(read_us, us_per_token * n) and an empty copy 0 (what
+/// moebal.solvers.h100_expert_model(shape, slowdown) predicts), loads split evenly over copies.
+/// slowdown: [num_gpus], finite and > 0. num_groups as in layer_lower_bound: with the group
+/// constraint it also bounds, per node, the placements that keep groups on nodes (exact DP over
+/// group -> node assignments while it is small). See plan_metrics.cpp for the proof. Throws
+/// moebal::ValueError on bad sizes, loads, times or slowdowns.
+double layer_time_lower_bound(const double* w, int32_t num_experts, int32_t num_slots, int32_t num_gpus,
+                              int32_t num_nodes, int32_t num_groups, double read_us,
+                              double us_per_token, const double* slowdown);
+
+/// layer_time_lower_bound for every layer: [L]. slowdown: one per GPU.
+std::vector<double> time_lower_bounds(const LoadMatrix& loads, int32_t num_slots, int32_t num_gpus,
+                                      int32_t num_nodes, int32_t num_groups, double read_us,
+                                      double us_per_token, const std::vector<double>& slowdown);
+
 /// Predicted time (us) of every GPU per layer: sum over the GPU's slots of
 /// models[g].time_us(load of the slot's expert / its copies). [L, G]. models: one per GPU.
 std::vector<double> gpu_times(const LoadMatrix& loads, const Placement& placement,
