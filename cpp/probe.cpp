@@ -61,7 +61,7 @@ namespace {
 
 // Carves the workspace; with base == nullptr it only measures.
 struct Layout {
-  uint64_t *native, *extra, *node_mask, *src_mask;
+  uint64_t *native, *extra, *node_mask, *src_mask, *cand_nat, *cand_held;
   int32_t *m, *loc;  // [R, E]; only entries (r, e) with r holding e are ever written or read
   int32_t* colsum;
   int64_t *T, *T0, *a, *b, *win, *in, *out, *tok, *tok0, *ordT, *cand_ub, *cand_pool, *row;
@@ -93,6 +93,8 @@ Layout make_layout(const ProbeConfig& c, uint8_t* base) {
   for (int64_t** p : {&l.T, &l.T0, &l.a, &l.b, &l.win, &l.in, &l.out, &l.tok, &l.tok0, &l.ordT, &l.row})
     *p = carve<int64_t>(base, off, R);
   l.cand_ub = carve<int64_t>(base, off, nc);
+  l.cand_nat = carve<uint64_t>(base, off, nc);
+  l.cand_held = carve<uint64_t>(base, off, nc);
   l.cand_pool = carve<int64_t>(base, off, nc);
   l.slots = carve<int32_t>(base, off, R);
   l.node = carve<int32_t>(base, off, R);
@@ -118,9 +120,10 @@ Layout make_layout(const ProbeConfig& c, uint8_t* base) {
 
 // colsum[e] = sum of counts[s][e] over sources, in int32 (the SSE2 baseline vectorises it without
 // widening). Returns the OR of all counts (negative iff one is); *ovf receives the OR of every
-// running column sum. With no negative count a running sum starts below 2^31 and adds less than
-// 2^31, so it cannot wrap past 2^32: bit 31 of *ovf is set iff some column passed INT32_MAX, and
-// otherwise every column sum is exact. It is the one O(R E) pass over the input on the hot path.
+// partial sum. With no negative count, every addition has two operands below 2^31 (or an operand
+// already flagged), so none wraps past 2^32 unnoticed: bit 31 of *ovf is set only if some column
+// sum exceeds INT32_MAX, and otherwise every column sum is exact. It is the one O(R E) pass over
+// the input on the hot path.
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("O3")))
 #endif
@@ -132,7 +135,20 @@ int32_t column_sums(const int32_t* counts, int R, int E, int32_t* colsum, uint32
     cs[e] = u[e];
     neg |= u[e];
   }
-  for (int s = 1; s < R; ++s) {
+  int s = 1;
+  // Four rows per pass: each pairwise sum of two values below 2^31 is below 2^32, and is checked
+  // for bit 31 before it is added on, so no partial sum wraps unnoticed.
+  for (; s + 4 <= R; s += 4) {
+    const uint32_t* r0 = u + static_cast<size_t>(s) * E;
+    const uint32_t *r1 = r0 + E, *r2 = r1 + E, *r3 = r2 + E;
+    for (int e = 0; e < E; ++e) {
+      const uint32_t p01 = r0[e] + r1[e], p23 = r2[e] + r3[e], p = p01 + p23, v = cs[e] + p;
+      cs[e] = v;
+      neg |= r0[e] | r1[e] | r2[e] | r3[e];
+      acc |= p01 | p23 | p | v;
+    }
+  }
+  for (; s < R; ++s) {
     const uint32_t* row = u + static_cast<size_t>(s) * E;
     for (int e = 0; e < E; ++e) {
       const uint32_t v = cs[e] + row[e];
@@ -179,11 +195,10 @@ void reorder(int32_t* order, int64_t* ordT, int32_t* pos, int R, int r, int64_t 
   pos[r] = i;
 }
 
-// floor-ish upper bound of bb * gap / sum (sum > 0): the largest gain of a move that does not drain
-// the expert (min(bb x, gap - bd x) over real x). Truncation toward zero only raises a negative
-// value, so the result stays an upper bound of every integer gain.
-inline int64_t no_drain_bound(int64_t bb, int64_t gap, int64_t sum) {
-  return static_cast<int64_t>((static_cast<__int128>(bb) * gap) / sum);
+// Whether a move that does not drain the expert can gain `bar` (> 0): its gain is at most
+// min(bb x, gap - bd x) maximised over real x, bb gap / (bb + bd), and 0 when bb + bd = 0.
+inline bool no_drain_reaches(int64_t bb, int64_t gap, int64_t sum, int64_t bar) {
+  return sum > 0 && static_cast<__int128>(bb) * gap >= static_cast<__int128>(bar) * sum;
 }
 
 void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, const int32_t* phy2log,
@@ -309,94 +324,115 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
       w.cand_pool[nc] = pool;
       w.cand_drain[nc] = lb_row[e] == 0;  // all of e's tokens on bn are movable: a move may drain it
       w.cand_ub[nc] = bb * pool + (lb_row[e] == 0 ? ab : 0);
+      w.cand_nat[nc] = w.native[e];
+      w.cand_held[nc] = w.native[e] | w.extra[e];
       ++nc;
     }
 
     // The best usable pair under pd::better (largest gain, then no new replica, lower expert, lower
     // helper), found by an exact pruned search. Helpers are visited by ascending time, so the gap
-    // Tb - T_d (a bound of any pair's gain with d) only shrinks and ends the loop. Per helper, the
-    // gain of a pair that keeps some of e on bn is at most no_drain_bound (with c = T_d + a_d when d
-    // has no tokens of e), and one that drains e gains exactly min(b_b pool + a_b, Tb - c - b_d pool);
-    // both are exact integer bounds, compared with >= so pairs that can tie are never dropped.
+    // Tb - T_d (a bound of any pair's gain with d) only shrinks and ends the loop. A pair that keeps
+    // some of e on bn gains at most b_b (Tb - c) / (b_b + b_d) (c = T_d, plus a_d when d has no
+    // tokens of e), and one that drains e gains exactly min(b_b pool + a_b, Tb - c - b_d pool); both
+    // are compared exactly (integers) with >=, so pairs that can tie are never dropped.
     // The gain itself is pd::water_fill, memoised per (helper, whether d already runs e): when the
     // pool is at least xe + 2 (xe: last token count at which bn stays above d), water_fill's answer
     // does not depend on the pool or on draining (both candidates xe and xe + 1 are in range and
     // larger amounts only raise d), so the memoised answer is exact; otherwise water_fill runs in full.
-    // The window is checked only for pairs that would beat the best so far; a blocked pair is
-    // remembered when it beats the best at its visit, which finds a blocked pair beating the final
-    // best whenever one exists: the same statistic the GPU computes over all pairs.
+    //
+    // Pass 0 visits every pair except the surely window-blocked ones (d lacks e, no holder of e is
+    // on d's node, and a cross-node transfer overflows d's window): it finds the best usable pair,
+    // checking the window only for pairs that would beat the best so far, and remembers a blocked
+    // pair when it beats the best at its visit (so it finds a blocked pair beating the final best
+    // whenever one exists). Pass 1, only when pass 0 found no such pair, looks for a surely-blocked
+    // pair beating the final best and stops at the first. Together: the window-blocked statistic
+    // the GPU computes over all pairs. Helpers whose pairs all belong to the other pass are skipped
+    // with two mask tests, which matters across nodes, where most helpers are surely blocked.
+    uint64_t any_held = 0, any_nat = 0;
+    for (int ci = 0; ci < nc; ++ci) {
+      any_held |= w.cand_held[ci];
+      any_nat |= w.cand_nat[ci];
+    }
     bool found = false, blocked_found = false;
     int64_t bg = 0, bx = 0, kg = 0;
     uint64_t bs = 0, ks = 0;
     int be_ = -1, bd = -1;
     int64_t thr = min_gain + 1;  // a pair can only matter if its gain reaches thr
-    for (int oi = 0; oi < R; ++oi) {
-      const int d = w.order[oi];
-      if (d == bn) continue;
-      const int64_t Td = w.T[d], gap = Tb - Td;
-      if (!exhaustive && gap < thr) break;  // gain <= Tb - T_d
-      const int64_t ad = w.a[d], bdv = w.b[d], sum = bb + bdv;
-      const bool full = w.slots[d] >= S;
-      const bool cross_over = w.in[d] + t_inter > w.win[d];  // a cross-node transfer overflows d's window
-      const uint64_t dbit = uint64_t(1) << d, dnode = w.node_mask[d];
-      const int64_t nd_held = sum > 0 ? no_drain_bound(bb, gap, sum) : 0;
-      const int64_t nd_new = sum > 0 ? no_drain_bound(bb, gap - ad, sum) : 0;
-      const int32_t* md_row = w.m + static_cast<size_t>(d) * E;
-      bool memo_ok[2] = {false, false};
-      int64_t memo_g[2] = {0, 0}, memo_x[2] = {0, 0};
-      for (int ci = 0; ci < nc; ++ci) {
-        if (!exhaustive && w.cand_ub[ci] < thr) continue;
-        const int e = w.cand_e[ci];
-        const bool holds = ((w.native[e] | w.extra[e]) & dbit) != 0;
-        if (!holds && full) continue;
-        const int64_t md = holds ? md_row[e] : 0;
-        const int64_t pool = w.cand_pool[ci];
-        const int64_t cd = Td + (md == 0 ? ad : 0);
-        // Surely window-blocked: no holder on d's node, and a cross-node transfer overflows d's window.
-        const bool surely_blocked = !holds && (w.native[e] & dnode) == 0 && cross_over;
-        if (!exhaustive) {
-          const int64_t bar = surely_blocked && blocked_found ? std::max(thr, kg) : thr;
-          int64_t ub = md == 0 ? nd_new : nd_held;
-          if (w.cand_drain[ci]) ub = std::max(ub, std::min(bb * pool + ab, Tb - cd - bdv * pool));
-          if (ub < bar) continue;
-        }
-        int64_t x = 0, g = 0;
-        // pool >= xe + 2 with xe = (Tb - cd) / sum, tested without the division: (pool - 1) sum > Tb - cd.
-        const bool big_pool = sum > 0 && pool >= 2 && (Tb <= cd || (pool - 1) * sum > Tb - cd);
-        if (!big_pool) {
-          g = pd::water_fill(Tb, Td, mb_row[e], md, pool, ab, bb, ad, bdv, &x);
-        } else {
-          const int slot = md == 0 ? 1 : 0;
-          if (!memo_ok[slot]) {
-            const int64_t xe = Tb > cd ? (Tb - cd) / sum : 0;  // < pool - 1 < 2^31 here
-            memo_g[slot] = pd::water_fill(Tb, Td, -1, md, xe + 2, ab, bb, ad, bdv, &memo_x[slot]);
-            memo_ok[slot] = true;
+    for (int pass = 0; pass < 2 && !blocked_found; ++pass) {
+      for (int oi = 0; oi < R; ++oi) {
+        const int d = w.order[oi];
+        if (d == bn) continue;
+        const int64_t Td = w.T[d], gap = Tb - Td;
+        if (!exhaustive && gap < thr) break;  // gain <= Tb - T_d
+        const uint64_t dbit = uint64_t(1) << d, dnode = w.node_mask[d];
+        const bool full = w.slots[d] >= S;
+        const bool cross_over = w.in[d] + t_inter > w.win[d];  // a cross-node transfer overflows d's window
+        if (full && !(any_held & dbit)) continue;              // d can take no new replica
+        if (pass == 0 && cross_over && !(any_held & dbit) && !(any_nat & dnode)) continue;  // all surely blocked
+        if (pass == 1 && !cross_over) continue;                                            // none surely blocked
+        const int64_t ad = w.a[d], bdv = w.b[d], sum = bb + bdv;
+        const int32_t* md_row = w.m + static_cast<size_t>(d) * E;
+        bool memo_ok[2] = {false, false};
+        int64_t memo_g[2] = {0, 0}, memo_x[2] = {0, 0};
+        for (int ci = 0; ci < nc; ++ci) {
+          if (!exhaustive && w.cand_ub[ci] < thr) continue;
+          const int e = w.cand_e[ci];
+          const bool holds = (w.cand_held[ci] & dbit) != 0;
+          if (!holds && full) continue;
+          const bool surely_blocked = !holds && (w.cand_nat[ci] & dnode) == 0 && cross_over;
+          if (surely_blocked != (pass == 1)) continue;
+          const int64_t md = holds ? md_row[e] : 0;
+          const int64_t pool = w.cand_pool[ci];
+          const int64_t cd = Td + (md == 0 ? ad : 0);
+          if (!exhaustive) {
+            const bool drain_reaches = w.cand_drain[ci] && std::min(bb * pool + ab, Tb - cd - bdv * pool) >= thr;
+            if (!drain_reaches && !no_drain_reaches(bb, Tb - cd, sum, thr)) continue;
           }
-          x = memo_x[slot];
-          g = memo_g[slot];
-        }
-        if (g <= min_gain) continue;
-        const uint64_t sec = pd::move_sec(!holds, e, d);
-        if (found && !pd::better(g, sec, bg, bs)) continue;
-        int64_t t = 0;
-        if (surely_blocked || (!holds && pd::pick_source(v, e, d, true, &t) < 0)) {
-          if (!blocked_found || pd::better(g, sec, kg, ks)) {
+          int64_t x = 0, g = 0;
+          // pool >= xe + 2 with xe = (Tb - cd) / sum, tested without the division: (pool - 1) sum > Tb - cd.
+          const bool big_pool = sum > 0 && pool >= 2 && (Tb <= cd || (pool - 1) * sum > Tb - cd);
+          if (!big_pool) {
+            g = pd::water_fill(Tb, Td, mb_row[e], md, pool, ab, bb, ad, bdv, &x);
+          } else {
+            const int slot = md == 0 ? 1 : 0;
+            if (!memo_ok[slot]) {
+              const int64_t xe = Tb > cd ? (Tb - cd) / sum : 0;  // < pool - 1 < 2^31 here
+              memo_g[slot] = pd::water_fill(Tb, Td, -1, md, xe + 2, ab, bb, ad, bdv, &memo_x[slot]);
+              memo_ok[slot] = true;
+            }
+            x = memo_x[slot];
+            g = memo_g[slot];
+          }
+          if (g <= min_gain) continue;
+          const uint64_t sec = pd::move_sec(!holds, e, d);
+          if (found && !pd::better(g, sec, bg, bs)) continue;
+          if (pass == 1) {  // beats the final best: the iteration is window-blocked
             blocked_found = true;
-            kg = g;
-            ks = sec;
+            break;
           }
-          continue;
+          int64_t t = 0;
+          if (!holds && pd::pick_source(v, e, d, true, &t) < 0) {
+            if (!blocked_found || pd::better(g, sec, kg, ks)) {
+              blocked_found = true;
+              kg = g;
+              ks = sec;
+            }
+            continue;
+          }
+          found = true;
+          bg = g;
+          bs = sec;
+          bx = x;
+          be_ = e;
+          bd = d;
+          thr = bg;
         }
-        found = true;
-        bg = g;
-        bs = sec;
-        bx = x;
-        be_ = e;
-        bd = d;
-        thr = bg;
+        if (pass == 1 && blocked_found) break;
       }
+      // Pass 0's blocked pairs count only if they beat the final best; otherwise pass 1 decides.
+      if (pass == 0 && blocked_found && found && !pd::better(kg, ks, bg, bs)) blocked_found = false;
     }
-    if (blocked_found && (!found || pd::better(kg, ks, bg, bs))) ++stats[kProbeStatWindowBlocked];
+    if (blocked_found) ++stats[kProbeStatWindowBlocked];
     if (!found) break;
 
     // Apply: take bx tokens of be_ off bn in locality order (pd::take_tokens: d's own tokens, then
