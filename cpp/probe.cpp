@@ -65,7 +65,7 @@ struct Layout {
   int32_t *m, *loc;  // [R, E]; only entries (r, e) with r holding e are ever written or read
   int32_t* colsum;
   int64_t *T, *T0, *a, *b, *win, *in, *out, *tok, *tok0, *ordT, *cand_ub, *cand_pool, *row;
-  int32_t *slots, *node, *rep_e, *rep_src, *mv_e, *mv_from, *mv_to, *mv_amt, *rank_exp, *rank_nexp, *order, *pos,
+  int32_t *slots, *node, *rep_e, *rep_src, *mv_e, *mv_from, *mv_to, *mv_amt, *rank_exp, *rank_nexp, *order, *pos, *hl,
       *cand_e, *cand_drain, *mlist, *dexp, *dmv_start, *dmv;
   size_t bytes;
 };
@@ -108,6 +108,7 @@ Layout make_layout(const ProbeConfig& c, uint8_t* base) {
   l.rank_nexp = carve<int32_t>(base, off, R);
   l.order = carve<int32_t>(base, off, R);
   l.pos = carve<int32_t>(base, off, R);
+  l.hl = carve<int32_t>(base, off, R);
   l.cand_e = carve<int32_t>(base, off, nc);
   l.cand_drain = carve<int32_t>(base, off, nc);
   l.mlist = carve<int32_t>(base, off, K + 1);
@@ -161,17 +162,9 @@ int32_t column_sums(const int32_t* counts, int R, int E, int32_t* colsum, uint32
   return static_cast<int32_t>(neg);
 }
 
-// Helpers by (T ascending, rank ascending); insertion sort, used once per layer.
+// Helpers by (T ascending, rank ascending), once per layer.
 void sort_order(int32_t* order, const int64_t* T, int R) {
-  for (int i = 1; i < R; ++i) {
-    const int32_t v = order[i];
-    int j = i - 1;
-    while (j >= 0 && (T[order[j]] > T[v] || (T[order[j]] == T[v] && order[j] > v))) {
-      order[j + 1] = order[j];
-      --j;
-    }
-    order[j + 1] = v;
-  }
+  std::sort(order, order + R, [T](int32_t x, int32_t y) { return T[x] < T[y] || (T[x] == T[y] && x < y); });
 }
 
 // Moves rank r to its place in the (T, rank)-sorted order after T[r] changed; every other entry must
@@ -203,7 +196,7 @@ inline bool no_drain_reaches(int64_t bb, int64_t gap, int64_t sum, int64_t bar) 
 
 void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, const int32_t* phy2log,
                 const double* window_us, const Layout& w, int64_t t_intra, int64_t t_inter,
-                int64_t min_gain, bool exhaustive, const ProbeOutputs& out) {
+                int64_t min_gain, bool exhaustive, size_t cap, const ProbeOutputs& out) {
   const int R = c.num_ranks, E = c.num_experts, S = c.max_extra_slots, K = c.max_iters;
   const int spg = c.num_slots / R, rpn = c.nodes_ranks();
   const size_t RE = static_cast<size_t>(R) * E;
@@ -259,14 +252,40 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
       const size_t i = static_cast<size_t>(pd::ctz64(hh)) * E + e;
       w.m[i] = w.loc[i] = 0;
     }
-    for (int s = 0; s < R; ++s) {
-      const int64_t n = counts[static_cast<size_t>(s) * E + e];
-      if ((h >> s) & 1) {
-        w.m[static_cast<size_t>(s) * E + e] += static_cast<int32_t>(n);
-        w.loc[static_cast<size_t>(s) * E + e] += static_cast<int32_t>(n);
-        continue;
+    // pd::init_split, node by node: a source that does not hold e sends to the holders on its node,
+    // or to all holders when none is there (the tier, the same for the whole node). Sums are
+    // accumulated per node (integer additions commute, so the result is the same as source by source).
+    for (int j = 0; j < R / rpn; ++j) {
+      const int s0 = j * rpn, s1 = s0 + rpn;
+      const uint64_t t = h & w.node_mask[s0];
+      uint64_t tier = t ? t : h;
+      const unsigned k = static_cast<unsigned>(pd::popcount64(tier));
+      const int r0 = pd::ctz64(tier), r1 = k >= 2 ? pd::ctz64(tier & (tier - 1)) : r0;
+      int32_t sum0 = 0, sum1 = 0;
+      for (int s = s0; s < s1; ++s) {
+        const int32_t n = counts[static_cast<size_t>(s) * E + e];
+        if ((h >> s) & 1) {
+          w.m[static_cast<size_t>(s) * E + e] += n;
+          w.loc[static_cast<size_t>(s) * E + e] += n;
+        } else if (k == 1) {
+          sum0 += n;
+        } else if (k == 2) {  // two copies, the common case: no division; the odd token goes to index s mod 2
+          const int32_t odd = n & 1;
+          sum0 += (n >> 1) + (odd & ~s & 1);
+          sum1 += (n >> 1) + (odd & s);
+        } else {
+          const uint32_t un = static_cast<uint32_t>(n), base = un / k, rem = un % k, rot = static_cast<unsigned>(s) % k;
+          uint64_t tt = tier;
+          for (unsigned i = 0; tt; ++i) {
+            const int r = pd::ctz64(tt);
+            tt &= tt - 1;
+            const unsigned idx = i >= rot ? i - rot : i + k - rot;  // (i - src) mod k
+            w.m[static_cast<size_t>(r) * E + e] += static_cast<int32_t>(base + (idx < rem ? 1 : 0));
+          }
+        }
       }
-      pd::init_split(n, h, s, w.node_mask[s], [&](int r, int64_t v) { w.m[static_cast<size_t>(r) * E + e] += static_cast<int32_t>(v); });
+      w.m[static_cast<size_t>(r0) * E + e] += sum0;
+      if (k == 2) w.m[static_cast<size_t>(r1) * E + e] += sum1;
     }
   }
 
@@ -305,6 +324,12 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
                    w.slots, w.node, t_intra, t_inter, min_gain};
   int32_t stats[kProbeNumStats] = {0, 0, 0, 0};
   int nm = 0;
+  // Ranks with a free extra slot, and ranks whose window still fits a cross-node transfer.
+  uint64_t has_slot = 0, xok = 0;
+  for (int r = 0; r < R; ++r) {
+    if (S > 0) has_slot |= uint64_t(1) << r;
+    if (w.in[r] + t_inter <= w.win[r]) xok |= uint64_t(1) << r;
+  }
   for (int k = 0; k < K; ++k) {
     int bn = 0;
     for (int r = 1; r < R; ++r)
@@ -358,9 +383,31 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     uint64_t bs = 0, ks = 0;
     int be_ = -1, bd = -1;
     int64_t thr = min_gain + 1;  // a pair can only matter if its gain reaches thr
+    // Pass 0's helpers: those holding a candidate, or with a free slot and either room in the window
+    // for a cross-node transfer or a holder of some candidate on their node; sorted by (T, rank).
+    int nh = R;
+    const int32_t* helpers = w.order;
+    if (!exhaustive) {
+      uint64_t near = 0;
+      for (uint64_t x = any_nat; x; x &= ~w.node_mask[pd::ctz64(x)]) near |= w.node_mask[pd::ctz64(x)];
+      uint64_t u = (any_held | ((near | xok) & has_slot)) & ~(uint64_t(1) << bn);
+      nh = 0;
+      for (; u; u &= u - 1) {
+        const int d = pd::ctz64(u);
+        int i = nh++;
+        for (; i > 0 && (w.T[w.hl[i - 1]] > w.T[d] || (w.T[w.hl[i - 1]] == w.T[d] && w.hl[i - 1] > d)); --i)
+          w.hl[i] = w.hl[i - 1];
+        w.hl[i] = d;
+      }
+      helpers = w.hl;
+    }
     for (int pass = 0; pass < 2 && !blocked_found; ++pass) {
-      for (int oi = 0; oi < R; ++oi) {
-        const int d = w.order[oi];
+      if (pass == 1) {
+        nh = R;
+        helpers = w.order;
+      }
+      for (int oi = 0; oi < nh; ++oi) {
+        const int d = helpers[oi];
         if (d == bn) continue;
         const int64_t Td = w.T[d], gap = Tb - Td;
         if (!exhaustive && gap < thr) break;  // gain <= Tb - T_d
@@ -478,6 +525,8 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
       w.extra[e] |= uint64_t(1) << d;
       w.in[d] += t;
       w.out[src] += t;
+      if (w.slots[d] >= S) has_slot &= ~(uint64_t(1) << d);
+      if (w.in[d] + t_inter > w.win[d]) xok &= ~(uint64_t(1) << d);
       w.m[di] = w.loc[di] = 0;  // d starts holding e
       ++stats[kProbeStatNewReplicas];
     }
@@ -545,12 +594,13 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
       const int i = w.mlist[k];
       w.dmv[w.dmv_start[i]++] = k;
       const int32_t* amt = w.mv_amt + static_cast<size_t>(k) * R;
-      for (int s = 0; s < R; ++s) w.src_mask[i] |= static_cast<uint64_t>(amt[s] != 0) << s;
+      uint64_t sm = 0;
+      for (int s = 0; s < R; ++s) sm |= static_cast<uint64_t>(amt[s] != 0) << s;
+      w.src_mask[i] |= sm;
     }
     for (int i = nd; i > 0; --i) w.dmv_start[i] = w.dmv_start[i - 1];
     w.dmv_start[0] = 0;
 
-    const size_t cap = probe_max_quota_entries(c);
     int32_t* ent = out.quota_entries + static_cast<size_t>(layer) * cap * kProbeQuotaFields;
     size_t n = 0;
     for (int s = 0; s < R; ++s) {
@@ -726,9 +776,10 @@ void probe_plan_impl(const ProbeConfig& cfg, int32_t num_layers, const ProbeInpu
   const int64_t t_inter = rpn == cfg.num_ranks ? t_intra : probe_transfer_ps(cfg.expert_bytes, cfg.inter_node_GBps);
   const int64_t min_gain = pd::round_ps(cfg.min_gain_us);
   const size_t RE = static_cast<size_t>(cfg.num_ranks) * cfg.num_experts;
+  const size_t cap = out.quota_entries ? probe_max_quota_entries(cfg) : 0;
   for (int32_t l = 0; l < num_layers; ++l)
     plan_layer(cfg, l, in.counts + l * RE, in.phy2log + static_cast<size_t>(l) * cfg.num_slots,
-               in.window_us + static_cast<size_t>(l) * cfg.num_ranks, w, t_intra, t_inter, min_gain, exhaustive, out);
+               in.window_us + static_cast<size_t>(l) * cfg.num_ranks, w, t_intra, t_inter, min_gain, exhaustive, cap, out);
 }
 }  // namespace detail
 
