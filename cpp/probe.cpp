@@ -65,7 +65,7 @@ struct Layout {
   int32_t *m, *loc;  // [R, E]; only entries (r, e) with r holding e are ever written or read
   int32_t* colsum;
   int64_t *T, *T0, *a, *b, *win, *in, *out, *tok, *tok0, *ordT, *cand_ub, *cand_pool, *row;
-  int32_t *slots, *node, *rep_e, *rep_src, *mv_e, *mv_from, *mv_to, *mv_amt, *rank_exp, *rank_nexp, *order, *pos, *hl,
+  int32_t *slots, *node, *rep_e, *rep_src, *mv_e, *mv_from, *mv_to, *mv_amt, *rank_exp, *rank_nexp, *order, *pos,
       *cand_e, *cand_drain, *mlist, *dexp, *dmv_start, *dmv;
   size_t bytes;
 };
@@ -108,7 +108,6 @@ Layout make_layout(const ProbeConfig& c, uint8_t* base) {
   l.rank_nexp = carve<int32_t>(base, off, R);
   l.order = carve<int32_t>(base, off, R);
   l.pos = carve<int32_t>(base, off, R);
-  l.hl = carve<int32_t>(base, off, R);
   l.cand_e = carve<int32_t>(base, off, nc);
   l.cand_drain = carve<int32_t>(base, off, nc);
   l.mlist = carve<int32_t>(base, off, K + 1);
@@ -331,9 +330,10 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     if (w.in[r] + t_inter <= w.win[r]) xok |= uint64_t(1) << r;
   }
   for (int k = 0; k < K; ++k) {
-    int bn = 0;
-    for (int r = 1; r < R; ++r)
-      if (w.T[r] > w.T[bn]) bn = r;
+    // Bottleneck: the largest time, lowest rank on ties: the first of the last run of equal keys.
+    int top = R - 1;
+    while (top > 0 && w.ordT[top - 1] == w.ordT[R - 1]) --top;
+    const int bn = w.order[top];
     const int64_t Tb = w.T[bn], ab = w.a[bn], bb = w.b[bn];
     const int32_t* mb_row = w.m + static_cast<size_t>(bn) * E;
     const int32_t* lb_row = w.loc + static_cast<size_t>(bn) * E;
@@ -384,30 +384,15 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     int be_ = -1, bd = -1;
     int64_t thr = min_gain + 1;  // a pair can only matter if its gain reaches thr
     // Pass 0's helpers: those holding a candidate, or with a free slot and either room in the window
-    // for a cross-node transfer or a holder of some candidate on their node; sorted by (T, rank).
-    int nh = R;
-    const int32_t* helpers = w.order;
-    if (!exhaustive) {
-      uint64_t near = 0;
-      for (uint64_t x = any_nat; x; x &= ~w.node_mask[pd::ctz64(x)]) near |= w.node_mask[pd::ctz64(x)];
-      uint64_t u = (any_held | ((near | xok) & has_slot)) & ~(uint64_t(1) << bn);
-      nh = 0;
-      for (; u; u &= u - 1) {
-        const int d = pd::ctz64(u);
-        int i = nh++;
-        for (; i > 0 && (w.T[w.hl[i - 1]] > w.T[d] || (w.T[w.hl[i - 1]] == w.T[d] && w.hl[i - 1] > d)); --i)
-          w.hl[i] = w.hl[i - 1];
-        w.hl[i] = d;
-      }
-      helpers = w.hl;
-    }
+    // for a cross-node transfer or a holder of some candidate on their node (the exact complement of
+    // the two skips below, taken for all helpers at once with masks).
+    uint64_t near = 0;
+    for (uint64_t x = any_nat; x; x &= ~w.node_mask[pd::ctz64(x)]) near |= w.node_mask[pd::ctz64(x)];
+    const uint64_t pass0 = exhaustive ? ~uint64_t(0) : any_held | ((near | xok) & has_slot);
     for (int pass = 0; pass < 2 && !blocked_found; ++pass) {
-      if (pass == 1) {
-        nh = R;
-        helpers = w.order;
-      }
-      for (int oi = 0; oi < nh; ++oi) {
-        const int d = helpers[oi];
+      for (int oi = 0; oi < R; ++oi) {
+        const int d = w.order[oi];
+        if (pass == 0 && !((pass0 >> d) & 1)) continue;
         if (d == bn) continue;
         const int64_t Td = w.T[d], gap = Tb - Td;
         if (!exhaustive && gap < thr) break;  // gain <= Tb - T_d
@@ -603,27 +588,23 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
 
     int32_t* ent = out.quota_entries + static_cast<size_t>(layer) * cap * kProbeQuotaFields;
     size_t n = 0;
-    for (int s = 0; s < R; ++s) {
-      for (int i = 0; i < nd; ++i) {
-        if (!((w.src_mask[i] >> s) & 1)) continue;
-        const int e = w.dexp[i];
-        uint64_t dm = 0;
-        pd::init_split(counts[static_cast<size_t>(s) * E + e], w.native[e], s, w.node_mask[s], [&](int r, int64_t q) {
-          w.row[r] = q;
-          dm |= uint64_t(1) << r;
-        });
-        for (int j = w.dmv_start[i]; j < w.dmv_start[i + 1]; ++j) {
+    for (int i = 0; i < nd; ++i) {
+      const int e = w.dexp[i], j0 = w.dmv_start[i], j1 = w.dmv_start[i + 1];
+      uint64_t dsts = w.native[e];  // every rank a row of e can send to: the holders and the helpers
+      for (int j = j0; j < j1; ++j) dsts |= uint64_t(1) << w.mv_to[w.dmv[j]];
+      for (uint64_t sm = w.src_mask[i]; sm; sm &= sm - 1) {
+        const int s = pd::ctz64(sm);
+        for (uint64_t x = dsts; x; x &= x - 1) w.row[pd::ctz64(x)] = 0;
+        pd::init_split(counts[static_cast<size_t>(s) * E + e], w.native[e], s, w.node_mask[s],
+                       [&](int r, int64_t q) { w.row[r] = q; });
+        for (int j = j0; j < j1; ++j) {
           const int k = w.dmv[j];
           const int64_t a = w.mv_amt[static_cast<size_t>(k) * R + s];
-          if (a == 0) continue;
-          const int f = w.mv_from[k], t = w.mv_to[k];
-          w.row[f] -= a;  // f holds tokens of this row, so it is in dm already
-          if (!((dm >> t) & 1)) w.row[t] = 0;
-          dm |= uint64_t(1) << t;
-          w.row[t] += a;
+          w.row[w.mv_from[k]] -= a;
+          w.row[w.mv_to[k]] += a;
         }
-        for (; dm; dm &= dm - 1) {
-          const int r = pd::ctz64(dm);
+        for (uint64_t x = dsts; x; x &= x - 1) {
+          const int r = pd::ctz64(x);
           if (w.row[r] == 0) continue;
           MOEBAL_CHECK(n < cap, "probe: sparse quota exceeds its capacity ", cap);
           int32_t* q = ent + n * kProbeQuotaFields;
@@ -726,9 +707,9 @@ void probe_quota_to_dense(const ProbeConfig& cfg, int32_t num_layers, const int3
       const bool new_row = i == 0 || s != q[kProbeQuotaSrc - kProbeQuotaFields] || e != q[kProbeQuotaExpert - kProbeQuotaFields];
       if (i > 0) {
         const int32_t* p = q - kProbeQuotaFields;
-        const bool ascending = p[kProbeQuotaSrc] < s || (p[kProbeQuotaSrc] == s && (p[kProbeQuotaExpert] < e ||
-                               (p[kProbeQuotaExpert] == e && p[kProbeQuotaDst] < d)));
-        MOEBAL_CHECK_ARG(ascending, "probe: quota entries of layer ", l, " must be strictly sorted by (src, expert, "
+        const bool ascending = p[kProbeQuotaExpert] < e || (p[kProbeQuotaExpert] == e && (p[kProbeQuotaSrc] < s ||
+                               (p[kProbeQuotaSrc] == s && p[kProbeQuotaDst] < d)));
+        MOEBAL_CHECK_ARG(ascending, "probe: quota entries of layer ", l, " must be strictly sorted by (expert, src, "
                          "dst); entry ", i, " is not");
       }
       int32_t* row = qbase + (static_cast<size_t>(s) * E + e) * R;

@@ -83,7 +83,7 @@ enum ProbeQuotaField : int32_t {
 /// Sparse quota (CPU only; the CUDA planner rejects these two pointers): the dense quota equals the
 /// locality-first default split (probe_default_quota) in every (src, expert) row except the rows a
 /// planned move touched; for each touched row, quota_entries lists the row's complete set of
-/// non-zero entries (src, expert, dst, tokens), tokens > 0. Entries are sorted by (src, expert, dst);
+/// non-zero entries (src, expert, dst, tokens), tokens > 0. Entries are sorted by (expert, src, dst);
 /// layer l's entries start at quota_entries + l * probe_max_quota_entries(cfg) * kProbeQuotaFields
 /// and num_quota_entries[l] of them are written. At most (R - 1) * k_max rows are touched, so the
 /// list stays small where the dense form is R x E x R (1 MiB per layer at R = 32, E = 256).
@@ -121,7 +121,8 @@ void probe_default_quota(const ProbeConfig& cfg, int32_t src, uint64_t holders, 
 /// Rebuilds the dense quota [L, R, E, R] from the sparse one (probe_plan's quota_entries and
 /// num_quota_entries) and the planner's inputs counts [L, R, E] and phy2log [L, num_slots].
 /// Throws moebal::ValueError on bad inputs or on a sparse list that is out of range, unsorted,
-/// has duplicate or non-positive entries, or rows whose sum differs from the count.
+/// has duplicate or non-positive entries, or rows whose sum differs from the count. Rows it does
+/// not list get the default split, so any list of complete rows sorted by (expert, src, dst) works.
 void probe_quota_to_dense(const ProbeConfig& cfg, int32_t num_layers, const int32_t* counts, const int32_t* phy2log,
                           const int32_t* quota_entries, const int32_t* num_quota_entries, int32_t* quota);
 
