@@ -552,7 +552,7 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
       }
     }
   }
-  if (out.quota_entries) {
+  if (out.num_quota_entries) {
     // Distinct moved experts (ascending), the moves of each, and the sources each one touched.
     int nd = 0;
     for (int k = 0; k < nm; ++k) {
@@ -666,7 +666,7 @@ void probe_quota_to_dense(const ProbeConfig& cfg, int32_t num_layers, const int3
   const size_t cap = probe_max_quota_entries(cfg);  // validates cfg
   MOEBAL_CHECK_ARG(num_layers >= 0, "probe: num_layers must be >= 0, got ", num_layers);
   if (num_layers == 0) return;
-  MOEBAL_CHECK_ARG(counts && phy2log && quota_entries && num_quota_entries && quota,
+  MOEBAL_CHECK_ARG(counts && phy2log && num_quota_entries && quota && (quota_entries || cap == 0),
                    "probe: counts, phy2log, quota_entries, num_quota_entries and quota are required");
   const int R = cfg.num_ranks, E = cfg.num_experts, spg = cfg.num_slots / R, rpn = cfg.nodes_ranks();
   const size_t RE = static_cast<size_t>(R) * E;
@@ -737,8 +737,11 @@ void probe_plan_impl(const ProbeConfig& cfg, int32_t num_layers, const ProbeInpu
   if (num_layers == 0) return;
   MOEBAL_CHECK_ARG(in.counts && in.phy2log && in.fixed_us && in.us_per_token && in.window_us,
                    "probe: every input pointer (counts, phy2log, fixed_us, us_per_token, window_us) is required");
-  MOEBAL_CHECK_ARG((out.quota_entries == nullptr) == (out.num_quota_entries == nullptr),
-                   "probe: quota_entries and num_quota_entries go together (both or neither)");
+  const size_t cap = out.num_quota_entries ? probe_max_quota_entries(cfg) : 0;
+  MOEBAL_CHECK_ARG(out.quota_entries == nullptr || out.num_quota_entries != nullptr,
+                   "probe: quota_entries needs num_quota_entries (the sparse quota is on when num_quota_entries is set)");
+  MOEBAL_CHECK_ARG(out.num_quota_entries == nullptr || out.quota_entries != nullptr || cap == 0,
+                   "probe: num_quota_entries is set but quota_entries is null (capacity ", cap, " entries per layer)");
   const size_t need = make_layout(cfg, nullptr).bytes;
   MOEBAL_CHECK_ARG(workspace != nullptr && workspace_bytes >= need, "probe: workspace of ", workspace_bytes,
                    " bytes is too small; probe_workspace_bytes() = ", need);
@@ -757,7 +760,6 @@ void probe_plan_impl(const ProbeConfig& cfg, int32_t num_layers, const ProbeInpu
   const int64_t t_inter = rpn == cfg.num_ranks ? t_intra : probe_transfer_ps(cfg.expert_bytes, cfg.inter_node_GBps);
   const int64_t min_gain = pd::round_ps(cfg.min_gain_us);
   const size_t RE = static_cast<size_t>(cfg.num_ranks) * cfg.num_experts;
-  const size_t cap = out.quota_entries ? probe_max_quota_entries(cfg) : 0;
   for (int32_t l = 0; l < num_layers; ++l)
     plan_layer(cfg, l, in.counts + l * RE, in.phy2log + static_cast<size_t>(l) * cfg.num_slots,
                in.window_us + static_cast<size_t>(l) * cfg.num_ranks, w, t_intra, t_inter, min_gain, exhaustive, cap, out);

@@ -96,7 +96,8 @@ struct ProbeOutputs {
   int64_t* rank_tokens = nullptr;     ///< [L, 2, R] tokens processed per rank before / after
   int32_t* stats = nullptr;           ///< [L, kProbeNumStats]
   int32_t* quota_entries = nullptr;   ///< [L, probe_max_quota_entries(cfg), kProbeQuotaFields], see above
-  int32_t* num_quota_entries = nullptr;  ///< [L] entries written per layer (set iff quota_entries is)
+  int32_t* num_quota_entries = nullptr;  ///< [L] entries written per layer; non-null turns the sparse quota on
+                                         ///< (quota_entries is then required unless the capacity is 0)
 };
 
 /// Workspace bytes probe_plan needs (independent of the number of layers).
