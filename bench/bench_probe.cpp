@@ -58,7 +58,7 @@ int main(int argc, char** argv) {
     mc::ProbeOutputs both = sparse;
     both.quota = quota.data();
     mc::probe_plan(w.cfg, w.L, w.inputs(), both, ws.data(), ws.size());
-    mc::probe_quota_to_dense(w.cfg, w.L, w.counts.data(), w.phy2log.data(), entries.data(), num_entries.data(),
+    mc::probe_quota_to_dense(w.cfg, w.L, w.counts.data(), w.phy2log.data(), entries.data(), num_entries.data(), cap,
                              dense_again.data());
     if (dense_again != quota) {
       std::fprintf(stderr, "%s: the sparse quota does not expand to the dense one\n", w.name.c_str());

@@ -662,8 +662,10 @@ void probe_default_quota(const ProbeConfig& cfg, int32_t src, uint64_t holders, 
 }
 
 void probe_quota_to_dense(const ProbeConfig& cfg, int32_t num_layers, const int32_t* counts, const int32_t* phy2log,
-                          const int32_t* quota_entries, const int32_t* num_quota_entries, int32_t* quota) {
-  const size_t cap = probe_max_quota_entries(cfg);  // validates cfg
+                          const int32_t* quota_entries, const int32_t* num_quota_entries, size_t entries_per_layer,
+                          int32_t* quota) {
+  cfg.validate();
+  const size_t cap = entries_per_layer;
   MOEBAL_CHECK_ARG(num_layers >= 0, "probe: num_layers must be >= 0, got ", num_layers);
   if (num_layers == 0) return;
   MOEBAL_CHECK_ARG(counts && phy2log && num_quota_entries && quota && (quota_entries || cap == 0),
@@ -695,7 +697,7 @@ void probe_quota_to_dense(const ProbeConfig& cfg, int32_t num_layers, const int3
     }
     const int32_t ne = num_quota_entries[l];
     MOEBAL_CHECK_ARG(ne >= 0 && static_cast<size_t>(ne) <= cap, "probe: num_quota_entries[", l, "] = ", ne,
-                     " must be in [0, ", cap, "]");
+                     " must be in [0, entries_per_layer = ", cap, "]");
     const int32_t* ent = quota_entries + static_cast<size_t>(l) * cap * kProbeQuotaFields;
     int64_t row_sum = 0;
     for (int32_t i = 0; i < ne; ++i) {

@@ -311,7 +311,7 @@ void expect_sparse_matches_dense(const ProbeCase& c, const ProbePlanOut& o, cons
   const int R = c.cfg.num_ranks, E = c.cfg.num_experts;
   const size_t cap = moebal::core::probe_max_quota_entries(c.cfg), RE = static_cast<size_t>(R) * E;
   std::vector<int32_t> dense(o.quota.size(), -7);
-  moebal::core::probe_quota_to_dense(c.cfg, c.L, c.counts.data(), c.phy2log.data(), sp.entries.data(), sp.num.data(),
+  moebal::core::probe_quota_to_dense(c.cfg, c.L, c.counts.data(), c.phy2log.data(), sp.entries.data(), sp.num.data(), cap,
                                      dense.data());
   ASSERT_EQ(dense, o.quota) << "seed " << seed;
   for (int l = 0; l < c.L; ++l) {
@@ -428,7 +428,7 @@ TEST(ProbeSparse, RejectsBadSparseLists) {
     entries.resize(cap * kProbeQuotaFields, 0);
     const int32_t num[1] = {n};
     try {
-      moebal::core::probe_quota_to_dense(c.cfg, 1, c.counts.data(), c.phy2log.data(), entries.data(), num,
+      moebal::core::probe_quota_to_dense(c.cfg, 1, c.counts.data(), c.phy2log.data(), entries.data(), num, cap,
                                          dense.data());
       ADD_FAILURE() << "no throw for " << what;
     } catch (const moebal::ValueError& e) {
@@ -438,7 +438,7 @@ TEST(ProbeSparse, RejectsBadSparseLists) {
   // counts = {src 0: e0 100, e1 0; src 1: e0 100, e1 0}; the good list moves src 1's tokens to rank 1.
   moebal::core::probe_quota_to_dense(c.cfg, 1, c.counts.data(), c.phy2log.data(),
                                      std::vector<int32_t>{1, 0, 1, 100, 0, 0, 0, 0}.data(),
-                                     std::vector<int32_t>{1}.data(), dense.data());
+                                     std::vector<int32_t>{1}.data(), cap, dense.data());
   EXPECT_EQ(dense, (std::vector<int32_t>{100, 0, 0, 0, 0, 100, 0, 0}));
   expect_bad({1, 0, 2, 100}, 1, "out of range");                       // dst beyond R
   expect_bad({1, 2, 1, 100}, 1, "out of range");                       // expert beyond E
@@ -448,25 +448,25 @@ TEST(ProbeSparse, RejectsBadSparseLists) {
   expect_bad({1, 0, 0, 60, 1, 0, 0, 40}, 2, "strictly sorted");        // duplicate entry
   expect_bad({1, 0, 0, 100, 0, 0, 0, 100}, 2, "strictly sorted");      // src descending within an expert
   expect_bad({1, 0, 1, 99}, 1, "sum to 99");                           // row does not add up
-  expect_bad({1, 0, 1, 100}, static_cast<int32_t>(cap) + 1, "num_quota_entries");
-  expect_bad({1, 0, 1, 100}, -1, "num_quota_entries");
+  expect_bad({1, 0, 1, 100}, static_cast<int32_t>(cap) + 1, "entries_per_layer");
+  expect_bad({1, 0, 1, 100}, -1, "entries_per_layer");
   ProbeCase neg = c;
   neg.counts[1] = -3;
   EXPECT_THROW(moebal::core::probe_quota_to_dense(neg.cfg, 1, neg.counts.data(), neg.phy2log.data(),
-                                                  std::vector<int32_t>(cap * 4).data(), std::vector<int32_t>{0}.data(),
+                                                  std::vector<int32_t>(cap * 4).data(), std::vector<int32_t>{0}.data(), cap,
                                                   dense.data()),
                moebal::ValueError);
   ProbeCase badp = c;
   badp.phy2log = {0, 0};  // expert 1 has no copy
   EXPECT_THROW(moebal::core::probe_quota_to_dense(badp.cfg, 1, badp.counts.data(), badp.phy2log.data(),
-                                                  std::vector<int32_t>(cap * 4).data(), std::vector<int32_t>{0}.data(),
+                                                  std::vector<int32_t>(cap * 4).data(), std::vector<int32_t>{0}.data(), cap,
                                                   dense.data()),
                moebal::ValueError);
   EXPECT_THROW(moebal::core::probe_quota_to_dense(c.cfg, 1, c.counts.data(), c.phy2log.data(), nullptr,
-                                                  std::vector<int32_t>{0}.data(), dense.data()),
+                                                  std::vector<int32_t>{0}.data(), cap, dense.data()),
                moebal::ValueError);
   EXPECT_THROW(moebal::core::probe_quota_to_dense(c.cfg, -1, c.counts.data(), c.phy2log.data(),
-                                                  std::vector<int32_t>(cap * 4).data(), std::vector<int32_t>{0}.data(),
+                                                  std::vector<int32_t>(cap * 4).data(), std::vector<int32_t>{0}.data(), cap,
                                                   dense.data()),
                moebal::ValueError);
   // probe_plan wants both sparse pointers or neither.

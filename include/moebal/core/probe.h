@@ -119,13 +119,16 @@ size_t probe_max_quota_entries(const ProbeConfig& cfg);
 /// static holders are the ranks in `holders` (bit r = rank r holds it; must be non-zero).
 void probe_default_quota(const ProbeConfig& cfg, int32_t src, uint64_t holders, int32_t tokens, int32_t* row);
 
-/// Rebuilds the dense quota [L, R, E, R] from the sparse one (probe_plan's quota_entries and
-/// num_quota_entries) and the planner's inputs counts [L, R, E] and phy2log [L, num_slots].
+/// Rebuilds the dense quota [L, R, E, R] from a sparse one and the planner's inputs counts [L, R, E]
+/// and phy2log [L, num_slots] (of cfg only R, E, num_slots and ranks_per_node matter). Layer l's
+/// num_quota_entries[l] entries start at quota_entries + l * entries_per_layer * kProbeQuotaFields;
+/// probe_plan's output has entries_per_layer = probe_max_quota_entries(cfg).
 /// Throws moebal::ValueError on bad inputs or on a sparse list that is out of range, unsorted,
 /// has duplicate or non-positive entries, or rows whose sum differs from the count. Rows it does
 /// not list get the default split, so any list of complete rows sorted by (expert, src, dst) works.
 void probe_quota_to_dense(const ProbeConfig& cfg, int32_t num_layers, const int32_t* counts, const int32_t* phy2log,
-                          const int32_t* quota_entries, const int32_t* num_quota_entries, int32_t* quota);
+                          const int32_t* quota_entries, const int32_t* num_quota_entries, size_t entries_per_layer,
+                          int32_t* quota);
 
 /// Microseconds to picoseconds, rounded half to even (+inf maps to an "unlimited" sentinel).
 int64_t probe_us_to_ps(double us);
