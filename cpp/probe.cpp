@@ -193,7 +193,10 @@ inline bool no_drain_reaches(int64_t bb, int64_t gap, int64_t sum, int64_t bar) 
   return sum > 0 && static_cast<__int128>(bb) * gap >= static_cast<__int128>(bar) * sum;
 }
 
-void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, const int32_t* phy2log,
+// The next layer's counts (if any) are prefetched while this layer searches (compute on a small,
+// cache-resident state), so the next column-sum pass reads them from cache, not memory.
+void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, const int32_t* next_counts,
+                const int32_t* phy2log,
                 const double* window_us, const Layout& w, int64_t t_intra, int64_t t_inter,
                 int64_t min_gain, bool exhaustive, size_t cap, const ProbeOutputs& out) {
   const int R = c.num_ranks, E = c.num_experts, S = c.max_extra_slots, K = c.max_iters;
@@ -329,7 +332,15 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     if (S > 0) has_slot |= uint64_t(1) << r;
     if (w.in[r] + t_inter <= w.win[r]) xok |= uint64_t(1) << r;
   }
+  const size_t lines = next_counts ? (RE * sizeof(int32_t) + 63) / 64 : 0;
+  size_t prefetched = 0;
+  const size_t per_iter = K > 0 ? (lines + K - 1) / K : lines;
+  auto prefetch_to = [&](size_t upto) {
+    for (; prefetched < upto && prefetched < lines; ++prefetched)
+      __builtin_prefetch(reinterpret_cast<const char*>(next_counts) + prefetched * 64, 0, 2);
+  };
   for (int k = 0; k < K; ++k) {
+    prefetch_to(prefetched + per_iter);
     // Bottleneck: the largest time, lowest rank on ties: the first of the last run of equal keys.
     int top = R - 1;
     while (top > 0 && w.ordT[top - 1] == w.ordT[R - 1]) --top;
@@ -529,6 +540,8 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     reorder(w.order, w.ordT, w.pos, R, bn, w.T[bn]);
     reorder(w.order, w.ordT, w.pos, R, d, w.T[d]);
   }
+
+  prefetch_to(lines);
 
   // Outputs.
   if (out.quota) {
@@ -763,8 +776,9 @@ void probe_plan_impl(const ProbeConfig& cfg, int32_t num_layers, const ProbeInpu
   const int64_t min_gain = pd::round_ps(cfg.min_gain_us);
   const size_t RE = static_cast<size_t>(cfg.num_ranks) * cfg.num_experts;
   for (int32_t l = 0; l < num_layers; ++l)
-    plan_layer(cfg, l, in.counts + l * RE, in.phy2log + static_cast<size_t>(l) * cfg.num_slots,
-               in.window_us + static_cast<size_t>(l) * cfg.num_ranks, w, t_intra, t_inter, min_gain, exhaustive, cap, out);
+    plan_layer(cfg, l, in.counts + l * RE, l + 1 < num_layers ? in.counts + (l + 1) * RE : nullptr,
+               in.phy2log + static_cast<size_t>(l) * cfg.num_slots, in.window_us + static_cast<size_t>(l) * cfg.num_ranks,
+               w, t_intra, t_inter, min_gain, exhaustive, cap, out);
 }
 }  // namespace detail
 
