@@ -601,8 +601,32 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
 
     int32_t* ent = out.quota_entries + static_cast<size_t>(layer) * cap * kProbeQuotaFields;
     size_t n = 0;
+    auto emit = [&](int s, int e, int r, int64_t tokens) {
+      MOEBAL_CHECK(n < cap, "probe: sparse quota exceeds its capacity ", cap);
+      int32_t* q = ent + n * kProbeQuotaFields;
+      q[kProbeQuotaSrc] = s;
+      q[kProbeQuotaExpert] = e;
+      q[kProbeQuotaDst] = r;
+      q[kProbeQuotaTokens] = static_cast<int32_t>(tokens);
+      ++n;
+    };
     for (int i = 0; i < nd; ++i) {
       const int e = w.dexp[i], j0 = w.dmv_start[i], j1 = w.dmv_start[i + 1];
+      const uint64_t h = w.native[e];
+      if ((h & (h - 1)) == 0 && j1 - j0 == 1) {
+        // The common case: one static copy (on h0, where the move took tokens from) and one move
+        // of e to t; a touched source's row is (h0: n - a, t: a), a > 0, in destination order.
+        const int k = w.dmv[j0], h0 = pd::ctz64(h), t = w.mv_to[k];
+        const int32_t* amt = w.mv_amt + static_cast<size_t>(k) * R;
+        for (uint64_t sm = w.src_mask[i]; sm; sm &= sm - 1) {
+          const int s = pd::ctz64(sm);
+          const int64_t a = amt[s], left = counts[static_cast<size_t>(s) * E + e] - a;
+          if (t < h0) emit(s, e, t, a);
+          if (left > 0) emit(s, e, h0, left);
+          if (t > h0) emit(s, e, t, a);
+        }
+        continue;
+      }
       uint64_t dsts = w.native[e];  // every rank a row of e can send to: the holders and the helpers
       for (int j = j0; j < j1; ++j) dsts |= uint64_t(1) << w.mv_to[w.dmv[j]];
       for (uint64_t sm = w.src_mask[i]; sm; sm &= sm - 1) {
@@ -618,14 +642,7 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
         }
         for (uint64_t x = dsts; x; x &= x - 1) {
           const int r = pd::ctz64(x);
-          if (w.row[r] == 0) continue;
-          MOEBAL_CHECK(n < cap, "probe: sparse quota exceeds its capacity ", cap);
-          int32_t* q = ent + n * kProbeQuotaFields;
-          q[kProbeQuotaSrc] = s;
-          q[kProbeQuotaExpert] = e;
-          q[kProbeQuotaDst] = r;
-          q[kProbeQuotaTokens] = static_cast<int32_t>(w.row[r]);
-          ++n;
+          if (w.row[r] != 0) emit(s, e, r, w.row[r]);
         }
       }
     }
