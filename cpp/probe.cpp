@@ -118,47 +118,41 @@ Layout make_layout(const ProbeConfig& c, uint8_t* base) {
   return l;
 }
 
-// colsum[e] = sum of counts[s][e] over sources, in int32 (the SSE2 baseline vectorises it without
-// widening). Returns the OR of all counts (negative iff one is); *ovf receives the OR of every
-// partial sum. With no negative count, every addition has two operands below 2^31 (or an operand
-// already flagged), so none wraps past 2^32 unnoticed: bit 31 of *ovf is set only if some column
-// sum exceeds INT32_MAX, and otherwise every column sum is exact. It is the one O(R E) pass over
-// the input on the hot path.
+// colsum[e] = sum of counts[s][e] over sources, in 32-bit lanes (the SSE2 baseline vectorises it
+// without widening). Returns the OR of all counts. When it is below 2^24 (no count is negative or
+// 2^24 or more), every column sum is below R 2^24 <= 2^30, so their total is exact too; otherwise
+// the caller checks the signs and takes the total in 64 bits (counts that large are unrealistic).
+// It is the one O(R E) pass over the input on the hot path.
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("O3")))
 #endif
-int32_t column_sums(const int32_t* counts, int R, int E, int32_t* colsum, uint32_t* ovf) {
-  uint32_t neg = 0, acc = 0;
+uint32_t column_sums(const int32_t* counts, int R, int E, int32_t* colsum) {
+  uint32_t bits = 0;
   const uint32_t* u = reinterpret_cast<const uint32_t*>(counts);
   uint32_t* cs = reinterpret_cast<uint32_t*>(colsum);
   for (int e = 0; e < E; ++e) {
     cs[e] = u[e];
-    neg |= u[e];
+    bits |= u[e];
   }
   int s = 1;
-  // Four rows per pass: each pairwise sum of two values below 2^31 is below 2^32, and is checked
-  // for bit 31 before it is added on, so no partial sum wraps unnoticed.
-  for (; s + 4 <= R; s += 4) {
+  for (; s + 4 <= R; s += 4) {  // four rows per pass: one load and store of the sums per four rows
     const uint32_t* r0 = u + static_cast<size_t>(s) * E;
     const uint32_t *r1 = r0 + E, *r2 = r1 + E, *r3 = r2 + E;
-    for (int e = 0; e < E; ++e) {
-      const uint32_t p01 = r0[e] + r1[e], p23 = r2[e] + r3[e], p = p01 + p23, v = cs[e] + p;
-      cs[e] = v;
-      neg |= r0[e] | r1[e] | r2[e] | r3[e];
-      acc |= p01 | p23 | p | v;
+    for (int e = 0; e < E; ++e) {  // loaded once, before the store (which may alias them)
+      const uint32_t a0 = r0[e], a1 = r1[e], a2 = r2[e], a3 = r3[e];
+      bits |= (a0 | a1) | (a2 | a3);
+      cs[e] += (a0 + a1) + (a2 + a3);
     }
   }
   for (; s < R; ++s) {
     const uint32_t* row = u + static_cast<size_t>(s) * E;
     for (int e = 0; e < E; ++e) {
-      const uint32_t v = cs[e] + row[e];
-      cs[e] = v;
-      neg |= row[e];
-      acc |= v;
+      const uint32_t a = row[e];
+      bits |= a;
+      cs[e] += a;
     }
   }
-  *ovf = acc;
-  return static_cast<int32_t>(neg);
+  return bits;
 }
 
 // Helpers by (T ascending, rank ascending), once per layer.
@@ -223,15 +217,14 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     MOEBAL_CHECK_ARG(w.native[e] != 0, "probe: expert ", e, " has no slot in phy2log of layer ", layer);
 
   // Counts: validate and take column sums (vectorised), then the locality-first split.
-  uint32_t ovf = 0;
-  const int32_t neg = column_sums(counts, R, E, w.colsum, &ovf);
-  if (neg < 0) {
+  const uint32_t bits = column_sums(counts, R, E, w.colsum);
+  int64_t total = 0;
+  if (bits >> 24) {
+    // A negative count, or one of 2^24 or more: check, and take the total in 64 bits. If it fits in
+    // int32, no column sum of non-negative counts wrapped, so the 32-bit ones are exact.
     for (size_t i = 0; i < RE; ++i)
       MOEBAL_CHECK_ARG(counts[i] >= 0, "probe: counts[", layer, ", ", i / E, ", ", i % E, "] = ", counts[i],
                        " is negative");
-  }
-  int64_t total = 0;
-  if (ovf >> 31) {
     for (size_t i = 0; i < RE; ++i) total += counts[i];
   } else {
     for (int e = 0; e < E; ++e) total += w.colsum[e];

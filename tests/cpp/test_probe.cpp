@@ -192,6 +192,17 @@ TEST(ProbePlanArgs, RejectsBadConfig) {
   bad([](ProbeCase& c) { c.counts = {0x7fffffff, 0, 1, 0}; });  // layer total overflows int32
 }
 
+TEST(ProbePlan, LargeCountsTakeTheExactPath) {
+  // Counts of 2^24 and more leave the 32-bit column-sum fast path; the plan must stay consistent.
+  for (uint32_t seed = 0; seed < 20; ++seed) {
+    ProbeCase c = moebal_test::make_probe_case(seed, 6, 13, 2, static_cast<int>(seed % 2), 3);
+    for (size_t i = 0; i < c.counts.size(); i += 7) c.counts[i] = (1 << 24) + static_cast<int32_t>(i);
+    const ProbePlanOut o = run_cpu(c);
+    for (int l = 0; l < c.L; ++l) ASSERT_EQ(moebal_test::check_probe_plan(c, o, l), "") << "seed " << seed;
+    ASSERT_EQ(o.quota, run_cpu(c, /*exhaustive=*/true).quota);
+  }
+}
+
 TEST(ProbePlanArgs, RejectsSmallWorkspaceAndNullInputs) {
   const ProbeCase c = two_rank_case(100.0, 3);
   ProbePlanOut o(c);
