@@ -494,12 +494,28 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
       amt[s] = static_cast<int32_t>(t);
       rem -= t;
     };
-    take(d);
     const int n0 = w.node[d] * rpn, n1 = n0 + rpn;
-    for (int s = n0; s < n1 && rem > 0; ++s)
-      if (s != bn && s != d) take(s);
-    for (int s = 0; s < R && rem > 0; ++s)
-      if (s != bn && (s < n0 || s >= n1)) take(s);
+    if (nl == 0 && w.native[e] == (uint64_t(1) << bn)) {
+      // e's first move, from its only static holder: every other source's share is its count.
+      const int32_t* col = counts + e;
+      auto take_all = [&](int s) {
+        const int32_t q = col[static_cast<size_t>(s) * E];
+        const int32_t t = q < rem ? q : static_cast<int32_t>(rem);
+        amt[s] = t;
+        rem -= t;
+      };
+      take_all(d);
+      for (int s = n0; s < n1 && rem > 0; ++s)
+        if (s != bn && s != d) take_all(s);
+      for (int s = 0; s < R && rem > 0; ++s)
+        if (s != bn && (s < n0 || s >= n1)) take_all(s);
+    } else {
+      take(d);
+      for (int s = n0; s < n1 && rem > 0; ++s)
+        if (s != bn && s != d) take(s);
+      for (int s = 0; s < R && rem > 0; ++s)
+        if (s != bn && (s < n0 || s >= n1)) take(s);
+    }
     w.mv_e[nm] = e;
     w.mv_from[nm] = bn;
     w.mv_to[nm] = d;
