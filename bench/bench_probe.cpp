@@ -74,16 +74,18 @@ int main(int argc, char** argv) {
     const mc::ProbeOutputs* variants[3] = {&lean, &sparse, &dense};
     for (int variant = 0; variant < 3; ++variant) {
       std::vector<double> t, c;
-      for (int i = 0; i < reps + 3; ++i) {
+      // Warm-up: at least 3 runs and 50 ms (clock ramp, caches, first touch of the outputs).
+      const auto w0 = std::chrono::steady_clock::now();
+      for (int i = 0; i < 3 || std::chrono::steady_clock::now() - w0 < std::chrono::milliseconds(50); ++i)
+        mc::probe_plan(w.cfg, w.L, w.inputs(), *variants[variant], ws.data(), ws.size());
+      for (int i = 0; i < reps; ++i) {
         const double c0 = thread_cpu_us();
         const auto t0 = std::chrono::steady_clock::now();
         mc::probe_plan(w.cfg, w.L, w.inputs(), *variants[variant], ws.data(), ws.size());
         const auto t1 = std::chrono::steady_clock::now();
         const double c1 = thread_cpu_us();
-        if (i >= 3) {
-          t.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count() / w.L);
-          c.push_back((c1 - c0) / w.L);
-        }
+        t.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count() / w.L);
+        c.push_back((c1 - c0) / w.L);
       }
       per_layer[variant] = median(t);
       cpu_layer[variant] = median(c);

@@ -61,7 +61,7 @@ namespace {
 
 // Carves the workspace; with base == nullptr it only measures.
 struct Layout {
-  uint64_t *native, *extra, *node_mask, *src_mask, *cand_nat, *cand_held;
+  uint64_t *native, *extra, *node_mask, *src_mask, *cand_nat, *cand_held, *cand_pass;
   int32_t *m, *loc;  // [R, E]; only entries (r, e) with r holding e are ever written or read
   int32_t* colsum;
   int64_t *T, *T0, *a, *b, *win, *in, *out, *tok, *tok0, *ordT, *cand_ub, *cand_pool, *row;
@@ -95,6 +95,7 @@ Layout make_layout(const ProbeConfig& c, uint8_t* base) {
   l.cand_ub = carve<int64_t>(base, off, nc);
   l.cand_nat = carve<uint64_t>(base, off, nc);
   l.cand_held = carve<uint64_t>(base, off, nc);
+  l.cand_pass = carve<uint64_t>(base, off, 2 * nc);
   l.cand_pool = carve<int64_t>(base, off, nc);
   l.slots = carve<int32_t>(base, off, R);
   l.node = carve<int32_t>(base, off, R);
@@ -377,46 +378,41 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     // pair beating the final best and stops at the first. Together: the window-blocked statistic
     // the GPU computes over all pairs. Helpers whose pairs all belong to the other pass are skipped
     // with two mask tests, which matters across nodes, where most helpers are surely blocked.
-    uint64_t any_held = 0, any_nat = 0;
+    // Per candidate, the helpers of each pass: pass 0 takes d if d holds e, or d has a free slot
+    // and either a holder of e on its node or room in its window for a cross-node transfer; pass 1
+    // takes the rest of the helpers with a free slot (the surely window-blocked pairs).
+    uint64_t helpers[2] = {0, 0};
     for (int ci = 0; ci < nc; ++ci) {
-      any_held |= w.cand_held[ci];
-      any_nat |= w.cand_nat[ci];
+      uint64_t near = 0;
+      for (uint64_t x = w.cand_nat[ci]; x; x &= ~w.node_mask[pd::ctz64(x)]) near |= w.node_mask[pd::ctz64(x)];
+      const uint64_t held = w.cand_held[ci];
+      w.cand_pass[2 * ci] = held | ((near | xok) & has_slot);
+      w.cand_pass[2 * ci + 1] = ~held & has_slot & ~near & ~xok;
+      helpers[0] |= w.cand_pass[2 * ci];
+      helpers[1] |= w.cand_pass[2 * ci + 1];
     }
     bool found = false, blocked_found = false;
     int64_t bg = 0, bx = 0, kg = 0;
     uint64_t bs = 0, ks = 0;
     int be_ = -1, bd = -1;
     int64_t thr = min_gain + 1;  // a pair can only matter if its gain reaches thr
-    // Pass 0's helpers: those holding a candidate, or with a free slot and either room in the window
-    // for a cross-node transfer or a holder of some candidate on their node (the exact complement of
-    // the two skips below, taken for all helpers at once with masks).
-    uint64_t near = 0;
-    for (uint64_t x = any_nat; x; x &= ~w.node_mask[pd::ctz64(x)]) near |= w.node_mask[pd::ctz64(x)];
-    const uint64_t pass0 = exhaustive ? ~uint64_t(0) : any_held | ((near | xok) & has_slot);
     for (int pass = 0; pass < 2 && !blocked_found; ++pass) {
+      const uint64_t* cpass = w.cand_pass + pass;
       for (int oi = 0; oi < R; ++oi) {
         const int d = w.order[oi];
-        if (pass == 0 && !((pass0 >> d) & 1)) continue;
-        if (d == bn) continue;
+        if (!((helpers[pass] >> d) & 1) || d == bn) continue;
         const int64_t Td = w.T[d], gap = Tb - Td;
         if (!exhaustive && gap < thr) break;  // gain <= Tb - T_d
-        const uint64_t dbit = uint64_t(1) << d, dnode = w.node_mask[d];
-        const bool full = w.slots[d] >= S;
-        const bool cross_over = w.in[d] + t_inter > w.win[d];  // a cross-node transfer overflows d's window
-        if (full && !(any_held & dbit)) continue;              // d can take no new replica
-        if (pass == 0 && cross_over && !(any_held & dbit) && !(any_nat & dnode)) continue;  // all surely blocked
-        if (pass == 1 && !cross_over) continue;                                            // none surely blocked
+        const uint64_t dbit = uint64_t(1) << d;
         const int64_t ad = w.a[d], bdv = w.b[d], sum = bb + bdv;
         const int32_t* md_row = w.m + static_cast<size_t>(d) * E;
         bool memo_ok[2] = {false, false};
         int64_t memo_g[2] = {0, 0}, memo_x[2] = {0, 0};
         for (int ci = 0; ci < nc; ++ci) {
+          if (!(cpass[2 * ci] & dbit)) continue;
           if (!exhaustive && w.cand_ub[ci] < thr) continue;
           const int e = w.cand_e[ci];
           const bool holds = (w.cand_held[ci] & dbit) != 0;
-          if (!holds && full) continue;
-          const bool surely_blocked = !holds && (w.cand_nat[ci] & dnode) == 0 && cross_over;
-          if (surely_blocked != (pass == 1)) continue;
           const int64_t md = holds ? md_row[e] : 0;
           const int64_t pool = w.cand_pool[ci];
           const int64_t cd = Td + (md == 0 ? ad : 0);
