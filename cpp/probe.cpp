@@ -382,7 +382,9 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     // and either a holder of e on its node or room in its window for a cross-node transfer; pass 1
     // takes the rest of the helpers with a free slot (the surely window-blocked pairs).
     uint64_t helpers[2] = {0, 0};
+    int64_t max_drain_ub = std::numeric_limits<int64_t>::min();  // largest cand_ub of a drainable candidate
     for (int ci = 0; ci < nc; ++ci) {
+      if (w.cand_drain[ci]) max_drain_ub = std::max(max_drain_ub, w.cand_ub[ci]);
       uint64_t near = 0;
       for (uint64_t x = w.cand_nat[ci]; x; x &= ~w.node_mask[pd::ctz64(x)]) near |= w.node_mask[pd::ctz64(x)];
       const uint64_t held = w.cand_held[ci];
@@ -405,6 +407,9 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
         if (!exhaustive && gap < thr) break;  // gain <= Tb - T_d
         const uint64_t dbit = uint64_t(1) << d;
         const int64_t ad = w.a[d], bdv = w.b[d], sum = bb + bdv;
+        // No pair with d can reach thr: neither without draining (bound with c = T_d, the larger
+        // of the two) nor by draining a candidate (gain <= min(cand_ub, gap)).
+        if (!exhaustive && std::min(max_drain_ub, gap) < thr && !no_drain_reaches(bb, gap, sum, thr)) continue;
         const int32_t* md_row = w.m + static_cast<size_t>(d) * E;
         bool memo_ok[2] = {false, false};
         int64_t memo_g[2] = {0, 0}, memo_x[2] = {0, 0};
