@@ -9,6 +9,7 @@
 #include <cstring>
 #include <ios>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "moebal/core/error.h"
@@ -156,9 +157,17 @@ uint32_t column_sums(const int32_t* counts, int R, int E, int32_t* colsum) {
   return bits;
 }
 
-// Helpers by (T ascending, rank ascending), once per layer.
-void sort_order(int32_t* order, const int64_t* T, int R) {
-  std::sort(order, order + R, [T](int32_t x, int32_t y) { return T[x] < T[y] || (T[x] == T[y] && x < y); });
+// Ranks by (T ascending, rank ascending) into order, with their keys in ordT and positions in pos;
+// once per layer (sorting the keys themselves, not indices into T).
+void sort_order(const int64_t* T, int R, int32_t* order, int64_t* ordT, int32_t* pos) {
+  std::pair<int64_t, int32_t> key[kProbeMaxRanks];
+  for (int r = 0; r < R; ++r) key[r] = {T[r], r};
+  std::sort(key, key + R);
+  for (int i = 0; i < R; ++i) {
+    order[i] = key[i].second;
+    ordT[i] = key[i].first;
+    pos[key[i].second] = i;
+  }
 }
 
 // Moves rank r to its place in the (T, rank)-sorted order after T[r] changed; every other entry must
@@ -293,7 +302,6 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     w.win[r] = ps;
     w.T[r] = w.tok[r] = w.in[r] = w.out[r] = 0;
     w.slots[r] = 0;
-    w.order[r] = r;
   }
   for (int e = 0; e < E; ++e) {
     uint64_t h = w.native[e];
@@ -310,11 +318,7 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     w.tok0[r] = w.tok[r];
   }
   for (int i = 0; i < R * S; ++i) w.rep_e[i] = w.rep_src[i] = -1;
-  sort_order(w.order, w.T, R);
-  for (int i = 0; i < R; ++i) {
-    w.ordT[i] = w.T[w.order[i]];
-    w.pos[w.order[i]] = i;
-  }
+  sort_order(w.T, R, w.order, w.ordT, w.pos);
 
   const pd::View v{R, E, S, rpn, w.native, w.extra, w.m, w.loc, w.T, w.a, w.b, w.win, w.in, w.out,
                    w.slots, w.node, t_intra, t_inter, min_gain};
