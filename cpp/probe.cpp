@@ -264,8 +264,9 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
       const int s0 = j * rpn, s1 = s0 + rpn;
       const uint64_t t = h & w.node_mask[s0];
       uint64_t tier = t ? t : h;
-      const unsigned k = static_cast<unsigned>(pd::popcount64(tier));
-      const int r0 = pd::ctz64(tier), r1 = k >= 2 ? pd::ctz64(tier & (tier - 1)) : r0;
+      const uint64_t rest = tier & (tier - 1);  // tier without its lowest rank
+      const unsigned k = rest == 0 ? 1u : (rest & (rest - 1)) == 0 ? 2u : static_cast<unsigned>(pd::popcount64(tier));
+      const int r0 = pd::ctz64(tier), r1 = k >= 2 ? pd::ctz64(rest) : r0;
       int32_t sum0 = 0, sum1 = 0;
       for (int s = s0; s < s1; ++s) {
         const int32_t n = counts[static_cast<size_t>(s) * E + e];
