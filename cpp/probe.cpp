@@ -62,7 +62,7 @@ namespace {
 
 // Carves the workspace; with base == nullptr it only measures.
 struct Layout {
-  uint64_t *native, *extra, *node_mask, *src_mask, *cand_nat, *cand_held, *cand_pass;
+  uint64_t *native, *extra, *node_mask, *src_mask, *mv_src, *cand_nat, *cand_held, *cand_pass;
   int32_t *m, *loc;  // [R, E]; only entries (r, e) with r holding e are ever written or read
   int32_t* colsum;
   int64_t *T, *T0, *a, *b, *win, *in, *out, *tok, *tok0, *ordT, *cand_ub, *cand_pool, *row;
@@ -88,6 +88,7 @@ Layout make_layout(const ProbeConfig& c, uint8_t* base) {
   l.extra = carve<uint64_t>(base, off, E);
   l.node_mask = carve<uint64_t>(base, off, R);
   l.src_mask = carve<uint64_t>(base, off, K + 1);
+  l.mv_src = carve<uint64_t>(base, off, K + 1);
   l.m = carve<int32_t>(base, off, R * E);
   l.loc = carve<int32_t>(base, off, R * E);
   l.colsum = carve<int32_t>(base, off, E);
@@ -488,6 +489,7 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     int32_t* amt = w.mv_amt + static_cast<size_t>(nm) * R;
     std::memset(amt, 0, sizeof(int32_t) * R);
     int64_t rem = bx;
+    uint64_t taken = 0;  // sources with amt > 0
     auto take = [&](int s) {
       int64_t q = pd::init_quota(counts[static_cast<size_t>(s) * E + e], w.native[e], s, bn, rpn);
       for (int i = 0; i < nl; ++i) {
@@ -498,6 +500,7 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
       }
       const int64_t t = q < rem ? q : rem;
       amt[s] = static_cast<int32_t>(t);
+      taken |= static_cast<uint64_t>(t > 0) << s;
       rem -= t;
     };
     const int n0 = w.node[d] * rpn, n1 = n0 + rpn;
@@ -508,6 +511,7 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
         const int32_t q = col[static_cast<size_t>(s) * E];
         const int32_t t = q < rem ? q : static_cast<int32_t>(rem);
         amt[s] = t;
+        taken |= static_cast<uint64_t>(t > 0) << s;
         rem -= t;
       };
       take_all(d);
@@ -525,6 +529,7 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     w.mv_e[nm] = e;
     w.mv_from[nm] = bn;
     w.mv_to[nm] = d;
+    w.mv_src[nm] = taken;
     const size_t bi = static_cast<size_t>(bn) * E + e, di = static_cast<size_t>(d) * E + e;
     if (!((((w.native[e] | w.extra[e]) >> d) & 1))) {
       int64_t t = 0;
@@ -606,10 +611,7 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     for (int k = 0; k < nm; ++k) {  // moves of each expert in move order (a counting sort)
       const int i = w.mlist[k];
       w.dmv[w.dmv_start[i]++] = k;
-      const int32_t* amt = w.mv_amt + static_cast<size_t>(k) * R;
-      uint64_t sm = 0;
-      for (int s = 0; s < R; ++s) sm |= static_cast<uint64_t>(amt[s] != 0) << s;
-      w.src_mask[i] |= sm;
+      w.src_mask[i] |= w.mv_src[k];
     }
     for (int i = nd; i > 0; --i) w.dmv_start[i] = w.dmv_start[i - 1];
     w.dmv_start[0] = 0;
@@ -647,8 +649,12 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
       for (uint64_t sm = w.src_mask[i]; sm; sm &= sm - 1) {
         const int s = pd::ctz64(sm);
         for (uint64_t x = dsts; x; x &= x - 1) w.row[pd::ctz64(x)] = 0;
-        pd::init_split(counts[static_cast<size_t>(s) * E + e], w.native[e], s, w.node_mask[s],
-                       [&](int r, int64_t q) { w.row[r] = q; });
+        const int32_t cnt = counts[static_cast<size_t>(s) * E + e];
+        if ((h & (h - 1)) == 0) {
+          w.row[pd::ctz64(h)] = cnt;  // one static copy: the default row sends everything there
+        } else {
+          pd::init_split(cnt, h, s, w.node_mask[s], [&](int r, int64_t q) { w.row[r] = q; });
+        }
         for (int j = j0; j < j1; ++j) {
           const int k = w.dmv[j];
           const int64_t a = w.mv_amt[static_cast<size_t>(k) * R + s];
