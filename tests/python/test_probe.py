@@ -181,6 +181,9 @@ def test_sparse_quota_bad_input_raises():
         run({**case, "quota": "coo"})
     with pytest.raises(ValueError, match="numpy"):
         run({**case, "quota": "sparse"}, "torch")
+    lean = run({**case, "quota": "none"}, "torch")
+    assert lean.quota is None and lean.quota_entries is None
+    np.testing.assert_array_equal(lean.stats.numpy(), np.asarray(run(case).stats))
     case = {**case, "max_iters": 16, "max_extra_slots": 3, "window_us": math.inf}
     ent = np.asarray(run({**case, "quota": "sparse"}).quota_entries)
     assert len(ent) >= 2
