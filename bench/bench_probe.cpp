@@ -106,11 +106,11 @@ int main(int argc, char** argv) {
       reps_new += stats[l * mc::kProbeNumStats + mc::kProbeStatNewReplicas];
       blocked += stats[l * mc::kProbeNumStats + mc::kProbeStatWindowBlocked];
     }
-    std::printf("| %s | %d | %.2f (%.2f) | %.2f (%.2f) | %.2f (%.2f) | %.0f (%.0f) | %.3f -> %.3f | %.3f -> %.3f | %.2f | "
-                "%.2f | %.2f |\n",
+    std::printf("| %s | %d | %.2f (%.2f) | %.2f (%.2f) | %.2f (%.2f) | %.0f (%.0f) | %.3f -> %.3f | "
+                "%.3f -> %.3f | %.2f | %.2f | %.2f |\n",
                 w.name.c_str(), w.cfg.num_slots / w.cfg.num_ranks - w.cfg.num_experts / w.cfg.num_ranks, per_layer[0],
-                cpu_layer[0], per_layer[1], cpu_layer[1], per_layer[2], cpu_layer[2], ent_mean, ent_max, ir0 / L, ir1 / L,
-                tr0 / L, tr1 / L, moves / L, reps_new / L, blocked / L);
+                cpu_layer[0], per_layer[1], cpu_layer[1], per_layer[2], cpu_layer[2], ent_mean, ent_max, ir0 / L,
+                ir1 / L, tr0 / L, tr1 / L, moves / L, reps_new / L, blocked / L);
   }
   return 0;
 }
