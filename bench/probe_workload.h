@@ -87,6 +87,8 @@ inline std::vector<ProbeWorkload> probe_workloads() {
       make_probe_workload(8, 256, 58, 8, 0, 4096, 8, 1.0, 300.0, 1),
       make_probe_workload(32, 256, 58, 8, 0, 4096, 8, 1.0, 300.0, 2),
       make_probe_workload(32, 256, 58, 8, 1, 4096, 8, 1.0, 300.0, 3),
+      make_probe_workload(64, 256, 58, 8, 0, 4096, 8, 1.0, 300.0, 4),
+      make_probe_workload(64, 256, 58, 8, 1, 4096, 8, 1.0, 300.0, 5),
   };
 }
 

@@ -7,7 +7,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <ios>
 #include <limits>
+#include <utility>
+#include <vector>
 
 #include "moebal/core/error.h"
 #include "moebal/core/probe_detail.h"
@@ -59,12 +62,12 @@ namespace {
 
 // Carves the workspace; with base == nullptr it only measures.
 struct Layout {
-  uint64_t *native, *extra, *node_mask;
-  int32_t *m, *loc;
-  int64_t *colsum;
-  int64_t *T, *T0, *a, *b, *win, *in, *out, *tok, *tok0, *q, *cand_ub, *memo_xe, *memo_g, *memo_x;
-  int32_t *slots, *node, *rep_e, *rep_src, *mv_e, *mv_from, *mv_to, *mv_amt, *rank_exp, *rank_nexp,
-      *order, *cand_e, *memo_k;
+  uint64_t *native, *extra, *node_mask, *src_mask, *mv_src, *cand_nat, *cand_held, *cand_pass;
+  int32_t *m, *loc;  // [R, E]; only entries (r, e) with r holding e are ever written or read
+  int32_t* colsum;
+  int64_t *T, *T0, *a, *b, *win, *in, *out, *tok, *tok0, *ordT, *cand_ub, *cand_pool, *row;
+  int32_t *slots, *node, *rep_e, *rep_src, *mv_e, *mv_from, *mv_to, *mv_amt, *rank_exp, *rank_nexp, *order, *pos,
+      *cand_e, *cand_drain, *mlist, *dexp, *dmv_start, *dmv;
   size_t bytes;
 };
 
@@ -78,22 +81,24 @@ T* carve(uint8_t* base, size_t& off, size_t n) {
 
 Layout make_layout(const ProbeConfig& c, uint8_t* base) {
   const size_t R = c.num_ranks, E = c.num_experts, S = c.max_extra_slots, K = c.max_iters;
-  const size_t spg = static_cast<size_t>(c.num_slots) / R;
+  const size_t spg = static_cast<size_t>(c.num_slots) / R, nc = spg + S + 1;
   Layout l{};
   size_t off = 0;
   l.native = carve<uint64_t>(base, off, E);
   l.extra = carve<uint64_t>(base, off, E);
   l.node_mask = carve<uint64_t>(base, off, R);
+  l.src_mask = carve<uint64_t>(base, off, K + 1);
+  l.mv_src = carve<uint64_t>(base, off, K + 1);
   l.m = carve<int32_t>(base, off, R * E);
   l.loc = carve<int32_t>(base, off, R * E);
-  l.colsum = carve<int64_t>(base, off, E);
-  for (int64_t** p : {&l.T, &l.T0, &l.a, &l.b, &l.win, &l.in, &l.out, &l.tok, &l.tok0, &l.q})
+  l.colsum = carve<int32_t>(base, off, E);
+  for (int64_t** p : {&l.T, &l.T0, &l.a, &l.b, &l.win, &l.in, &l.out, &l.tok, &l.tok0, &l.ordT, &l.row})
     *p = carve<int64_t>(base, off, R);
-  l.cand_ub = carve<int64_t>(base, off, spg + S + 1);
-  l.memo_xe = carve<int64_t>(base, off, 2 * R);
-  l.memo_g = carve<int64_t>(base, off, 2 * R);
-  l.memo_x = carve<int64_t>(base, off, 2 * R);
-  l.memo_k = carve<int32_t>(base, off, 2 * R);
+  l.cand_ub = carve<int64_t>(base, off, nc);
+  l.cand_nat = carve<uint64_t>(base, off, nc);
+  l.cand_held = carve<uint64_t>(base, off, nc);
+  l.cand_pass = carve<uint64_t>(base, off, 2 * nc);
+  l.cand_pool = carve<int64_t>(base, off, nc);
   l.slots = carve<int32_t>(base, off, R);
   l.node = carve<int32_t>(base, off, R);
   l.rep_e = carve<int32_t>(base, off, R * S + 1);
@@ -105,45 +110,100 @@ Layout make_layout(const ProbeConfig& c, uint8_t* base) {
   l.rank_exp = carve<int32_t>(base, off, R * spg);
   l.rank_nexp = carve<int32_t>(base, off, R);
   l.order = carve<int32_t>(base, off, R);
-  l.cand_e = carve<int32_t>(base, off, spg + S + 1);
+  l.pos = carve<int32_t>(base, off, R);
+  l.cand_e = carve<int32_t>(base, off, nc);
+  l.cand_drain = carve<int32_t>(base, off, nc);
+  l.mlist = carve<int32_t>(base, off, K + 1);
+  l.dexp = carve<int32_t>(base, off, K + 1);
+  l.dmv_start = carve<int32_t>(base, off, K + 2);
+  l.dmv = carve<int32_t>(base, off, K + 1);
   l.bytes = off + 64;  // room to align the base
   return l;
 }
 
-// colsum[e] += counts[s][e] over sources; returns the OR of all counts (negative iff one is).
-// The portable -O2 build does not vectorise this widening loop on its own; it is the one O(R E)
-// pass over the input on the hot path.
+// colsum[e] = sum of counts[s][e] over sources, in 32-bit lanes (the SSE2 baseline vectorises it
+// without widening). Returns the OR of all counts. When it is below 2^24 (no count is negative or
+// 2^24 or more), every column sum is below R 2^24 <= 2^30, so their total is exact too; otherwise
+// the caller checks the signs and takes the total in 64 bits (counts that large are unrealistic).
+// It is the one O(R E) pass over the input on the hot path.
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("O3")))
 #endif
-int32_t column_sums(const int32_t* counts, int R, int E, int64_t* colsum) {
-  int32_t neg = 0;
-  for (int s = 0; s < R; ++s) {
-    const int32_t* row = counts + static_cast<size_t>(s) * E;
+uint32_t column_sums(const int32_t* counts, int R, int E, int32_t* colsum) {
+  uint32_t bits = 0;
+  const uint32_t* u = reinterpret_cast<const uint32_t*>(counts);
+  uint32_t* cs = reinterpret_cast<uint32_t*>(colsum);
+  for (int e = 0; e < E; ++e) {
+    cs[e] = u[e];
+    bits |= u[e];
+  }
+  int s = 1;
+  for (; s + 4 <= R; s += 4) {  // four rows per pass: one load and store of the sums per four rows
+    const uint32_t* r0 = u + static_cast<size_t>(s) * E;
+    const uint32_t *r1 = r0 + E, *r2 = r1 + E, *r3 = r2 + E;
+    for (int e = 0; e < E; ++e) {  // loaded once, before the store (which may alias them)
+      const uint32_t a0 = r0[e], a1 = r1[e], a2 = r2[e], a3 = r3[e];
+      bits |= (a0 | a1) | (a2 | a3);
+      cs[e] += (a0 + a1) + (a2 + a3);
+    }
+  }
+  for (; s < R; ++s) {
+    const uint32_t* row = u + static_cast<size_t>(s) * E;
     for (int e = 0; e < E; ++e) {
-      colsum[e] += row[e];
-      neg |= row[e];
+      const uint32_t a = row[e];
+      bits |= a;
+      cs[e] += a;
     }
   }
-  return neg;
+  return bits;
 }
 
-// Helpers by (T ascending, rank ascending); insertion sort, as only two entries change per move.
-void sort_order(int32_t* order, const int64_t* T, int R) {
-  for (int i = 1; i < R; ++i) {
-    const int32_t v = order[i];
-    int j = i - 1;
-    while (j >= 0 && (T[order[j]] > T[v] || (T[order[j]] == T[v] && order[j] > v))) {
-      order[j + 1] = order[j];
-      --j;
-    }
-    order[j + 1] = v;
+// Ranks by (T ascending, rank ascending) into order, with their keys in ordT and positions in pos;
+// once per layer (sorting the keys themselves, not indices into T).
+void sort_order(const int64_t* T, int R, int32_t* order, int64_t* ordT, int32_t* pos) {
+  std::pair<int64_t, int32_t> key[kProbeMaxRanks];
+  for (int r = 0; r < R; ++r) key[r] = {T[r], r};
+  std::sort(key, key + R);
+  for (int i = 0; i < R; ++i) {
+    order[i] = key[i].second;
+    ordT[i] = key[i].first;
+    pos[key[i].second] = i;
   }
 }
 
-void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, const int32_t* phy2log,
+// Moves rank r to its place in the (T, rank)-sorted order after T[r] changed; every other entry must
+// be in order among themselves (ordT caches their keys). Cost: the distance r moves.
+void reorder(int32_t* order, int64_t* ordT, int32_t* pos, int R, int r, int64_t t) {
+  int i = pos[r];
+  while (i > 0 && (ordT[i - 1] > t || (ordT[i - 1] == t && order[i - 1] > r))) {
+    order[i] = order[i - 1];
+    ordT[i] = ordT[i - 1];
+    pos[order[i]] = i;
+    --i;
+  }
+  while (i + 1 < R && (ordT[i + 1] < t || (ordT[i + 1] == t && order[i + 1] < r))) {
+    order[i] = order[i + 1];
+    ordT[i] = ordT[i + 1];
+    pos[order[i]] = i;
+    ++i;
+  }
+  order[i] = r;
+  ordT[i] = t;
+  pos[r] = i;
+}
+
+// Whether a move that does not drain the expert can gain `bar` (> 0): its gain is at most
+// min(bb x, gap - bd x) maximised over real x, bb gap / (bb + bd), and 0 when bb + bd = 0.
+inline bool no_drain_reaches(int64_t bb, int64_t gap, int64_t sum, int64_t bar) {
+  return sum > 0 && static_cast<__int128>(bb) * gap >= static_cast<__int128>(bar) * sum;
+}
+
+// The next layer's counts (if any) are prefetched while this layer searches (compute on a small,
+// cache-resident state), so the next column-sum pass reads them from cache, not memory.
+void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, const int32_t* next_counts,
+                const int32_t* phy2log,
                 const double* window_us, const Layout& w, int64_t t_intra, int64_t t_inter,
-                int64_t min_gain, bool exhaustive, const ProbeOutputs& out) {
+                int64_t min_gain, bool exhaustive, size_t cap, const ProbeOutputs& out) {
   const int R = c.num_ranks, E = c.num_experts, S = c.max_extra_slots, K = c.max_iters;
   const int spg = c.num_slots / R, rpn = c.nodes_ranks();
   const size_t RE = static_cast<size_t>(R) * E;
@@ -167,37 +227,72 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
   for (int e = 0; e < E; ++e)
     MOEBAL_CHECK_ARG(w.native[e] != 0, "probe: expert ", e, " has no slot in phy2log of layer ", layer);
 
-  // Counts: validate and take column sums (vectorisable), then the locality-first split.
-  std::memset(w.colsum, 0, sizeof(int64_t) * E);
-  const int32_t neg = column_sums(counts, R, E, w.colsum);
-  if (neg < 0) {
+  // Counts: validate and take column sums (vectorised), then the locality-first split.
+  const uint32_t bits = column_sums(counts, R, E, w.colsum);
+  int64_t total = 0;
+  if (bits >> 24) {
+    // A negative count, or one of 2^24 or more: check, and take the total in 64 bits. If it fits in
+    // int32, no column sum of non-negative counts wrapped, so the 32-bit ones are exact.
     for (size_t i = 0; i < RE; ++i)
       MOEBAL_CHECK_ARG(counts[i] >= 0, "probe: counts[", layer, ", ", i / E, ", ", i % E, "] = ", counts[i],
                        " is negative");
+    for (size_t i = 0; i < RE; ++i) total += counts[i];
+  } else {
+    for (int e = 0; e < E; ++e) total += w.colsum[e];
   }
-  int64_t total = 0;
-  for (int e = 0; e < E; ++e) total += w.colsum[e];
   MOEBAL_CHECK_ARG(total <= std::numeric_limits<int32_t>::max(), "probe: layer ", layer, " has ", total,
                    " tokens in total; at most 2^31-1 are supported");
 
-  std::memset(w.m, 0, sizeof(int32_t) * RE);
-  std::memset(w.loc, 0, sizeof(int32_t) * RE);
+  // m and loc hold (rank, expert) entries only where the rank holds the expert; nothing else is
+  // read (a rank without the expert processes none of its tokens), so the [R, E] arrays are never
+  // cleared as a whole.
   for (int e = 0; e < E; ++e) {
     const uint64_t h = w.native[e];
-    if (pd::popcount64(h) == 1) {
+    if ((h & (h - 1)) == 0) {
       const int r = pd::ctz64(h);
-      w.m[static_cast<size_t>(r) * E + e] = static_cast<int32_t>(w.colsum[e]);
+      w.m[static_cast<size_t>(r) * E + e] = w.colsum[e];
       w.loc[static_cast<size_t>(r) * E + e] = counts[static_cast<size_t>(r) * E + e];
       continue;
     }
-    for (int s = 0; s < R; ++s) {
-      const int64_t n = counts[static_cast<size_t>(s) * E + e];
-      if ((h >> s) & 1) {
-        w.m[static_cast<size_t>(s) * E + e] += static_cast<int32_t>(n);
-        w.loc[static_cast<size_t>(s) * E + e] += static_cast<int32_t>(n);
-        continue;
+    for (uint64_t hh = h; hh; hh &= hh - 1) {
+      const size_t i = static_cast<size_t>(pd::ctz64(hh)) * E + e;
+      w.m[i] = w.loc[i] = 0;
+    }
+    // pd::init_split, node by node: a source that does not hold e sends to the holders on its node,
+    // or to all holders when none is there (the tier, the same for the whole node). Sums are
+    // accumulated per node (integer additions commute, so the result is the same as source by source).
+    for (int j = 0; j < R / rpn; ++j) {
+      const int s0 = j * rpn, s1 = s0 + rpn;
+      const uint64_t t = h & w.node_mask[s0];
+      uint64_t tier = t ? t : h;
+      const uint64_t rest = tier & (tier - 1);  // tier without its lowest rank
+      const unsigned k = rest == 0 ? 1u : (rest & (rest - 1)) == 0 ? 2u : static_cast<unsigned>(pd::popcount64(tier));
+      const int r0 = pd::ctz64(tier), r1 = k >= 2 ? pd::ctz64(rest) : r0;
+      int32_t sum0 = 0, sum1 = 0;
+      for (int s = s0; s < s1; ++s) {
+        const int32_t n = counts[static_cast<size_t>(s) * E + e];
+        if ((h >> s) & 1) {
+          w.m[static_cast<size_t>(s) * E + e] += n;
+          w.loc[static_cast<size_t>(s) * E + e] += n;
+        } else if (k == 1) {
+          sum0 += n;
+        } else if (k == 2) {  // two copies, the common case: no division; the odd token goes to index s mod 2
+          const int32_t odd = n & 1;
+          sum0 += (n >> 1) + (odd & ~s & 1);
+          sum1 += (n >> 1) + (odd & s);
+        } else {
+          const uint32_t un = static_cast<uint32_t>(n), base = un / k, rem = un % k, rot = static_cast<unsigned>(s) % k;
+          uint64_t tt = tier;
+          for (unsigned i = 0; tt; ++i) {
+            const int r = pd::ctz64(tt);
+            tt &= tt - 1;
+            const unsigned idx = i >= rot ? i - rot : i + k - rot;  // (i - src) mod k
+            w.m[static_cast<size_t>(r) * E + e] += static_cast<int32_t>(base + (idx < rem ? 1 : 0));
+          }
+        }
       }
-      pd::init_split(n, h, s, w.node_mask[s], [&](int r, int64_t v) { w.m[static_cast<size_t>(r) * E + e] += static_cast<int32_t>(v); });
+      w.m[static_cast<size_t>(r0) * E + e] += sum0;
+      if (k == 2) w.m[static_cast<size_t>(r1) * E + e] += sum1;
     }
   }
 
@@ -209,7 +304,6 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     w.win[r] = ps;
     w.T[r] = w.tok[r] = w.in[r] = w.out[r] = 0;
     w.slots[r] = 0;
-    w.order[r] = r;
   }
   for (int e = 0; e < E; ++e) {
     uint64_t h = w.native[e];
@@ -226,130 +320,217 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     w.tok0[r] = w.tok[r];
   }
   for (int i = 0; i < R * S; ++i) w.rep_e[i] = w.rep_src[i] = -1;
-  sort_order(w.order, w.T, R);
+  sort_order(w.T, R, w.order, w.ordT, w.pos);
 
   const pd::View v{R, E, S, rpn, w.native, w.extra, w.m, w.loc, w.T, w.a, w.b, w.win, w.in, w.out,
                    w.slots, w.node, t_intra, t_inter, min_gain};
   int32_t stats[kProbeNumStats] = {0, 0, 0, 0};
   int nm = 0;
-  for (int i = 0; i < 2 * R; ++i) w.memo_k[i] = -1;
+  // Ranks with a free extra slot, and ranks whose window still fits a cross-node transfer.
+  uint64_t has_slot = 0, xok = 0;
+  for (int r = 0; r < R; ++r) {
+    if (S > 0) has_slot |= uint64_t(1) << r;
+    if (w.in[r] + t_inter <= w.win[r]) xok |= uint64_t(1) << r;
+  }
+  const size_t lines = next_counts ? (RE * sizeof(int32_t) + 63) / 64 : 0;
+  size_t prefetched = 0;
+  const size_t per_iter = K > 0 ? (lines + K - 1) / K : lines;
+  auto prefetch_to = [&](size_t upto) {
+    for (; prefetched < upto && prefetched < lines; ++prefetched)
+      __builtin_prefetch(reinterpret_cast<const char*>(next_counts) + prefetched * 64, 0, 2);
+  };
   for (int k = 0; k < K; ++k) {
-    int bn = 0;
-    for (int r = 1; r < R; ++r)
-      if (w.T[r] > w.T[bn]) bn = r;
-    const int64_t Tb = w.T[bn];
-    // Gain of moving expert e from bn to d: pd::water_fill, with the helper's unconstrained optimum
-    // memoised per (helper, whether d already runs e) for this iteration. When the pool is at least
-    // xe + 2 (xe: last token count at which bn stays above d), water_fill's answer does not depend on
-    // the pool or on draining (both candidates xe and xe + 1 are in range and larger amounts only
-    // raise d), so the memoised answer is exact; otherwise water_fill runs in full.
-    auto pair_gain = [&](int e, int d, int64_t* x) -> int64_t {
-      const size_t be = static_cast<size_t>(bn) * E + e, de = static_cast<size_t>(d) * E + e;
-      const int64_t mb = w.m[be], pool = mb - w.loc[be], md = w.m[de];
-      const int64_t c = w.T[d] + (md == 0 ? w.a[d] : 0), sum = w.b[bn] + w.b[d];
-      // pool >= xe + 2 with xe = (Tb - c) / sum, tested without the division: (pool - 1) sum > Tb - c.
-      const bool big_pool = sum > 0 && pool >= 2 && (Tb <= c || (pool - 1) * sum > Tb - c);
-      if (!big_pool) return pd::water_fill(Tb, w.T[d], mb, md, pool, w.a[bn], w.b[bn], w.a[d], w.b[d], x);
-      const int slot = 2 * d + (md == 0 ? 1 : 0);
-      if (w.memo_k[slot] != k) {
-        const int64_t xe = Tb > c ? (Tb - c) / sum : 0;  // < pool - 1 < 2^31 here
-        w.memo_xe[slot] = xe;
-        w.memo_g[slot] = pd::water_fill(Tb, w.T[d], -1, md, xe + 2, w.a[bn], w.b[bn], w.a[d], w.b[d],
-                                          &w.memo_x[slot]);
-        w.memo_k[slot] = k;
-      }
-      *x = w.memo_x[slot];
-      return w.memo_g[slot];
-    };
+    prefetch_to(prefetched + per_iter);
+    // Bottleneck: the largest time, lowest rank on ties: the first of the last run of equal keys.
+    int top = R - 1;
+    while (top > 0 && w.ordT[top - 1] == w.ordT[R - 1]) --top;
+    const int bn = w.order[top];
+    const int64_t Tb = w.T[bn], ab = w.a[bn], bb = w.b[bn];
+    const int32_t* mb_row = w.m + static_cast<size_t>(bn) * E;
+    const int32_t* lb_row = w.loc + static_cast<size_t>(bn) * E;
 
     // Candidate experts on the bottleneck with movable (non-pinned) tokens and their gain bound.
     int nc = 0;
     const int ne = w.rank_nexp[bn] + w.slots[bn];
     for (int i = 0; i < ne; ++i) {
       const int e = i < w.rank_nexp[bn] ? w.rank_exp[bn * spg + i] : w.rep_e[bn * S + (i - w.rank_nexp[bn])];
-      const size_t be = static_cast<size_t>(bn) * E + e;
-      const int64_t pool = w.m[be] - w.loc[be];
+      const int64_t pool = mb_row[e] - lb_row[e];
       if (pool <= 0) continue;
       w.cand_e[nc] = e;
-      w.cand_ub[nc] = w.b[bn] * pool + (w.loc[be] == 0 ? w.a[bn] : 0);
+      w.cand_pool[nc] = pool;
+      w.cand_drain[nc] = lb_row[e] == 0;  // all of e's tokens on bn are movable: a move may drain it
+      w.cand_ub[nc] = bb * pool + (lb_row[e] == 0 ? ab : 0);
+      w.cand_nat[nc] = w.native[e];
+      w.cand_held[nc] = w.native[e] | w.extra[e];
       ++nc;
     }
-    // One pass over the candidate pairs. A pair's gain is computed first (memoised per helper, see
-    // pair_gain); the window is checked only for pairs that would beat the best so far. A blocked
-    // pair is remembered when it beats the best at its visit, which finds a blocked pair beating
-    // the final best whenever one exists: the same statistic the GPU computes over all pairs.
-    // Many experts usually reach the same (equalising) gain, so bounds rarely end the expert loop
-    // early; candidates are visited in list order and skipped by bound, without sorting.
-    // A bound of a pair's gain tighter than min(cand_ub, Tb - T_d): without draining the expert,
-    // min(b_b x, Tb - T_d - b_d x) <= b_b (Tb - T_d) / (b_b + b_d); draining adds one candidate.
-    // Evaluated in double with slack, so it never drops a pair whose gain can reach `bar`.
-    auto may_reach = [&](int ci, int d, int64_t bar) {
-      const size_t be = static_cast<size_t>(bn) * E + w.cand_e[ci];
-      const double gap = static_cast<double>(Tb - w.T[d]);
-      const double bb = static_cast<double>(w.b[bn]), bdv = static_cast<double>(w.b[d]);
-      const double lhs = static_cast<double>(bar) - 4.0, sum = bb + bdv;
-      // bb gap / sum >= lhs / (1 + 1e-9), multiplied out (no division)
-      if (sum > 0 && bb * gap * (1.0 + 1e-9) >= lhs * sum) return true;
-      if (w.loc[be] == 0) {
-        const double pool = static_cast<double>(w.m[be]);
-        const double drain = std::min(bb * pool + static_cast<double>(w.a[bn]), gap - bdv * pool);
-        if (drain * (1.0 + 1e-9) >= lhs) return true;
-      }
-      return lhs <= 0.0;
-    };
+
+    // The best usable pair under pd::better (largest gain, then no new replica, lower expert, lower
+    // helper), found by an exact pruned search. Helpers are visited by ascending time, so the gap
+    // Tb - T_d (a bound of any pair's gain with d) only shrinks and ends the loop. A pair that keeps
+    // some of e on bn gains at most b_b (Tb - c) / (b_b + b_d) (c = T_d, plus a_d when d has no
+    // tokens of e), and one that drains e gains exactly min(b_b pool + a_b, Tb - c - b_d pool); both
+    // are compared exactly (integers) with >=, so pairs that can tie are never dropped.
+    // The gain itself is pd::water_fill, memoised per (helper, whether d already runs e): when the
+    // pool is at least xe + 2 (xe: last token count at which bn stays above d), water_fill's answer
+    // does not depend on the pool or on draining (both candidates xe and xe + 1 are in range and
+    // larger amounts only raise d), so the memoised answer is exact; otherwise water_fill runs in full.
+    //
+    // Pass 0 visits every pair except the surely window-blocked ones (d lacks e, no holder of e is
+    // on d's node, and a cross-node transfer overflows d's window): it finds the best usable pair,
+    // checking the window only for pairs that would beat the best so far, and remembers a blocked
+    // pair when it beats the best at its visit (so it finds a blocked pair beating the final best
+    // whenever one exists). Pass 1, only when pass 0 found no such pair, looks for a surely-blocked
+    // pair beating the final best and stops at the first. Together: the window-blocked statistic
+    // the GPU computes over all pairs. Helpers whose pairs all belong to the other pass are skipped
+    // with two mask tests, which matters across nodes, where most helpers are surely blocked.
+    // Per candidate, the helpers of each pass: pass 0 takes d if d holds e, or d has a free slot
+    // and either a holder of e on its node or room in its window for a cross-node transfer; pass 1
+    // takes the rest of the helpers with a free slot (the surely window-blocked pairs).
+    uint64_t helpers[2] = {0, 0};
+    int64_t max_drain_ub = std::numeric_limits<int64_t>::min();  // largest cand_ub of a drainable candidate
+    for (int ci = 0; ci < nc; ++ci) {
+      if (w.cand_drain[ci]) max_drain_ub = std::max(max_drain_ub, w.cand_ub[ci]);
+      uint64_t near = 0;
+      for (uint64_t x = w.cand_nat[ci]; x; x &= ~w.node_mask[pd::ctz64(x)]) near |= w.node_mask[pd::ctz64(x)];
+      const uint64_t held = w.cand_held[ci];
+      w.cand_pass[2 * ci] = held | ((near | xok) & has_slot);
+      w.cand_pass[2 * ci + 1] = ~held & has_slot & ~near & ~xok;
+      helpers[0] |= w.cand_pass[2 * ci];
+      helpers[1] |= w.cand_pass[2 * ci + 1];
+    }
     bool found = false, blocked_found = false;
     int64_t bg = 0, bx = 0, kg = 0;
     uint64_t bs = 0, ks = 0;
     int be_ = -1, bd = -1;
     int64_t thr = min_gain + 1;  // a pair can only matter if its gain reaches thr
-    for (int ci = 0; ci < nc; ++ci) {
-      if (!exhaustive && w.cand_ub[ci] < thr) continue;
-      const int e = w.cand_e[ci];
+    for (int pass = 0; pass < 2 && !blocked_found; ++pass) {
+      const uint64_t* cpass = w.cand_pass + pass;
       for (int oi = 0; oi < R; ++oi) {
         const int d = w.order[oi];
-        if (d == bn) continue;
-        if (!exhaustive && Tb - w.T[d] < thr) break;  // gain <= Tb - T_d
-        const bool holds = (((w.native[e] | w.extra[e]) >> d) & 1) != 0;
-        if (!holds && w.slots[d] >= S) continue;
-        // Surely window-blocked: no holder on d's node, and a cross-node transfer overflows d's window.
-        const bool surely_blocked =
-            !holds && (w.native[e] & w.node_mask[d]) == 0 && w.in[d] + t_inter > w.win[d];
-        if (!exhaustive && !may_reach(ci, d, surely_blocked && blocked_found ? std::max(thr, kg) : thr)) continue;
-        int64_t x = 0;
-        const int64_t g = pair_gain(e, d, &x);
-        if (g <= min_gain) continue;
-        const uint64_t sec = pd::move_sec(!holds, e, d);
-        if (found && !pd::better(g, sec, bg, bs)) continue;
-        int64_t t = 0;
-        if (surely_blocked || (!holds && pd::pick_source(v, e, d, true, &t) < 0)) {
-          if (!blocked_found || pd::better(g, sec, kg, ks)) {
-            blocked_found = true;
-            kg = g;
-            ks = sec;
+        if (!((helpers[pass] >> d) & 1) || d == bn) continue;
+        const int64_t Td = w.T[d], gap = Tb - Td;
+        if (!exhaustive && gap < thr) break;  // gain <= Tb - T_d
+        const uint64_t dbit = uint64_t(1) << d;
+        const int64_t ad = w.a[d], bdv = w.b[d], sum = bb + bdv;
+        // No pair with d can reach thr: neither without draining (bound with c = T_d, the larger
+        // of the two) nor by draining a candidate (gain <= min(cand_ub, gap)).
+        if (!exhaustive && std::min(max_drain_ub, gap) < thr && !no_drain_reaches(bb, gap, sum, thr)) continue;
+        const int32_t* md_row = w.m + static_cast<size_t>(d) * E;
+        bool memo_ok[2] = {false, false};
+        int64_t memo_g[2] = {0, 0}, memo_x[2] = {0, 0};
+        for (int ci = 0; ci < nc; ++ci) {
+          if (!(cpass[2 * ci] & dbit)) continue;
+          if (!exhaustive && w.cand_ub[ci] < thr) continue;
+          const int e = w.cand_e[ci];
+          const bool holds = (w.cand_held[ci] & dbit) != 0;
+          const int64_t md = holds ? md_row[e] : 0;
+          const int64_t pool = w.cand_pool[ci];
+          const int64_t cd = Td + (md == 0 ? ad : 0);
+          if (!exhaustive) {
+            const bool drain_reaches = w.cand_drain[ci] && std::min(bb * pool + ab, Tb - cd - bdv * pool) >= thr;
+            if (!drain_reaches && !no_drain_reaches(bb, Tb - cd, sum, thr)) continue;
           }
-          continue;
+          int64_t x = 0, g = 0;
+          // pool >= xe + 2 with xe = (Tb - cd) / sum, tested without the division: (pool - 1) sum > Tb - cd.
+          const bool big_pool = sum > 0 && pool >= 2 && (Tb <= cd || (pool - 1) * sum > Tb - cd);
+          if (!big_pool) {
+            g = pd::water_fill(Tb, Td, mb_row[e], md, pool, ab, bb, ad, bdv, &x);
+          } else {
+            const int slot = md == 0 ? 1 : 0;
+            if (!memo_ok[slot]) {
+              const int64_t xe = Tb > cd ? (Tb - cd) / sum : 0;  // < pool - 1 < 2^31 here
+              memo_g[slot] = pd::water_fill(Tb, Td, -1, md, xe + 2, ab, bb, ad, bdv, &memo_x[slot]);
+              memo_ok[slot] = true;
+            }
+            x = memo_x[slot];
+            g = memo_g[slot];
+          }
+          if (g <= min_gain) continue;
+          const uint64_t sec = pd::move_sec(!holds, e, d);
+          if (found && !pd::better(g, sec, bg, bs)) continue;
+          if (pass == 1) {  // beats the final best: the iteration is window-blocked
+            blocked_found = true;
+            break;
+          }
+          int64_t t = 0;
+          if (!holds && pd::pick_source(v, e, d, true, &t) < 0) {
+            if (!blocked_found || pd::better(g, sec, kg, ks)) {
+              blocked_found = true;
+              kg = g;
+              ks = sec;
+            }
+            continue;
+          }
+          found = true;
+          bg = g;
+          bs = sec;
+          bx = x;
+          be_ = e;
+          bd = d;
+          thr = bg;
         }
-        found = true;
-        bg = g;
-        bs = sec;
-        bx = x;
-        be_ = e;
-        bd = d;
-        thr = bg;
+        if (pass == 1 && blocked_found) break;
       }
+      // Pass 0's blocked pairs count only if they beat the final best; otherwise pass 1 decides.
+      if (pass == 0 && blocked_found && found && !pd::better(kg, ks, bg, bs)) blocked_found = false;
     }
-    if (blocked_found && (!found || pd::better(kg, ks, bg, bs))) ++stats[kProbeStatWindowBlocked];
+    if (blocked_found) ++stats[kProbeStatWindowBlocked];
     if (!found) break;
 
-    // Apply: take bx tokens of be_ off bn in locality order and hand them to bd.
+    // Apply: take bx tokens of be_ off bn in locality order (pd::take_tokens: d's own tokens, then
+    // sources on d's node, then the rest, ascending rank; bn's own are pinned) and hand them to bd.
+    // A source's share on bn is its default split plus the earlier moves of e; it is computed only
+    // for the sources reached before the bx tokens are used up.
     const int e = be_, d = bd;
-    for (int s = 0; s < R; ++s)
-      w.q[s] = pd::current_quota(counts[static_cast<size_t>(s) * E + e], w.native[e], s, e, bn, R, rpn, nm,
-                                 w.mv_e, w.mv_from, w.mv_to, w.mv_amt);
-    pd::take_tokens(w.q, bn, d, R, rpn, bx, w.mv_amt + static_cast<size_t>(nm) * R);
+    int nl = 0;
+    for (int j = 0; j < nm; ++j)
+      if (w.mv_e[j] == e) w.mlist[nl++] = j;
+    int32_t* amt = w.mv_amt + static_cast<size_t>(nm) * R;
+    std::memset(amt, 0, sizeof(int32_t) * R);
+    int64_t rem = bx;
+    uint64_t taken = 0;  // sources with amt > 0
+    auto take = [&](int s) {
+      int64_t q = pd::init_quota(counts[static_cast<size_t>(s) * E + e], w.native[e], s, bn, rpn);
+      for (int i = 0; i < nl; ++i) {
+        const int j = w.mlist[i];
+        const int64_t a = w.mv_amt[static_cast<size_t>(j) * R + s];
+        if (w.mv_to[j] == bn) q += a;
+        if (w.mv_from[j] == bn) q -= a;
+      }
+      const int64_t t = q < rem ? q : rem;
+      amt[s] = static_cast<int32_t>(t);
+      taken |= static_cast<uint64_t>(t > 0) << s;
+      rem -= t;
+    };
+    const int n0 = w.node[d] * rpn, n1 = n0 + rpn;
+    if (nl == 0 && w.native[e] == (uint64_t(1) << bn)) {
+      // e's first move, from its only static holder: every other source's share is its count.
+      const int32_t* col = counts + e;
+      auto take_all = [&](int s) {
+        const int32_t q = col[static_cast<size_t>(s) * E];
+        const int32_t t = q < rem ? q : static_cast<int32_t>(rem);
+        amt[s] = t;
+        taken |= static_cast<uint64_t>(t > 0) << s;
+        rem -= t;
+      };
+      take_all(d);
+      for (int s = n0; s < n1 && rem > 0; ++s)
+        if (s != bn && s != d) take_all(s);
+      for (int s = 0; s < R && rem > 0; ++s)
+        if (s != bn && (s < n0 || s >= n1)) take_all(s);
+    } else {
+      take(d);
+      for (int s = n0; s < n1 && rem > 0; ++s)
+        if (s != bn && s != d) take(s);
+      for (int s = 0; s < R && rem > 0; ++s)
+        if (s != bn && (s < n0 || s >= n1)) take(s);
+    }
     w.mv_e[nm] = e;
     w.mv_from[nm] = bn;
     w.mv_to[nm] = d;
+    w.mv_src[nm] = taken;
+    const size_t bi = static_cast<size_t>(bn) * E + e, di = static_cast<size_t>(d) * E + e;
     if (!((((w.native[e] | w.extra[e]) >> d) & 1))) {
       int64_t t = 0;
       const int src = pd::pick_source(v, e, d, true, &t);
@@ -360,9 +541,11 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
       w.extra[e] |= uint64_t(1) << d;
       w.in[d] += t;
       w.out[src] += t;
+      if (w.slots[d] >= S) has_slot &= ~(uint64_t(1) << d);
+      if (w.in[d] + t_inter > w.win[d]) xok &= ~(uint64_t(1) << d);
+      w.m[di] = w.loc[di] = 0;  // d starts holding e
       ++stats[kProbeStatNewReplicas];
     }
-    const size_t bi = static_cast<size_t>(bn) * E + e, di = static_cast<size_t>(d) * E + e;
     w.T[bn] -= pd::cost(w.m[bi], w.a[bn], w.b[bn]);
     w.T[d] -= pd::cost(w.m[di], w.a[d], w.b[d]);
     w.m[bi] -= static_cast<int32_t>(bx);
@@ -371,11 +554,14 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     w.T[d] += pd::cost(w.m[di], w.a[d], w.b[d]);
     w.tok[bn] -= bx;
     w.tok[d] += bx;
-    w.loc[di] += w.mv_amt[static_cast<size_t>(nm) * R + d];
+    w.loc[di] += amt[d];
     ++nm;
     ++stats[kProbeStatMoves];
-    sort_order(w.order, w.T, R);
+    reorder(w.order, w.ordT, w.pos, R, bn, w.T[bn]);
+    reorder(w.order, w.ordT, w.pos, R, d, w.T[d]);
   }
+
+  prefetch_to(lines);
 
   // Outputs.
   if (out.quota) {
@@ -398,6 +584,90 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
         row[w.mv_to[k]] += amt;
       }
     }
+  }
+  if (out.num_quota_entries) {
+    // Distinct moved experts (ascending), the moves of each, and the sources each one touched.
+    int nd = 0;
+    for (int k = 0; k < nm; ++k) {
+      const int e = w.mv_e[k];
+      int i = 0;
+      while (i < nd && w.dexp[i] < e) ++i;
+      if (i < nd && w.dexp[i] == e) continue;
+      for (int j = nd; j > i; --j) w.dexp[j] = w.dexp[j - 1];
+      w.dexp[i] = e;
+      ++nd;
+    }
+    for (int i = 0; i <= nd; ++i) w.dmv_start[i] = 0;
+    for (int k = 0; k < nm; ++k) {
+      int i = 0;
+      while (w.dexp[i] != w.mv_e[k]) ++i;
+      w.mlist[k] = i;
+      ++w.dmv_start[i + 1];
+    }
+    for (int i = 0; i < nd; ++i) {
+      w.dmv_start[i + 1] += w.dmv_start[i];
+      w.src_mask[i] = 0;
+    }
+    for (int k = 0; k < nm; ++k) {  // moves of each expert in move order (a counting sort)
+      const int i = w.mlist[k];
+      w.dmv[w.dmv_start[i]++] = k;
+      w.src_mask[i] |= w.mv_src[k];
+    }
+    for (int i = nd; i > 0; --i) w.dmv_start[i] = w.dmv_start[i - 1];
+    w.dmv_start[0] = 0;
+
+    int32_t* ent = out.quota_entries + static_cast<size_t>(layer) * cap * kProbeQuotaFields;
+    size_t n = 0;
+    auto emit = [&](int s, int e, int r, int64_t tokens) {
+      MOEBAL_CHECK(n < cap, "probe: sparse quota exceeds its capacity ", cap);
+      int32_t* q = ent + n * kProbeQuotaFields;
+      q[kProbeQuotaSrc] = s;
+      q[kProbeQuotaExpert] = e;
+      q[kProbeQuotaDst] = r;
+      q[kProbeQuotaTokens] = static_cast<int32_t>(tokens);
+      ++n;
+    };
+    for (int i = 0; i < nd; ++i) {
+      const int e = w.dexp[i], j0 = w.dmv_start[i], j1 = w.dmv_start[i + 1];
+      const uint64_t h = w.native[e];
+      if ((h & (h - 1)) == 0 && j1 - j0 == 1) {
+        // The common case: one static copy (on h0, where the move took tokens from) and one move
+        // of e to t; a touched source's row is (h0: n - a, t: a), a > 0, in destination order.
+        const int k = w.dmv[j0], h0 = pd::ctz64(h), t = w.mv_to[k];
+        const int32_t* amt = w.mv_amt + static_cast<size_t>(k) * R;
+        for (uint64_t sm = w.src_mask[i]; sm; sm &= sm - 1) {
+          const int s = pd::ctz64(sm);
+          const int64_t a = amt[s], left = counts[static_cast<size_t>(s) * E + e] - a;
+          if (t < h0) emit(s, e, t, a);
+          if (left > 0) emit(s, e, h0, left);
+          if (t > h0) emit(s, e, t, a);
+        }
+        continue;
+      }
+      uint64_t dsts = w.native[e];  // every rank a row of e can send to: the holders and the helpers
+      for (int j = j0; j < j1; ++j) dsts |= uint64_t(1) << w.mv_to[w.dmv[j]];
+      for (uint64_t sm = w.src_mask[i]; sm; sm &= sm - 1) {
+        const int s = pd::ctz64(sm);
+        for (uint64_t x = dsts; x; x &= x - 1) w.row[pd::ctz64(x)] = 0;
+        const int32_t cnt = counts[static_cast<size_t>(s) * E + e];
+        if ((h & (h - 1)) == 0) {
+          w.row[pd::ctz64(h)] = cnt;  // one static copy: the default row sends everything there
+        } else {
+          pd::init_split(cnt, h, s, w.node_mask[s], [&](int r, int64_t q) { w.row[r] = q; });
+        }
+        for (int j = j0; j < j1; ++j) {
+          const int k = w.dmv[j];
+          const int64_t a = w.mv_amt[static_cast<size_t>(k) * R + s];
+          w.row[w.mv_from[k]] -= a;
+          w.row[w.mv_to[k]] += a;
+        }
+        for (uint64_t x = dsts; x; x &= x - 1) {
+          const int r = pd::ctz64(x);
+          if (w.row[r] != 0) emit(s, e, r, w.row[r]);
+        }
+      }
+    }
+    out.num_quota_entries[layer] = static_cast<int32_t>(n);
   }
   const size_t RS = static_cast<size_t>(R) * S;
   if (out.replica_expert) std::memcpy(out.replica_expert + layer * RS, w.rep_e, sizeof(int32_t) * RS);
@@ -422,6 +692,94 @@ size_t probe_workspace_bytes(const ProbeConfig& cfg) {
   return make_layout(cfg, nullptr).bytes;
 }
 
+size_t probe_max_quota_entries(const ProbeConfig& cfg) {
+  cfg.validate();
+  const size_t R = cfg.num_ranks, E = cfg.num_experts, K = cfg.max_iters;
+  const size_t copies = std::min<size_t>(R, static_cast<size_t>(cfg.num_slots - cfg.num_experts) + 1);
+  return std::min((R - 1) * K * (copies + 1), R * E * R);
+}
+
+void probe_default_quota(const ProbeConfig& cfg, int32_t src, uint64_t holders, int32_t tokens, int32_t* row) {
+  cfg.validate();
+  const int R = cfg.num_ranks;
+  MOEBAL_CHECK_ARG(src >= 0 && src < R, "probe: src must be a rank in [0, ", R, "), got ", src);
+  MOEBAL_CHECK_ARG(holders != 0 && (R == 64 || (holders >> R) == 0), "probe: holders must be a non-empty set of ranks "
+                   "below ", R, ", got 0x", std::hex, holders);
+  MOEBAL_CHECK_ARG(tokens >= 0, "probe: tokens must be >= 0, got ", tokens);
+  MOEBAL_CHECK_ARG(row != nullptr, "probe: row is required");
+  for (int r = 0; r < R; ++r) row[r] = 0;
+  pd::init_split(tokens, holders, src, pd::node_mask(src, cfg.nodes_ranks()),
+                 [row](int r, int64_t v) { row[r] = static_cast<int32_t>(v); });
+}
+
+void probe_quota_to_dense(const ProbeConfig& cfg, int32_t num_layers, const int32_t* counts, const int32_t* phy2log,
+                          const int32_t* quota_entries, const int32_t* num_quota_entries, size_t entries_per_layer,
+                          int32_t* quota) {
+  cfg.validate();
+  const size_t cap = entries_per_layer;
+  MOEBAL_CHECK_ARG(num_layers >= 0, "probe: num_layers must be >= 0, got ", num_layers);
+  if (num_layers == 0) return;
+  MOEBAL_CHECK_ARG(counts && phy2log && num_quota_entries && quota && (quota_entries || cap == 0),
+                   "probe: counts, phy2log, quota_entries, num_quota_entries and quota are required");
+  const int R = cfg.num_ranks, E = cfg.num_experts, spg = cfg.num_slots / R, rpn = cfg.nodes_ranks();
+  const size_t RE = static_cast<size_t>(R) * E;
+  std::vector<uint64_t> holders(E);
+  for (int32_t l = 0; l < num_layers; ++l) {
+    const int32_t* cnt = counts + l * RE;
+    const int32_t* p2l = phy2log + static_cast<size_t>(l) * cfg.num_slots;
+    int32_t* qbase = quota + static_cast<size_t>(l) * RE * R;
+    std::fill(holders.begin(), holders.end(), 0);
+    for (int s = 0; s < cfg.num_slots; ++s) {
+      MOEBAL_CHECK_ARG(p2l[s] >= 0 && p2l[s] < E, "probe: phy2log[", l, ", ", s, "] = ", p2l[s],
+                       " is not an expert id in [0, ", E, ")");
+      holders[p2l[s]] |= uint64_t(1) << (s / spg);
+    }
+    for (int e = 0; e < E; ++e)
+      MOEBAL_CHECK_ARG(holders[e] != 0, "probe: expert ", e, " has no slot in phy2log of layer ", l);
+    std::memset(qbase, 0, sizeof(int32_t) * RE * R);
+    for (int s = 0; s < R; ++s) {
+      const uint64_t nm = pd::node_mask(s, rpn);
+      for (int e = 0; e < E; ++e) {
+        const int32_t n = cnt[static_cast<size_t>(s) * E + e];
+        MOEBAL_CHECK_ARG(n >= 0, "probe: counts[", l, ", ", s, ", ", e, "] = ", n, " is negative");
+        int32_t* row = qbase + (static_cast<size_t>(s) * E + e) * R;
+        pd::init_split(n, holders[e], s, nm, [row](int r, int64_t v) { row[r] = static_cast<int32_t>(v); });
+      }
+    }
+    const int32_t ne = num_quota_entries[l];
+    MOEBAL_CHECK_ARG(ne >= 0 && static_cast<size_t>(ne) <= cap, "probe: num_quota_entries[", l, "] = ", ne,
+                     " must be in [0, entries_per_layer = ", cap, "]");
+    const int32_t* ent = quota_entries + static_cast<size_t>(l) * cap * kProbeQuotaFields;
+    int64_t row_sum = 0;
+    for (int32_t i = 0; i < ne; ++i) {
+      const int32_t* q = ent + static_cast<size_t>(i) * kProbeQuotaFields;
+      const int32_t s = q[kProbeQuotaSrc], e = q[kProbeQuotaExpert], d = q[kProbeQuotaDst], t = q[kProbeQuotaTokens];
+      MOEBAL_CHECK_ARG(s >= 0 && s < R && e >= 0 && e < E && d >= 0 && d < R && t > 0, "probe: quota entry ", i,
+                       " of layer ", l, " = (", s, ", ", e, ", ", d, ", ", t, ") is out of range (src, dst in [0, ", R,
+                       "), expert in [0, ", E, "), tokens > 0)");
+      const bool new_row = i == 0 || s != q[kProbeQuotaSrc - kProbeQuotaFields] || e != q[kProbeQuotaExpert - kProbeQuotaFields];
+      if (i > 0) {
+        const int32_t* p = q - kProbeQuotaFields;
+        const bool ascending = p[kProbeQuotaExpert] < e || (p[kProbeQuotaExpert] == e && (p[kProbeQuotaSrc] < s ||
+                               (p[kProbeQuotaSrc] == s && p[kProbeQuotaDst] < d)));
+        MOEBAL_CHECK_ARG(ascending, "probe: quota entries of layer ", l, " must be strictly sorted by (expert, src, "
+                         "dst); entry ", i, " is not");
+      }
+      int32_t* row = qbase + (static_cast<size_t>(s) * E + e) * R;
+      if (new_row) {
+        std::memset(row, 0, sizeof(int32_t) * R);
+        row_sum = 0;
+      }
+      row[d] = t;
+      row_sum += t;
+      const bool row_end = i + 1 == ne || q[kProbeQuotaFields + kProbeQuotaSrc] != s ||
+                           q[kProbeQuotaFields + kProbeQuotaExpert] != e;
+      MOEBAL_CHECK_ARG(!row_end || row_sum == cnt[static_cast<size_t>(s) * E + e], "probe: quota entries of layer ", l,
+                       " for (src ", s, ", expert ", e, ") sum to ", row_sum, " but counts has ",
+                       cnt[static_cast<size_t>(s) * E + e]);
+    }
+  }
+}
 namespace detail {
 // Same as probe_plan; `exhaustive` evaluates every pair (no pruning). Used by the tests to show the
 // pruned search finds the same plan.
@@ -432,6 +790,11 @@ void probe_plan_impl(const ProbeConfig& cfg, int32_t num_layers, const ProbeInpu
   if (num_layers == 0) return;
   MOEBAL_CHECK_ARG(in.counts && in.phy2log && in.fixed_us && in.us_per_token && in.window_us,
                    "probe: every input pointer (counts, phy2log, fixed_us, us_per_token, window_us) is required");
+  const size_t cap = out.num_quota_entries ? probe_max_quota_entries(cfg) : 0;
+  MOEBAL_CHECK_ARG(out.quota_entries == nullptr || out.num_quota_entries != nullptr,
+                   "probe: quota_entries needs num_quota_entries (the sparse quota is on when num_quota_entries is set)");
+  MOEBAL_CHECK_ARG(out.num_quota_entries == nullptr || out.quota_entries != nullptr || cap == 0,
+                   "probe: num_quota_entries is set but quota_entries is null (capacity ", cap, " entries per layer)");
   const size_t need = make_layout(cfg, nullptr).bytes;
   MOEBAL_CHECK_ARG(workspace != nullptr && workspace_bytes >= need, "probe: workspace of ", workspace_bytes,
                    " bytes is too small; probe_workspace_bytes() = ", need);
@@ -451,8 +814,9 @@ void probe_plan_impl(const ProbeConfig& cfg, int32_t num_layers, const ProbeInpu
   const int64_t min_gain = pd::round_ps(cfg.min_gain_us);
   const size_t RE = static_cast<size_t>(cfg.num_ranks) * cfg.num_experts;
   for (int32_t l = 0; l < num_layers; ++l)
-    plan_layer(cfg, l, in.counts + l * RE, in.phy2log + static_cast<size_t>(l) * cfg.num_slots,
-               in.window_us + static_cast<size_t>(l) * cfg.num_ranks, w, t_intra, t_inter, min_gain, exhaustive, out);
+    plan_layer(cfg, l, in.counts + l * RE, l + 1 < num_layers ? in.counts + (l + 1) * RE : nullptr,
+               in.phy2log + static_cast<size_t>(l) * cfg.num_slots, in.window_us + static_cast<size_t>(l) * cfg.num_ranks,
+               w, t_intra, t_inter, min_gain, exhaustive, cap, out);
 }
 }  // namespace detail
 

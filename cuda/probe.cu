@@ -464,6 +464,9 @@ void probe_plan(const core::ProbeConfig& cfg, int32_t num_layers, const core::Pr
   MOEBAL_CHECK_ARG(in.counts && in.phy2log && in.fixed_us && in.us_per_token && in.window_us,
                    "probe: every input pointer (counts, phy2log, fixed_us, us_per_token, window_us) is required");
   MOEBAL_CHECK_ARG(out.stats != nullptr, "probe: stats is required on the GPU (it carries the input status)");
+  MOEBAL_CHECK_ARG(out.quota_entries == nullptr && out.num_quota_entries == nullptr,
+                   "probe: the sparse quota (quota_entries, num_quota_entries) is CPU only; use the dense quota on "
+                   "the GPU, or moebal::core::probe_plan");
   size_t smem_bytes = 0;
   bool m_in_smem = true;
   plan_smem(cfg, &smem_bytes, &m_in_smem);

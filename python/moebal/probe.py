@@ -7,6 +7,11 @@ hand them token quotas, within a per-rank slot cap and the hiding window of the 
     plan.replica_src      # [L, R, S]: the rank each replica's weights come from
     plan.imbalance()      # max/mean tokens per rank, before and after
 
+    # The dense quota is R x E x R per layer (4 MiB at R = 64, E = 256); quota="sparse" returns only
+    # the rows the moves changed (numpy inputs), and quota_to_dense() expands them when needed.
+    plan = moebal.probe.plan(counts, placement, expert_bytes=44 << 20, quota="sparse")
+    plan.quota_entries    # int32 [N, 5]: (layer, src rank, expert, dst rank, tokens)
+
 ``counts`` are predicted tokens per (source rank, expert), [R, E] for one layer or [L, R, E]; numpy
 arrays run the C++ reference (``moebal._core``), torch tensors run ``torch.ops.moebal.probe_plan``
 on their device (CPU or CUDA, the same plan bit for bit). See docs/probe.md for the algorithm.
@@ -31,12 +36,13 @@ _STATUS_BITS = {1: "negative counts or a layer total above 2^31-1", 2: "phy2log 
 class ProbePlan:
     """Result of :func:`plan` (numpy arrays, or torch tensors on the input's device)."""
 
-    quota: Any           # int32 [L, R, E, R]
+    quota: Any           # int32 [L, R, E, R]; None unless quota="dense"
     replica_expert: Any  # int32 [L, R, S], -1 = unused extra slot
     replica_src: Any     # int32 [L, R, S], -1 = unused
     rank_time_us: Any    # float64 [L, 2, R]: predicted compute time before / after
     rank_tokens: Any     # int64 [L, 2, R]: tokens per rank before / after
     stats: Any           # int32 [L, 4]: moves, new replicas, window-blocked iterations, status
+    quota_entries: Any = None  # int32 [N, 5] (layer, src, expert, dst, tokens) when quota="sparse"
 
     @property
     def moves(self):
@@ -108,7 +114,7 @@ def plan(counts: Any, placement: Any, *, expert_bytes: int | None = None,
          max_extra_slots: int = 3, max_iters: int = 16, min_gain_us: float = 0.0,
          ranks_per_node: int | None = None, intra_node_GBps: float | None = None,
          inter_node_GBps: float | None = None, layers: Sequence[int] | None = None,
-         ref_tokens: float = 256.0, check: bool = True) -> ProbePlan:
+         ref_tokens: float = 256.0, check: bool = True, quota: str = "dense") -> ProbePlan:
     """Plan one or many layers.
 
     counts: predicted tokens per (source rank, expert): [R, E] or [L, R, E], numpy or torch (int).
@@ -122,8 +128,17 @@ def plan(counts: Any, placement: Any, *, expert_bytes: int | None = None,
       default 0 and 1 (time then equals tokens).
     window_us: hiding window per rank (scalar, [R] or [L, R]; inf = unlimited).
     check: on CUDA, read back the status (one host sync) and raise on bad input values.
+    quota: "dense" (``plan.quota`` [L, R, E, R]), "sparse" (numpy counts only: ``plan.quota_entries``
+      [N, 5] = (layer, src, expert, dst, tokens), the complete rows the moves touched, each layer's
+      sorted by (expert, src, dst); every other (src, expert) row keeps the locality-first default
+      split; :func:`quota_to_dense` expands it) or "none" (replicas, times and stats only).
     """
+    if quota not in ("dense", "sparse", "none"):
+        raise _core.MoebalValueError(f"probe: quota must be 'dense', 'sparse' or 'none', got {quota!r}")
     is_torch = type(counts).__module__.startswith("torch")
+    if is_torch and quota == "sparse":
+        raise _core.MoebalValueError("probe: quota='sparse' needs numpy counts (the C++ core); the torch op "
+                                     "returns the dense quota")
     if is_torch:
         import torch
 
@@ -199,11 +214,42 @@ def plan(counts: Any, placement: Any, *, expert_bytes: int | None = None,
             status = int(out[5][:, STAT_STATUS].max().item()) if L else 0
             if status:
                 _raise_status(out[5][:, STAT_STATUS].cpu().numpy())
+        if quota == "none":
+            out = (None, *out[1:])
     else:
         out = _core.probe_plan(c, p2l, a, b, w, args["expert_bytes"], args["intra_node_GBps"],
                                args["inter_node_GBps"], args["ranks_per_node"], args["max_extra_slots"],
-                               args["max_iters"], args["min_gain_us"])
+                               args["max_iters"], args["min_gain_us"], quota)
     return ProbePlan(*out)
+
+
+def quota_to_dense(quota_entries: Any, counts: Any, placement: Any, *, ranks_per_node: int | None = None,
+                   layers: Sequence[int] | None = None) -> np.ndarray:
+    """Dense quota int32 [L, R, E, R] from ``plan(..., quota="sparse").quota_entries`` and the counts and
+    placement the plan was made from (same ``placement``, ``layers`` and ``ranks_per_node`` as in
+    :func:`plan`): the locality-first default split in every row, the listed rows replaced."""
+    c = np.asarray(counts)
+    if c.ndim == 2:
+        c = c[None]
+    if c.ndim != 3:
+        raise _core.MoebalValueError(f"probe: counts must be [R, E] or [L, R, E], got shape {c.shape}")
+    L = c.shape[0]
+    if isinstance(placement, _core.Placement):
+        p2l = np.asarray(placement.phy2log)
+        if ranks_per_node is None:
+            ranks_per_node = placement.gpus_per_node
+    else:
+        p2l = np.asarray(placement)
+        if p2l.ndim == 1:
+            p2l = p2l[None]
+    if layers is not None:
+        p2l = p2l[np.asarray(list(layers), dtype=np.int64)]
+    elif p2l.shape[0] == 1 and L > 1:
+        p2l = np.repeat(p2l, L, axis=0)
+    entries = np.asarray(quota_entries)
+    if entries.size == 0:
+        entries = entries.reshape(0, 5)
+    return _core.probe_quota_to_dense(c, p2l, entries, int(0 if ranks_per_node is None else ranks_per_node))
 
 
 def _raise_status(status: np.ndarray) -> None:

@@ -192,6 +192,17 @@ TEST(ProbePlanArgs, RejectsBadConfig) {
   bad([](ProbeCase& c) { c.counts = {0x7fffffff, 0, 1, 0}; });  // layer total overflows int32
 }
 
+TEST(ProbePlan, LargeCountsTakeTheExactPath) {
+  // Counts of 2^24 and more leave the 32-bit column-sum fast path; the plan must stay consistent.
+  for (uint32_t seed = 0; seed < 20; ++seed) {
+    ProbeCase c = moebal_test::make_probe_case(seed, 6, 13, 2, static_cast<int>(seed % 2), 3);
+    for (size_t i = 0; i < c.counts.size(); i += 7) c.counts[i] = (1 << 24) + static_cast<int32_t>(i);
+    const ProbePlanOut o = run_cpu(c);
+    for (int l = 0; l < c.L; ++l) ASSERT_EQ(moebal_test::check_probe_plan(c, o, l), "") << "seed " << seed;
+    ASSERT_EQ(o.quota, run_cpu(c, /*exhaustive=*/true).quota);
+  }
+}
+
 TEST(ProbePlanArgs, RejectsSmallWorkspaceAndNullInputs) {
   const ProbeCase c = two_rank_case(100.0, 3);
   ProbePlanOut o(c);
@@ -253,6 +264,260 @@ TEST(ProbeDetail, ParallelTakeEqualsSerialTake) {
     }
     ASSERT_EQ(sum, x);
     ASSERT_EQ(serial[bn], 0);
+  }
+}
+
+}  // namespace
+
+namespace {
+
+using moebal::core::kProbeQuotaFields;
+
+struct SparseOut {
+  std::vector<int32_t> entries, num;
+};
+
+// Plans c with the dense quota and the sparse one in the same call, and the sparse one alone.
+std::pair<ProbePlanOut, SparseOut> run_sparse(const ProbeCase& c) {
+  ProbePlanOut o(c);
+  const size_t cap = moebal::core::probe_max_quota_entries(c.cfg);
+  SparseOut sp{std::vector<int32_t>(c.L * cap * kProbeQuotaFields, -7), std::vector<int32_t>(c.L, -7)};
+  std::vector<unsigned char> ws(moebal::core::probe_workspace_bytes(c.cfg));
+  auto out = o.outputs();
+  out.quota_entries = sp.entries.data();
+  out.num_quota_entries = sp.num.data();
+  moebal::core::probe_plan(c.cfg, c.L, c.inputs(), out, ws.data(), ws.size());
+  // The sparse output alone (no dense quota, no other output) must be the same list.
+  SparseOut alone{std::vector<int32_t>(sp.entries.size(), -7), std::vector<int32_t>(c.L, -7)};
+  moebal::core::ProbeOutputs lean;
+  lean.quota_entries = alone.entries.data();
+  lean.num_quota_entries = alone.num.data();
+  moebal::core::probe_plan(c.cfg, c.L, c.inputs(), lean, ws.data(), ws.size());
+  EXPECT_EQ(alone.num, sp.num);
+  for (int l = 0; l < c.L; ++l)
+    for (size_t i = 0; i < static_cast<size_t>(sp.num[l]) * kProbeQuotaFields; ++i)
+      EXPECT_EQ(alone.entries[l * cap * kProbeQuotaFields + i], sp.entries[l * cap * kProbeQuotaFields + i]);
+  return {std::move(o), std::move(sp)};
+}
+
+// Independent reference of the default split: the CPU/GPU-shared per-rank formula.
+std::vector<int32_t> default_row(const ProbeCase& c, int l, int s, int e) {
+  const int R = c.cfg.num_ranks, spg = c.cfg.num_slots / R;
+  uint64_t holders = 0;
+  for (int k = 0; k < c.cfg.num_slots; ++k)
+    if (c.phy2log[static_cast<size_t>(l) * c.cfg.num_slots + k] == e) holders |= uint64_t(1) << (k / spg);
+  const int32_t n = c.counts[(static_cast<size_t>(l) * R + s) * c.cfg.num_experts + e];
+  std::vector<int32_t> row(R);
+  for (int r = 0; r < R; ++r)
+    row[r] = static_cast<int32_t>(moebal::core::probe_detail::init_quota(n, holders, s, r, c.cfg.nodes_ranks()));
+  std::vector<int32_t> api(R, -1);
+  moebal::core::probe_default_quota(c.cfg, s, holders, n, api.data());
+  EXPECT_EQ(api, row);
+  return row;
+}
+
+// Checks the sparse list of every layer against the dense quota: sorted (expert, src, dst), tokens > 0,
+// within the capacity, complete rows, and every row it leaves out equal to the default split.
+void expect_sparse_matches_dense(const ProbeCase& c, const ProbePlanOut& o, const SparseOut& sp, uint32_t seed) {
+  const int R = c.cfg.num_ranks, E = c.cfg.num_experts;
+  const size_t cap = moebal::core::probe_max_quota_entries(c.cfg), RE = static_cast<size_t>(R) * E;
+  std::vector<int32_t> dense(o.quota.size(), -7);
+  moebal::core::probe_quota_to_dense(c.cfg, c.L, c.counts.data(), c.phy2log.data(), sp.entries.data(), sp.num.data(), cap,
+                                     dense.data());
+  ASSERT_EQ(dense, o.quota) << "seed " << seed;
+  for (int l = 0; l < c.L; ++l) {
+    ASSERT_GE(sp.num[l], 0);
+    ASSERT_LE(static_cast<size_t>(sp.num[l]), cap);
+    std::vector<char> listed(RE, 0);
+    const int32_t* ent = sp.entries.data() + l * cap * kProbeQuotaFields;
+    for (int i = 0; i < sp.num[l]; ++i) {
+      const int32_t* q = ent + i * kProbeQuotaFields;
+      ASSERT_GT(q[3], 0);
+      ASSERT_EQ(q[3], o.quota[((l * RE) + static_cast<size_t>(q[0]) * E + q[1]) * R + q[2]]);
+      listed[static_cast<size_t>(q[0]) * E + q[1]] = 1;
+    }
+    // A row the list leaves out keeps the default split; a listed row lists all its non-zeros.
+    int changed = 0;
+    for (int s = 0; s < R; ++s) {
+      for (int e = 0; e < E; ++e) {
+        const int32_t* row = o.quota.data() + ((l * RE) + static_cast<size_t>(s) * E + e) * R;
+        const std::vector<int32_t> def = default_row(c, l, s, e);
+        const bool differs = !std::equal(def.begin(), def.end(), row);
+        changed += differs;
+        if (!listed[static_cast<size_t>(s) * E + e]) {
+          ASSERT_FALSE(differs) << "seed " << seed << " row " << s << "," << e;
+        }
+      }
+    }
+    // Listed rows are rows some move touched; the planner lists no row it did not change, except
+    // a row whose moves cancel out, which needs a later move of the same expert.
+    int listed_rows = 0;
+    for (char x : listed) listed_rows += x;
+    ASSERT_GE(listed_rows, changed);
+    if (o.stats[l * moebal::core::kProbeNumStats] == 0) {
+      ASSERT_EQ(sp.num[l], 0) << "seed " << seed;
+    }
+  }
+}
+
+class ProbeSparse : public ::testing::TestWithParam<std::tuple<int, int, int, int>> {};
+
+TEST_P(ProbeSparse, SparseQuotaExpandsToTheDenseQuota) {
+  const auto [R, E, copies, rpn] = GetParam();
+  const int cases = R >= 32 ? 60 : 250;
+  int with_moves = 0;
+  std::mt19937 rng(static_cast<uint32_t>(R * 1009 + E * 7 + copies));
+  for (int i = 0; i < cases; ++i) {
+    const uint32_t seed = rng();
+    const int S = static_cast<int>(seed % 5);         // 0 (no replicas) .. 4
+    const int K = static_cast<int>((seed >> 3) % 41);  // 0 (no moves) .. 40
+    ProbeCase c = moebal_test::make_probe_case(seed, R, E, 2, copies, rpn, S, K);
+    if (seed % 3 == 0) {  // empty experts: whole columns of zeros
+      for (int l = 0; l < c.L; ++l)
+        for (int e = static_cast<int>(seed % 4); e < E; e += 3)
+          for (int s = 0; s < R; ++s) c.counts[(static_cast<size_t>(l) * R + s) * E + e] = 0;
+    }
+    const auto [o, sp] = run_sparse(c);
+    for (int l = 0; l < c.L; ++l) with_moves += sp.num[l] > 0;
+    expect_sparse_matches_dense(c, o, sp, seed);
+    if (::testing::Test::HasFatalFailure()) return;
+  }
+  if (R > 1) {
+    EXPECT_GT(with_moves, cases / 4);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, ProbeSparse,
+                         ::testing::Values(std::make_tuple(1, 7, 0, 0), std::make_tuple(2, 3, 0, 0),
+                                           std::make_tuple(3, 17, 2, 0), std::make_tuple(5, 33, 3, 1),
+                                           std::make_tuple(7, 29, 1, 7), std::make_tuple(8, 61, 1, 4),
+                                           std::make_tuple(12, 97, 2, 4), std::make_tuple(32, 256, 0, 8),
+                                           std::make_tuple(63, 127, 1, 9), std::make_tuple(64, 256, 0, 8),
+                                           std::make_tuple(64, 130, 2, 8)));
+
+TEST(ProbeSparse, HandWorkedTwoRanks) {
+  const ProbeCase c = two_rank_case(100.0, 3);
+  const auto [o, sp] = run_sparse(c);
+  // Rank 1's 100 tokens of expert 0 move to rank 1's new replica; nothing else changes.
+  ASSERT_EQ(sp.num, (std::vector<int32_t>{1}));
+  EXPECT_EQ(std::vector<int32_t>(sp.entries.begin(), sp.entries.begin() + 4), (std::vector<int32_t>{1, 0, 1, 100}));
+  const ProbeCase blocked = two_rank_case(99.999, 3);
+  EXPECT_EQ(run_sparse(blocked).second.num, (std::vector<int32_t>{0}));
+}
+
+TEST(ProbeSparse, DefaultQuotaSplitsOverTheNearestHolders) {
+  ProbeConfig cfg;
+  cfg.num_ranks = 8;
+  cfg.num_experts = 8;
+  cfg.num_slots = 16;
+  cfg.ranks_per_node = 4;
+  std::vector<int32_t> row(8);
+  // Holders 1, 2 (node 0) and 5 (node 1): source 0 splits 7 tokens over 1 and 2, remainder first to
+  // the holder at index 0 mod 2 = 1; source 3 to the same tier with the rotation starting at 3 mod 2.
+  moebal::core::probe_default_quota(cfg, 0, 0b100110, 7, row.data());
+  EXPECT_EQ(row, (std::vector<int32_t>{0, 4, 3, 0, 0, 0, 0, 0}));
+  moebal::core::probe_default_quota(cfg, 3, 0b100110, 7, row.data());
+  EXPECT_EQ(row, (std::vector<int32_t>{0, 3, 4, 0, 0, 0, 0, 0}));
+  moebal::core::probe_default_quota(cfg, 6, 0b100110, 7, row.data());  // node 1 holds it on rank 5
+  EXPECT_EQ(row, (std::vector<int32_t>{0, 0, 0, 0, 0, 7, 0, 0}));
+  moebal::core::probe_default_quota(cfg, 2, 0b100110, 7, row.data());  // a holder keeps its own
+  EXPECT_EQ(row, (std::vector<int32_t>{0, 0, 7, 0, 0, 0, 0, 0}));
+  EXPECT_THROW(moebal::core::probe_default_quota(cfg, 8, 1, 7, row.data()), moebal::ValueError);
+  EXPECT_THROW(moebal::core::probe_default_quota(cfg, -1, 1, 7, row.data()), moebal::ValueError);
+  EXPECT_THROW(moebal::core::probe_default_quota(cfg, 0, 0, 7, row.data()), moebal::ValueError);
+  EXPECT_THROW(moebal::core::probe_default_quota(cfg, 0, uint64_t(1) << 8, 7, row.data()), moebal::ValueError);
+  EXPECT_THROW(moebal::core::probe_default_quota(cfg, 0, 1, -1, row.data()), moebal::ValueError);
+  EXPECT_THROW(moebal::core::probe_default_quota(cfg, 0, 1, 7, nullptr), moebal::ValueError);
+}
+
+TEST(ProbeSparse, RejectsBadSparseLists) {
+  const ProbeCase c = two_rank_case(100.0, 3);
+  const size_t cap = moebal::core::probe_max_quota_entries(c.cfg);
+  ASSERT_GE(cap, 2u);
+  std::vector<int32_t> dense(8);
+  auto expect_bad = [&](std::vector<int32_t> entries, int32_t n, const char* what) {
+    entries.resize(cap * kProbeQuotaFields, 0);
+    const int32_t num[1] = {n};
+    try {
+      moebal::core::probe_quota_to_dense(c.cfg, 1, c.counts.data(), c.phy2log.data(), entries.data(), num, cap,
+                                         dense.data());
+      ADD_FAILURE() << "no throw for " << what;
+    } catch (const moebal::ValueError& e) {
+      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+    }
+  };
+  // counts = {src 0: e0 100, e1 0; src 1: e0 100, e1 0}; the good list moves src 1's tokens to rank 1.
+  moebal::core::probe_quota_to_dense(c.cfg, 1, c.counts.data(), c.phy2log.data(),
+                                     std::vector<int32_t>{1, 0, 1, 100, 0, 0, 0, 0}.data(),
+                                     std::vector<int32_t>{1}.data(), cap, dense.data());
+  EXPECT_EQ(dense, (std::vector<int32_t>{100, 0, 0, 0, 0, 100, 0, 0}));
+  expect_bad({1, 0, 2, 100}, 1, "out of range");                       // dst beyond R
+  expect_bad({1, 2, 1, 100}, 1, "out of range");                       // expert beyond E
+  expect_bad({-1, 0, 1, 100}, 1, "out of range");                      // negative src
+  expect_bad({1, 0, 1, 0}, 1, "out of range");                         // zero tokens
+  expect_bad({1, 0, 1, 60, 1, 0, 0, 40}, 2, "strictly sorted");        // dst descending
+  expect_bad({1, 0, 0, 60, 1, 0, 0, 40}, 2, "strictly sorted");        // duplicate entry
+  expect_bad({1, 0, 0, 100, 0, 0, 0, 100}, 2, "strictly sorted");      // src descending within an expert
+  expect_bad({1, 0, 1, 99}, 1, "sum to 99");                           // row does not add up
+  expect_bad({1, 0, 1, 100}, static_cast<int32_t>(cap) + 1, "entries_per_layer");
+  expect_bad({1, 0, 1, 100}, -1, "entries_per_layer");
+  ProbeCase neg = c;
+  neg.counts[1] = -3;
+  EXPECT_THROW(moebal::core::probe_quota_to_dense(neg.cfg, 1, neg.counts.data(), neg.phy2log.data(),
+                                                  std::vector<int32_t>(cap * 4).data(), std::vector<int32_t>{0}.data(), cap,
+                                                  dense.data()),
+               moebal::ValueError);
+  ProbeCase badp = c;
+  badp.phy2log = {0, 0};  // expert 1 has no copy
+  EXPECT_THROW(moebal::core::probe_quota_to_dense(badp.cfg, 1, badp.counts.data(), badp.phy2log.data(),
+                                                  std::vector<int32_t>(cap * 4).data(), std::vector<int32_t>{0}.data(), cap,
+                                                  dense.data()),
+               moebal::ValueError);
+  EXPECT_THROW(moebal::core::probe_quota_to_dense(c.cfg, 1, c.counts.data(), c.phy2log.data(), nullptr,
+                                                  std::vector<int32_t>{0}.data(), cap, dense.data()),
+               moebal::ValueError);
+  EXPECT_THROW(moebal::core::probe_quota_to_dense(c.cfg, -1, c.counts.data(), c.phy2log.data(),
+                                                  std::vector<int32_t>(cap * 4).data(), std::vector<int32_t>{0}.data(), cap,
+                                                  dense.data()),
+               moebal::ValueError);
+  // probe_plan wants both sparse pointers or neither.
+  ProbePlanOut o(c);
+  std::vector<unsigned char> ws(moebal::core::probe_workspace_bytes(c.cfg));
+  std::vector<int32_t> ent(cap * 4);
+  auto out = o.outputs();
+  out.quota_entries = ent.data();
+  EXPECT_THROW(moebal::core::probe_plan(c.cfg, 1, c.inputs(), out, ws.data(), ws.size()), moebal::ValueError);
+  int32_t num = -1;
+  out.quota_entries = nullptr;
+  out.num_quota_entries = &num;
+  EXPECT_THROW(moebal::core::probe_plan(c.cfg, 1, c.inputs(), out, ws.data(), ws.size()), moebal::ValueError);
+}
+
+TEST(ProbeSparse, CapacityCoversEveryMoveTouchingEverySource) {
+  // Few experts and many ranks: each move takes tokens from every other source, the worst case of
+  // the capacity bound. All sources send to one expert held by rank 0; moves fan it out.
+  for (int copies : {0, 1}) {
+    ProbeCase c;
+    const int R = 64, E = 2;
+    c.cfg.num_ranks = R;
+    c.cfg.num_experts = E;
+    c.cfg.num_slots = R * (1 + copies);
+    c.cfg.ranks_per_node = 8;
+    c.cfg.max_extra_slots = 4;
+    c.cfg.max_iters = 60;
+    c.cfg.expert_bytes = 1;
+    for (int r = 0; r < R; ++r) {
+      for (int k = 0; k <= copies; ++k) c.phy2log.push_back(r < 32 && k == 0 ? 0 : 1);
+      c.counts.push_back(1000 + r);
+      c.counts.push_back(r % 5);
+      c.fixed_us.push_back(1.0);
+      c.us_per_token.push_back(0.01);
+      c.window_us.push_back(std::numeric_limits<double>::infinity());
+    }
+    // Expert 0 on ranks 0..31 (copies), expert 1 on the rest: move tokens across the two groups.
+    const auto [o, sp] = run_sparse(c);
+    EXPECT_GT(o.stats[0], 10);
+    expect_sparse_matches_dense(c, o, sp, 0);
   }
 }
 

@@ -140,6 +140,71 @@ def test_bad_input_raises():
         probe.plan(case["counts"], case["placement"])
 
 
+@pytest.mark.parametrize("R, E, copies", [(1, 4, 0), (2, 3, 0), (3, 17, 2), (7, 29, 1), (8, 64, 0), (13, 41, 3)])
+def test_sparse_quota_expands_to_the_dense_quota(R, E, copies):
+    with_moves = 0
+    for seed in range(30):
+        window = [math.inf, 0.0, 60.0, 500.0][seed % 4]
+        case = zipf_case(seed, R, E, 3, copies, window)
+        if seed % 5 == 0:
+            case["counts"][:, :, seed % E :: 3] = 0  # empty experts
+        dense = run(case)
+        sparse = run({**case, "quota": "sparse"})
+        none = run({**case, "quota": "none"})
+        assert sparse.quota is None and none.quota is None and none.quota_entries is None
+        assert dense.quota_entries is None
+        for x in (sparse, none):
+            for f in ("replica_expert", "replica_src", "rank_time_us", "rank_tokens", "stats"):
+                np.testing.assert_array_equal(getattr(x, f), getattr(dense, f))
+        ent = np.asarray(sparse.quota_entries)
+        assert ent.dtype == np.int32 and ent.ndim == 2 and ent.shape[1] == 5
+        assert (ent[:, 4] > 0).all()
+        key = [tuple(r) for r in ent[:, :4]]  # (layer, src, expert, dst), sorted by (layer, expert, src, dst)
+        order = sorted(range(len(key)), key=lambda i: (key[i][0], key[i][2], key[i][1], key[i][3]))
+        assert order == list(range(len(key)))
+        assert len(set(key)) == len(key)
+        q = np.asarray(dense.quota)
+        np.testing.assert_array_equal(q[ent[:, 0], ent[:, 1], ent[:, 2], ent[:, 3]], ent[:, 4])
+        rebuilt = probe.quota_to_dense(ent, case["counts"], case["placement"], ranks_per_node=case["ranks_per_node"])
+        np.testing.assert_array_equal(rebuilt, q)
+        # Layers without moves list nothing.
+        moved = np.asarray(dense.stats)[:, probe.STAT_MOVES] > 0
+        assert set(np.unique(ent[:, 0])) <= set(np.nonzero(moved)[0])
+        with_moves += int(moved.sum())
+    if R > 1:
+        assert with_moves > 10
+
+
+def test_sparse_quota_bad_input_raises():
+    case = zipf_case(2, 4, 12, 2, 1)
+    with pytest.raises(ValueError, match="quota must be"):
+        run({**case, "quota": "coo"})
+    with pytest.raises(ValueError, match="numpy"):
+        run({**case, "quota": "sparse"}, "torch")
+    lean = run({**case, "quota": "none"}, "torch")
+    assert lean.quota is None and lean.quota_entries is None
+    np.testing.assert_array_equal(lean.stats.numpy(), np.asarray(run(case).stats))
+    case = {**case, "max_iters": 16, "max_extra_slots": 3, "window_us": math.inf}
+    ent = np.asarray(run({**case, "quota": "sparse"}).quota_entries)
+    assert len(ent) >= 2
+    args = (case["counts"], case["placement"])
+    kw = dict(ranks_per_node=case["ranks_per_node"])
+    np.testing.assert_array_equal(probe.quota_to_dense(ent, *args, **kw), np.asarray(run(case).quota))
+    bad = [
+        (ent[::-1], "layer order|strictly sorted"),
+        (np.concatenate([ent, ent[-1:]]), "strictly sorted"),
+        (ent[:, :4], "shape"),
+        (np.where(np.arange(5) == 3, 4, ent), "out of range"),  # dst = R
+        (np.where(np.arange(5) == 0, 7, ent), "layer"),  # no such layer
+        (np.where(np.arange(5) == 4, ent + 1, ent), "sum to"),  # rows no longer add up to the counts
+    ]
+    for e, match in bad:
+        with pytest.raises(ValueError, match=match):
+            probe.quota_to_dense(e, *args, **kw)
+    with pytest.raises(ValueError, match="negative"):
+        probe.quota_to_dense(ent, -case["counts"] - 1, case["placement"], **kw)
+
+
 def _op_args(case, device="cpu"):
     t = lambda x, dt: torch.as_tensor(np.ascontiguousarray(x), dtype=dt, device=device)  # noqa: E731
     L, R, _ = case["counts"].shape

@@ -69,7 +69,25 @@ struct ProbeInputs {
   const double* window_us = nullptr;    ///< [L, R] hiding window of each rank (+inf = unlimited)
 };
 
+/// One entry of the sparse quota: tokens of (src, expert) sent to rank dst.
+enum ProbeQuotaField : int32_t {
+  kProbeQuotaSrc = 0,
+  kProbeQuotaExpert = 1,
+  kProbeQuotaDst = 2,
+  kProbeQuotaTokens = 3,
+  kProbeQuotaFields = 4,
+};
+
 /// Outputs of a batch; every pointer may be null (that output is skipped).
+///
+/// Sparse quota (CPU only; the CUDA planner rejects these two pointers): the dense quota equals the
+/// locality-first default split (probe_default_quota) in every (src, expert) row except the rows a
+/// planned move touched; for each touched row, quota_entries lists the row's complete set of
+/// non-zero entries (src, expert, dst, tokens), tokens > 0. Entries are sorted by (expert, src, dst);
+/// layer l's entries start at quota_entries + l * probe_max_quota_entries(cfg) * kProbeQuotaFields
+/// and num_quota_entries[l] of them are written. At most (R - 1) * k_max rows are touched, so the
+/// list stays small where the dense form is R x E x R (1 MiB per layer at R = 32, E = 256).
+/// probe_quota_to_dense() rebuilds the dense quota from it.
 struct ProbeOutputs {
   int32_t* quota = nullptr;           ///< [L, R, E, R] quota[src, e, dst]; sums over dst equal counts
   int32_t* replica_expert = nullptr;  ///< [L, R, S] expert received into each extra slot, -1 = unused
@@ -77,6 +95,9 @@ struct ProbeOutputs {
   double* rank_time_us = nullptr;     ///< [L, 2, R] predicted compute time before / after the plan
   int64_t* rank_tokens = nullptr;     ///< [L, 2, R] tokens processed per rank before / after
   int32_t* stats = nullptr;           ///< [L, kProbeNumStats]
+  int32_t* quota_entries = nullptr;   ///< [L, probe_max_quota_entries(cfg), kProbeQuotaFields], see above
+  int32_t* num_quota_entries = nullptr;  ///< [L] entries written per layer; non-null turns the sparse quota on
+                                         ///< (quota_entries is then required unless the capacity is 0)
 };
 
 /// Workspace bytes probe_plan needs (independent of the number of layers).
@@ -87,6 +108,27 @@ size_t probe_workspace_bytes(const ProbeConfig& cfg);
 /// of range, experts without a copy, non-finite or out-of-range times, NaN/negative windows).
 void probe_plan(const ProbeConfig& cfg, int32_t num_layers, const ProbeInputs& in,
                 const ProbeOutputs& out, void* workspace, size_t workspace_bytes);
+
+/// Capacity of one layer's sparse quota list (entries, not bytes): enough for any input of this
+/// configuration. Touched rows <= (R - 1) k_max, and a touched row's non-zero destinations are its
+/// default split's (<= the expert's static copies) plus one per move that took tokens from it.
+size_t probe_max_quota_entries(const ProbeConfig& cfg);
+
+/// Locality-first default quota of one (src, expert) row, the quota of every row no move touched:
+/// row[r] = tokens sent to rank r (all R entries written) for `tokens` tokens of an expert whose
+/// static holders are the ranks in `holders` (bit r = rank r holds it; must be non-zero).
+void probe_default_quota(const ProbeConfig& cfg, int32_t src, uint64_t holders, int32_t tokens, int32_t* row);
+
+/// Rebuilds the dense quota [L, R, E, R] from a sparse one and the planner's inputs counts [L, R, E]
+/// and phy2log [L, num_slots] (of cfg only R, E, num_slots and ranks_per_node matter). Layer l's
+/// num_quota_entries[l] entries start at quota_entries + l * entries_per_layer * kProbeQuotaFields;
+/// probe_plan's output has entries_per_layer = probe_max_quota_entries(cfg).
+/// Throws moebal::ValueError on bad inputs or on a sparse list that is out of range, unsorted,
+/// has duplicate or non-positive entries, or rows whose sum differs from the count. Rows it does
+/// not list get the default split, so any list of complete rows sorted by (expert, src, dst) works.
+void probe_quota_to_dense(const ProbeConfig& cfg, int32_t num_layers, const int32_t* counts, const int32_t* phy2log,
+                          const int32_t* quota_entries, const int32_t* num_quota_entries, size_t entries_per_layer,
+                          int32_t* quota);
 
 /// Microseconds to picoseconds, rounded half to even (+inf maps to an "unlimited" sentinel).
 int64_t probe_us_to_ps(double us);
