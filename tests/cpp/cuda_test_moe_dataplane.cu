@@ -37,11 +37,17 @@ struct DeviceBuffer {
   }
   DeviceBuffer(const std::vector<T>& host) : DeviceBuffer(host.size()) {
     MOEBAL_CHECK_CUDA(cudaMemcpy(ptr, host.data(), sizeof(T) * n, cudaMemcpyHostToDevice));
+    MOEBAL_CHECK_CUDA(cudaDeviceSynchronize());  // see poison()
   }
   ~DeviceBuffer() { cudaFree(ptr); }
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  void poison() { MOEBAL_CHECK_CUDA(cudaMemset(ptr, 0x7b, sizeof(T) * std::max<size_t>(n, 1))); }
+  // Synchronous: cudaMemset runs on the legacy default stream, which does not order against the
+  // non-blocking streams the kernels under test run on; an unfinished poison could land after them.
+  void poison() {
+    MOEBAL_CHECK_CUDA(cudaMemset(ptr, 0x7b, sizeof(T) * std::max<size_t>(n, 1)));
+    MOEBAL_CHECK_CUDA(cudaDeviceSynchronize());
+  }
   std::vector<T> host() const {
     std::vector<T> h(n);
     MOEBAL_CHECK_CUDA(cudaMemcpy(h.data(), ptr, sizeof(T) * n, cudaMemcpyDeviceToHost));
