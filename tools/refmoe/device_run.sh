@@ -18,20 +18,24 @@ BUILD=$!
 if [ -f "$WORK/model/config.json" ] && [ -n "${REUSE_MODEL:-}" ]; then
   echo "reusing the trained model in $WORK/model" | tee -a "$OUT/log.txt"
 else
-  python tools/refmoe/train.py --corpus "$CORPUS" --config tools/refmoe/config.json --out "$WORK" 2>&1 \
+  python tools/refmoe/train.py --corpus "$CORPUS" --config "${CONFIG:-tools/refmoe/config.json}" --out "$WORK" 2>&1 \
     | grep -v -i warn | tee -a "$OUT/log.txt"
   echo "train rc=$?" | tee -a "$OUT/log.txt"
 fi
 wait $BUILD
 grep -i -E "error|rc=" "$WORK/build.log" | tail -40 | tee -a "$OUT/log.txt"
 ( cd /tmp && python -c "import moebal, json; print(json.dumps(moebal.capabilities()))" ) 2>&1 | tee -a "$OUT/log.txt"  # installed moebal, not the source tree
-( cd /tmp && python -m pytest "$REPO/tests/python" -q -p no:cacheprovider > "$WORK/pytest.txt" 2>&1; echo "pytest rc=$?" >> "$WORK/pytest.txt" ) &
-TESTS=$!
-( cd /tmp && python "$REPO/tools/refmoe/run_eval.py" --corpus "$CORPUS" --model "$WORK/model" --out "$WORK/eval" --residual-dims 256,1024 --per-domain ) 2>&1 \
+if [ -z "${SKIP_PYTEST:-}" ]; then  # SKIP_PYTEST=1: leave the GPU to the evaluation
+  ( cd /tmp && python -m pytest "$REPO/tests/python" -q -p no:cacheprovider > "$WORK/pytest.txt" 2>&1; echo "pytest rc=$?" >> "$WORK/pytest.txt" ) &
+  TESTS=$!
+else
+  echo "pytest skipped (SKIP_PYTEST)" > "$WORK/pytest.txt"; TESTS=
+fi
+( cd /tmp && python "$REPO/tools/refmoe/run_eval.py" --corpus "$CORPUS" --model "$WORK/model" --out "$WORK/eval" --residual-dims 256,1024 ${EVAL_ARGS:---per-domain --prequential 256} ) 2>&1 \
   | grep -v -i warn | tee -a "$OUT/log.txt"
 echo "eval rc=$?" | tee -a "$OUT/log.txt"
 ( cd /tmp && python "$REPO/bench/probe_predictor.py" --refcheck --json "$WORK/bench_probe.json" ) 2>&1 | tee -a "$OUT/log.txt"
-wait $TESTS
+[ -n "$TESTS" ] && wait $TESTS
 tail -30 "$WORK/pytest.txt" | tee -a "$OUT/log.txt"
 cp "$WORK/eval/pred_ids.npz" "$WORK/train_log.json" "$WORK/eval/eval_results.json" "$WORK/bench_probe.json" "$WORK/pytest.txt" "$OUT/" 2>/dev/null
 tar cf "$OUT/artifacts.tar" -C "$WORK/eval" traces refmoe_predictor_sample.npz 2>/dev/null

@@ -53,10 +53,14 @@ def main(argv=None) -> int:
     pv, sv = dom_avg(ev["probe"][best]["eval"]), dom_avg(ev["probe"][ship]["eval"])
     pq = ev.get("probe_online_prequential")
     qv = sum(x["topk_acc_all_steps"] for x in pq["domains"].values()) / len(pq["domains"]) if pq else None
-    top = max(v for v in (pv, sv, qv) if v is not None)
+    q_by = {D_: sum(x["topk_acc_all_steps"] for x in v["domains"].values()) / len(v["domains"])
+            for D_, v in (ev.get("probe_online_prequential_by_dim") or {}).items()}
+    top = max([v for v in (pv, sv, qv) if v is not None] + list(q_by.values()))
     acc_line = (f"- Trained probe Top-K accuracy >= 90% averaged over layers: {met(top >= 0.9)}: offline mixed-domain "
                 f"{100 * sv:.1f}% (shipped width D={ship}), {100 * pv:.1f}% (best width D={best})")
-    if qv is not None:
+    if q_by:
+        acc_line += "; online (prequential, per domain) " + ", ".join(f"{100 * v:.1f}% (D={D_})" for D_, v in q_by.items())
+    elif qv is not None:
         acc_line += f"; online (prequential, per domain, D={ship}) {100 * qv:.1f}%"
     md += ["", "## Targets (issue 4)", "", acc_line + ". PROBE reports 87-94% on much deeper production models.",
            f"- probe >= 10 points above next_gate: {met(top - ngv >= 0.1)}: +{100 * (top - ngv):.1f} points at best "
@@ -137,12 +141,13 @@ def main(argv=None) -> int:
             po = ev["probe_domain_offline"]
             rows.append([f"probe D={ship} fitted per domain"] + [pct(po[d]["avg"]["topk_acc"]) for d in DOMAINS]
                         + [pct(dom_avg(po))])
-        if pq:
-            rows.append([f"probe D={ship} online, all {pq['steps']} steps"] +
-                        [pct(pq["domains"][d]["topk_acc_all_steps"]) for d in DOMAINS] + [pct(qv)])
-            q2 = sum(pq["domains"][d]["topk_acc_after_first_quarter"] for d in DOMAINS) / len(DOMAINS)
-            rows.append([f"probe D={ship} online, after the first quarter"] +
-                        [pct(pq["domains"][d]["topk_acc_after_first_quarter"]) for d in DOMAINS] + [pct(q2)])
+        for Dq, pq_ in (ev.get("probe_online_prequential_by_dim") or ({ship: pq} if pq else {})).items():
+            q1 = sum(pq_["domains"][d]["topk_acc_all_steps"] for d in DOMAINS) / len(DOMAINS)
+            q2 = sum(pq_["domains"][d]["topk_acc_after_first_quarter"] for d in DOMAINS) / len(DOMAINS)
+            rows.append([f"probe D={Dq} online, all {pq_['steps']} steps"] +
+                        [pct(pq_["domains"][d]["topk_acc_all_steps"]) for d in DOMAINS] + [pct(q1)])
+            rows.append([f"probe D={Dq} online, after the first quarter"] +
+                        [pct(pq_["domains"][d]["topk_acc_after_first_quarter"]) for d in DOMAINS] + [pct(q2)])
         md += [table(["predictor"] + DOMAINS + ["mean"], rows), ""]
         if pq:
             pl = [sum(sum(r_["per_layer_topk_acc"][l] for r_ in pq["domains"][d]["rows"]) / len(pq["domains"][d]["rows"])

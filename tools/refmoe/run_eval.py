@@ -85,8 +85,10 @@ def main(argv=None) -> int:
     ap.add_argument("--ship-dim", type=int, default=256)
     ap.add_argument("--n-fit", type=int, default=384, help="training sequences per domain for the predictors")
     ap.add_argument("--fit-steps", type=int, default=2000, help="Adam steps per layer (batch 4096, cosine lr)")
-    ap.add_argument("--per-domain", action="store_true",
-                    help="also fit the shipped width per domain, and run it online (prequential) per domain")
+    ap.add_argument("--per-domain", action="store_true", help="also fit the shipped width offline per domain")
+    ap.add_argument("--prequential", default="",
+                    help="comma-separated residual widths (each also in --residual-dims) to run online, prequential, "
+                         "per domain, starting from the mixed-domain offline probe of that width")
     ap.add_argument("--ablate", action="store_true",
                     help="also fit the shipped width on the previous recipe (96 sequences per domain, 1000 "
                          "constant-lr steps) to separate the effect of the fit data from the model's")
@@ -147,6 +149,7 @@ def main(argv=None) -> int:
     h_fit = [fitset.cat("hidden", l) for l in range(L)]
     res["probe"] = {}
     shipped = None
+    offline = {}  # residual width -> the mixed-domain offline probe
     for D in [int(x) for x in args.residual_dims.split(",")]:
         if args.tiny:
             D = min(D, 32)
@@ -160,6 +163,7 @@ def main(argv=None) -> int:
         print(f"probe D={D}: fit {fit_s:.1f}s, top-K acc " +
               " ".join(f"{d}={r[d]['avg']['topk_acc']:.3f}" for d in DOMAINS) +
               " | next_gate " + " ".join(f"{d}={res['next_gate'][d]['avg']['topk_acc']:.3f}" for d in DOMAINS), flush=True)
+        offline[D] = pr
         if D == args.ship_dim or shipped is None:
             shipped = (D, pr)
 
@@ -223,14 +227,20 @@ def main(argv=None) -> int:
                 pd.fit(l, h_fit[l][si], h_fit[l + 1][si], steps=fit_steps, seed=l, **fit_kw)
             res["probe_domain_offline"][d] = layer_metrics(pd, evalset[d], bt)
             print(f"probe D={D} fitted on {d} only: top-K acc {res['probe_domain_offline'][d]['avg']['topk_acc']:.3f}", flush=True)
+
+    pq_dims = [int(x) for x in args.prequential.split(",") if x]
+    if args.tiny:
+        pq_dims = [min(D_, 32) for D_ in pq_dims]
+    for D in pq_dims:
+        if D not in offline:
+            raise SystemExit(f"--prequential width {D} is not among --residual-dims")
         pq_seqs, pq_steps = (4, 24) if not args.tiny else (1, 3)
-        res["probe_online_prequential"] = {"residual_dim": D, "seqs_per_step": pq_seqs, "steps": pq_steps,
-                                           "online_update": "50 AdamW steps, batch 2048, lr 1e-3, ring 16384 tokens",
-                                           "domains": {}}
+        pq = {"residual_dim": D, "seqs_per_step": pq_seqs, "steps": pq_steps,
+              "online_update": "50 AdamW steps, batch 2048, lr 1e-3, ring 16384 tokens", "domains": {}}
         for d in DOMAINS:
             op = ProbePredictor(routers, K, residual_dim=D, device=dev, seed=0)
             for l in range(L - 1):
-                op.w1[l], op.w2[l] = shipped[1].w1[l].clone(), shipped[1].w2[l].clone()
+                op.w1[l], op.w2[l] = offline[D].w1[l].clone(), offline[D].w2[l].clone()
                 op.publish(l, op.w1[l], op.w2[l])
             tr = OnlineProbeTrainer(op, capacity=16384, lr=1e-3, steps_per_update=50, batch=2048)
             ids = windows(z[f"{d}_heldout"], pq_seqs * pq_steps, S, 0)
@@ -243,11 +253,13 @@ def main(argv=None) -> int:
                     tr.observe(l, one.cat("hidden", l), one.cat("hidden", l + 1))
                 tr.update()
             acc = [r_["topk_acc"] for r_ in rows]
-            res["probe_online_prequential"]["domains"][d] = {
-                "rows": rows, "topk_acc_all_steps": float(np.mean(acc)),
-                "topk_acc_after_first_quarter": float(np.mean(acc[pq_steps // 4:]))}
+            pq["domains"][d] = {"rows": rows, "topk_acc_all_steps": float(np.mean(acc)),
+                                "topk_acc_after_first_quarter": float(np.mean(acc[pq_steps // 4:]))}
             print(f"probe D={D} online prequential on {d}: top-K acc all steps {np.mean(acc):.3f}, "
                   f"after the first quarter {np.mean(acc[pq_steps // 4:]):.3f}", flush=True)
+        res.setdefault("probe_online_prequential_by_dim", {})[str(D)] = pq
+        if D == shipped[0]:
+            res["probe_online_prequential"] = pq
 
     # 5. shipped traces (moebal format, ids + gate weights + positions + steps; small)
     n_ship = 16 if not args.tiny else 2  # switch trace: 8 python + 8 prose sequences; domains: half of that
