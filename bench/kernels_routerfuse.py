@@ -1,5 +1,5 @@
 """Router + dispatch layout at decode sizes: one fused launch (torch.ops.moebal.route_and_layout, its
-one-block and cluster paths and the automatic choice) against the two launches router_topk +
+one-block, cluster and grid paths and the automatic choice) against the two launches router_topk +
 dispatch_layout, in one process on one device.
 
 Each model uses its own router configuration (DeepSeek-V3: sigmoid, correction bias, 8 groups /
@@ -35,7 +35,7 @@ MODELS = {
                                  scaling_factor=2.5), True),
 }
 TOKENS = [1, 4, 16, 32, 128, 256]
-PATHS = ["auto", "one_block", "cluster"]
+PATHS = ["auto", "one_block", "cluster", "grid"]
 
 
 def replicated_placement(e: int, gen: torch.Generator):
@@ -94,11 +94,11 @@ def main() -> int:
             json.dump(dict(meta=meta, rows=rows), fh, indent=1)
     lines = [f"Device: {dev}, torch {torch.__version__}, {meta['date']}.", "",
              "| model | tokens | placement | slots | router + layout (2 launches) us | one block us | cluster us "
-             "| auto us | speedup (auto) | outputs identical |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| grid us | auto us | speedup (auto) | outputs identical |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['tokens']} | {r['placement']} | {r['slots']} | {r['two_launch_us']:.1f} | "
-                     f"{r['one_block_us']:.1f} | {r['cluster_us']:.1f} | {r['auto_us']:.1f} | {r['speedup']:.2f}x | "
+                     f"{r['one_block_us']:.1f} | {r['cluster_us']:.1f} | {r['grid_us']:.1f} | {r['auto_us']:.1f} | {r['speedup']:.2f}x | "
                      f"{'yes' if r['identical'] else 'NO'} |")
     md = "\n".join(lines) + "\n"
     if args.md:
