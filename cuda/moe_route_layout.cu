@@ -8,7 +8,8 @@
 //      (slot, or the drop bin num_slots) right away. One block (kOneBlock) keeps the bins in
 //      shared memory; a cluster of blocks (kCluster, sm_90+) spreads the routing over several SMs,
 //      writes slot_ids, and after a cluster barrier (release/acquire) its first block reads them
-//      back and alone does steps 2-4;
+//      back and alone does steps 2-4; a cooperative grid (kGrid) routes 4 tokens per block, as
+//      router_topk does, and its block 0 does steps 2-4 after a grid barrier;
 //   2. each warp walks a contiguous piece of the pairs 32 at a time; __match_any_sync groups the
 //      lanes of equal bins, so a pair's rank among the piece's earlier pairs of its bin is the
 //      warp's running count plus a popcount (no atomics, order kept);
@@ -361,12 +362,19 @@ int device_attr(CachedAttr which) {
 
 bool cluster_launch_supported() { return device_attr(kAttrCluster) != 0; }
 
-// Auto, from bench/results/routerfuse.md (H200; one-block rows also on H100): one block while
-// its routing is short (<= 4 tokens), a cluster beyond, and the two kernels once the routing work
-// (tokens x scores per lane) outgrows what up to 8 SMs do faster than the router kernel's grid:
-// DeepSeek-V3 (8 scores a lane) wins fused up to 32 tokens and loses at 128; Qwen3 / GPT-OSS
-// (4 a lane) win at 128 and lose at 256; Mixtral (1 a lane) is even at 256.
+// Auto, from bench/results/routerfuse.md (H200; one-block rows also on H100) and
+// bench/results/layoutfast.md (H100, with kGrid): one block while its routing is short (<= 4
+// tokens); kGrid (routing over one SM per 4 tokens) once the routing work, tokens x scores per
+// lane, is large: from 16 tokens with 8+ scores a lane (DeepSeek-V3: 9.0-13.6 us against
+// 9.3-14.8 us for the best other path at 16-256 tokens), and from 256 work units otherwise
+// (Qwen3 / GPT-OSS at 128-256 tokens, Mixtral at 256); otherwise a cluster, and the two kernels
+// once the routing work outgrows what up to 8 SMs do faster than the router kernel's grid
+// (without cooperative launch: DeepSeek-V3 wins fused up to 32 tokens and loses at 128; Qwen3 /
+// GPT-OSS win at 128 and lose at 256).
 constexpr int64_t kAutoOneBlockMaxTokens = 4;
+constexpr int64_t kAutoGridMinWork = 256;         // num_tokens * ceil_pow2(num_experts / 32)
+constexpr int64_t kAutoGridMinTokensWide = 16;    // with 8+ scores a lane
+constexpr int kAutoGridWidePerLane = 8;
 constexpr int64_t kAutoOneBlockMaxTokensNoCluster = 16;
 constexpr int64_t kAutoMaxFusedTokens = 128;
 constexpr int64_t kAutoMaxFusedWork = 512;  // num_tokens * ceil_pow2(num_experts / 32)
@@ -403,6 +411,13 @@ Plan make_plan(int64_t num_tokens, const RouterParams& p, int32_t num_slots, Rou
   if (num_tokens * p.top_k > kRouteLayoutMaxPairs || num_slots < 1 || num_slots > kLayoutMaxSlots) return two;
   const bool cluster_ok = cluster_launch_supported();
   if (want == RouteLayoutPath::kAuto) {
+    const int per_lane = per_lane_of(p.num_experts);
+    if (num_tokens > kAutoOneBlockMaxTokens &&
+        (num_tokens * per_lane >= kAutoGridMinWork ||
+         (per_lane >= kAutoGridWidePerLane && num_tokens >= kAutoGridMinTokensWide))) {
+      const Plan grid = grid_plan(num_tokens, p, num_slots);
+      if (grid.path == RouteLayoutPath::kGrid) return grid;
+    }
     if (num_tokens > kAutoMaxFusedTokens || num_tokens * per_lane_of(p.num_experts) > kAutoMaxFusedWork) return two;
     if (num_tokens <= kAutoOneBlockMaxTokens) {
       want = RouteLayoutPath::kOneBlock;

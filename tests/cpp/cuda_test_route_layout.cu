@@ -404,6 +404,26 @@ TEST_F(RouteAndLayoutArgs, EmptyBatchZeroesOffsets) {
   EXPECT_EQ(mc::route_and_layout_plan(0, p, 8), mc::RouteLayoutPath::kTwoKernels);
 }
 
+// The auto rule (bench/results/layoutfast.md): one block up to 4 tokens; kGrid for large routing
+// work (DeepSeek-V3 from 16 tokens, 4-score-a-lane routers from 64, Mixtral from 256); a cluster
+// between.
+TEST_F(RouteAndLayoutArgs, AutoRule) {
+  using P = mc::RouteLayoutPath;
+  const bool grid = device_has(cudaDevAttrCooperativeLaunch), cluster = device_has_clusters();
+  const mc::RouterParams ds = params_of(kDeepSeekV3), qwen = params_of(kQwen3), mix = params_of(kMixtral);
+  EXPECT_EQ(mc::route_and_layout_plan(4, ds, 288), P::kOneBlock);
+  if (grid)
+    for (int64_t t : {16, 32, 128, 256}) EXPECT_EQ(mc::route_and_layout_plan(t, ds, 288), P::kGrid) << t;
+  if (cluster) EXPECT_EQ(mc::route_and_layout_plan(8, ds, 288), P::kCluster);
+  EXPECT_EQ(mc::route_and_layout_plan(128, qwen, 128), grid ? P::kGrid : cluster ? P::kCluster : P::kTwoKernels);
+  if (cluster) {
+    EXPECT_EQ(mc::route_and_layout_plan(32, qwen, 128), P::kCluster);
+    EXPECT_EQ(mc::route_and_layout_plan(128, mix, 8), P::kCluster);
+  }
+  EXPECT_EQ(mc::route_and_layout_plan(256, mix, 8), grid ? P::kGrid : P::kTwoKernels);
+  EXPECT_EQ(mc::route_and_layout_plan(513, ds, 288), P::kTwoKernels);  // 4104 pairs
+}
+
 TEST_F(RouteAndLayoutArgs, RejectsBadArguments) {
   DeviceBuffer<int32_t> buf(64);
   DeviceBuffer<float> fbuf(64);
