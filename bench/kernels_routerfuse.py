@@ -103,7 +103,8 @@ def main() -> int:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['tokens']} | {r['placement']} | {r['slots']} | {r['two_launch_us']:.1f} | "
-                     f"{r['one_block_us']:.1f} | {r['cluster_us']:.1f} | {r['grid_us']:.1f} | {r['auto_us']:.1f} | {r['speedup']:.2f}x | "
+                     f"{r['one_block_us']:.1f} | {r['cluster_us']:.1f} | {r['grid_us']:.1f} | {r['auto_us']:.1f} | "
+                     f"{r['speedup']:.2f}x | "
                      f"{'yes' if r['identical'] else 'NO'} |")
     md = "\n".join(lines) + "\n"
     if args.md:

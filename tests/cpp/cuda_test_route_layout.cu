@@ -3,7 +3,8 @@
 // path router_topk + dispatch_layout, which cuda_test_moe_dataplane.cu checks against host
 // references: ids, slots and layout must be equal, weights bit-identical. The layout is also
 // checked against a stable host sort of the fused ids. Four model configurations, identity /
-// replicated (also 288 slots for DeepSeek-V3) / broken / all-dropping placements, ties, NaN logits, fp32 and bf16 logits, fused and fallback sizes.
+// replicated (also 288 slots for DeepSeek-V3) / broken / all-dropping placements, ties, NaN
+// logits, fp32 and bf16 logits, fused and fallback sizes.
 #include <gtest/gtest.h>
 
 #include <algorithm>
