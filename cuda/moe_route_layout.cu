@@ -8,7 +8,8 @@
 //      (slot, or the drop bin num_slots) right away. One block (kOneBlock) keeps the bins in
 //      shared memory; a cluster of blocks (kCluster, sm_90+) spreads the routing over several SMs,
 //      writes slot_ids, and after a cluster barrier (release/acquire) its first block reads them
-//      back and alone does steps 2-4;
+//      back and alone does steps 2-4; a cooperative grid (kGrid) routes 4 tokens per block, as
+//      router_topk does, and its block 0 does steps 2-4 after a grid barrier;
 //   2. each warp walks a contiguous piece of the pairs 32 at a time; __match_any_sync groups the
 //      lanes of equal bins, so a pair's rank among the piece's earlier pairs of its bin is the
 //      warp's running count plus a popcount (no atomics, order kept);
@@ -20,6 +21,8 @@
 #include <algorithm>
 #include <atomic>
 #include <climits>
+
+#include <cooperative_groups.h>
 
 #include "moe_router_device.cuh"
 #include "moebal/cuda/check.h"
@@ -120,50 +123,13 @@ __device__ __forceinline__ void cluster_barrier() {
 #endif
 }
 
-// gridDim.x == 1: one block. gridDim.x > 1: the grid is ONE cluster of gridDim.x blocks.
-template <int kPerLane, bool kBias, class T>
-__global__ void __launch_bounds__(max_warps(kPerLane) * 32) route_layout_kernel(FusedArgs a) {
-  extern __shared__ int smem[];  // hist [warps][bins] | start [bins] | packed [pairs] | stage [warps][E]
-  __shared__ int scratch[32];
+// Steps 2-4 for one block: packed[i] holds pair i's bin on entry; hist [warps][bins] is zero.
+// Writes offsets, row_index and sorted_token. Called by every thread of the block.
+__device__ __forceinline__ void layout_block(const FusedArgs& a, int* hist, int* start, int* packed, int* scratch,
+                                             int pairs) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   const int bins = a.num_slots + 1;
-  const int K = a.p.top_k, E = a.p.num_experts;
-  const int pairs = a.num_tokens * K;
-  int* hist = smem;
-  int* start = hist + warps * bins;
-  int* packed = start + bins;
-  float* stage = reinterpret_cast<float*>(packed + pairs) + warp * E;
-  const int blocks = gridDim.x;
-  if (blockIdx.x == 0)
-    for (int i = threadIdx.x; i < warps * bins; i += blockDim.x) hist[i] = 0;
-
-  // 1. Route; the router outputs and slot_ids go to global memory, each pair's bin (one block)
-  // to shared memory.
-  const T* logits = static_cast<const T*>(a.logits);
-  for (int t = blockIdx.x * warps + warp; t < a.num_tokens; t += blocks * warps) {
-    int id;
-    float w;
-    detail::route_token_warp<kPerLane, kBias>(logits + static_cast<int64_t>(t) * E, a.p, a.bias, stage, id, w);
-    if (lane < K) {
-      const int pair = t * K + lane;
-      const int bin = bin_of(a, t, id);
-      a.topk_ids[pair] = id;
-      a.topk_weights[pair] = w;
-      a.slot_ids[pair] = bin == a.num_slots ? -1 : bin;
-      if (blocks == 1) packed[pair] = bin;
-    }
-  }
-  if (blocks > 1) {
-    __threadfence();
-    cluster_barrier();
-    if (blockIdx.x != 0) return;
-    for (int i = threadIdx.x; i < pairs; i += blockDim.x) {
-      const int slot = __ldcg(a.slot_ids + i);  // from L2: written by other SMs
-      packed[i] = slot < 0 ? a.num_slots : slot;
-    }
-  }
-  __syncthreads();
-
+  const int K = a.p.top_k;
   // 2. Per-warp counts over contiguous pieces, and each pair's rank inside its piece and bin.
   const int piece = (pairs + warps - 1) / warps;
   const int begin = min(pairs, warp * piece);
@@ -215,30 +181,140 @@ __global__ void __launch_bounds__(max_warps(kPerLane) * 32) route_layout_kernel(
   }
 }
 
+// gridDim.x == 1: one block. gridDim.x > 1: the grid is ONE cluster of gridDim.x blocks.
+template <int kPerLane, bool kBias, class T>
+__global__ void __launch_bounds__(max_warps(kPerLane) * 32) route_layout_kernel(FusedArgs a) {
+  extern __shared__ int smem[];  // hist [warps][bins] | start [bins] | packed [pairs] | stage [warps][E]
+  __shared__ int scratch[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  const int bins = a.num_slots + 1;
+  const int K = a.p.top_k, E = a.p.num_experts;
+  const int pairs = a.num_tokens * K;
+  int* hist = smem;
+  int* start = hist + warps * bins;
+  int* packed = start + bins;
+  float* stage = reinterpret_cast<float*>(packed + pairs) + warp * E;
+  const int blocks = gridDim.x;
+  if (blockIdx.x == 0)
+    for (int i = threadIdx.x; i < warps * bins; i += blockDim.x) hist[i] = 0;
+
+  // 1. Route; the router outputs and slot_ids go to global memory, each pair's bin (one block)
+  // to shared memory.
+  const T* logits = static_cast<const T*>(a.logits);
+  for (int t = blockIdx.x * warps + warp; t < a.num_tokens; t += blocks * warps) {
+    int id;
+    float w;
+    detail::route_token_warp<kPerLane, kBias>(logits + static_cast<int64_t>(t) * E, a.p, a.bias, stage, id, w);
+    if (lane < K) {
+      const int pair = t * K + lane;
+      const int bin = bin_of(a, t, id);
+      a.topk_ids[pair] = id;
+      a.topk_weights[pair] = w;
+      a.slot_ids[pair] = bin == a.num_slots ? -1 : bin;
+      if (blocks == 1) packed[pair] = bin;
+    }
+  }
+  if (blocks > 1) {
+    __threadfence();
+    cluster_barrier();
+    if (blockIdx.x != 0) return;
+    for (int i = threadIdx.x; i < pairs; i += blockDim.x) {
+      const int slot = __ldcg(a.slot_ids + i);  // from L2: written by other SMs
+      packed[i] = slot < 0 ? a.num_slots : slot;
+    }
+  }
+  __syncthreads();
+
+  layout_block(a, hist, start, packed, scratch, pairs);
+}
+
+// kGrid: warps per block (the layout block's warps; routing uses the first route_warps of each
+// block, so that each SM routes few tokens, as router_topk's grid does).
+constexpr int grid_warps(int per_lane) { return max_warps(per_lane) < 16 ? max_warps(per_lane) : 16; }
+constexpr int kGridRouteWarps = 4;
+
+// kGrid: a cooperative launch of many blocks. Warp w < route_warps of block b routes tokens
+// b * route_warps + w, + gridDim.x * route_warps, ...; after a grid barrier (which orders the
+// slot_ids stores before the loads) block 0 reads the slots back and alone does steps 2-4.
+template <int kPerLane, bool kBias, class T>
+__global__ void __launch_bounds__(grid_warps(kPerLane) * 32) route_grid_kernel(FusedArgs a, int route_warps) {
+  extern __shared__ int smem[];  // hist [warps][bins] | start [bins] | packed [pairs] | stage [route_warps][E]
+  __shared__ int scratch[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  const int bins = a.num_slots + 1;
+  const int K = a.p.top_k, E = a.p.num_experts;
+  const int pairs = a.num_tokens * K;
+  int* hist = smem;
+  int* start = hist + warps * bins;
+  int* packed = start + bins;
+  if (blockIdx.x == 0)
+    for (int i = threadIdx.x; i < warps * bins; i += blockDim.x) hist[i] = 0;
+  if (warp < route_warps) {
+    float* stage = reinterpret_cast<float*>(packed + pairs) + warp * E;
+    const T* logits = static_cast<const T*>(a.logits);
+    for (int t = blockIdx.x * route_warps + warp; t < a.num_tokens; t += gridDim.x * route_warps) {
+      int id;
+      float w;
+      detail::route_token_warp<kPerLane, kBias>(logits + static_cast<int64_t>(t) * E, a.p, a.bias, stage, id, w);
+      if (lane < K) {
+        const int pair = t * K + lane;
+        const int bin = bin_of(a, t, id);
+        a.topk_ids[pair] = id;
+        a.topk_weights[pair] = w;
+        a.slot_ids[pair] = bin == a.num_slots ? -1 : bin;
+      }
+    }
+  }
+  cooperative_groups::this_grid().sync();
+  if (blockIdx.x != 0) return;
+  for (int i = threadIdx.x; i < pairs; i += blockDim.x) {
+    const int slot = __ldcg(a.slot_ids + i);  // from L2: written by other SMs
+    packed[i] = slot < 0 ? a.num_slots : slot;
+  }
+  __syncthreads();
+  layout_block(a, hist, start, packed, scratch, pairs);
+}
+
 // Blocks and warps of a fused launch.
 struct Plan {
   RouteLayoutPath path;
   int blocks, warps;
   size_t smem;
+  int route_warps = 0;  // kGrid: routing warps per block
 };
+
+template <class Kernel>
+void set_smem(Kernel kernel, size_t smem) {
+  if (smem > 48 * 1024) {
+    MOEBAL_CHECK_CUDA(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  }
+}
 
 template <int kPerLane, class T>
 void launch_fused(const FusedArgs& a, const Plan& plan, cudaStream_t stream) {
-  auto kernel = a.bias != nullptr ? route_layout_kernel<kPerLane, true, T> : route_layout_kernel<kPerLane, false, T>;
-  if (plan.smem > 48 * 1024) {
-    MOEBAL_CHECK_CUDA(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(plan.smem)));
-  }
-  if (plan.blocks == 1) {
-    kernel<<<1, plan.warps * 32, plan.smem, stream>>>(a);
-    return;
-  }
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(static_cast<unsigned>(plan.blocks));
   cfg.blockDim = dim3(static_cast<unsigned>(plan.warps * 32));
   cfg.dynamicSmemBytes = plan.smem;
   cfg.stream = stream;
   cudaLaunchAttribute attr[1];
+  if (plan.path == RouteLayoutPath::kGrid) {
+    auto kernel = a.bias != nullptr ? route_grid_kernel<kPerLane, true, T> : route_grid_kernel<kPerLane, false, T>;
+    set_smem(kernel, plan.smem);
+    attr[0].id = cudaLaunchAttributeCooperative;  // the grid barrier needs every block resident
+    attr[0].val.cooperative = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    MOEBAL_CHECK_CUDA(cudaLaunchKernelEx(&cfg, kernel, a, plan.route_warps));
+    return;
+  }
+  auto kernel = a.bias != nullptr ? route_layout_kernel<kPerLane, true, T> : route_layout_kernel<kPerLane, false, T>;
+  set_smem(kernel, plan.smem);
+  if (plan.blocks == 1) {
+    kernel<<<1, plan.warps * 32, plan.smem, stream>>>(a);
+    return;
+  }
   attr[0].id = cudaLaunchAttributeClusterDimension;
   attr[0].val.clusterDim.x = static_cast<unsigned>(plan.blocks);
   attr[0].val.clusterDim.y = 1;
@@ -261,32 +337,72 @@ void dispatch_fused(const FusedArgs& a, const Plan& plan, cudaStream_t stream) {
   }
 }
 
-// Whether the current device can launch thread-block clusters (cached per device).
-bool cluster_launch_supported() {
+// A device attribute of the current device, cached per device (the attributes asked here never
+// change while the process runs).
+enum CachedAttr { kAttrCluster = 0, kAttrCooperative = 1, kAttrSms = 2, kNumCachedAttrs = 3 };
+
+int device_attr(CachedAttr which) {
   constexpr int kMaxDevices = 64;
-  static std::atomic<int> cache[kMaxDevices];  // 0 unknown, 1 no, 2 yes
+  static std::atomic<int> cache[kMaxDevices][kNumCachedAttrs];  // value + 1; 0 = not asked yet
   int dev = 0;
   MOEBAL_CHECK_CUDA(cudaGetDevice(&dev));
-  if (dev < 0 || dev >= kMaxDevices) return false;
-  int v = cache[dev].load(std::memory_order_relaxed);
+  if (dev < 0 || dev >= kMaxDevices) return 0;
+  int v = cache[dev][which].load(std::memory_order_relaxed);
   if (v == 0) {
-    int attr = 0;
-    MOEBAL_CHECK_CUDA(cudaDeviceGetAttribute(&attr, cudaDevAttrClusterLaunch, dev));
-    v = attr ? 2 : 1;
-    cache[dev].store(v, std::memory_order_relaxed);
+    const cudaDeviceAttr attr = which == kAttrCluster       ? cudaDevAttrClusterLaunch
+                                : which == kAttrCooperative ? cudaDevAttrCooperativeLaunch
+                                                            : cudaDevAttrMultiProcessorCount;
+    int value = 0;
+    MOEBAL_CHECK_CUDA(cudaDeviceGetAttribute(&value, attr, dev));
+    v = value + 1;
+    cache[dev][which].store(v, std::memory_order_relaxed);
   }
-  return v == 2;
+  return v - 1;
 }
 
-// Auto, from bench/results/routerfuse.md (H200; one-block rows also on H100): one block while
-// its routing is short (<= 4 tokens), a cluster beyond, and the two kernels once the routing work
-// (tokens x scores per lane) outgrows what up to 8 SMs do faster than the router kernel's grid:
-// DeepSeek-V3 (8 scores a lane) wins fused up to 32 tokens and loses at 128; Qwen3 / GPT-OSS
-// (4 a lane) win at 128 and lose at 256; Mixtral (1 a lane) is even at 256.
+bool cluster_launch_supported() { return device_attr(kAttrCluster) != 0; }
+
+// Auto, from bench/results/routerfuse.md (H200; one-block rows also on H100) and
+// bench/results/layoutfast.md (H100, with kGrid): one block while its routing is short (<= 4
+// tokens); kGrid (routing over one SM per 4 tokens) once the routing work, tokens x scores per
+// lane, is large: from 16 tokens with 8+ scores a lane (DeepSeek-V3: 9.0-13.6 us against
+// 9.3-14.8 us for the best other path at 16-256 tokens), and from 256 work units otherwise
+// (Qwen3 / GPT-OSS at 128-256 tokens, Mixtral at 256); otherwise a cluster, and the two kernels
+// once the routing work outgrows what up to 8 SMs do faster than the router kernel's grid
+// (without cooperative launch: DeepSeek-V3 wins fused up to 32 tokens and loses at 128; Qwen3 /
+// GPT-OSS win at 128 and lose at 256).
 constexpr int64_t kAutoOneBlockMaxTokens = 4;
+constexpr int64_t kAutoGridMinWork = 256;         // num_tokens * ceil_pow2(num_experts / 32)
+constexpr int64_t kAutoGridMinTokensWide = 16;    // with 8+ scores a lane
+constexpr int kAutoGridWidePerLane = 8;
 constexpr int64_t kAutoOneBlockMaxTokensNoCluster = 16;
 constexpr int64_t kAutoMaxFusedTokens = 128;
 constexpr int64_t kAutoMaxFusedWork = 512;  // num_tokens * ceil_pow2(num_experts / 32)
+
+// kGrid: one block per kGridRouteWarps tokens (at most one block per SM, so that every block is
+// resident, as the cooperative launch requires), each of grid_warps(...) warps (fewer when the
+// layout's shared memory would not fit).
+Plan grid_plan(int64_t num_tokens, const RouterParams& p, int32_t num_slots) {
+  const Plan two{RouteLayoutPath::kTwoKernels, 0, 0, 0};
+  const int sms = device_attr(kAttrSms);
+  if (device_attr(kAttrCooperative) == 0 || sms < 1) return two;
+  const int per_lane = per_lane_of(p.num_experts);
+  for (int warps = grid_warps(per_lane); warps >= kGridRouteWarps; warps /= 2) {
+    Plan plan{RouteLayoutPath::kGrid, 0, warps, 0, kGridRouteWarps};
+    int64_t blocks = (num_tokens + plan.route_warps - 1) / plan.route_warps;
+    if (blocks > sms) {
+      blocks = sms;
+      plan.route_warps = static_cast<int>(std::min<int64_t>(warps, (num_tokens + sms - 1) / sms));
+    }
+    plan.blocks = static_cast<int>(blocks);
+    const size_t bins = static_cast<size_t>(num_slots) + 1;
+    size_t ints = static_cast<size_t>(warps) * bins + bins + static_cast<size_t>(num_tokens) * p.top_k;
+    if (p.num_groups > 1) ints += static_cast<size_t>(plan.route_warps) * p.num_experts;
+    plan.smem = sizeof(int32_t) * ints;
+    if (plan.smem <= kRouteLayoutMaxSmemBytes) return plan;
+  }
+  return two;
+}
 
 Plan make_plan(int64_t num_tokens, const RouterParams& p, int32_t num_slots, RouteLayoutPath want) {
   const Plan two{RouteLayoutPath::kTwoKernels, 0, 0, 0};
@@ -295,6 +411,13 @@ Plan make_plan(int64_t num_tokens, const RouterParams& p, int32_t num_slots, Rou
   if (num_tokens * p.top_k > kRouteLayoutMaxPairs || num_slots < 1 || num_slots > kLayoutMaxSlots) return two;
   const bool cluster_ok = cluster_launch_supported();
   if (want == RouteLayoutPath::kAuto) {
+    const int per_lane = per_lane_of(p.num_experts);
+    if (num_tokens > kAutoOneBlockMaxTokens &&
+        (num_tokens * per_lane >= kAutoGridMinWork ||
+         (per_lane >= kAutoGridWidePerLane && num_tokens >= kAutoGridMinTokensWide))) {
+      const Plan grid = grid_plan(num_tokens, p, num_slots);
+      if (grid.path == RouteLayoutPath::kGrid) return grid;
+    }
     if (num_tokens > kAutoMaxFusedTokens || num_tokens * per_lane_of(p.num_experts) > kAutoMaxFusedWork) return two;
     if (num_tokens <= kAutoOneBlockMaxTokens) {
       want = RouteLayoutPath::kOneBlock;
@@ -305,6 +428,7 @@ Plan make_plan(int64_t num_tokens, const RouterParams& p, int32_t num_slots, Rou
     }
     if (want == RouteLayoutPath::kTwoKernels) return two;
   }
+  if (want == RouteLayoutPath::kGrid) return grid_plan(num_tokens, p, num_slots);
   Plan plan{want, 1, warps_for(num_tokens, p.num_experts), 0};
   if (want == RouteLayoutPath::kCluster) {
     if (!cluster_ok) return two;
@@ -337,7 +461,8 @@ void route_and_layout(const void* logits, LogitsDtype dtype, int64_t num_tokens,
                       RouteLayoutPath path, cudaStream_t stream) {
   detail::check_router_params("route_and_layout", dtype, num_tokens, p);
   MOEBAL_CHECK_ARG(path == RouteLayoutPath::kAuto || path == RouteLayoutPath::kTwoKernels ||
-                       path == RouteLayoutPath::kOneBlock || path == RouteLayoutPath::kCluster,
+                       path == RouteLayoutPath::kOneBlock || path == RouteLayoutPath::kCluster ||
+                       path == RouteLayoutPath::kGrid,
                    "route_and_layout: unknown path ", static_cast<int>(path));
   MOEBAL_CHECK_ARG(num_slots >= 1 && num_slots <= kLayoutMaxSlots, "route_and_layout: num_slots must be in [1, ",
                    kLayoutMaxSlots, "], got ", num_slots);

@@ -52,7 +52,9 @@ inline int32_t moe_route_layout_path_code(const std::string& path) {
   if (path == "two_kernels") return 1;
   if (path == "one_block") return 2;
   if (path == "cluster") return 3;
-  TORCH_CHECK_VALUE(false, "moebal: path must be 'auto', 'two_kernels', 'one_block' or 'cluster', got '", path, "'");
+  if (path == "grid") return 4;
+  TORCH_CHECK_VALUE(false, "moebal: path must be 'auto', 'two_kernels', 'one_block', 'cluster' or 'grid', got '", path,
+                    "'");
   return -1;
 }
 

@@ -31,7 +31,7 @@ TORCH_LIBRARY_FRAGMENT(moebal, m) {
       "Tensor? logcnt=None) -> (Tensor, Tensor, Tensor, Tensor)");
   // router_topk then dispatch_layout, one launch at decode sizes on CUDA (same outputs, bit for
   // bit) -> (topk_ids, topk_weights, slot_ids, offsets, row_index, sorted_token). path: "auto" |
-  // "two_kernels" | "one_block" | "cluster" (benchmarking; every path gives the same outputs).
+  // "two_kernels" | "one_block" | "cluster" | "grid" (benchmarking; every path gives the same outputs).
   m.def(
       "route_and_layout(Tensor router_logits, int top_k, int num_slots, str scoring=\"softmax\", "
       "bool renormalize=True, int num_groups=1, int topk_groups=1, Tensor? correction_bias=None, "

@@ -16,7 +16,7 @@ from . import ops as _ops
 MAX_EXPERTS = 2048
 MAX_TOP_K = 32
 MAX_SLOTS = 11 * 1024 - 1
-ROUTE_LAYOUT_PATHS = ("auto", "two_kernels", "one_block", "cluster")
+ROUTE_LAYOUT_PATHS = ("auto", "two_kernels", "one_block", "cluster", "grid")
 
 
 def _check(cond: bool, msg) -> None:
@@ -190,7 +190,7 @@ def route_and_layout(router_logits: torch.Tensor, top_k: int, num_slots: Optiona
                      path: str = "auto"):
     """router_topk then dispatch_layout (one launch at decode sizes on CUDA, identical outputs) ->
     (topk_ids, topk_weights, slot_ids, offsets, row_index, sorted_token). ``path`` forces a CUDA
-    path for benchmarking ("two_kernels", "one_block", "cluster"); every path gives the same outputs."""
+    path for benchmarking ("two_kernels", "one_block", "cluster", "grid"); every path gives the same outputs."""
     _ops.load_library()
     if num_slots is None:
         _check(log2phy is None, "moebal: route_and_layout with a placement needs num_slots")

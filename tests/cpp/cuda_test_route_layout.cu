@@ -1,9 +1,10 @@
 // route_and_layout (router + dispatch layout in one launch at decode sizes), on each of its paths
-// (auto, one block, cluster, two kernels), against the two-kernel
+// (auto, one block, cluster, grid, two kernels), against the two-kernel
 // path router_topk + dispatch_layout, which cuda_test_moe_dataplane.cu checks against host
 // references: ids, slots and layout must be equal, weights bit-identical. The layout is also
 // checked against a stable host sort of the fused ids. Four model configurations, identity /
-// replicated / broken placements, ties, NaN logits, fp32 and bf16 logits, fused and fallback sizes.
+// replicated (also 288 slots for DeepSeek-V3) / broken / all-dropping placements, ties, NaN
+// logits, fp32 and bf16 logits, fused and fallback sizes.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -70,7 +71,10 @@ const Model kOdd{"Odd60", 60, 4, mc::RouterScoring::kSigmoid, false, false, 1, 1
 const Model kTiny{"Tiny3", 3, 3, mc::RouterScoring::kSigmoid, true, true, 3, 3, 1.0f};
 const Model kDeepSeekV2{"DeepSeek_V2", 160, 6, mc::RouterScoring::kSoftmax, false, false, 8, 3, 16.0f};
 
-enum class PlacementKind { kIdentity, kReplicated, kBroken };
+// kReplicated: the first 6 experts get 2 or 3 copies; kEighth: the first E/8 get a second copy
+// (DeepSeek-V3: 288 slots); kBroken: kReplicated with a few broken entries; kAllDropped: every
+// expert has 0 copies, so every pair is dropped.
+enum class PlacementKind { kIdentity, kReplicated, kBroken, kEighth, kAllDropped };
 
 struct Case {
   Model model;
@@ -81,8 +85,11 @@ struct Case {
 
 std::string case_name(const ::testing::TestParamInfo<Case>& info) {
   const Case& c = info.param;
-  const char* pl = c.placement == PlacementKind::kIdentity ? "identity"
-                   : c.placement == PlacementKind::kReplicated ? "replicated" : "broken";
+  const char* pl = c.placement == PlacementKind::kIdentity     ? "identity"
+                   : c.placement == PlacementKind::kReplicated ? "replicated"
+                   : c.placement == PlacementKind::kBroken     ? "broken"
+                   : c.placement == PlacementKind::kEighth     ? "eighth"
+                                                               : "alldropped";
   return std::string(c.model.name) + "_T" + std::to_string(c.tokens) + "_" + pl + (c.bf16 ? "_bf16" : "_fp32");
 }
 
@@ -100,7 +107,11 @@ HostPlacement make_placement(int E, PlacementKind kind, std::mt19937& rng) {
     return P;
   }
   std::vector<int> copies(E, 1);
-  for (int e = 0; e < std::min(E, 6); ++e) copies[e] = 2 + e % 2;
+  if (kind == PlacementKind::kEighth) {
+    for (int e = 0; e < std::max(1, E / 8); ++e) copies[e] = 2;
+  } else {
+    for (int e = 0; e < std::min(E, 6); ++e) copies[e] = 2 + e % 2;
+  }
   for (int v : copies) P.slots += v, P.max_copies = std::max(P.max_copies, v);
   std::vector<int32_t> perm(P.slots);
   for (int i = 0; i < P.slots; ++i) perm[i] = i;
@@ -119,6 +130,7 @@ HostPlacement make_placement(int E, PlacementKind kind, std::mt19937& rng) {
     if (E > 2) P.logcnt[E / 2] = P.max_copies + 1;    // more copies than the table holds
     if (E > 3) P.log2phy[3 * P.max_copies] = -2;      // negative slot
   }
+  if (kind == PlacementKind::kAllDropped) P.logcnt.assign(E, 0);
   return P;
 }
 
@@ -249,12 +261,14 @@ void run_fused(const Problem& pr, Outputs& o, void* ws, size_t ws_bytes, mc::Rou
                        o.w.ptr, o.slot.ptr, o.offsets.ptr, o.row.ptr, o.token.ptr, ws, ws_bytes, path, s);
 }
 
-bool device_has_clusters() {
+bool device_has(cudaDeviceAttr attr) {
   int dev = 0, v = 0;
   MOEBAL_CHECK_CUDA(cudaGetDevice(&dev));
-  MOEBAL_CHECK_CUDA(cudaDeviceGetAttribute(&v, cudaDevAttrClusterLaunch, dev));
+  MOEBAL_CHECK_CUDA(cudaDeviceGetAttribute(&v, attr, dev));
   return v != 0;
 }
+
+bool device_has_clusters() { return device_has(cudaDevAttrClusterLaunch); }
 
 const char* path_name(mc::RouteLayoutPath p) {
   switch (p) {
@@ -262,6 +276,7 @@ const char* path_name(mc::RouteLayoutPath p) {
     case mc::RouteLayoutPath::kTwoKernels: return "two_kernels";
     case mc::RouteLayoutPath::kOneBlock: return "one_block";
     case mc::RouteLayoutPath::kCluster: return "cluster";
+    case mc::RouteLayoutPath::kGrid: return "grid";
   }
   return "?";
 }
@@ -290,12 +305,15 @@ TEST_P(RouteAndLayoutCuda, MatchesRouterThenLayout) {
   const Problem pr(c, rng);
   const int64_t N = pr.T * pr.K;
   // The size rule: fused paths up to 256 tokens and 4096 pairs (shared memory fits for all of
-  // these configurations), the two kernels beyond; kCluster needs cluster launch.
+  // these configurations), the two kernels beyond; kCluster needs cluster launch, kGrid
+  // cooperative launch.
   const bool fusable = pr.T <= mc::kRouteLayoutMaxTokens && N <= mc::kRouteLayoutMaxPairs;
   using P = mc::RouteLayoutPath;
   EXPECT_EQ(mc::route_and_layout_plan(pr.T, pr.p, pr.P.slots, P::kOneBlock), fusable ? P::kOneBlock : P::kTwoKernels);
   EXPECT_EQ(mc::route_and_layout_plan(pr.T, pr.p, pr.P.slots, P::kCluster),
             fusable && device_has_clusters() ? P::kCluster : P::kTwoKernels);
+  EXPECT_EQ(mc::route_and_layout_plan(pr.T, pr.p, pr.P.slots, P::kGrid),
+            fusable && device_has(cudaDevAttrCooperativeLaunch) ? P::kGrid : P::kTwoKernels);
   EXPECT_EQ(mc::route_and_layout_plan(pr.T, pr.p, pr.P.slots, P::kTwoKernels), P::kTwoKernels);
   if (!fusable) EXPECT_EQ(mc::route_and_layout_plan(pr.T, pr.p, pr.P.slots), P::kTwoKernels);
   cudaStream_t s;
@@ -307,7 +325,7 @@ TEST_P(RouteAndLayoutCuda, MatchesRouterThenLayout) {
   ws.poison();
   void* wsp = ws_bytes ? ws.ptr : nullptr;
 
-  for (const P path : {P::kAuto, P::kOneBlock, P::kCluster, P::kTwoKernels}) {
+  for (const P path : {P::kAuto, P::kOneBlock, P::kCluster, P::kGrid, P::kTwoKernels}) {
     SCOPED_TRACE(path_name(path));
     Outputs got(N, pr.P.slots);
     run_fused(pr, got, wsp, ws_bytes, path, s);
@@ -322,6 +340,9 @@ TEST_P(RouteAndLayoutCuda, MatchesRouterThenLayout) {
     EXPECT_EQ(got.token.host(), L.token);
     if (c.placement == PlacementKind::kBroken && pr.T >= 128) {
       EXPECT_LT(L.offsets.back(), N) << "the broken placement must drop some pairs";
+    }
+    if (c.placement == PlacementKind::kAllDropped) {
+      EXPECT_EQ(L.offsets.back(), 0) << "every pair must be dropped";
     }
 
     // No host synchronisation: the call captures into a CUDA graph and replays to the same result.
@@ -353,6 +374,14 @@ std::vector<Case> all_cases() {
     for (int64_t t : {1, 37, 100})
       cases.push_back({m, t, t == 37 ? PlacementKind::kReplicated : PlacementKind::kIdentity, t == 100});
   cases.push_back({kDeepSeekV3, 513, PlacementKind::kReplicated, false});  // 4104 pairs: fallback
+  // Size and slot boundaries of the fused paths: exactly kRouteLayoutMaxPairs pairs (128 x top-32)
+  // and one token more; 288 slots (DeepSeek-V3 with E/8 second copies) at decode sizes; every
+  // pair dropped.
+  cases.push_back({kLimits, 128, PlacementKind::kIdentity, false});
+  cases.push_back({kLimits, 129, PlacementKind::kIdentity, false});
+  for (int64_t t : {1, 32, 128, 256}) cases.push_back({kDeepSeekV3, t, PlacementKind::kEighth, t == 32});
+  cases.push_back({kDeepSeekV3, 128, PlacementKind::kAllDropped, false});
+  cases.push_back({kMixtral, 17, PlacementKind::kAllDropped, true});
   return cases;
 }
 
@@ -374,6 +403,26 @@ TEST_F(RouteAndLayoutArgs, EmptyBatchZeroesOffsets) {
   MOEBAL_CHECK_CUDA(cudaDeviceSynchronize());
   EXPECT_EQ(offsets.host(), std::vector<int32_t>(9, 0));
   EXPECT_EQ(mc::route_and_layout_plan(0, p, 8), mc::RouteLayoutPath::kTwoKernels);
+}
+
+// The auto rule (bench/results/layoutfast.md): one block up to 4 tokens; kGrid for large routing
+// work (DeepSeek-V3 from 16 tokens, 4-score-a-lane routers from 64, Mixtral from 256); a cluster
+// between.
+TEST_F(RouteAndLayoutArgs, AutoRule) {
+  using P = mc::RouteLayoutPath;
+  const bool grid = device_has(cudaDevAttrCooperativeLaunch), cluster = device_has_clusters();
+  const mc::RouterParams ds = params_of(kDeepSeekV3), qwen = params_of(kQwen3), mix = params_of(kMixtral);
+  EXPECT_EQ(mc::route_and_layout_plan(4, ds, 288), P::kOneBlock);
+  if (grid)
+    for (int64_t t : {16, 32, 128, 256}) EXPECT_EQ(mc::route_and_layout_plan(t, ds, 288), P::kGrid) << t;
+  if (cluster) EXPECT_EQ(mc::route_and_layout_plan(8, ds, 288), P::kCluster);
+  EXPECT_EQ(mc::route_and_layout_plan(128, qwen, 128), grid ? P::kGrid : cluster ? P::kCluster : P::kTwoKernels);
+  if (cluster) {
+    EXPECT_EQ(mc::route_and_layout_plan(32, qwen, 128), P::kCluster);
+    EXPECT_EQ(mc::route_and_layout_plan(128, mix, 8), P::kCluster);
+  }
+  EXPECT_EQ(mc::route_and_layout_plan(256, mix, 8), grid ? P::kGrid : P::kTwoKernels);
+  EXPECT_EQ(mc::route_and_layout_plan(513, ds, 288), P::kTwoKernels);  // 4104 pairs
 }
 
 TEST_F(RouteAndLayoutArgs, RejectsBadArguments) {

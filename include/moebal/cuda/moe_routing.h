@@ -98,6 +98,8 @@ enum class RouteLayoutPath : int32_t {
   kOneBlock = 2,    // one launch, one block: routing and layout in one SM
   kCluster = 3,     // one launch, one thread-block cluster (sm_90+): routing spread over up to
                     // kRouteLayoutMaxCluster SMs, layout in the cluster's first block
+  kGrid = 4,        // one cooperative launch: routing spread over one block per 4 tokens (at most
+                    // one per SM), a grid barrier, layout in the first block
 };
 
 inline constexpr int64_t kRouteLayoutMaxTokens = 256;   // fused paths: num_tokens <= this
@@ -108,7 +110,8 @@ inline constexpr int kRouteLayoutMaxCluster = 8;        // blocks of the cluster
 /// The path route_and_layout(..., path, ...) takes on the current device: `path` itself when it
 /// can run the problem, kAuto resolved to a concrete path, or kTwoKernels when a fused path cannot
 /// (num_tokens outside [1, kRouteLayoutMaxTokens], more than kRouteLayoutMaxPairs pairs, shared
-/// memory over kRouteLayoutMaxSmemBytes, or kCluster on a device without cluster launch).
+/// memory over kRouteLayoutMaxSmemBytes, kCluster on a device without cluster launch, or kGrid on
+/// a device without cooperative launch).
 /// Host-only; cheap (one cached device-attribute query).
 RouteLayoutPath route_and_layout_plan(int64_t num_tokens, const RouterParams& params, int32_t num_slots,
                                       RouteLayoutPath path = RouteLayoutPath::kAuto);
@@ -116,8 +119,9 @@ RouteLayoutPath route_and_layout_plan(int64_t num_tokens, const RouterParams& pa
 /// router_topk followed by dispatch_layout, for every size, with the outputs of both: the same
 /// ids, bit-identical weights and the same layout as the two calls (the fused kernel inlines the
 /// router's per-token routine and reproduces the layout's stable order). At decode sizes it is
-/// one launch: warps route tokens (one block, or a cluster of blocks whose first block gathers the
-/// slots after a cluster barrier), then one block sorts the (token, k) pairs by slot (stable
+/// one launch: warps route tokens (one block, a cluster of blocks whose first block gathers the
+/// slots after a cluster barrier, or a cooperative grid whose first block gathers them after a
+/// grid barrier), then one block sorts the (token, k) pairs by slot (stable
 /// counting sort in shared memory). `path` (kAuto unless benchmarking) picks the path as
 /// route_and_layout_plan resolves it; a forced path that cannot run the problem falls back to
 /// kTwoKernels.
