@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <climits>
 
+#include "moe_layout_device.cuh"
 #include "moebal/cuda/check.h"
 #include "moebal/cuda/moe_routing.h"
 
@@ -41,44 +42,11 @@ struct LayoutArgs {
 };
 
 __device__ __forceinline__ int bin_of(const LayoutArgs& a, int64_t pair) {
-  const int32_t e = __ldg(a.topk_ids + pair);
-  if (e < 0 || e >= a.num_experts) return a.num_slots;
-  int32_t slot = e;
-  if (a.placement.log2phy != nullptr) {
-    const int32_t cnt = __ldg(a.placement.logcnt + e);
-    if (cnt <= 0 || cnt > a.placement.max_copies) return a.num_slots;
-    const int64_t token = pair / a.top_k;
-    slot = __ldg(a.placement.log2phy + static_cast<int64_t>(e) * a.placement.max_copies + token % cnt);
-  }
-  return (slot < 0 || slot >= a.num_slots) ? a.num_slots : slot;
+  return detail::replica_bin(a.placement, a.num_experts, a.num_slots, __ldg(a.topk_ids + pair),
+                             [&] { return pair / a.top_k; });
 }
 
-// Exclusive scan of one int per thread over the block; returns the prefix, sets *total.
-__device__ int block_exclusive_scan(int v, int* scratch, int* total) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  int incl = v;
-#pragma unroll
-  for (int off = 1; off < 32; off <<= 1) {
-    const int o = __shfl_up_sync(kFull, incl, off);
-    if (lane >= off) incl += o;
-  }
-  if (lane == 31) scratch[warp] = incl;
-  __syncthreads();
-  if (warp == 0) {
-    int w = lane < warps ? scratch[lane] : 0;
-#pragma unroll
-    for (int off = 1; off < 32; off <<= 1) {
-      const int o = __shfl_up_sync(kFull, w, off);
-      if (lane >= off) w += o;
-    }
-    if (lane < warps) scratch[lane] = w;  // inclusive warp totals
-  }
-  __syncthreads();
-  const int before = warp > 0 ? scratch[warp - 1] : 0;
-  *total = scratch[warps - 1];
-  __syncthreads();  // scratch is reused by the next call
-  return before + incl - v;
-}
+using detail::block_exclusive_scan;
 
 // kCache > 0: every warp's piece is at most 32 * kCache pairs; their bins are computed once, with
 // all loads issued up front, and kept in registers for both passes.

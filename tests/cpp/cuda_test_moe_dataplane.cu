@@ -14,6 +14,7 @@
 
 #include <cuda_bf16.h>
 
+#include "cuda_test_util.h"
 #include "moebal/cuda/check.h"
 #include "moebal/cuda/histogram.h"
 #include "moebal/cuda/moe_layer.h"
@@ -28,32 +29,7 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // ---------------------------------------------------------------------------------------------
 // Small RAII helpers
 // ---------------------------------------------------------------------------------------------
-template <class T>
-struct DeviceBuffer {
-  T* ptr = nullptr;
-  size_t n = 0;
-  explicit DeviceBuffer(size_t count) : n(count) {
-    MOEBAL_CHECK_CUDA(cudaMalloc(&ptr, sizeof(T) * std::max<size_t>(count, 1)));
-  }
-  DeviceBuffer(const std::vector<T>& host) : DeviceBuffer(host.size()) {
-    MOEBAL_CHECK_CUDA(cudaMemcpy(ptr, host.data(), sizeof(T) * n, cudaMemcpyHostToDevice));
-    MOEBAL_CHECK_CUDA(cudaDeviceSynchronize());  // see poison()
-  }
-  ~DeviceBuffer() { cudaFree(ptr); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  // Synchronous: cudaMemset runs on the legacy default stream, which does not order against the
-  // non-blocking streams the kernels under test run on; an unfinished poison could land after them.
-  void poison() {
-    MOEBAL_CHECK_CUDA(cudaMemset(ptr, 0x7b, sizeof(T) * std::max<size_t>(n, 1)));
-    MOEBAL_CHECK_CUDA(cudaDeviceSynchronize());
-  }
-  std::vector<T> host() const {
-    std::vector<T> h(n);
-    MOEBAL_CHECK_CUDA(cudaMemcpy(h.data(), ptr, sizeof(T) * n, cudaMemcpyDeviceToHost));
-    return h;
-  }
-};
+using moebal_test::DeviceBuffer;
 
 class CudaSuite : public ::testing::Test {
  protected:

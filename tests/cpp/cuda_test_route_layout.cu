@@ -17,6 +17,7 @@
 
 #include <cuda_bf16.h>
 
+#include "cuda_test_util.h"
 #include "moebal/cuda/check.h"
 #include "moebal/cuda/histogram.h"
 #include "moebal/cuda/moe_routing.h"
@@ -25,32 +26,7 @@ namespace {
 
 namespace mc = moebal::cuda;
 
-template <class T>
-struct DeviceBuffer {
-  T* ptr = nullptr;
-  size_t n = 0;
-  explicit DeviceBuffer(size_t count) : n(count) {
-    MOEBAL_CHECK_CUDA(cudaMalloc(&ptr, sizeof(T) * std::max<size_t>(count, 1)));
-  }
-  explicit DeviceBuffer(const std::vector<T>& host) : DeviceBuffer(host.size()) {
-    if (n) MOEBAL_CHECK_CUDA(cudaMemcpy(ptr, host.data(), sizeof(T) * n, cudaMemcpyHostToDevice));
-    MOEBAL_CHECK_CUDA(cudaDeviceSynchronize());  // see poison()
-  }
-  ~DeviceBuffer() { cudaFree(ptr); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  // Synchronous: cudaMemset runs on the legacy default stream, which does not order against the
-  // non-blocking streams the kernels under test run on; an unfinished poison could land after them.
-  void poison() {
-    MOEBAL_CHECK_CUDA(cudaMemset(ptr, 0x7b, sizeof(T) * std::max<size_t>(n, 1)));
-    MOEBAL_CHECK_CUDA(cudaDeviceSynchronize());
-  }
-  std::vector<T> host() const {
-    std::vector<T> h(n);
-    if (n) MOEBAL_CHECK_CUDA(cudaMemcpy(h.data(), ptr, sizeof(T) * n, cudaMemcpyDeviceToHost));
-    return h;
-  }
-};
+using moebal_test::DeviceBuffer;
 
 struct Model {
   const char* name;
