@@ -64,7 +64,7 @@ namespace {
 struct Layout {
   uint64_t *native, *extra, *node_mask, *src_mask, *mv_src, *cand_nat, *cand_held, *cand_pass;
   int32_t *m, *loc;  // [R, E]; only entries (r, e) with r holding e are ever written or read
-  int32_t* colsum;
+  int32_t *colsum, *nsum, *npar, *gpar;  // nsum, npar: [nodes, E], gpar: [E], only with multi-copy placements
   int64_t *T, *T0, *a, *b, *win, *in, *out, *tok, *tok0, *ordT, *cand_ub, *cand_pool, *row;
   int32_t *slots, *node, *rep_e, *rep_src, *mv_e, *mv_from, *mv_to, *mv_amt, *rank_exp, *rank_nexp, *order, *pos,
       *cand_e, *cand_drain, *mlist, *dexp, *dmv_start, *dmv;
@@ -92,6 +92,11 @@ Layout make_layout(const ProbeConfig& c, uint8_t* base) {
   l.m = carve<int32_t>(base, off, R * E);
   l.loc = carve<int32_t>(base, off, R * E);
   l.colsum = carve<int32_t>(base, off, E);
+  const size_t nodes = R / static_cast<size_t>(c.nodes_ranks());
+  const size_t multi = c.num_slots > c.num_experts ? nodes * E : 0;  // some expert may have two copies
+  l.nsum = carve<int32_t>(base, off, multi);
+  l.npar = carve<int32_t>(base, off, multi);
+  l.gpar = carve<int32_t>(base, off, multi ? E : 0);
   for (int64_t** p : {&l.T, &l.T0, &l.a, &l.b, &l.win, &l.in, &l.out, &l.tok, &l.tok0, &l.ordT, &l.row})
     *p = carve<int64_t>(base, off, R);
   l.cand_ub = carve<int64_t>(base, off, nc);
@@ -156,6 +161,96 @@ uint32_t column_sums(const int32_t* counts, int R, int E, int32_t* colsum) {
     }
   }
   return bits;
+}
+
+// column_sums by node, for placements with multi-copy experts: nsum[j][e] = sum of counts[s][e]
+// over the sources s of node j and npar[j][e] = sum of +-(counts[s][e] & 1) over them (+ for even s,
+// - for odd s), both in wrapping 32-bit lanes; colsum[e] and gpar[e] are their sums over nodes. The
+// split of a multi-copy expert then needs O(1) per node that holds it, and O(1) for all other nodes
+// together, instead of a pass over all sources.
+// Returns the OR of all counts (see column_sums).
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("O3")))
+#endif
+uint32_t column_sums_nodes(const int32_t* counts, int R, int E, int rpn, int32_t* colsum, int32_t* nsum,
+                           int32_t* npar, int32_t* gpar) {
+  uint32_t bits = 0;
+  const uint32_t* u = reinterpret_cast<const uint32_t*>(counts);
+  uint32_t* cs = reinterpret_cast<uint32_t*>(colsum);
+  uint32_t* gp = reinterpret_cast<uint32_t*>(gpar);
+  for (int j = 0; j < R / rpn; ++j) {
+    uint32_t* ns = reinterpret_cast<uint32_t*>(nsum) + static_cast<size_t>(j) * E;
+    uint32_t* np = reinterpret_cast<uint32_t*>(npar) + static_cast<size_t>(j) * E;
+    const int s0 = j * rpn, s1 = s0 + rpn;
+    {
+      const uint32_t* row = u + static_cast<size_t>(s0) * E;
+      const uint32_t neg = (s0 & 1) ? ~0u : 0u;  // x -> (x ^ neg) - neg negates x for odd rows
+      for (int e = 0; e < E; ++e) {
+        const uint32_t a = row[e];
+        bits |= a;
+        ns[e] = a;
+        np[e] = ((a & 1) ^ neg) - neg;
+      }
+    }
+    int s = s0 + 1;
+    for (; s + 4 <= s1; s += 4) {
+      const uint32_t* r0 = u + static_cast<size_t>(s) * E;
+      const uint32_t *r1 = r0 + E, *r2 = r1 + E, *r3 = r2 + E;
+      const uint32_t neg = (s & 1) ? ~0u : 0u;
+      for (int e = 0; e < E; ++e) {
+        const uint32_t a0 = r0[e], a1 = r1[e], a2 = r2[e], a3 = r3[e];
+        bits |= (a0 | a1) | (a2 | a3);
+        ns[e] += (a0 + a1) + (a2 + a3);
+        const uint32_t p = ((a0 & 1) - (a1 & 1)) + ((a2 & 1) - (a3 & 1));
+        np[e] += (p ^ neg) - neg;
+      }
+    }
+    for (; s < s1; ++s) {
+      const uint32_t* row = u + static_cast<size_t>(s) * E;
+      const uint32_t neg = (s & 1) ? ~0u : 0u;
+      for (int e = 0; e < E; ++e) {
+        const uint32_t a = row[e];
+        bits |= a;
+        ns[e] += a;
+        np[e] += ((a & 1) ^ neg) - neg;
+      }
+    }
+    if (j == 0) {
+      for (int e = 0; e < E; ++e) {
+        cs[e] = ns[e];
+        gp[e] = np[e];
+      }
+    } else {
+      for (int e = 0; e < E; ++e) {
+        cs[e] += ns[e];
+        gp[e] += np[e];
+      }
+    }
+  }
+  return bits;
+}
+
+// pd::init_split of expert e for the sources [s0, s1) of one node, whose receiving tier (holders
+// of e on the node, or all holders h) has three or more ranks: added to m, source by source.
+void split_sources(const int32_t* counts, int E, int e, uint64_t h, uint64_t tier, int s0, int s1, int32_t* m,
+                   int32_t* loc) {
+  const unsigned k = static_cast<unsigned>(pd::popcount64(tier));
+  for (int s = s0; s < s1; ++s) {
+    const int32_t n = counts[static_cast<size_t>(s) * E + e];
+    if ((h >> s) & 1) {  // a holder keeps its tokens
+      m[static_cast<size_t>(s) * E + e] += n;
+      loc[static_cast<size_t>(s) * E + e] += n;
+      continue;
+    }
+    const uint32_t un = static_cast<uint32_t>(n), base = un / k, rem = un % k, rot = static_cast<unsigned>(s) % k;
+    uint64_t tt = tier;
+    for (unsigned i = 0; tt; ++i) {
+      const int r = pd::ctz64(tt);
+      tt &= tt - 1;
+      const unsigned idx = i >= rot ? i - rot : i + k - rot;  // (i - src) mod k
+      m[static_cast<size_t>(r) * E + e] += static_cast<int32_t>(base + (idx < rem ? 1 : 0));
+    }
+  }
 }
 
 // Ranks by (T ascending, rank ascending) into order, with their keys in ordT and positions in pos;
@@ -224,11 +319,17 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     }
     w.rank_nexp[r] = n;
   }
-  for (int e = 0; e < E; ++e)
-    MOEBAL_CHECK_ARG(w.native[e] != 0, "probe: expert ", e, " has no slot in phy2log of layer ", layer);
+  uint64_t multi = 0;  // non-zero when some expert has several static holders
+  for (int e = 0; e < E; ++e) {
+    const uint64_t h = w.native[e];
+    MOEBAL_CHECK_ARG(h != 0, "probe: expert ", e, " has no slot in phy2log of layer ", layer);
+    multi |= h & (h - 1);
+  }
 
-  // Counts: validate and take column sums (vectorised), then the locality-first split.
-  const uint32_t bits = column_sums(counts, R, E, w.colsum);
+  // Counts: validate and take column sums (vectorised; per node with multi-copy experts), then the
+  // locality-first split.
+  const uint32_t bits = multi ? column_sums_nodes(counts, R, E, rpn, w.colsum, w.nsum, w.npar, w.gpar)
+                              : column_sums(counts, R, E, w.colsum);
   int64_t total = 0;
   if (bits >> 24) {
     // A negative count, or one of 2^24 or more: check, and take the total in 64 bits. If it fits in
@@ -259,40 +360,54 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
       w.m[i] = w.loc[i] = 0;
     }
     // pd::init_split, node by node: a source that does not hold e sends to the holders on its node,
-    // or to all holders when none is there (the tier, the same for the whole node). Sums are
-    // accumulated per node (integer additions commute, so the result is the same as source by source).
-    for (int j = 0; j < R / rpn; ++j) {
-      const int s0 = j * rpn, s1 = s0 + rpn;
-      const uint64_t t = h & w.node_mask[s0];
-      uint64_t tier = t ? t : h;
-      const uint64_t rest = tier & (tier - 1);  // tier without its lowest rank
-      const unsigned k = rest == 0 ? 1u : (rest & (rest - 1)) == 0 ? 2u : static_cast<unsigned>(pd::popcount64(tier));
-      const int r0 = pd::ctz64(tier), r1 = k >= 2 ? pd::ctz64(rest) : r0;
-      int32_t sum0 = 0, sum1 = 0;
-      for (int s = s0; s < s1; ++s) {
-        const int32_t n = counts[static_cast<size_t>(s) * E + e];
-        if ((h >> s) & 1) {
+    // or to all holders when none is there (the tier, the same for the whole node). Integer sums
+    // commute, so tokens are added per tier rather than source by source: from the node sums of
+    // column_sums_nodes less the holders' own tokens (they keep them), N tokens go to a tier;
+    // with two ranks in it the lower one gets (n + (n & 1)) / 2 of an even source and
+    // (n - (n & 1)) / 2 of an odd one, (N + D) / 2 in total with D the signed parity sum. Exact:
+    // N <= the layer total < 2^31 and |D| <= R. The nodes without a holder share one tier (all
+    // holders), so they are taken together: the column sums less the holders' nodes.
+    int64_t N_rest = static_cast<uint32_t>(w.colsum[e]), D_rest = w.gpar[e];
+    uint64_t rest_nodes = R == 64 ? ~uint64_t(0) : (uint64_t(1) << R) - 1;  // sources on nodes without a holder
+    for (uint64_t x = h; x; x &= ~w.node_mask[pd::ctz64(x)]) {
+      const int hr = pd::ctz64(x), j = w.node[hr];
+      const uint64_t tier = h & w.node_mask[hr];
+      rest_nodes &= ~w.node_mask[hr];
+      const size_t ji = static_cast<size_t>(j) * E + e;
+      const int64_t Nj = static_cast<uint32_t>(w.nsum[ji]), Dj = w.npar[ji];
+      N_rest -= Nj;
+      D_rest -= Dj;
+      const uint64_t second = tier & (tier - 1);
+      if ((second & (second - 1)) == 0) {  // one or two holders on the node
+        int64_t N = Nj, D = Dj;
+        for (uint64_t y = tier; y; y &= y - 1) {
+          const int s = pd::ctz64(y);
+          const int32_t n = counts[static_cast<size_t>(s) * E + e];
           w.m[static_cast<size_t>(s) * E + e] += n;
           w.loc[static_cast<size_t>(s) * E + e] += n;
-        } else if (k == 1) {
-          sum0 += n;
-        } else if (k == 2) {  // two copies, the common case: no division; the odd token goes to index s mod 2
-          const int32_t odd = n & 1;
-          sum0 += (n >> 1) + (odd & ~s & 1);
-          sum1 += (n >> 1) + (odd & s);
-        } else {
-          const uint32_t un = static_cast<uint32_t>(n), base = un / k, rem = un % k, rot = static_cast<unsigned>(s) % k;
-          uint64_t tt = tier;
-          for (unsigned i = 0; tt; ++i) {
-            const int r = pd::ctz64(tt);
-            tt &= tt - 1;
-            const unsigned idx = i >= rot ? i - rot : i + k - rot;  // (i - src) mod k
-            w.m[static_cast<size_t>(r) * E + e] += static_cast<int32_t>(base + (idx < rem ? 1 : 0));
-          }
+          N -= n;
+          D -= (s & 1) ? -(n & 1) : (n & 1);
         }
+        if (second == 0) {
+          w.m[static_cast<size_t>(hr) * E + e] += static_cast<int32_t>(N);
+        } else {
+          const int64_t sum0 = (N + D) / 2;
+          w.m[static_cast<size_t>(hr) * E + e] += static_cast<int32_t>(sum0);
+          w.m[static_cast<size_t>(pd::ctz64(second)) * E + e] += static_cast<int32_t>(N - sum0);
+        }
+      } else {
+        split_sources(counts, E, e, h, tier, j * rpn, (j + 1) * rpn, w.m, w.loc);
       }
-      w.m[static_cast<size_t>(r0) * E + e] += sum0;
-      if (k == 2) w.m[static_cast<size_t>(r1) * E + e] += sum1;
+    }
+    if (rest_nodes == 0) continue;  // every node has a holder
+    const uint64_t second = h & (h - 1);
+    if ((second & (second - 1)) == 0) {  // two holders (there are at least two)
+      const int64_t sum0 = (N_rest + D_rest) / 2;
+      w.m[static_cast<size_t>(pd::ctz64(h)) * E + e] += static_cast<int32_t>(sum0);
+      w.m[static_cast<size_t>(pd::ctz64(second)) * E + e] += static_cast<int32_t>(N_rest - sum0);
+    } else {
+      for (int j = 0; j < R / rpn; ++j)
+        if ((rest_nodes >> (j * rpn)) & 1) split_sources(counts, E, e, h, h, j * rpn, (j + 1) * rpn, w.m, w.loc);
     }
   }
 
@@ -490,8 +605,36 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     std::memset(amt, 0, sizeof(int32_t) * R);
     int64_t rem = bx;
     uint64_t taken = 0;  // sources with amt > 0
+    // pd::init_quota(n, native[e], s, bn) depends on s only through n, whether s holds e, s mod k
+    // and the receiving tier of s's node; the tier's size k and bn's index in it are computed once
+    // per node (sources are visited node by node), and k = 1, 2 need no division.
+    const uint64_t he = w.native[e];
+    int tier_node = -1;
+    unsigned tier_k = 0, tier_pos = 0;
+    bool tier_has_bn = false;
     auto take = [&](int s) {
-      int64_t q = pd::init_quota(counts[static_cast<size_t>(s) * E + e], w.native[e], s, bn, rpn);
+      const uint32_t un = static_cast<uint32_t>(counts[static_cast<size_t>(s) * E + e]);
+      int64_t q = 0;  // a source holding e keeps its tokens (s != bn)
+      if (!((he >> s) & 1)) {
+        if (w.node[s] != tier_node) {
+          tier_node = w.node[s];
+          const uint64_t t = he & w.node_mask[s], tier = t ? t : he;
+          tier_has_bn = (tier >> bn) & 1;
+          tier_k = static_cast<unsigned>(pd::popcount64(tier));
+          tier_pos = static_cast<unsigned>(pd::popcount64(tier & ((uint64_t(1) << bn) - 1)));
+        }
+        if (!tier_has_bn) {
+          q = 0;
+        } else if (tier_k == 1) {
+          q = un;
+        } else if (tier_k == 2) {  // index (pos - s) mod 2 == 0 gets the odd token
+          q = (un >> 1) + (un & 1 & ~(tier_pos ^ static_cast<unsigned>(s)));
+        } else {
+          const unsigned rot = static_cast<unsigned>(s) % tier_k;
+          const unsigned idx = tier_pos >= rot ? tier_pos - rot : tier_pos + tier_k - rot;
+          q = un / tier_k + (idx < un % tier_k ? 1 : 0);
+        }
+      }
       for (int i = 0; i < nl; ++i) {
         const int j = w.mlist[i];
         const int64_t a = w.mv_amt[static_cast<size_t>(j) * R + s];
@@ -646,14 +789,35 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
       }
       uint64_t dsts = w.native[e];  // every rank a row of e can send to: the holders and the helpers
       for (int j = j0; j < j1; ++j) dsts |= uint64_t(1) << w.mv_to[w.dmv[j]];
+      int tier_node = -1;  // the default split's tier for the current source's node (pd::init_split)
+      uint64_t tier = 0;
+      int tier_k = 0, r0 = 0, r1 = 0;
       for (uint64_t sm = w.src_mask[i]; sm; sm &= sm - 1) {
         const int s = pd::ctz64(sm);
         for (uint64_t x = dsts; x; x &= x - 1) w.row[pd::ctz64(x)] = 0;
         const int32_t cnt = counts[static_cast<size_t>(s) * E + e];
         if ((h & (h - 1)) == 0) {
           w.row[pd::ctz64(h)] = cnt;  // one static copy: the default row sends everything there
+        } else if ((h >> s) & 1) {
+          w.row[s] = cnt;  // a holder keeps its tokens
         } else {
-          pd::init_split(cnt, h, s, w.node_mask[s], [&](int r, int64_t q) { w.row[r] = q; });
+          if (w.node[s] != tier_node) {
+            tier_node = w.node[s];
+            const uint64_t t = h & w.node_mask[s];
+            tier = t ? t : h;
+            tier_k = pd::popcount64(tier);
+            r0 = pd::ctz64(tier);
+            r1 = tier_k >= 2 ? pd::ctz64(tier & (tier - 1)) : r0;
+          }
+          const uint32_t un = static_cast<uint32_t>(cnt), us = static_cast<uint32_t>(s);
+          if (tier_k == 1) {
+            w.row[r0] = cnt;
+          } else if (tier_k == 2) {  // the odd token goes to index s mod 2
+            w.row[r0] = (un >> 1) + (un & 1 & ~us);
+            w.row[r1] = (un >> 1) + (un & 1 & us);
+          } else {
+            pd::init_split(cnt, h, s, w.node_mask[s], [&](int r, int64_t q) { w.row[r] = q; });
+          }
         }
         for (int j = j0; j < j1; ++j) {
           const int k = w.dmv[j];
