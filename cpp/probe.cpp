@@ -163,12 +163,40 @@ uint32_t column_sums(const int32_t* counts, int R, int E, int32_t* colsum) {
   return bits;
 }
 
+// Adds (INIT: stores) NR consecutive rows of counts, starting at source s, into ns, and their signed
+// parities into np (+ for even sources, - for odd ones); one pass over ns and np for up to 4 rows.
+template <int NR, bool INIT>
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("O3")))
+#endif
+inline uint32_t node_rows(const uint32_t* row, int E, int s, uint32_t* ns, uint32_t* np) {
+  const uint32_t neg = (s & 1) ? ~0u : 0u;  // x -> (x ^ neg) - neg negates x for an odd first row
+  const uint32_t* r1 = row + (NR > 1 ? E : 0);
+  const uint32_t* r2 = row + (NR > 2 ? 2 * E : 0);
+  const uint32_t* r3 = row + (NR > 3 ? 3 * E : 0);
+  uint32_t bits = 0;
+  for (int e = 0; e < E; ++e) {  // loaded once, before the stores (which may alias them)
+    const uint32_t a0 = row[e], a1 = NR > 1 ? r1[e] : 0, a2 = NR > 2 ? r2[e] : 0, a3 = NR > 3 ? r3[e] : 0;
+    bits |= (a0 | a1) | (a2 | a3);
+    const uint32_t sum = (a0 + a1) + (a2 + a3);
+    const uint32_t p = ((a0 & 1) - (a1 & 1)) + ((a2 & 1) - (a3 & 1));
+    const uint32_t sp = (p ^ neg) - neg;
+    if (INIT) {
+      ns[e] = sum;
+      np[e] = sp;
+    } else {
+      ns[e] += sum;
+      np[e] += sp;
+    }
+  }
+  return bits;
+}
+
 // column_sums by node, for placements with multi-copy experts: nsum[j][e] = sum of counts[s][e]
 // over the sources s of node j and npar[j][e] = sum of +-(counts[s][e] & 1) over them (+ for even s,
 // - for odd s), both in wrapping 32-bit lanes; colsum[e] and gpar[e] are their sums over nodes. The
 // split of a multi-copy expert then needs O(1) per node that holds it, and O(1) for all other nodes
-// together, instead of a pass over all sources.
-// Returns the OR of all counts (see column_sums).
+// together, instead of a pass over all sources. Returns the OR of all counts (see column_sums).
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("O3")))
 #endif
@@ -182,38 +210,21 @@ uint32_t column_sums_nodes(const int32_t* counts, int R, int E, int rpn, int32_t
     uint32_t* ns = reinterpret_cast<uint32_t*>(nsum) + static_cast<size_t>(j) * E;
     uint32_t* np = reinterpret_cast<uint32_t*>(npar) + static_cast<size_t>(j) * E;
     const int s0 = j * rpn, s1 = s0 + rpn;
-    {
-      const uint32_t* row = u + static_cast<size_t>(s0) * E;
-      const uint32_t neg = (s0 & 1) ? ~0u : 0u;  // x -> (x ^ neg) - neg negates x for odd rows
-      for (int e = 0; e < E; ++e) {
-        const uint32_t a = row[e];
-        bits |= a;
-        ns[e] = a;
-        np[e] = ((a & 1) ^ neg) - neg;
-      }
+    const uint32_t* row = u + static_cast<size_t>(s0) * E;
+    int s = s0;
+    switch (rpn < 4 ? rpn : 4) {  // the first (up to) four rows store
+      case 1: bits |= node_rows<1, true>(row, E, s, ns, np); break;
+      case 2: bits |= node_rows<2, true>(row, E, s, ns, np); break;
+      case 3: bits |= node_rows<3, true>(row, E, s, ns, np); break;
+      default: bits |= node_rows<4, true>(row, E, s, ns, np); break;
     }
-    int s = s0 + 1;
-    for (; s + 4 <= s1; s += 4) {
-      const uint32_t* r0 = u + static_cast<size_t>(s) * E;
-      const uint32_t *r1 = r0 + E, *r2 = r1 + E, *r3 = r2 + E;
-      const uint32_t neg = (s & 1) ? ~0u : 0u;
-      for (int e = 0; e < E; ++e) {
-        const uint32_t a0 = r0[e], a1 = r1[e], a2 = r2[e], a3 = r3[e];
-        bits |= (a0 | a1) | (a2 | a3);
-        ns[e] += (a0 + a1) + (a2 + a3);
-        const uint32_t p = ((a0 & 1) - (a1 & 1)) + ((a2 & 1) - (a3 & 1));
-        np[e] += (p ^ neg) - neg;
-      }
-    }
-    for (; s < s1; ++s) {
-      const uint32_t* row = u + static_cast<size_t>(s) * E;
-      const uint32_t neg = (s & 1) ? ~0u : 0u;
-      for (int e = 0; e < E; ++e) {
-        const uint32_t a = row[e];
-        bits |= a;
-        ns[e] += a;
-        np[e] += ((a & 1) ^ neg) - neg;
-      }
+    s += rpn < 4 ? rpn : 4;
+    for (; s + 4 <= s1; s += 4) bits |= node_rows<4, false>(u + static_cast<size_t>(s) * E, E, s, ns, np);
+    switch (s1 - s) {
+      case 1: bits |= node_rows<1, false>(u + static_cast<size_t>(s) * E, E, s, ns, np); break;
+      case 2: bits |= node_rows<2, false>(u + static_cast<size_t>(s) * E, E, s, ns, np); break;
+      case 3: bits |= node_rows<3, false>(u + static_cast<size_t>(s) * E, E, s, ns, np); break;
+      default: break;
     }
     if (j == 0) {
       for (int e = 0; e < E; ++e) {
