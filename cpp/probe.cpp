@@ -64,8 +64,9 @@ namespace {
 struct Layout {
   uint64_t *native, *extra, *node_mask, *src_mask, *mv_src, *cand_nat, *cand_held, *cand_pass;
   int32_t *m, *loc;  // [R, E]; only entries (r, e) with r holding e are ever written or read
+  uint32_t* qcol;  // [R, R]: quota columns of one expert's touched rows, by destination (sparse output)
   int32_t *colsum, *nsum, *npar, *gpar;  // nsum, npar: [nodes, E], gpar: [E], only with multi-copy placements
-  int64_t *T, *T0, *a, *b, *win, *in, *out, *tok, *tok0, *ordT, *cand_ub, *cand_pool, *row;
+  int64_t *T, *T0, *a, *b, *win, *in, *out, *tok, *tok0, *ordT, *cand_ub, *cand_pool;
   int32_t *slots, *node, *rep_e, *rep_src, *mv_e, *mv_from, *mv_to, *mv_amt, *rank_exp, *rank_nexp, *order, *pos,
       *cand_e, *cand_drain, *mlist, *dexp, *dmv_start, *dmv;
   size_t bytes;
@@ -92,12 +93,13 @@ Layout make_layout(const ProbeConfig& c, uint8_t* base) {
   l.m = carve<int32_t>(base, off, R * E);
   l.loc = carve<int32_t>(base, off, R * E);
   l.colsum = carve<int32_t>(base, off, E);
+  l.qcol = carve<uint32_t>(base, off, R * R);
   const size_t nodes = R / static_cast<size_t>(c.nodes_ranks());
   const size_t multi = c.num_slots > c.num_experts ? nodes * E : 0;  // some expert may have two copies
   l.nsum = carve<int32_t>(base, off, multi);
   l.npar = carve<int32_t>(base, off, multi);
   l.gpar = carve<int32_t>(base, off, multi ? E : 0);
-  for (int64_t** p : {&l.T, &l.T0, &l.a, &l.b, &l.win, &l.in, &l.out, &l.tok, &l.tok0, &l.ordT, &l.row})
+  for (int64_t** p : {&l.T, &l.T0, &l.a, &l.b, &l.win, &l.in, &l.out, &l.tok, &l.tok0, &l.ordT})
     *p = carve<int64_t>(base, off, R);
   l.cand_ub = carve<int64_t>(base, off, nc);
   l.cand_nat = carve<uint64_t>(base, off, nc);
@@ -609,9 +611,9 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     // A source's share on bn is its default split plus the earlier moves of e; it is computed only
     // for the sources reached before the bx tokens are used up.
     const int e = be_, d = bd;
-    int nl = 0;
+    int nl = 0;  // earlier moves of e to or from bn (2 j + 1: to bn, 2 j: from bn); others leave bn's share
     for (int j = 0; j < nm; ++j)
-      if (w.mv_e[j] == e) w.mlist[nl++] = j;
+      if (w.mv_e[j] == e && (w.mv_to[j] == bn || w.mv_from[j] == bn)) w.mlist[nl++] = 2 * j + (w.mv_to[j] == bn);
     int32_t* amt = w.mv_amt + static_cast<size_t>(nm) * R;
     std::memset(amt, 0, sizeof(int32_t) * R);
     int64_t rem = bx;
@@ -648,9 +650,8 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
       }
       for (int i = 0; i < nl; ++i) {
         const int j = w.mlist[i];
-        const int64_t a = w.mv_amt[static_cast<size_t>(j) * R + s];
-        if (w.mv_to[j] == bn) q += a;
-        if (w.mv_from[j] == bn) q -= a;
+        const int64_t a = w.mv_amt[static_cast<size_t>(j >> 1) * R + s];
+        q += (j & 1) ? a : -a;
       }
       const int64_t t = q < rem ? q : rem;
       amt[s] = static_cast<int32_t>(t);
@@ -659,7 +660,8 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     };
     const int n0 = w.node[d] * rpn, n1 = n0 + rpn;
     if (nl == 0 && w.native[e] == (uint64_t(1) << bn)) {
-      // e's first move, from its only static holder: every other source's share is its count.
+      // e's only static holder is bn and no earlier move took e to or from bn: every other source's
+      // share on bn is its count.
       const int32_t* col = counts + e;
       auto take_all = [&](int s) {
         const int32_t q = col[static_cast<size_t>(s) * E];
@@ -798,19 +800,38 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
         }
         continue;
       }
-      uint64_t dsts = w.native[e];  // every rank a row of e can send to: the holders and the helpers
+      // Every rank a row of e can send to (the holders and the helpers), in ascending order, and a
+      // column of row values per destination over all sources: the moves are applied to whole
+      // columns (vectorised; a source a move did not touch gets 0), in wrapping 32-bit arithmetic
+      // whose final values, the quotas, are exact. Then each touched row adds its default split.
+      uint64_t dsts = w.native[e];
       for (int j = j0; j < j1; ++j) dsts |= uint64_t(1) << w.mv_to[w.dmv[j]];
+      int dl[kProbeMaxRanks], didx[kProbeMaxRanks], ndl = 0;
+      for (uint64_t x = dsts; x; x &= x - 1) {
+        dl[ndl] = pd::ctz64(x);
+        didx[dl[ndl]] = ndl;
+        ++ndl;
+      }
+      uint32_t* col = w.qcol;
+      std::memset(col, 0, sizeof(uint32_t) * ndl * R);
+      for (int j = j0; j < j1; ++j) {
+        const int k = w.dmv[j];
+        const uint32_t* a = reinterpret_cast<const uint32_t*>(w.mv_amt) + static_cast<size_t>(k) * R;
+        uint32_t* cf = col + static_cast<size_t>(didx[w.mv_from[k]]) * R;
+        for (int s = 0; s < R; ++s) cf[s] -= a[s];
+        uint32_t* ct = col + static_cast<size_t>(didx[w.mv_to[k]]) * R;
+        for (int s = 0; s < R; ++s) ct[s] += a[s];
+      }
       int tier_node = -1;  // the default split's tier for the current source's node (pd::init_split)
       uint64_t tier = 0;
       int tier_k = 0, r0 = 0, r1 = 0;
       for (uint64_t sm = w.src_mask[i]; sm; sm &= sm - 1) {
         const int s = pd::ctz64(sm);
-        for (uint64_t x = dsts; x; x &= x - 1) w.row[pd::ctz64(x)] = 0;
-        const int32_t cnt = counts[static_cast<size_t>(s) * E + e];
+        const uint32_t cnt = static_cast<uint32_t>(counts[static_cast<size_t>(s) * E + e]);
         if ((h & (h - 1)) == 0) {
-          w.row[pd::ctz64(h)] = cnt;  // one static copy: the default row sends everything there
+          col[static_cast<size_t>(didx[pd::ctz64(h)]) * R + s] += cnt;  // one static copy: all to it
         } else if ((h >> s) & 1) {
-          w.row[s] = cnt;  // a holder keeps its tokens
+          col[static_cast<size_t>(didx[s]) * R + s] += cnt;  // a holder keeps its tokens
         } else {
           if (w.node[s] != tier_node) {
             tier_node = w.node[s];
@@ -820,25 +841,21 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
             r0 = pd::ctz64(tier);
             r1 = tier_k >= 2 ? pd::ctz64(tier & (tier - 1)) : r0;
           }
-          const uint32_t un = static_cast<uint32_t>(cnt), us = static_cast<uint32_t>(s);
+          const uint32_t us = static_cast<uint32_t>(s);
           if (tier_k == 1) {
-            w.row[r0] = cnt;
+            col[static_cast<size_t>(didx[r0]) * R + s] += cnt;
           } else if (tier_k == 2) {  // the odd token goes to index s mod 2
-            w.row[r0] = (un >> 1) + (un & 1 & ~us);
-            w.row[r1] = (un >> 1) + (un & 1 & us);
+            col[static_cast<size_t>(didx[r0]) * R + s] += (cnt >> 1) + (cnt & 1 & ~us);
+            col[static_cast<size_t>(didx[r1]) * R + s] += (cnt >> 1) + (cnt & 1 & us);
           } else {
-            pd::init_split(cnt, h, s, w.node_mask[s], [&](int r, int64_t q) { w.row[r] = q; });
+            pd::init_split(cnt, h, s, w.node_mask[s], [&](int r, int64_t q) {
+              col[static_cast<size_t>(didx[r]) * R + s] += static_cast<uint32_t>(q);
+            });
           }
         }
-        for (int j = j0; j < j1; ++j) {
-          const int k = w.dmv[j];
-          const int64_t a = w.mv_amt[static_cast<size_t>(k) * R + s];
-          w.row[w.mv_from[k]] -= a;
-          w.row[w.mv_to[k]] += a;
-        }
-        for (uint64_t x = dsts; x; x &= x - 1) {
-          const int r = pd::ctz64(x);
-          if (w.row[r] != 0) emit(s, e, r, w.row[r]);
+        for (int x = 0; x < ndl; ++x) {
+          const uint32_t v = col[static_cast<size_t>(x) * R + s];
+          if (v != 0) emit(s, e, dl[x], static_cast<int32_t>(v));
         }
       }
     }
