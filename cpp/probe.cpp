@@ -534,9 +534,13 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     int64_t thr = min_gain + 1;  // a pair can only matter if its gain reaches thr
     for (int pass = 0; pass < 2 && !blocked_found; ++pass) {
       const uint64_t* cpass = w.cand_pass + pass;
-      for (int oi = 0; oi < R; ++oi) {
-        const int d = w.order[oi];
-        if (!((helpers[pass] >> d) & 1) || d == bn) continue;
+      // The pass's helpers as a set of positions in the time order: visited in that order without
+      // a test per rank.
+      uint64_t posm = 0;
+      for (uint64_t x = helpers[pass] & ~(uint64_t(1) << bn); x; x &= x - 1)
+        posm |= uint64_t(1) << w.pos[pd::ctz64(x)];
+      for (; posm; posm &= posm - 1) {
+        const int d = w.order[pd::ctz64(posm)];
         const int64_t Td = w.T[d], gap = Tb - Td;
         if (!exhaustive && gap < thr) break;  // gain <= Tb - T_d
         const uint64_t dbit = uint64_t(1) << d;
@@ -547,56 +551,64 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
         const int32_t* md_row = w.m + static_cast<size_t>(d) * E;
         bool memo_ok[2] = {false, false};
         int64_t memo_g[2] = {0, 0}, memo_x[2] = {0, 0};
-        for (int ci = 0; ci < nc; ++ci) {
-          if (!(cpass[2 * ci] & dbit)) continue;
-          if (!exhaustive && w.cand_ub[ci] < thr) continue;
-          const int e = w.cand_e[ci];
-          const bool holds = (w.cand_held[ci] & dbit) != 0;
-          const int64_t md = holds ? md_row[e] : 0;
-          const int64_t pool = w.cand_pool[ci];
-          const int64_t cd = Td + (md == 0 ? ad : 0);
-          if (!exhaustive) {
-            const bool drain_reaches = w.cand_drain[ci] && std::min(bb * pool + ab, Tb - cd - bdv * pool) >= thr;
-            if (!drain_reaches && !no_drain_reaches(bb, Tb - cd, sum, thr)) continue;
-          }
-          int64_t x = 0, g = 0;
-          // pool >= xe + 2 with xe = (Tb - cd) / sum, tested without the division: (pool - 1) sum > Tb - cd.
-          const bool big_pool = sum > 0 && pool >= 2 && (Tb <= cd || (pool - 1) * sum > Tb - cd);
-          if (!big_pool) {
-            g = pd::water_fill(Tb, Td, mb_row[e], md, pool, ab, bb, ad, bdv, &x);
-          } else {
-            const int slot = md == 0 ? 1 : 0;
-            if (!memo_ok[slot]) {
-              const int64_t xe = Tb > cd ? (Tb - cd) / sum : 0;  // < pool - 1 < 2^31 here
-              memo_g[slot] = pd::water_fill(Tb, Td, -1, md, xe + 2, ab, bb, ad, bdv, &memo_x[slot]);
-              memo_ok[slot] = true;
+        for (int c0 = 0; c0 < nc && !(pass == 1 && blocked_found); c0 += 64) {
+          // This chunk's candidates whose pass set has d and whose bound reaches thr, as a mask
+          // (built without branches; thr may rise during the loop, so the bound is tested again).
+          const int c1 = std::min(nc, c0 + 64);
+          uint64_t cm = 0;
+          for (int ci = c0; ci < c1; ++ci)
+            cm |= ((cpass[2 * ci] >> d) & static_cast<uint64_t>(exhaustive || w.cand_ub[ci] >= thr)) << (ci - c0);
+          for (; cm; cm &= cm - 1) {
+            const int ci = c0 + pd::ctz64(cm);
+            if (!exhaustive && w.cand_ub[ci] < thr) continue;
+            const int e = w.cand_e[ci];
+            const bool holds = (w.cand_held[ci] & dbit) != 0;
+            const int64_t md = holds ? md_row[e] : 0;
+            const int64_t pool = w.cand_pool[ci];
+            const int64_t cd = Td + (md == 0 ? ad : 0);
+            if (!exhaustive) {
+              const bool drain_reaches = w.cand_drain[ci] && std::min(bb * pool + ab, Tb - cd - bdv * pool) >= thr;
+              if (!drain_reaches && !no_drain_reaches(bb, Tb - cd, sum, thr)) continue;
             }
-            x = memo_x[slot];
-            g = memo_g[slot];
-          }
-          if (g <= min_gain) continue;
-          const uint64_t sec = pd::move_sec(!holds, e, d);
-          if (found && !pd::better(g, sec, bg, bs)) continue;
-          if (pass == 1) {  // beats the final best: the iteration is window-blocked
-            blocked_found = true;
-            break;
-          }
-          int64_t t = 0;
-          if (!holds && pd::pick_source(v, e, d, true, &t) < 0) {
-            if (!blocked_found || pd::better(g, sec, kg, ks)) {
+            int64_t x = 0, g = 0;
+            // pool >= xe + 2 with xe = (Tb - cd) / sum, tested without the division: (pool - 1) sum > Tb - cd.
+            const bool big_pool = sum > 0 && pool >= 2 && (Tb <= cd || (pool - 1) * sum > Tb - cd);
+            if (!big_pool) {
+              g = pd::water_fill(Tb, Td, mb_row[e], md, pool, ab, bb, ad, bdv, &x);
+            } else {
+              const int slot = md == 0 ? 1 : 0;
+              if (!memo_ok[slot]) {
+                const int64_t xe = Tb > cd ? (Tb - cd) / sum : 0;  // < pool - 1 < 2^31 here
+                memo_g[slot] = pd::water_fill(Tb, Td, -1, md, xe + 2, ab, bb, ad, bdv, &memo_x[slot]);
+                memo_ok[slot] = true;
+              }
+              x = memo_x[slot];
+              g = memo_g[slot];
+            }
+            if (g <= min_gain) continue;
+            const uint64_t sec = pd::move_sec(!holds, e, d);
+            if (found && !pd::better(g, sec, bg, bs)) continue;
+            if (pass == 1) {  // beats the final best: the iteration is window-blocked
               blocked_found = true;
-              kg = g;
-              ks = sec;
+              break;
             }
-            continue;
+            int64_t t = 0;
+            if (!holds && pd::pick_source(v, e, d, true, &t) < 0) {
+              if (!blocked_found || pd::better(g, sec, kg, ks)) {
+                blocked_found = true;
+                kg = g;
+                ks = sec;
+              }
+              continue;
+            }
+            found = true;
+            bg = g;
+            bs = sec;
+            bx = x;
+            be_ = e;
+            bd = d;
+            thr = bg;
           }
-          found = true;
-          bg = g;
-          bs = sec;
-          bx = x;
-          be_ = e;
-          bd = d;
-          thr = bg;
         }
         if (pass == 1 && blocked_found) break;
       }
