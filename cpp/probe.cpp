@@ -269,6 +269,20 @@ void split_sources(const int32_t* counts, int E, int e, uint64_t h, uint64_t tie
 // Ranks by (T ascending, rank ascending) into order, with their keys in ordT and positions in pos;
 // once per layer (sorting the keys themselves, not indices into T).
 void sort_order(const int64_t* T, int R, int32_t* order, int64_t* ordT, int32_t* pos) {
+  int64_t any = 0;
+  for (int r = 0; r < R; ++r) any |= T[r];
+  if (any < (int64_t(1) << 57)) {  // times below 2^57 ps (1.6 days): sort (T, rank) packed in one word
+    uint64_t packed[kProbeMaxRanks];
+    for (int r = 0; r < R; ++r) packed[r] = (static_cast<uint64_t>(T[r]) << 6) | static_cast<uint64_t>(r);
+    std::sort(packed, packed + R);
+    for (int i = 0; i < R; ++i) {
+      const int r = static_cast<int>(packed[i] & 63);
+      order[i] = r;
+      ordT[i] = static_cast<int64_t>(packed[i] >> 6);
+      pos[r] = i;
+    }
+    return;
+  }
   std::pair<int64_t, int32_t> key[kProbeMaxRanks];
   for (int r = 0; r < R; ++r) key[r] = {T[r], r};
   std::sort(key, key + R);
@@ -430,18 +444,21 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     MOEBAL_CHECK_ARG(ps >= 0, "probe: window_us[", layer, ", ", r, "] = ", wu,
                      " must be >= 0 and either <= 1e9 or +inf");
     w.win[r] = ps;
-    w.T[r] = w.tok[r] = w.in[r] = w.out[r] = 0;
+    w.in[r] = w.out[r] = 0;
     w.slots[r] = 0;
   }
-  for (int e = 0; e < E; ++e) {
-    uint64_t h = w.native[e];
-    while (h) {
-      const int r = pd::ctz64(h);
-      h &= h - 1;
-      const int64_t n = w.m[static_cast<size_t>(r) * E + e];
-      w.T[r] += pd::cost(n, w.a[r], w.b[r]);
-      w.tok[r] += n;
+  for (int r = 0; r < R; ++r) {  // per rank over its static experts (integer sums: any order)
+    const int32_t* mr = w.m + static_cast<size_t>(r) * E;
+    const int32_t* ex = w.rank_exp + static_cast<size_t>(r) * spg;
+    const int64_t ar = w.a[r], br = w.b[r];
+    int64_t t = 0, tok = 0;
+    for (int i = 0; i < w.rank_nexp[r]; ++i) {
+      const int64_t n = mr[ex[i]];
+      t += pd::cost(n, ar, br);
+      tok += n;
     }
+    w.T[r] = t;
+    w.tok[r] = tok;
   }
   for (int r = 0; r < R; ++r) {
     w.T0[r] = w.T[r];
