@@ -320,31 +320,6 @@ inline bool no_drain_reaches(int64_t bb, int64_t gap, int64_t sum, int64_t bar) 
   return sum > 0 && static_cast<__int128>(bb) * gap >= static_cast<__int128>(bar) * sum;
 }
 
-// The dense quota [R, E, R] of one layer: every row's default split, then the planned moves.
-// A function of its own: inlined into plan_layer its loop compiled measurably slower.
-__attribute__((noinline)) void write_dense_quota(int R, int E, const int32_t* counts, const Layout& w, int nm,
-                                                 int32_t* qbase) {
-  const size_t RE = static_cast<size_t>(R) * E;
-  std::memset(qbase, 0, sizeof(int32_t) * RE * R);
-  for (int s = 0; s < R; ++s) {
-    for (int e = 0; e < E; ++e) {
-      const int64_t n = counts[static_cast<size_t>(s) * E + e];
-      if (n == 0) continue;
-      int32_t* row = qbase + (static_cast<size_t>(s) * E + e) * R;
-      pd::init_split(n, w.native[e], s, w.node_mask[s], [row](int r, int64_t v) { row[r] = static_cast<int32_t>(v); });
-    }
-  }
-  for (int k = 0; k < nm; ++k) {
-    for (int s = 0; s < R; ++s) {
-      const int32_t amt = w.mv_amt[static_cast<size_t>(k) * R + s];
-      if (amt == 0) continue;
-      int32_t* row = qbase + (static_cast<size_t>(s) * E + w.mv_e[k]) * R;
-      row[w.mv_from[k]] -= amt;
-      row[w.mv_to[k]] += amt;
-    }
-  }
-}
-
 // The next layer's counts (if any) are prefetched while this layer searches (compute on a small,
 // cache-resident state), so the next column-sum pass reads them from cache, not memory.
 void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, const int32_t* next_counts,
@@ -774,7 +749,27 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
   prefetch_to(lines);
 
   // Outputs.
-  if (out.quota) write_dense_quota(R, E, counts, w, nm, out.quota + static_cast<size_t>(layer) * RE * R);
+  if (out.quota) {
+    int32_t* qbase = out.quota + static_cast<size_t>(layer) * RE * R;
+    std::memset(qbase, 0, sizeof(int32_t) * RE * R);
+    for (int s = 0; s < R; ++s) {
+      for (int e = 0; e < E; ++e) {
+        const int64_t n = counts[static_cast<size_t>(s) * E + e];
+        if (n == 0) continue;
+        int32_t* row = qbase + (static_cast<size_t>(s) * E + e) * R;
+        pd::init_split(n, w.native[e], s, w.node_mask[s], [row](int r, int64_t v) { row[r] = static_cast<int32_t>(v); });
+      }
+    }
+    for (int k = 0; k < nm; ++k) {
+      for (int s = 0; s < R; ++s) {
+        const int32_t amt = w.mv_amt[static_cast<size_t>(k) * R + s];
+        if (amt == 0) continue;
+        int32_t* row = qbase + (static_cast<size_t>(s) * E + w.mv_e[k]) * R;
+        row[w.mv_from[k]] -= amt;
+        row[w.mv_to[k]] += amt;
+      }
+    }
+  }
   if (out.num_quota_entries) {
     // Distinct moved experts (ascending), the moves of each, and the sources each one touched.
     int nd = 0;
