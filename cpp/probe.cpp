@@ -64,8 +64,9 @@ namespace {
 struct Layout {
   uint64_t *native, *extra, *node_mask, *src_mask, *mv_src, *cand_nat, *cand_held, *cand_pass;
   int32_t *m, *loc;  // [R, E]; only entries (r, e) with r holding e are ever written or read
-  int32_t* colsum;
-  int64_t *T, *T0, *a, *b, *win, *in, *out, *tok, *tok0, *ordT, *cand_ub, *cand_pool, *row;
+  uint32_t* qcol;  // [R, R]: quota columns of one expert's touched rows, by destination (sparse output)
+  int32_t *colsum, *nsum, *npar, *gpar;  // nsum, npar: [nodes, E], gpar: [E], only with multi-copy placements
+  int64_t *T, *T0, *a, *b, *win, *in, *out, *tok, *tok0, *ordT, *cand_ub, *cand_pool;
   int32_t *slots, *node, *rep_e, *rep_src, *mv_e, *mv_from, *mv_to, *mv_amt, *rank_exp, *rank_nexp, *order, *pos,
       *cand_e, *cand_drain, *mlist, *dexp, *dmv_start, *dmv;
   size_t bytes;
@@ -92,7 +93,13 @@ Layout make_layout(const ProbeConfig& c, uint8_t* base) {
   l.m = carve<int32_t>(base, off, R * E);
   l.loc = carve<int32_t>(base, off, R * E);
   l.colsum = carve<int32_t>(base, off, E);
-  for (int64_t** p : {&l.T, &l.T0, &l.a, &l.b, &l.win, &l.in, &l.out, &l.tok, &l.tok0, &l.ordT, &l.row})
+  l.qcol = carve<uint32_t>(base, off, R * R);
+  const size_t nodes = R / static_cast<size_t>(c.nodes_ranks());
+  const size_t multi = c.num_slots > c.num_experts ? nodes * E : 0;  // some expert may have two copies
+  l.nsum = carve<int32_t>(base, off, multi);
+  l.npar = carve<int32_t>(base, off, multi);
+  l.gpar = carve<int32_t>(base, off, multi ? E : 0);
+  for (int64_t** p : {&l.T, &l.T0, &l.a, &l.b, &l.win, &l.in, &l.out, &l.tok, &l.tok0, &l.ordT})
     *p = carve<int64_t>(base, off, R);
   l.cand_ub = carve<int64_t>(base, off, nc);
   l.cand_nat = carve<uint64_t>(base, off, nc);
@@ -158,9 +165,124 @@ uint32_t column_sums(const int32_t* counts, int R, int E, int32_t* colsum) {
   return bits;
 }
 
+// Adds (INIT: stores) NR consecutive rows of counts, starting at source s, into ns, and their signed
+// parities into np (+ for even sources, - for odd ones); one pass over ns and np for up to 4 rows.
+template <int NR, bool INIT>
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("O3")))
+#endif
+inline uint32_t node_rows(const uint32_t* row, int E, int s, uint32_t* ns, uint32_t* np) {
+  const uint32_t neg = (s & 1) ? ~0u : 0u;  // x -> (x ^ neg) - neg negates x for an odd first row
+  const uint32_t* r1 = row + (NR > 1 ? E : 0);
+  const uint32_t* r2 = row + (NR > 2 ? 2 * E : 0);
+  const uint32_t* r3 = row + (NR > 3 ? 3 * E : 0);
+  uint32_t bits = 0;
+  for (int e = 0; e < E; ++e) {  // loaded once, before the stores (which may alias them)
+    const uint32_t a0 = row[e], a1 = NR > 1 ? r1[e] : 0, a2 = NR > 2 ? r2[e] : 0, a3 = NR > 3 ? r3[e] : 0;
+    bits |= (a0 | a1) | (a2 | a3);
+    const uint32_t sum = (a0 + a1) + (a2 + a3);
+    const uint32_t p = ((a0 & 1) - (a1 & 1)) + ((a2 & 1) - (a3 & 1));
+    const uint32_t sp = (p ^ neg) - neg;
+    if (INIT) {
+      ns[e] = sum;
+      np[e] = sp;
+    } else {
+      ns[e] += sum;
+      np[e] += sp;
+    }
+  }
+  return bits;
+}
+
+// column_sums by node, for placements with multi-copy experts: nsum[j][e] = sum of counts[s][e]
+// over the sources s of node j and npar[j][e] = sum of +-(counts[s][e] & 1) over them (+ for even s,
+// - for odd s), both in wrapping 32-bit lanes; colsum[e] and gpar[e] are their sums over nodes. The
+// split of a multi-copy expert then needs O(1) per node that holds it, and O(1) for all other nodes
+// together, instead of a pass over all sources. Returns the OR of all counts (see column_sums).
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("O3")))
+#endif
+uint32_t column_sums_nodes(const int32_t* counts, int R, int E, int rpn, int32_t* colsum, int32_t* nsum,
+                           int32_t* npar, int32_t* gpar) {
+  uint32_t bits = 0;
+  const uint32_t* u = reinterpret_cast<const uint32_t*>(counts);
+  uint32_t* cs = reinterpret_cast<uint32_t*>(colsum);
+  uint32_t* gp = reinterpret_cast<uint32_t*>(gpar);
+  for (int j = 0; j < R / rpn; ++j) {
+    uint32_t* ns = reinterpret_cast<uint32_t*>(nsum) + static_cast<size_t>(j) * E;
+    uint32_t* np = reinterpret_cast<uint32_t*>(npar) + static_cast<size_t>(j) * E;
+    const int s0 = j * rpn, s1 = s0 + rpn;
+    const uint32_t* row = u + static_cast<size_t>(s0) * E;
+    int s = s0;
+    switch (rpn < 4 ? rpn : 4) {  // the first (up to) four rows store
+      case 1: bits |= node_rows<1, true>(row, E, s, ns, np); break;
+      case 2: bits |= node_rows<2, true>(row, E, s, ns, np); break;
+      case 3: bits |= node_rows<3, true>(row, E, s, ns, np); break;
+      default: bits |= node_rows<4, true>(row, E, s, ns, np); break;
+    }
+    s += rpn < 4 ? rpn : 4;
+    for (; s + 4 <= s1; s += 4) bits |= node_rows<4, false>(u + static_cast<size_t>(s) * E, E, s, ns, np);
+    switch (s1 - s) {
+      case 1: bits |= node_rows<1, false>(u + static_cast<size_t>(s) * E, E, s, ns, np); break;
+      case 2: bits |= node_rows<2, false>(u + static_cast<size_t>(s) * E, E, s, ns, np); break;
+      case 3: bits |= node_rows<3, false>(u + static_cast<size_t>(s) * E, E, s, ns, np); break;
+      default: break;
+    }
+    if (j == 0) {
+      for (int e = 0; e < E; ++e) {
+        cs[e] = ns[e];
+        gp[e] = np[e];
+      }
+    } else {
+      for (int e = 0; e < E; ++e) {
+        cs[e] += ns[e];
+        gp[e] += np[e];
+      }
+    }
+  }
+  return bits;
+}
+
+// pd::init_split of expert e for the sources [s0, s1) of one node, whose receiving tier (holders
+// of e on the node, or all holders h) has three or more ranks: added to m, source by source.
+void split_sources(const int32_t* counts, int E, int e, uint64_t h, uint64_t tier, int s0, int s1, int32_t* m,
+                   int32_t* loc) {
+  const unsigned k = static_cast<unsigned>(pd::popcount64(tier));
+  for (int s = s0; s < s1; ++s) {
+    const int32_t n = counts[static_cast<size_t>(s) * E + e];
+    if ((h >> s) & 1) {  // a holder keeps its tokens
+      m[static_cast<size_t>(s) * E + e] += n;
+      loc[static_cast<size_t>(s) * E + e] += n;
+      continue;
+    }
+    const uint32_t un = static_cast<uint32_t>(n), base = un / k, rem = un % k, rot = static_cast<unsigned>(s) % k;
+    uint64_t tt = tier;
+    for (unsigned i = 0; tt; ++i) {
+      const int r = pd::ctz64(tt);
+      tt &= tt - 1;
+      const unsigned idx = i >= rot ? i - rot : i + k - rot;  // (i - src) mod k
+      m[static_cast<size_t>(r) * E + e] += static_cast<int32_t>(base + (idx < rem ? 1 : 0));
+    }
+  }
+}
+
 // Ranks by (T ascending, rank ascending) into order, with their keys in ordT and positions in pos;
 // once per layer (sorting the keys themselves, not indices into T).
 void sort_order(const int64_t* T, int R, int32_t* order, int64_t* ordT, int32_t* pos) {
+  int64_t any = 0;
+  for (int r = 0; r < R; ++r) any |= T[r];
+  if (any < (int64_t(1) << 57)) {  // times below 2^57 ps (1.6 days): sort (T, rank) packed in one word
+    uint64_t packed[kProbeMaxRanks];
+    for (int r = 0; r < R; ++r) packed[r] = (static_cast<uint64_t>(T[r]) << 6) | static_cast<uint64_t>(r);
+    std::sort(packed, packed + R);
+    for (int i = 0; i < R; ++i) {
+      const int r = static_cast<int>(packed[i] & 63);
+      order[i] = r;
+      ordT[i] = static_cast<int64_t>(packed[i] >> 6);
+      pos[r] = i;
+    }
+    return;
+  }
   std::pair<int64_t, int32_t> key[kProbeMaxRanks];
   for (int r = 0; r < R; ++r) key[r] = {T[r], r};
   std::sort(key, key + R);
@@ -224,11 +346,17 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     }
     w.rank_nexp[r] = n;
   }
-  for (int e = 0; e < E; ++e)
-    MOEBAL_CHECK_ARG(w.native[e] != 0, "probe: expert ", e, " has no slot in phy2log of layer ", layer);
+  uint64_t multi = 0;  // non-zero when some expert has several static holders
+  for (int e = 0; e < E; ++e) {
+    const uint64_t h = w.native[e];
+    MOEBAL_CHECK_ARG(h != 0, "probe: expert ", e, " has no slot in phy2log of layer ", layer);
+    multi |= h & (h - 1);
+  }
 
-  // Counts: validate and take column sums (vectorised), then the locality-first split.
-  const uint32_t bits = column_sums(counts, R, E, w.colsum);
+  // Counts: validate and take column sums (vectorised; per node with multi-copy experts), then the
+  // locality-first split.
+  const uint32_t bits = multi ? column_sums_nodes(counts, R, E, rpn, w.colsum, w.nsum, w.npar, w.gpar)
+                              : column_sums(counts, R, E, w.colsum);
   int64_t total = 0;
   if (bits >> 24) {
     // A negative count, or one of 2^24 or more: check, and take the total in 64 bits. If it fits in
@@ -259,40 +387,54 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
       w.m[i] = w.loc[i] = 0;
     }
     // pd::init_split, node by node: a source that does not hold e sends to the holders on its node,
-    // or to all holders when none is there (the tier, the same for the whole node). Sums are
-    // accumulated per node (integer additions commute, so the result is the same as source by source).
-    for (int j = 0; j < R / rpn; ++j) {
-      const int s0 = j * rpn, s1 = s0 + rpn;
-      const uint64_t t = h & w.node_mask[s0];
-      uint64_t tier = t ? t : h;
-      const uint64_t rest = tier & (tier - 1);  // tier without its lowest rank
-      const unsigned k = rest == 0 ? 1u : (rest & (rest - 1)) == 0 ? 2u : static_cast<unsigned>(pd::popcount64(tier));
-      const int r0 = pd::ctz64(tier), r1 = k >= 2 ? pd::ctz64(rest) : r0;
-      int32_t sum0 = 0, sum1 = 0;
-      for (int s = s0; s < s1; ++s) {
-        const int32_t n = counts[static_cast<size_t>(s) * E + e];
-        if ((h >> s) & 1) {
+    // or to all holders when none is there (the tier, the same for the whole node). Integer sums
+    // commute, so tokens are added per tier rather than source by source: from the node sums of
+    // column_sums_nodes less the holders' own tokens (they keep them), N tokens go to a tier;
+    // with two ranks in it the lower one gets (n + (n & 1)) / 2 of an even source and
+    // (n - (n & 1)) / 2 of an odd one, (N + D) / 2 in total with D the signed parity sum. Exact:
+    // N <= the layer total < 2^31 and |D| <= R. The nodes without a holder share one tier (all
+    // holders), so they are taken together: the column sums less the holders' nodes.
+    int64_t N_rest = static_cast<uint32_t>(w.colsum[e]), D_rest = w.gpar[e];
+    uint64_t rest_nodes = R == 64 ? ~uint64_t(0) : (uint64_t(1) << R) - 1;  // sources on nodes without a holder
+    for (uint64_t x = h; x; x &= ~w.node_mask[pd::ctz64(x)]) {
+      const int hr = pd::ctz64(x), j = w.node[hr];
+      const uint64_t tier = h & w.node_mask[hr];
+      rest_nodes &= ~w.node_mask[hr];
+      const size_t ji = static_cast<size_t>(j) * E + e;
+      const int64_t Nj = static_cast<uint32_t>(w.nsum[ji]), Dj = w.npar[ji];
+      N_rest -= Nj;
+      D_rest -= Dj;
+      const uint64_t second = tier & (tier - 1);
+      if ((second & (second - 1)) == 0) {  // one or two holders on the node
+        int64_t N = Nj, D = Dj;
+        for (uint64_t y = tier; y; y &= y - 1) {
+          const int s = pd::ctz64(y);
+          const int32_t n = counts[static_cast<size_t>(s) * E + e];
           w.m[static_cast<size_t>(s) * E + e] += n;
           w.loc[static_cast<size_t>(s) * E + e] += n;
-        } else if (k == 1) {
-          sum0 += n;
-        } else if (k == 2) {  // two copies, the common case: no division; the odd token goes to index s mod 2
-          const int32_t odd = n & 1;
-          sum0 += (n >> 1) + (odd & ~s & 1);
-          sum1 += (n >> 1) + (odd & s);
-        } else {
-          const uint32_t un = static_cast<uint32_t>(n), base = un / k, rem = un % k, rot = static_cast<unsigned>(s) % k;
-          uint64_t tt = tier;
-          for (unsigned i = 0; tt; ++i) {
-            const int r = pd::ctz64(tt);
-            tt &= tt - 1;
-            const unsigned idx = i >= rot ? i - rot : i + k - rot;  // (i - src) mod k
-            w.m[static_cast<size_t>(r) * E + e] += static_cast<int32_t>(base + (idx < rem ? 1 : 0));
-          }
+          N -= n;
+          D -= (s & 1) ? -(n & 1) : (n & 1);
         }
+        if (second == 0) {
+          w.m[static_cast<size_t>(hr) * E + e] += static_cast<int32_t>(N);
+        } else {
+          const int64_t sum0 = (N + D) / 2;
+          w.m[static_cast<size_t>(hr) * E + e] += static_cast<int32_t>(sum0);
+          w.m[static_cast<size_t>(pd::ctz64(second)) * E + e] += static_cast<int32_t>(N - sum0);
+        }
+      } else {
+        split_sources(counts, E, e, h, tier, j * rpn, (j + 1) * rpn, w.m, w.loc);
       }
-      w.m[static_cast<size_t>(r0) * E + e] += sum0;
-      if (k == 2) w.m[static_cast<size_t>(r1) * E + e] += sum1;
+    }
+    if (rest_nodes == 0) continue;  // every node has a holder
+    const uint64_t second = h & (h - 1);
+    if ((second & (second - 1)) == 0) {  // two holders (there are at least two)
+      const int64_t sum0 = (N_rest + D_rest) / 2;
+      w.m[static_cast<size_t>(pd::ctz64(h)) * E + e] += static_cast<int32_t>(sum0);
+      w.m[static_cast<size_t>(pd::ctz64(second)) * E + e] += static_cast<int32_t>(N_rest - sum0);
+    } else {
+      for (int j = 0; j < R / rpn; ++j)
+        if ((rest_nodes >> (j * rpn)) & 1) split_sources(counts, E, e, h, h, j * rpn, (j + 1) * rpn, w.m, w.loc);
     }
   }
 
@@ -302,18 +444,21 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     MOEBAL_CHECK_ARG(ps >= 0, "probe: window_us[", layer, ", ", r, "] = ", wu,
                      " must be >= 0 and either <= 1e9 or +inf");
     w.win[r] = ps;
-    w.T[r] = w.tok[r] = w.in[r] = w.out[r] = 0;
+    w.in[r] = w.out[r] = 0;
     w.slots[r] = 0;
   }
-  for (int e = 0; e < E; ++e) {
-    uint64_t h = w.native[e];
-    while (h) {
-      const int r = pd::ctz64(h);
-      h &= h - 1;
-      const int64_t n = w.m[static_cast<size_t>(r) * E + e];
-      w.T[r] += pd::cost(n, w.a[r], w.b[r]);
-      w.tok[r] += n;
+  for (int r = 0; r < R; ++r) {  // per rank over its static experts (integer sums: any order)
+    const int32_t* mr = w.m + static_cast<size_t>(r) * E;
+    const int32_t* ex = w.rank_exp + static_cast<size_t>(r) * spg;
+    const int64_t ar = w.a[r], br = w.b[r];
+    int64_t t = 0, tok = 0;
+    for (int i = 0; i < w.rank_nexp[r]; ++i) {
+      const int64_t n = mr[ex[i]];
+      t += pd::cost(n, ar, br);
+      tok += n;
     }
+    w.T[r] = t;
+    w.tok[r] = tok;
   }
   for (int r = 0; r < R; ++r) {
     w.T0[r] = w.T[r];
@@ -406,9 +551,13 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     int64_t thr = min_gain + 1;  // a pair can only matter if its gain reaches thr
     for (int pass = 0; pass < 2 && !blocked_found; ++pass) {
       const uint64_t* cpass = w.cand_pass + pass;
-      for (int oi = 0; oi < R; ++oi) {
-        const int d = w.order[oi];
-        if (!((helpers[pass] >> d) & 1) || d == bn) continue;
+      // The pass's helpers as a set of positions in the time order: visited in that order without
+      // a test per rank.
+      uint64_t posm = 0;
+      for (uint64_t x = helpers[pass] & ~(uint64_t(1) << bn); x; x &= x - 1)
+        posm |= uint64_t(1) << w.pos[pd::ctz64(x)];
+      for (; posm; posm &= posm - 1) {
+        const int d = w.order[pd::ctz64(posm)];
         const int64_t Td = w.T[d], gap = Tb - Td;
         if (!exhaustive && gap < thr) break;  // gain <= Tb - T_d
         const uint64_t dbit = uint64_t(1) << d;
@@ -419,56 +568,64 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
         const int32_t* md_row = w.m + static_cast<size_t>(d) * E;
         bool memo_ok[2] = {false, false};
         int64_t memo_g[2] = {0, 0}, memo_x[2] = {0, 0};
-        for (int ci = 0; ci < nc; ++ci) {
-          if (!(cpass[2 * ci] & dbit)) continue;
-          if (!exhaustive && w.cand_ub[ci] < thr) continue;
-          const int e = w.cand_e[ci];
-          const bool holds = (w.cand_held[ci] & dbit) != 0;
-          const int64_t md = holds ? md_row[e] : 0;
-          const int64_t pool = w.cand_pool[ci];
-          const int64_t cd = Td + (md == 0 ? ad : 0);
-          if (!exhaustive) {
-            const bool drain_reaches = w.cand_drain[ci] && std::min(bb * pool + ab, Tb - cd - bdv * pool) >= thr;
-            if (!drain_reaches && !no_drain_reaches(bb, Tb - cd, sum, thr)) continue;
-          }
-          int64_t x = 0, g = 0;
-          // pool >= xe + 2 with xe = (Tb - cd) / sum, tested without the division: (pool - 1) sum > Tb - cd.
-          const bool big_pool = sum > 0 && pool >= 2 && (Tb <= cd || (pool - 1) * sum > Tb - cd);
-          if (!big_pool) {
-            g = pd::water_fill(Tb, Td, mb_row[e], md, pool, ab, bb, ad, bdv, &x);
-          } else {
-            const int slot = md == 0 ? 1 : 0;
-            if (!memo_ok[slot]) {
-              const int64_t xe = Tb > cd ? (Tb - cd) / sum : 0;  // < pool - 1 < 2^31 here
-              memo_g[slot] = pd::water_fill(Tb, Td, -1, md, xe + 2, ab, bb, ad, bdv, &memo_x[slot]);
-              memo_ok[slot] = true;
+        for (int c0 = 0; c0 < nc && !(pass == 1 && blocked_found); c0 += 64) {
+          // This chunk's candidates whose pass set has d and whose bound reaches thr, as a mask
+          // (built without branches; thr may rise during the loop, so the bound is tested again).
+          const int c1 = std::min(nc, c0 + 64);
+          uint64_t cm = 0;
+          for (int ci = c0; ci < c1; ++ci)
+            cm |= ((cpass[2 * ci] >> d) & static_cast<uint64_t>(exhaustive || w.cand_ub[ci] >= thr)) << (ci - c0);
+          for (; cm; cm &= cm - 1) {
+            const int ci = c0 + pd::ctz64(cm);
+            if (!exhaustive && w.cand_ub[ci] < thr) continue;
+            const int e = w.cand_e[ci];
+            const bool holds = (w.cand_held[ci] & dbit) != 0;
+            const int64_t md = holds ? md_row[e] : 0;
+            const int64_t pool = w.cand_pool[ci];
+            const int64_t cd = Td + (md == 0 ? ad : 0);
+            if (!exhaustive) {
+              const bool drain_reaches = w.cand_drain[ci] && std::min(bb * pool + ab, Tb - cd - bdv * pool) >= thr;
+              if (!drain_reaches && !no_drain_reaches(bb, Tb - cd, sum, thr)) continue;
             }
-            x = memo_x[slot];
-            g = memo_g[slot];
-          }
-          if (g <= min_gain) continue;
-          const uint64_t sec = pd::move_sec(!holds, e, d);
-          if (found && !pd::better(g, sec, bg, bs)) continue;
-          if (pass == 1) {  // beats the final best: the iteration is window-blocked
-            blocked_found = true;
-            break;
-          }
-          int64_t t = 0;
-          if (!holds && pd::pick_source(v, e, d, true, &t) < 0) {
-            if (!blocked_found || pd::better(g, sec, kg, ks)) {
+            int64_t x = 0, g = 0;
+            // pool >= xe + 2 with xe = (Tb - cd) / sum, tested without the division: (pool - 1) sum > Tb - cd.
+            const bool big_pool = sum > 0 && pool >= 2 && (Tb <= cd || (pool - 1) * sum > Tb - cd);
+            if (!big_pool) {
+              g = pd::water_fill(Tb, Td, mb_row[e], md, pool, ab, bb, ad, bdv, &x);
+            } else {
+              const int slot = md == 0 ? 1 : 0;
+              if (!memo_ok[slot]) {
+                const int64_t xe = Tb > cd ? (Tb - cd) / sum : 0;  // < pool - 1 < 2^31 here
+                memo_g[slot] = pd::water_fill(Tb, Td, -1, md, xe + 2, ab, bb, ad, bdv, &memo_x[slot]);
+                memo_ok[slot] = true;
+              }
+              x = memo_x[slot];
+              g = memo_g[slot];
+            }
+            if (g <= min_gain) continue;
+            const uint64_t sec = pd::move_sec(!holds, e, d);
+            if (found && !pd::better(g, sec, bg, bs)) continue;
+            if (pass == 1) {  // beats the final best: the iteration is window-blocked
               blocked_found = true;
-              kg = g;
-              ks = sec;
+              break;
             }
-            continue;
+            int64_t t = 0;
+            if (!holds && pd::pick_source(v, e, d, true, &t) < 0) {
+              if (!blocked_found || pd::better(g, sec, kg, ks)) {
+                blocked_found = true;
+                kg = g;
+                ks = sec;
+              }
+              continue;
+            }
+            found = true;
+            bg = g;
+            bs = sec;
+            bx = x;
+            be_ = e;
+            bd = d;
+            thr = bg;
           }
-          found = true;
-          bg = g;
-          bs = sec;
-          bx = x;
-          be_ = e;
-          bd = d;
-          thr = bg;
         }
         if (pass == 1 && blocked_found) break;
       }
@@ -483,20 +640,47 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     // A source's share on bn is its default split plus the earlier moves of e; it is computed only
     // for the sources reached before the bx tokens are used up.
     const int e = be_, d = bd;
-    int nl = 0;
+    int nl = 0;  // earlier moves of e to or from bn (2 j + 1: to bn, 2 j: from bn); others leave bn's share
     for (int j = 0; j < nm; ++j)
-      if (w.mv_e[j] == e) w.mlist[nl++] = j;
+      if (w.mv_e[j] == e && (w.mv_to[j] == bn || w.mv_from[j] == bn)) w.mlist[nl++] = 2 * j + (w.mv_to[j] == bn);
     int32_t* amt = w.mv_amt + static_cast<size_t>(nm) * R;
     std::memset(amt, 0, sizeof(int32_t) * R);
     int64_t rem = bx;
     uint64_t taken = 0;  // sources with amt > 0
+    // pd::init_quota(n, native[e], s, bn) depends on s only through n, whether s holds e, s mod k
+    // and the receiving tier of s's node; the tier's size k and bn's index in it are computed once
+    // per node (sources are visited node by node), and k = 1, 2 need no division.
+    const uint64_t he = w.native[e];
+    int tier_node = -1;
+    unsigned tier_k = 0, tier_pos = 0;
+    bool tier_has_bn = false;
     auto take = [&](int s) {
-      int64_t q = pd::init_quota(counts[static_cast<size_t>(s) * E + e], w.native[e], s, bn, rpn);
+      const uint32_t un = static_cast<uint32_t>(counts[static_cast<size_t>(s) * E + e]);
+      int64_t q = 0;  // a source holding e keeps its tokens (s != bn)
+      if (!((he >> s) & 1)) {
+        if (w.node[s] != tier_node) {
+          tier_node = w.node[s];
+          const uint64_t t = he & w.node_mask[s], tier = t ? t : he;
+          tier_has_bn = (tier >> bn) & 1;
+          tier_k = static_cast<unsigned>(pd::popcount64(tier));
+          tier_pos = static_cast<unsigned>(pd::popcount64(tier & ((uint64_t(1) << bn) - 1)));
+        }
+        if (!tier_has_bn) {
+          q = 0;
+        } else if (tier_k == 1) {
+          q = un;
+        } else if (tier_k == 2) {  // index (pos - s) mod 2 == 0 gets the odd token
+          q = (un >> 1) + (un & 1 & ~(tier_pos ^ static_cast<unsigned>(s)));
+        } else {
+          const unsigned rot = static_cast<unsigned>(s) % tier_k;
+          const unsigned idx = tier_pos >= rot ? tier_pos - rot : tier_pos + tier_k - rot;
+          q = un / tier_k + (idx < un % tier_k ? 1 : 0);
+        }
+      }
       for (int i = 0; i < nl; ++i) {
         const int j = w.mlist[i];
-        const int64_t a = w.mv_amt[static_cast<size_t>(j) * R + s];
-        if (w.mv_to[j] == bn) q += a;
-        if (w.mv_from[j] == bn) q -= a;
+        const int64_t a = w.mv_amt[static_cast<size_t>(j >> 1) * R + s];
+        q += (j & 1) ? a : -a;
       }
       const int64_t t = q < rem ? q : rem;
       amt[s] = static_cast<int32_t>(t);
@@ -505,7 +689,8 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     };
     const int n0 = w.node[d] * rpn, n1 = n0 + rpn;
     if (nl == 0 && w.native[e] == (uint64_t(1) << bn)) {
-      // e's first move, from its only static holder: every other source's share is its count.
+      // e's only static holder is bn and no earlier move took e to or from bn: every other source's
+      // share on bn is its count.
       const int32_t* col = counts + e;
       auto take_all = [&](int s) {
         const int32_t q = col[static_cast<size_t>(s) * E];
@@ -644,26 +829,62 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
         }
         continue;
       }
-      uint64_t dsts = w.native[e];  // every rank a row of e can send to: the holders and the helpers
+      // Every rank a row of e can send to (the holders and the helpers), in ascending order, and a
+      // column of row values per destination over all sources: the moves are applied to whole
+      // columns (vectorised; a source a move did not touch gets 0), in wrapping 32-bit arithmetic
+      // whose final values, the quotas, are exact. Then each touched row adds its default split.
+      uint64_t dsts = w.native[e];
       for (int j = j0; j < j1; ++j) dsts |= uint64_t(1) << w.mv_to[w.dmv[j]];
+      int dl[kProbeMaxRanks], didx[kProbeMaxRanks], ndl = 0;
+      for (uint64_t x = dsts; x; x &= x - 1) {
+        dl[ndl] = pd::ctz64(x);
+        didx[dl[ndl]] = ndl;
+        ++ndl;
+      }
+      uint32_t* col = w.qcol;
+      std::memset(col, 0, sizeof(uint32_t) * ndl * R);
+      for (int j = j0; j < j1; ++j) {
+        const int k = w.dmv[j];
+        const uint32_t* a = reinterpret_cast<const uint32_t*>(w.mv_amt) + static_cast<size_t>(k) * R;
+        uint32_t* cf = col + static_cast<size_t>(didx[w.mv_from[k]]) * R;
+        for (int s = 0; s < R; ++s) cf[s] -= a[s];
+        uint32_t* ct = col + static_cast<size_t>(didx[w.mv_to[k]]) * R;
+        for (int s = 0; s < R; ++s) ct[s] += a[s];
+      }
+      int tier_node = -1;  // the default split's tier for the current source's node (pd::init_split)
+      uint64_t tier = 0;
+      int tier_k = 0, r0 = 0, r1 = 0;
       for (uint64_t sm = w.src_mask[i]; sm; sm &= sm - 1) {
         const int s = pd::ctz64(sm);
-        for (uint64_t x = dsts; x; x &= x - 1) w.row[pd::ctz64(x)] = 0;
-        const int32_t cnt = counts[static_cast<size_t>(s) * E + e];
+        const uint32_t cnt = static_cast<uint32_t>(counts[static_cast<size_t>(s) * E + e]);
         if ((h & (h - 1)) == 0) {
-          w.row[pd::ctz64(h)] = cnt;  // one static copy: the default row sends everything there
+          col[static_cast<size_t>(didx[pd::ctz64(h)]) * R + s] += cnt;  // one static copy: all to it
+        } else if ((h >> s) & 1) {
+          col[static_cast<size_t>(didx[s]) * R + s] += cnt;  // a holder keeps its tokens
         } else {
-          pd::init_split(cnt, h, s, w.node_mask[s], [&](int r, int64_t q) { w.row[r] = q; });
+          if (w.node[s] != tier_node) {
+            tier_node = w.node[s];
+            const uint64_t t = h & w.node_mask[s];
+            tier = t ? t : h;
+            tier_k = pd::popcount64(tier);
+            r0 = pd::ctz64(tier);
+            r1 = tier_k >= 2 ? pd::ctz64(tier & (tier - 1)) : r0;
+          }
+          const uint32_t us = static_cast<uint32_t>(s);
+          if (tier_k == 1) {
+            col[static_cast<size_t>(didx[r0]) * R + s] += cnt;
+          } else if (tier_k == 2) {  // the odd token goes to index s mod 2
+            col[static_cast<size_t>(didx[r0]) * R + s] += (cnt >> 1) + (cnt & 1 & ~us);
+            col[static_cast<size_t>(didx[r1]) * R + s] += (cnt >> 1) + (cnt & 1 & us);
+          } else {
+            pd::init_split(cnt, h, s, w.node_mask[s], [&](int r, int64_t q) {
+              col[static_cast<size_t>(didx[r]) * R + s] += static_cast<uint32_t>(q);
+            });
+          }
         }
-        for (int j = j0; j < j1; ++j) {
-          const int k = w.dmv[j];
-          const int64_t a = w.mv_amt[static_cast<size_t>(k) * R + s];
-          w.row[w.mv_from[k]] -= a;
-          w.row[w.mv_to[k]] += a;
-        }
-        for (uint64_t x = dsts; x; x &= x - 1) {
-          const int r = pd::ctz64(x);
-          if (w.row[r] != 0) emit(s, e, r, w.row[r]);
+        for (int x = 0; x < ndl; ++x) {
+          const uint32_t v = col[static_cast<size_t>(x) * R + s];
+          if (v != 0) emit(s, e, dl[x], static_cast<int32_t>(v));
         }
       }
     }

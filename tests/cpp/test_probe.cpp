@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <random>
@@ -201,6 +202,116 @@ TEST(ProbePlan, LargeCountsTakeTheExactPath) {
     for (int l = 0; l < c.L; ++l) ASSERT_EQ(moebal_test::check_probe_plan(c, o, l), "") << "seed " << seed;
     ASSERT_EQ(o.quota, run_cpu(c, /*exhaustive=*/true).quota);
   }
+}
+
+// The planner splits multi-copy experts per tier from node column sums (N tokens, and for a tier of
+// two (N + D) / 2 with D the signed parity sum) rather than source by source. The "before" tokens
+// and times must equal the locality-first default split of every row (probe_default_quota): tiers
+// of one, two (same node, different nodes) and three or more holders, odd node sizes and counts.
+TEST(ProbePlan, MultiCopySplitEqualsTheDefaultQuota) {
+  const int shapes[][2] = {{6, 3}, {8, 4}, {12, 3}, {5, 1}, {7, 0}, {64, 8}, {10, 5}, {16, 16}};
+  int tiers[4] = {0, 0, 0, 0};  // rows sent to a tier of 1, 2, 3+ holders, and kept by a holder
+  for (const auto& shape : shapes) {
+    const int R = shape[0], rpn = shape[1];
+    for (uint32_t seed = 0; seed < 30; ++seed) {
+      std::mt19937 rng(seed * 977 + static_cast<uint32_t>(R));
+      auto U = [&rng](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+      ProbeCase c;
+      const int E = U(1, 40), copies = U(1, 3), spg = (E + R - 1) / R + copies;
+      c.cfg.num_ranks = R;
+      c.cfg.num_experts = E;
+      c.cfg.num_slots = spg * R;
+      c.cfg.ranks_per_node = rpn;
+      c.cfg.max_extra_slots = U(0, 3);
+      c.cfg.max_iters = U(0, 8);
+      c.cfg.expert_bytes = 1'000'000;
+      c.L = 2;
+      const int hot = U(1, 4);
+      for (int l = 0; l < c.L; ++l) {
+        std::vector<int32_t> slots(static_cast<size_t>(spg) * R, -1);
+        std::vector<int> fill(R, 0);
+        for (int e = 0; e < E; ++e) {  // every expert once, then copies of a few hot ones anywhere
+          int r = U(0, R - 1);
+          while (fill[r] >= spg) r = (r + 1) % R;
+          slots[static_cast<size_t>(r) * spg + fill[r]++] = e;
+        }
+        for (int r = 0; r < R; ++r)
+          while (fill[r] < spg) slots[static_cast<size_t>(r) * spg + fill[r]++] = U(0, 3) ? U(0, hot - 1) % E : U(0, E - 1);
+        c.phy2log.insert(c.phy2log.end(), slots.begin(), slots.end());
+        for (int i = 0; i < R * E; ++i) c.counts.push_back(U(0, 2) ? U(0, 99) : 0);
+        for (int r = 0; r < R; ++r) c.window_us.push_back(1e3);
+      }
+      for (int r = 0; r < R; ++r) {
+        c.fixed_us.push_back(0.5 * U(0, 8));
+        c.us_per_token.push_back(0.01 * U(1, 5));
+      }
+      const ProbePlanOut o = run_cpu(c);
+      const int rpn_eff = c.cfg.nodes_ranks();
+      for (int l = 0; l < c.L; ++l) {
+        std::vector<uint64_t> holders(E, 0);
+        for (int i = 0; i < spg * R; ++i)
+          holders[c.phy2log[static_cast<size_t>(l) * spg * R + i]] |= uint64_t(1) << (i / spg);
+        std::vector<int64_t> m(static_cast<size_t>(R) * E, 0);
+        std::vector<int32_t> row(R);
+        for (int s = 0; s < R; ++s) {
+          const uint64_t node = moebal::core::probe_detail::node_mask(s, rpn_eff);
+          for (int e = 0; e < E; ++e) {
+            const int32_t n = c.counts[(static_cast<size_t>(l) * R + s) * E + e];
+            moebal::core::probe_default_quota(c.cfg, s, holders[e], n, row.data());
+            for (int d = 0; d < R; ++d) m[static_cast<size_t>(d) * E + e] += row[d];
+            const uint64_t h = holders[e], near = h & node, tier = near ? near : h;
+            const int k = moebal::core::probe_detail::popcount64(tier);
+            ++tiers[(h >> s) & 1 ? 3 : k >= 3 ? 2 : k - 1];
+          }
+        }
+        for (int r = 0; r < R; ++r) {
+          int64_t tokens = 0, t_ps = 0;
+          for (int e = 0; e < E; ++e) {
+            const int64_t v = m[static_cast<size_t>(r) * E + e];
+            tokens += v;
+            if (v > 0) t_ps += moebal::core::probe_us_to_ps(c.fixed_us[r]) + moebal::core::probe_us_to_ps(c.us_per_token[r]) * v;
+          }
+          ASSERT_EQ(o.rank_tokens[(static_cast<size_t>(l) * 2) * R + r], tokens)
+              << "R " << R << " rpn " << rpn << " seed " << seed << " layer " << l << " rank " << r;
+          ASSERT_EQ(o.rank_time_us[(static_cast<size_t>(l) * 2) * R + r], static_cast<double>(t_ps) * 1e-6)
+              << "R " << R << " rpn " << rpn << " seed " << seed << " layer " << l << " rank " << r;
+        }
+        ASSERT_EQ(moebal_test::check_probe_plan(c, o, l), "") << "R " << R << " seed " << seed << " layer " << l;
+      }
+    }
+  }
+  for (int i = 0; i < 4; ++i) EXPECT_GT(tiers[i], 100) << "tier kind " << i << " barely exercised";
+}
+
+// Rank times below 2^57 ps are ordered as packed (time, rank) words, larger ones as pairs. With no
+// fixed times, equal per-token times on every rank and unlimited windows, multiplying the per-token
+// time by 10^6 (1 ns -> 1 ms per token) scales every compared quantity exactly, so the plan must not
+// change while the times cross 2^57 ps.
+TEST(ProbePlan, HugeTimesGiveTheSamePlan) {
+  int huge = 0;
+  for (uint32_t seed = 0; seed < 20; ++seed) {
+    ProbeCase c = moebal_test::make_probe_case(seed, 8, 16, 2, static_cast<int>(seed % 2), 4, 3, 12);
+    int64_t most = 1;  // scale the counts so the fullest layer has about 1.5e9 tokens (< 2^31)
+    for (int l = 0; l < c.L; ++l) {
+      int64_t t = 0;
+      for (int i = 0; i < 8 * 16; ++i) t += c.counts[static_cast<size_t>(l) * 8 * 16 + i];
+      most = std::max(most, t);
+    }
+    for (auto& n : c.counts) n *= static_cast<int32_t>(1'500'000'000 / most);
+    for (auto& w : c.window_us) w = std::numeric_limits<double>::infinity();
+    std::fill(c.fixed_us.begin(), c.fixed_us.end(), 0.0);
+    std::fill(c.us_per_token.begin(), c.us_per_token.end(), 1e-3);
+    const ProbePlanOut small = run_cpu(c);
+    std::fill(c.us_per_token.begin(), c.us_per_token.end(), 1e3);
+    const ProbePlanOut big = run_cpu(c);
+    ASSERT_EQ(small.quota, big.quota) << "seed " << seed;
+    ASSERT_EQ(small.replica_expert, big.replica_expert) << "seed " << seed;
+    ASSERT_EQ(small.replica_src, big.replica_src) << "seed " << seed;
+    ASSERT_EQ(small.stats, big.stats) << "seed " << seed;
+    ASSERT_EQ(small.rank_tokens, big.rank_tokens) << "seed " << seed;
+    huge += *std::max_element(big.rank_time_us.begin(), big.rank_time_us.end()) >= std::ldexp(1.0, 57) * 1e-6;
+  }
+  EXPECT_GT(huge, 10);  // most cases take the pair ordering
 }
 
 TEST(ProbePlanArgs, RejectsSmallWorkspaceAndNullInputs) {
