@@ -7,16 +7,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from moebal import moe_ops, ops  # noqa: E402
+from moebal import moe_ops  # noqa: E402
+from op_env import op_env  # noqa: E402
 
-try:
-    ops.load_library()
-    HAVE_OPS = True
-except ImportError:  # built without torch
-    HAVE_OPS = False
-
+HAVE_OPS, HAVE_CUDA = op_env()
 pytestmark = pytest.mark.skipif(not HAVE_OPS, reason="moebal torch ops not built")
-HAVE_CUDA = HAVE_OPS and torch.cuda.is_available() and ops.has_cuda_kernels()
 gpu = pytest.mark.skipif(not HAVE_CUDA, reason="needs a CUDA device and moebal CUDA kernels")
 
 # name: experts, top_k, router keyword arguments, uses a correction bias
