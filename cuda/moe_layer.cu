@@ -55,6 +55,17 @@ void check_shape(const MoeShape& s) {
                    ") and num_slots (", s.num_slots, ") must be >= 1");
 }
 
+// The workspace carve of `shape` after checking the shape and that `workspace` holds it.
+Carve checked_carve(const MoeShape& shape, const void* workspace, size_t workspace_bytes) {
+  check_shape(shape);
+  const Carve c = carve(shape);
+  MOEBAL_CHECK_ARG(workspace_bytes >= c.total && workspace != nullptr, "moe_forward: workspace of ",
+                   workspace_bytes, " bytes is too small (need ", c.total, ")");
+  MOEBAL_CHECK_ARG(reinterpret_cast<uintptr_t>(workspace) % kAlign == 0,
+                   "moe_forward: workspace must be 256-byte aligned");
+  return c;
+}
+
 template <class T>
 T* at_offset(void* base, size_t off) {
   return reinterpret_cast<T*>(static_cast<char*>(base) + off);
@@ -97,12 +108,7 @@ void moe_forward_bf16(const __nv_bfloat16* hidden, const int32_t* topk_ids, cons
                       const __nv_bfloat16* w13, const __nv_bfloat16* w2, const MoeShape& shape,
                       const PlacementView& placement, __nv_bfloat16* out, void* workspace,
                       size_t workspace_bytes, cudaStream_t stream) {
-  check_shape(shape);
-  const Carve c = carve(shape);
-  MOEBAL_CHECK_ARG(workspace_bytes >= c.total && workspace != nullptr, "moe_forward: workspace of ",
-                   workspace_bytes, " bytes is too small (need ", c.total, ")");
-  MOEBAL_CHECK_ARG(reinterpret_cast<uintptr_t>(workspace) % kAlign == 0,
-                   "moe_forward: workspace must be 256-byte aligned");
+  const Carve c = checked_carve(shape, workspace, workspace_bytes);
   if (shape.num_tokens == 0) return;
   run_layer(hidden, topk_ids, topk_weights, w13, w2, shape, placement, out, workspace, c, false, stream);
 }
@@ -113,15 +119,10 @@ void moe_forward_bf16_from_logits(const __nv_bfloat16* hidden, const void* logit
                                   const MoeShape& shape, const PlacementView& placement,
                                   __nv_bfloat16* out, void* workspace, size_t workspace_bytes,
                                   cudaStream_t stream) {
-  check_shape(shape);
   MOEBAL_CHECK_ARG(params.num_experts == shape.num_experts && params.top_k == shape.top_k,
                    "moe_forward: router params (num_experts=", params.num_experts, ", top_k=", params.top_k,
                    ") disagree with the shape (num_experts=", shape.num_experts, ", top_k=", shape.top_k, ")");
-  const Carve c = carve(shape);
-  MOEBAL_CHECK_ARG(workspace_bytes >= c.total && workspace != nullptr, "moe_forward: workspace of ",
-                   workspace_bytes, " bytes is too small (need ", c.total, ")");
-  MOEBAL_CHECK_ARG(reinterpret_cast<uintptr_t>(workspace) % kAlign == 0,
-                   "moe_forward: workspace must be 256-byte aligned");
+  const Carve c = checked_carve(shape, workspace, workspace_bytes);
   if (shape.num_tokens == 0) return;
   auto* ids = at_offset<int32_t>(workspace, c.ids);
   auto* weights = at_offset<float>(workspace, c.weights);

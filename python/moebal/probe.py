@@ -160,17 +160,7 @@ def plan(counts: Any, placement: Any, *, expert_bytes: int | None = None,
             raise _core.MoebalValueError(f"probe: placement has {placement.num_gpus} GPUs but counts has {R} ranks")
         if placement.num_experts != E:
             raise _core.MoebalValueError(f"probe: placement has {placement.num_experts} experts but counts has {E}")
-        p2l = np.asarray(placement.phy2log)
-        if ranks_per_node is None:
-            ranks_per_node = placement.gpus_per_node
-    else:
-        p2l = np.asarray(placement.cpu() if hasattr(placement, "cpu") else placement)
-        if p2l.ndim == 1:
-            p2l = p2l[None]
-    if layers is not None:
-        p2l = p2l[np.asarray(list(layers), dtype=np.int64)]
-    elif p2l.shape[0] == 1 and L > 1:
-        p2l = np.repeat(p2l, L, axis=0)
+    p2l, ranks_per_node = _phy2log_per_layer(placement, L, layers, ranks_per_node)
     if p2l.ndim != 2 or p2l.shape[0] != L:
         raise _core.MoebalValueError(f"probe: placement has {p2l.shape[0]} layers but counts has {L}")
 
@@ -233,23 +223,31 @@ def quota_to_dense(quota_entries: Any, counts: Any, placement: Any, *, ranks_per
         c = c[None]
     if c.ndim != 3:
         raise _core.MoebalValueError(f"probe: counts must be [R, E] or [L, R, E], got shape {c.shape}")
-    L = c.shape[0]
+    p2l, ranks_per_node = _phy2log_per_layer(placement, c.shape[0], layers, ranks_per_node)
+    entries = np.asarray(quota_entries)
+    if entries.size == 0:
+        entries = entries.reshape(0, 5)
+    return _core.probe_quota_to_dense(c, p2l, entries, int(0 if ranks_per_node is None else ranks_per_node))
+
+
+def _phy2log_per_layer(placement: Any, L: int, layers: Sequence[int] | None,
+                       ranks_per_node: int | None) -> tuple[np.ndarray, int | None]:
+    """(phy2log [layers, slots] for L counted layers, ranks_per_node) from a Placement or a phy2log
+    array (numpy or torch): ``layers`` picks rows, a single layer is broadcast to L; a Placement
+    supplies ranks_per_node when the caller gave none."""
     if isinstance(placement, _core.Placement):
         p2l = np.asarray(placement.phy2log)
         if ranks_per_node is None:
             ranks_per_node = placement.gpus_per_node
     else:
-        p2l = np.asarray(placement)
+        p2l = np.asarray(placement.cpu() if hasattr(placement, "cpu") else placement)
         if p2l.ndim == 1:
             p2l = p2l[None]
     if layers is not None:
         p2l = p2l[np.asarray(list(layers), dtype=np.int64)]
     elif p2l.shape[0] == 1 and L > 1:
         p2l = np.repeat(p2l, L, axis=0)
-    entries = np.asarray(quota_entries)
-    if entries.size == 0:
-        entries = entries.reshape(0, 5)
-    return _core.probe_quota_to_dense(c, p2l, entries, int(0 if ranks_per_node is None else ranks_per_node))
+    return p2l, ranks_per_node
 
 
 def _raise_status(status: np.ndarray) -> None:

@@ -199,34 +199,8 @@ TEST_F(CudaSuite, RouterRejectsBadConfigs) {
 // ---------------------------------------------------------------------------------------------
 // Dispatch layout
 // ---------------------------------------------------------------------------------------------
-struct Layout {
-  std::vector<int32_t> slot, offsets, row, token;
-};
-
-Layout layout_ref(const std::vector<int32_t>& ids, int64_t T, int K, int E, int S, const std::vector<int32_t>* l2p,
-                  const std::vector<int32_t>* cnt, int maxc) {
-  Layout L;
-  const int64_t N = T * K;
-  L.slot.assign(N, -1);
-  std::vector<int64_t> cur(S + 2, 0);
-  for (int64_t i = 0; i < N; ++i) {
-    const int e = ids[i];
-    int s = -1;
-    if (e >= 0 && e < E) s = l2p ? (*l2p)[e * maxc + (i / K) % (*cnt)[e]] : e;
-    L.slot[i] = s;
-    ++cur[(s < 0 ? S : s) + 1];
-  }
-  for (int s = 0; s <= S; ++s) cur[s + 1] += cur[s];
-  L.offsets.assign(cur.begin(), cur.begin() + S + 1);
-  L.row.assign(N, -1);
-  L.token.assign(N, -1);
-  for (int64_t i = 0; i < N; ++i) {
-    const int64_t r = cur[L.slot[i] < 0 ? S : L.slot[i]]++;
-    L.row[i] = static_cast<int32_t>(r);
-    L.token[r] = static_cast<int32_t>(i / K);
-  }
-  return L;
-}
+using Layout = moebal_test::HostLayout;
+using moebal_test::layout_ref;
 
 // Zipf-skewed expert ids, distinct within a token (as a router produces), some padding.
 std::vector<int32_t> skewed_ids(int64_t T, int K, int E, double zipf_s, double pad_rate, std::mt19937& rng) {

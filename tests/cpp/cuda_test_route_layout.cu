@@ -126,42 +126,12 @@ std::vector<float> make_logits(int64_t T, int E, std::mt19937& rng) {
   return l;
 }
 
-struct Layout {
-  std::vector<int32_t> slot, offsets, row, token;
-};
+using Layout = moebal_test::HostLayout;
 
 // Stable host sort of the pairs by slot (dispatch_layout's documented semantics).
 Layout layout_ref(const std::vector<int32_t>& ids, int64_t T, int K, int E, const HostPlacement& P) {
-  const int S = P.slots;
-  const int64_t N = T * K;
-  Layout L;
-  L.slot.assign(N, -1);
-  std::vector<int64_t> cur(S + 2, 0);
-  for (int64_t i = 0; i < N; ++i) {
-    const int e = ids[i];
-    int s = -1;
-    if (e >= 0 && e < E) {
-      s = e;
-      if (!P.log2phy.empty()) {
-        const int cnt = P.logcnt[e];
-        s = (cnt <= 0 || cnt > P.max_copies) ? -1 : P.log2phy[e * P.max_copies + (i / K) % cnt];
-        if (s >= S) s = -1;
-      }
-      if (s < 0) s = -1;
-    }
-    L.slot[i] = s;
-    ++cur[(s < 0 ? S : s) + 1];
-  }
-  for (int s = 0; s <= S; ++s) cur[s + 1] += cur[s];
-  L.offsets.assign(cur.begin(), cur.begin() + S + 1);
-  L.row.assign(N, -1);
-  L.token.assign(N, -1);
-  for (int64_t i = 0; i < N; ++i) {
-    const int64_t r = cur[L.slot[i] < 0 ? S : L.slot[i]]++;
-    L.row[i] = static_cast<int32_t>(r);
-    L.token[r] = static_cast<int32_t>(i / K);
-  }
-  return L;
+  return moebal_test::layout_ref(ids, T, K, E, P.slots, P.log2phy.empty() ? nullptr : &P.log2phy, &P.logcnt,
+                                 P.max_copies);
 }
 
 mc::RouterParams params_of(const Model& m) {

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <vector>
 
 #include <cuda_runtime_api.h>
@@ -40,5 +41,46 @@ struct DeviceBuffer {
     return h;
   }
 };
+
+/// dispatch_layout's documented semantics on the host: pair i = (token i / K, expert ids[i]) goes
+/// to copy (token mod logcnt[e]) of expert e, slot log2phy[e * max_copies + copy] (slot e when
+/// log2phy is null); ids outside [0, E), copy counts outside [1, max_copies] and slots outside
+/// [0, S) drop the pair (slot -1, rows after every valid row); rows are stably sorted by slot.
+struct HostLayout {
+  std::vector<int32_t> slot, offsets, row, token;
+};
+
+inline HostLayout layout_ref(const std::vector<int32_t>& ids, int64_t T, int K, int E, int S,
+                             const std::vector<int32_t>* log2phy, const std::vector<int32_t>* logcnt,
+                             int max_copies) {
+  const int64_t N = T * K;
+  HostLayout L;
+  L.slot.assign(N, -1);
+  std::vector<int64_t> cur(S + 2, 0);
+  for (int64_t i = 0; i < N; ++i) {
+    const int e = ids[i];
+    int s = -1;
+    if (e >= 0 && e < E) {
+      s = e;
+      if (log2phy != nullptr) {
+        const int cnt = (*logcnt)[e];
+        s = (cnt <= 0 || cnt > max_copies) ? -1 : (*log2phy)[e * max_copies + (i / K) % cnt];
+      }
+      if (s < 0 || s >= S) s = -1;
+    }
+    L.slot[i] = s;
+    ++cur[(s < 0 ? S : s) + 1];
+  }
+  for (int s = 0; s <= S; ++s) cur[s + 1] += cur[s];
+  L.offsets.assign(cur.begin(), cur.begin() + S + 1);
+  L.row.assign(N, -1);
+  L.token.assign(N, -1);
+  for (int64_t i = 0; i < N; ++i) {
+    const int64_t r = cur[L.slot[i] < 0 ? S : L.slot[i]]++;
+    L.row[i] = static_cast<int32_t>(r);
+    L.token[r] = static_cast<int32_t>(i / K);
+  }
+  return L;
+}
 
 }  // namespace moebal_test

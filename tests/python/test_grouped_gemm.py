@@ -8,17 +8,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from moebal import gemm_ops, ops  # noqa: E402
+from moebal import gemm_ops  # noqa: E402
+from op_env import op_env  # noqa: E402
 
-try:
-    ops.load_library()
-    HAVE_OPS = True
-except ImportError:
-    HAVE_OPS = False
-
+HAVE_OPS, GPU = op_env()
 pytestmark = pytest.mark.skipif(not HAVE_OPS, reason="moebal torch ops not built")
-
-GPU = torch.cuda.is_available() and HAVE_OPS and ops.has_cuda_kernels()
 HOPPER = GPU and torch.cuda.get_device_capability() == (9, 0)
 
 

@@ -6,12 +6,9 @@ torch = pytest.importorskip("torch")
 
 from moebal import ops  # noqa: E402
 from moebal.predictor_ops import probe_predict  # noqa: E402
+from op_env import op_env  # noqa: E402
 
-try:
-    ops.load_library()
-    HAVE_OPS = True
-except ImportError:
-    HAVE_OPS = False
+HAVE_OPS, _ = op_env()
 pytestmark = pytest.mark.skipif(not HAVE_OPS, reason="moebal torch ops not built")
 
 
