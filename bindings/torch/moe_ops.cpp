@@ -94,7 +94,7 @@ void route_token(const float* logits, int64_t E, int64_t top_k, bool softmax, bo
             b = v;
           }
         }
-        gscore[g] = gs > 1 ? a + b : a;
+        gscore[g] = nan_to_neg_inf(gs > 1 ? a + b : a);  // inf + -inf (infinite biases) counts as -inf
       } else {
         for (int64_t i = 0; i < gs; ++i) gscore[g] = std::max(gscore[g], choice[g * gs + i]);
       }

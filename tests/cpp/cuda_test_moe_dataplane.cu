@@ -14,6 +14,7 @@
 
 #include <cuda_bf16.h>
 
+#include "../../cuda/moe_router_device.cuh"  // white-box: the router's fast reciprocal
 #include "cuda_test_util.h"
 #include "moebal/cuda/check.h"
 #include "moebal/cuda/histogram.h"
@@ -175,7 +176,42 @@ INSTANTIATE_TEST_SUITE_P(
         RouterCase{33, 160, 6, mc::RouterScoring::kSoftmax, false, false, false, 8, 3},    // DeepSeek-V2
         RouterCase{5, 60, 4, mc::RouterScoring::kSigmoid, false, false, false, 1, 1},      // E < 64, odd
         RouterCase{7, 2048, 32, mc::RouterScoring::kSoftmax, true, false, false, 32, 16},  // limits
-        RouterCase{9, 3, 3, mc::RouterScoring::kSigmoid, true, true, false, 3, 3}));
+        RouterCase{9, 3, 3, mc::RouterScoring::kSigmoid, true, true, false, 3, 3},
+        RouterCase{19, 128, 8, mc::RouterScoring::kSigmoid, true, true, false, 2, 1},     // groups = 16 lanes
+        RouterCase{21, 192, 8, mc::RouterScoring::kSigmoid, true, true, false, 2, 1},     // 12 lanes: staged
+        RouterCase{11, 200, 8, mc::RouterScoring::kSigmoid, true, true, true, 25, 5},     // 1 lane, padding
+        RouterCase{9, 98, 4, mc::RouterScoring::kSigmoid, true, true, false, 7, 3},       // unaligned rows
+        RouterCase{13, 250, 8, mc::RouterScoring::kSoftmax, true, false, true, 1, 1}));   // unaligned bf16
+
+// The sigmoid's reciprocal without the division's per-call slow-path branch
+// (moe_router_device.cuh) must equal the division bit for bit on every float in [1, 2^126), the
+// range of 1 + e^-x the fast path takes, and the range check must send [2^126, inf] to the
+// division.
+__global__ void check_rcp_range(unsigned first_bits, unsigned last_bits, bool expect_fast,
+                                unsigned long long* bad, unsigned long long* wrong_path) {
+  unsigned long long my_bad = 0, my_wrong = 0;
+  for (unsigned b = first_bits + blockIdx.x * blockDim.x + threadIdx.x; b >= first_bits && b <= last_bits;
+       b += gridDim.x * blockDim.x) {
+    const float d = __uint_as_float(b);
+    const bool fast = mc::detail::rcp_fast_ok(d);
+    my_wrong += fast != expect_fast;
+    if (fast) my_bad += __float_as_uint(mc::detail::rcp_fast(d)) != __float_as_uint(1.0f / d);
+  }
+  if (my_bad) atomicAdd(bad, my_bad);
+  if (my_wrong) atomicAdd(wrong_path, my_wrong);
+}
+
+TEST_F(CudaSuite, RouterFastReciprocalEqualsDivision) {
+  DeviceBuffer<unsigned long long> d(2);
+  MOEBAL_CHECK_CUDA(cudaMemset(d.ptr, 0, 2 * sizeof(unsigned long long)));
+  check_rcp_range<<<1024, 256>>>(0x3f800000u, 0x7e7fffffu, true, d.ptr, d.ptr + 1);  // [1, 2^126)
+  check_rcp_range<<<64, 256>>>(0x7e800000u, 0x7f800000u, false, d.ptr, d.ptr + 1);   // [2^126, inf]
+  MOEBAL_CHECK_CUDA(cudaGetLastError());
+  MOEBAL_CHECK_CUDA(cudaDeviceSynchronize());
+  const auto h = d.host();
+  EXPECT_EQ(h[0], 0u) << "floats whose fast reciprocal differs from 1.0f / d";
+  EXPECT_EQ(h[1], 0u) << "floats sent down the wrong path by rcp_fast_ok";
+}
 
 TEST_F(CudaSuite, RouterRejectsBadConfigs) {
   mc::RouterParams p;

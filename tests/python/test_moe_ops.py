@@ -305,6 +305,48 @@ def test_router_cuda_matches_cpu(case):
     torch.testing.assert_close(gw.cpu(), cw, rtol=1e-5, atol=1e-6)
 
 
+def _infinite_bias_case(e, groups):
+    """Groups 0 and 2: bias +inf on the first expert, -inf on the rest (group score inf + -inf);
+    group 1: +inf on all but its second expert; the other groups finite."""
+    gs = e // groups
+    bias = torch.linspace(-0.1, 0.1, e)
+    for g in (0, 2):
+        bias[g * gs:(g + 1) * gs] = -math.inf
+        bias[g * gs] = math.inf
+    bias[gs:2 * gs] = math.inf
+    bias[gs + 1] = 0.0
+    return bias
+
+
+@pytest.mark.parametrize("e,groups", [(256, 8), (256, 4), (48, 3)])
+def test_router_cpu_infinite_bias_group_score_counts_as_neg_inf(e, groups):
+    gen = torch.Generator().manual_seed(e)
+    logits = torch.randn(5, e, generator=gen) * 2
+    ids, _ = moe_ops.router_topk(logits, 4, scoring="sigmoid", num_groups=groups, topk_groups=groups - 1,
+                                 correction_bias=_infinite_bias_case(e, groups))
+    # Groups 0 and 2 score inf + -inf = -inf and tie: the lower id stays, group 2 is the one left
+    # out. The +inf choices, lowest id first: expert 0 (group 0), then group 1's.
+    gs = e // groups
+    assert ids.tolist() == [[0, gs, gs + 2, gs + 3]] * 5
+
+
+@gpu
+@pytest.mark.parametrize("e,groups", [(256, 8), (256, 4), (48, 3)])
+@pytest.mark.parametrize("t", [1, 33, 128])
+def test_router_cuda_infinite_bias_matches_cpu(e, groups, t):
+    gen = torch.Generator().manual_seed(e + t)
+    logits = torch.randn(t, e, generator=gen) * 2
+    bias = _infinite_bias_case(e, groups)
+    args = dict(scoring="sigmoid", num_groups=groups, topk_groups=groups - 1, correction_bias=bias)
+    ci, cw = moe_ops.router_topk(logits, 4, **args)
+    gi, gw = moe_ops.router_topk(logits.cuda(), 4, **{**args, "correction_bias": bias.cuda()})
+    assert torch.equal(gi.cpu(), ci)
+    torch.testing.assert_close(gw.cpu(), cw, rtol=1e-5, atol=1e-6)
+    for path in ("two_kernels", "one_block", "cluster", "grid"):
+        out = moe_ops.route_and_layout(logits.cuda(), 4, e, path=path, **{**args, "correction_bias": bias.cuda()})
+        assert torch.equal(out[0].cpu(), ci), path
+
+
 @gpu
 @pytest.mark.parametrize("t,k,e,zipf", [(1, 2, 8, 0.0), (3, 8, 128, 1.2), (17, 8, 256, 2.0), (1000, 4, 128, 1.0),
                                          (4099, 2, 8, 3.0), (16384, 8, 256, 1.2)])
