@@ -150,27 +150,36 @@ __device__ __forceinline__ void layout_block(const FusedArgs& a, int* hist, int*
   }
 }
 
-// gridDim.x == 1: one block. gridDim.x > 1: the grid is ONE cluster of gridDim.x blocks.
-template <int kPerLane, bool kBias, class T>
-__global__ void __launch_bounds__(max_warps(kPerLane) * 32) route_layout_kernel(FusedArgs a) {
-  extern __shared__ int smem[];  // hist [warps][bins] | start [bins] | packed [pairs] | stage [warps][E]
-  __shared__ int scratch[32];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  const int bins = a.num_slots + 1;
-  const int K = a.p.top_k, E = a.p.num_experts;
-  const int pairs = a.num_tokens * K;
-  int* hist = smem;
-  int* start = hist + warps * bins;
-  int* packed = start + bins;
-  float* stage = reinterpret_cast<float*>(packed + pairs) + warp * E;
-  const int blocks = gridDim.x;
-  if (blockIdx.x == 0)
-    for (int i = threadIdx.x; i < warps * bins; i += blockDim.x) hist[i] = 0;
+// The shared memory of a fused kernel: hist [warps][bins] (zeroed in block 0, which does the
+// layout) | start [bins] | packed [pairs] | stage [routing warps][E].
+struct FusedSmem {
+  int* hist;
+  int* start;
+  int* packed;
+  float* stage;  // this warp's router scratch
+};
 
-  // 1. Route; the router outputs and slot_ids go to global memory, each pair's bin (one block)
-  // to shared memory.
+__device__ __forceinline__ FusedSmem carve_smem(const FusedArgs& a, int* smem) {
+  const int warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  const int bins = a.num_slots + 1;
+  FusedSmem m;
+  m.hist = smem;
+  m.start = m.hist + warps * bins;
+  m.packed = m.start + bins;
+  m.stage = reinterpret_cast<float*>(m.packed + a.num_tokens * a.p.top_k) + warp * a.p.num_experts;
+  if (blockIdx.x == 0)
+    for (int i = threadIdx.x; i < warps * bins; i += blockDim.x) m.hist[i] = 0;
+  return m;
+}
+
+// Step 1 for one warp: routes tokens first, first + stride, ...; the router outputs and slot_ids
+// go to global memory, each pair's bin also to `packed` when it is not null (one block).
+template <int kPerLane, bool kBias, class T>
+__device__ __forceinline__ void route_tokens(const FusedArgs& a, int first, int stride, float* stage, int* packed) {
+  const int lane = threadIdx.x & 31;
+  const int K = a.p.top_k, E = a.p.num_experts;
   const T* logits = static_cast<const T*>(a.logits);
-  for (int t = blockIdx.x * warps + warp; t < a.num_tokens; t += blocks * warps) {
+  for (int t = first; t < a.num_tokens; t += stride) {
     int id;
     float w;
     detail::route_token_warp<kPerLane, kBias>(logits + static_cast<int64_t>(t) * E, a.p, a.bias, stage, id, w);
@@ -180,21 +189,39 @@ __global__ void __launch_bounds__(max_warps(kPerLane) * 32) route_layout_kernel(
       a.topk_ids[pair] = id;
       a.topk_weights[pair] = w;
       a.slot_ids[pair] = bin == a.num_slots ? -1 : bin;
-      if (blocks == 1) packed[pair] = bin;
+      if (packed != nullptr) packed[pair] = bin;
     }
   }
-  if (blocks > 1) {
+}
+
+// After a barrier over the blocks that routed: the layout block reads every pair's slot back
+// (from L2: written by other SMs) as its bin.
+__device__ __forceinline__ void gather_bins(const FusedArgs& a, int* packed) {
+  const int pairs = a.num_tokens * a.p.top_k;
+  for (int i = threadIdx.x; i < pairs; i += blockDim.x) {
+    const int slot = __ldcg(a.slot_ids + i);
+    packed[i] = slot < 0 ? a.num_slots : slot;
+  }
+}
+
+// gridDim.x == 1: one block. gridDim.x > 1: the grid is ONE cluster of gridDim.x blocks.
+template <int kPerLane, bool kBias, class T>
+__global__ void __launch_bounds__(max_warps(kPerLane) * 32) route_layout_kernel(FusedArgs a) {
+  extern __shared__ int smem[];
+  __shared__ int scratch[32];
+  const int warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  const FusedSmem m = carve_smem(a, smem);
+  const bool one_block = gridDim.x == 1;
+  route_tokens<kPerLane, kBias, T>(a, blockIdx.x * warps + warp, gridDim.x * warps, m.stage,
+                                   one_block ? m.packed : nullptr);
+  if (!one_block) {
     __threadfence();
     cluster_barrier();
     if (blockIdx.x != 0) return;
-    for (int i = threadIdx.x; i < pairs; i += blockDim.x) {
-      const int slot = __ldcg(a.slot_ids + i);  // from L2: written by other SMs
-      packed[i] = slot < 0 ? a.num_slots : slot;
-    }
+    gather_bins(a, m.packed);
   }
   __syncthreads();
-
-  layout_block(a, hist, start, packed, scratch, pairs);
+  layout_block(a, m.hist, m.start, m.packed, scratch, a.num_tokens * a.p.top_k);
 }
 
 // kGrid: warps per block (the layout block's warps; routing uses the first route_warps of each
@@ -207,41 +234,17 @@ constexpr int kGridRouteWarps = 4;
 // slot_ids stores before the loads) block 0 reads the slots back and alone does steps 2-4.
 template <int kPerLane, bool kBias, class T>
 __global__ void __launch_bounds__(grid_warps(kPerLane) * 32) route_grid_kernel(FusedArgs a, int route_warps) {
-  extern __shared__ int smem[];  // hist [warps][bins] | start [bins] | packed [pairs] | stage [route_warps][E]
+  extern __shared__ int smem[];  // stage: route_warps rows only
   __shared__ int scratch[32];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  const int bins = a.num_slots + 1;
-  const int K = a.p.top_k, E = a.p.num_experts;
-  const int pairs = a.num_tokens * K;
-  int* hist = smem;
-  int* start = hist + warps * bins;
-  int* packed = start + bins;
-  if (blockIdx.x == 0)
-    for (int i = threadIdx.x; i < warps * bins; i += blockDim.x) hist[i] = 0;
-  if (warp < route_warps) {
-    float* stage = reinterpret_cast<float*>(packed + pairs) + warp * E;
-    const T* logits = static_cast<const T*>(a.logits);
-    for (int t = blockIdx.x * route_warps + warp; t < a.num_tokens; t += gridDim.x * route_warps) {
-      int id;
-      float w;
-      detail::route_token_warp<kPerLane, kBias>(logits + static_cast<int64_t>(t) * E, a.p, a.bias, stage, id, w);
-      if (lane < K) {
-        const int pair = t * K + lane;
-        const int bin = bin_of(a, t, id);
-        a.topk_ids[pair] = id;
-        a.topk_weights[pair] = w;
-        a.slot_ids[pair] = bin == a.num_slots ? -1 : bin;
-      }
-    }
-  }
+  const int warp = threadIdx.x >> 5;
+  const FusedSmem m = carve_smem(a, smem);
+  if (warp < route_warps)
+    route_tokens<kPerLane, kBias, T>(a, blockIdx.x * route_warps + warp, gridDim.x * route_warps, m.stage, nullptr);
   cooperative_groups::this_grid().sync();
   if (blockIdx.x != 0) return;
-  for (int i = threadIdx.x; i < pairs; i += blockDim.x) {
-    const int slot = __ldcg(a.slot_ids + i);  // from L2: written by other SMs
-    packed[i] = slot < 0 ? a.num_slots : slot;
-  }
+  gather_bins(a, m.packed);
   __syncthreads();
-  layout_block(a, hist, start, packed, scratch, pairs);
+  layout_block(a, m.hist, m.start, m.packed, scratch, a.num_tokens * a.p.top_k);
 }
 
 // Blocks and warps of a fused launch.
