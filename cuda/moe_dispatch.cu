@@ -98,13 +98,7 @@ __global__ void layout_chunk_kernel(LayoutArgs a) {
     int carry = 0;
     for (int tile = 0; tile < bins; tile += blockDim.x) {
       const int s = tile + threadIdx.x;
-      int run = 0;
-      if (s < bins)
-        for (int w = 0; w < warps; ++w) {
-          const int c = hist[w * bins + s];
-          hist[w * bins + s] = run;
-          run += c;
-        }
+      const int run = s < bins ? detail::scan_bin_over_warps(hist, bins, warps, s) : 0;
       int total;
       const int start = carry + block_exclusive_scan(run, scratch, &total);
       if (s < bins) {
@@ -115,12 +109,7 @@ __global__ void layout_chunk_kernel(LayoutArgs a) {
     }
   } else {
     for (int s = threadIdx.x; s < bins; s += blockDim.x) {
-      int run = 0;
-      for (int w = 0; w < warps; ++w) {
-        const int c = hist[w * bins + s];
-        hist[w * bins + s] = run;
-        run += c;
-      }
+      const int run = detail::scan_bin_over_warps(hist, bins, warps, s);
       if constexpr (kMode == Mode::kCount) {
         a.chunk_counts[static_cast<int64_t>(blockIdx.x) * bins + s] = run;
       } else {

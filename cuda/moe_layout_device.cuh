@@ -27,6 +27,18 @@ __device__ __forceinline__ int replica_bin(const PlacementView& placement, int32
   return (slot < 0 || slot >= num_slots) ? num_slots : slot;
 }
 
+/// Bin s of per-warp counts hist [warps][bins]: replaces each warp's count by the rows of bin s
+/// that the warps before it hold (an exclusive scan over warps) and returns the bin's total.
+__device__ __forceinline__ int scan_bin_over_warps(int* hist, int bins, int warps, int s) {
+  int run = 0;
+  for (int w = 0; w < warps; ++w) {
+    const int c = hist[w * bins + s];
+    hist[w * bins + s] = run;
+    run += c;
+  }
+  return run;
+}
+
 /// Exclusive scan of one int per thread over the block (blockDim.x a multiple of 32, <= 1024);
 /// returns the thread's prefix and sets *total. scratch: >= 32 ints of shared memory, free again
 /// when the call returns.

@@ -117,15 +117,7 @@ __device__ __forceinline__ void layout_block(const FusedArgs& a, int* hist, int*
   __syncthreads();
 
   // 3. hist[w][s] -> rows of bin s before warp w's piece; start[s] -> first row of bin s.
-  for (int s = threadIdx.x; s < bins; s += blockDim.x) {
-    int run = 0;
-    for (int w = 0; w < warps; ++w) {
-      const int c = hist[w * bins + s];
-      hist[w * bins + s] = run;
-      run += c;
-    }
-    start[s] = run;
-  }
+  for (int s = threadIdx.x; s < bins; s += blockDim.x) start[s] = detail::scan_bin_over_warps(hist, bins, warps, s);
   __syncthreads();
   int carry = 0;
   for (int tile = 0; tile < bins; tile += blockDim.x) {  // uniform trip count: every thread scans
