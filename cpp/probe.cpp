@@ -128,15 +128,30 @@ Layout make_layout(const ProbeConfig& c, uint8_t* base) {
   return l;
 }
 
+// The two column passes below are the planner's only O(R E) work and vectorise. They are written
+// once as force-inlined bodies and compiled twice: for the baseline ISA (SSE2 on x86-64), and, on
+// x86 with GCC or Clang, for AVX2 (twice the lanes), chosen at run time from cpuid. Both compute the
+// same wrapping 32-bit sums, so the plan does not depend on the path taken.
+#if defined(__GNUC__) && !defined(__clang__)
+#define MOEBAL_PROBE_VEC_BODY __attribute__((always_inline, optimize("O3"))) inline
+#define MOEBAL_PROBE_VEC_FN __attribute__((optimize("O3")))
+#elif defined(__GNUC__)
+#define MOEBAL_PROBE_VEC_BODY __attribute__((always_inline)) inline
+#define MOEBAL_PROBE_VEC_FN
+#else
+#define MOEBAL_PROBE_VEC_BODY inline
+#define MOEBAL_PROBE_VEC_FN
+#endif
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define MOEBAL_PROBE_AVX2_CLONES 1
+#endif
+
 // colsum[e] = sum of counts[s][e] over sources, in 32-bit lanes (the SSE2 baseline vectorises it
 // without widening). Returns the OR of all counts. When it is below 2^24 (no count is negative or
 // 2^24 or more), every column sum is below R 2^24 <= 2^30, so their total is exact too; otherwise
 // the caller checks the signs and takes the total in 64 bits (counts that large are unrealistic).
 // It is the one O(R E) pass over the input on the hot path.
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("O3")))
-#endif
-uint32_t column_sums(const int32_t* counts, int R, int E, int32_t* colsum) {
+MOEBAL_PROBE_VEC_BODY uint32_t column_sums_body(const int32_t* counts, int R, int E, int32_t* colsum) {
   uint32_t bits = 0;
   const uint32_t* u = reinterpret_cast<const uint32_t*>(counts);
   uint32_t* cs = reinterpret_cast<uint32_t*>(colsum);
@@ -168,10 +183,7 @@ uint32_t column_sums(const int32_t* counts, int R, int E, int32_t* colsum) {
 // Adds (INIT: stores) NR consecutive rows of counts, starting at source s, into ns, and their signed
 // parities into np (+ for even sources, - for odd ones); one pass over ns and np for up to 4 rows.
 template <int NR, bool INIT>
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("O3")))
-#endif
-inline uint32_t node_rows(const uint32_t* row, int E, int s, uint32_t* ns, uint32_t* np) {
+MOEBAL_PROBE_VEC_BODY uint32_t node_rows(const uint32_t* row, int E, int s, uint32_t* ns, uint32_t* np) {
   const uint32_t neg = (s & 1) ? ~0u : 0u;  // x -> (x ^ neg) - neg negates x for an odd first row
   const uint32_t* r1 = row + (NR > 1 ? E : 0);
   const uint32_t* r2 = row + (NR > 2 ? 2 * E : 0);
@@ -199,10 +211,7 @@ inline uint32_t node_rows(const uint32_t* row, int E, int s, uint32_t* ns, uint3
 // - for odd s), both in wrapping 32-bit lanes; colsum[e] and gpar[e] are their sums over nodes. The
 // split of a multi-copy expert then needs O(1) per node that holds it, and O(1) for all other nodes
 // together, instead of a pass over all sources. Returns the OR of all counts (see column_sums).
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("O3")))
-#endif
-uint32_t column_sums_nodes(const int32_t* counts, int R, int E, int rpn, int32_t* colsum, int32_t* nsum,
+MOEBAL_PROBE_VEC_BODY uint32_t column_sums_nodes_body(const int32_t* counts, int R, int E, int rpn, int32_t* colsum, int32_t* nsum,
                            int32_t* npar, int32_t* gpar) {
   uint32_t bits = 0;
   const uint32_t* u = reinterpret_cast<const uint32_t*>(counts);
@@ -243,6 +252,62 @@ uint32_t column_sums_nodes(const int32_t* counts, int R, int E, int rpn, int32_t
   return bits;
 }
 
+// rank[r] = the number of keys below key[r], for distinct keys: their sorted order without a
+// sort's mispredicted branches (R^2 compares, 4 per AVX2 instruction; slower than std::sort in
+// SSE2, which has no 64-bit compare, so only the AVX2 path uses it).
+MOEBAL_PROBE_VEC_BODY void rank_keys_body(const int64_t* key, int R, int32_t* rank) {
+  for (int r = 0; r < R; ++r) {
+    const int64_t x = key[r];
+    int64_t c = 0;
+    for (int q = 0; q < R; ++q) c += key[q] < x;
+    rank[r] = static_cast<int32_t>(c);
+  }
+}
+
+MOEBAL_PROBE_VEC_FN uint32_t column_sums_base(const int32_t* counts, int R, int E, int32_t* colsum) {
+  return column_sums_body(counts, R, E, colsum);
+}
+MOEBAL_PROBE_VEC_FN uint32_t column_sums_nodes_base(const int32_t* counts, int R, int E, int rpn, int32_t* colsum,
+                                                    int32_t* nsum, int32_t* npar, int32_t* gpar) {
+  return column_sums_nodes_body(counts, R, E, rpn, colsum, nsum, npar, gpar);
+}
+#if defined(MOEBAL_PROBE_AVX2_CLONES)
+__attribute__((target("avx2"))) MOEBAL_PROBE_VEC_FN uint32_t column_sums_avx2(const int32_t* counts, int R, int E,
+                                                                              int32_t* colsum) {
+  return column_sums_body(counts, R, E, colsum);
+}
+__attribute__((target("avx2"))) MOEBAL_PROBE_VEC_FN uint32_t column_sums_nodes_avx2(const int32_t* counts, int R, int E,
+                                                                                    int rpn, int32_t* colsum,
+                                                                                    int32_t* nsum, int32_t* npar,
+                                                                                    int32_t* gpar) {
+  return column_sums_nodes_body(counts, R, E, rpn, colsum, nsum, npar, gpar);
+}
+__attribute__((target("avx2"))) MOEBAL_PROBE_VEC_FN void rank_keys_avx2(const int64_t* key, int R, int32_t* rank) {
+  rank_keys_body(key, R, rank);
+}
+bool cpu_has_avx2() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2");
+}
+#endif
+
+// The vector kernels of one probe_plan call: the AVX2 clones when the CPU has AVX2 and the caller
+// did not ask for the portable ones (the tests compare both).
+struct Kernels {
+  uint32_t (*column_sums)(const int32_t*, int, int, int32_t*);
+  uint32_t (*column_sums_nodes)(const int32_t*, int, int, int, int32_t*, int32_t*, int32_t*, int32_t*);
+  void (*rank_keys)(const int64_t*, int, int32_t*);  // null: sort instead
+};
+
+Kernels select_kernels(bool portable) {
+#if defined(MOEBAL_PROBE_AVX2_CLONES)
+  static const bool avx2 = cpu_has_avx2();
+  if (avx2 && !portable) return {column_sums_avx2, column_sums_nodes_avx2, rank_keys_avx2};
+#endif
+  (void)portable;
+  return {column_sums_base, column_sums_nodes_base, nullptr};
+}
+
 // pd::init_split of expert e for the sources [s0, s1) of one node, whose receiving tier (holders
 // of e on the node, or all holders h) has three or more ranks: added to m, source by source.
 void split_sources(const int32_t* counts, int E, int e, uint64_t h, uint64_t tier, int s0, int s1, int32_t* m,
@@ -268,9 +333,19 @@ void split_sources(const int32_t* counts, int E, int e, uint64_t h, uint64_t tie
 
 // Ranks by (T ascending, rank ascending) into order, with their keys in ordT and positions in pos;
 // once per layer (sorting the keys themselves, not indices into T).
-void sort_order(const int64_t* T, int R, int32_t* order, int64_t* ordT, int32_t* pos) {
+void sort_order(const int64_t* T, int R, int32_t* order, int64_t* ordT, int32_t* pos, const Kernels& kern) {
   int64_t any = 0;
   for (int r = 0; r < R; ++r) any |= T[r];
+  if (any < (int64_t(1) << 57) && kern.rank_keys) {  // distinct packed keys (T, rank), below 2^63
+    int64_t key[kProbeMaxRanks];
+    for (int r = 0; r < R; ++r) key[r] = static_cast<int64_t>((static_cast<uint64_t>(T[r]) << 6) | static_cast<uint64_t>(r));
+    kern.rank_keys(key, R, pos);
+    for (int r = 0; r < R; ++r) {
+      order[pos[r]] = r;
+      ordT[pos[r]] = T[r];
+    }
+    return;
+  }
   if (any < (int64_t(1) << 57)) {  // times below 2^57 ps (1.6 days): sort (T, rank) packed in one word
     uint64_t packed[kProbeMaxRanks];
     for (int r = 0; r < R; ++r) packed[r] = (static_cast<uint64_t>(T[r]) << 6) | static_cast<uint64_t>(r);
@@ -325,7 +400,7 @@ inline bool no_drain_reaches(int64_t bb, int64_t gap, int64_t sum, int64_t bar) 
 void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, const int32_t* next_counts,
                 const int32_t* phy2log,
                 const double* window_us, const Layout& w, int64_t t_intra, int64_t t_inter,
-                int64_t min_gain, bool exhaustive, size_t cap, const ProbeOutputs& out) {
+                int64_t min_gain, bool exhaustive, size_t cap, const Kernels& kern, const ProbeOutputs& out) {
   const int R = c.num_ranks, E = c.num_experts, S = c.max_extra_slots, K = c.max_iters;
   const int spg = c.num_slots / R, rpn = c.nodes_ranks();
   const size_t RE = static_cast<size_t>(R) * E;
@@ -355,8 +430,8 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
 
   // Counts: validate and take column sums (vectorised; per node with multi-copy experts), then the
   // locality-first split.
-  const uint32_t bits = multi ? column_sums_nodes(counts, R, E, rpn, w.colsum, w.nsum, w.npar, w.gpar)
-                              : column_sums(counts, R, E, w.colsum);
+  const uint32_t bits = multi ? kern.column_sums_nodes(counts, R, E, rpn, w.colsum, w.nsum, w.npar, w.gpar)
+                              : kern.column_sums(counts, R, E, w.colsum);
   int64_t total = 0;
   if (bits >> 24) {
     // A negative count, or one of 2^24 or more: check, and take the total in 64 bits. If it fits in
@@ -465,7 +540,7 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     w.tok0[r] = w.tok[r];
   }
   for (int i = 0; i < R * S; ++i) w.rep_e[i] = w.rep_src[i] = -1;
-  sort_order(w.T, R, w.order, w.ordT, w.pos);
+  sort_order(w.T, R, w.order, w.ordT, w.pos, kern);
 
   const pd::View v{R, E, S, rpn, w.native, w.extra, w.m, w.loc, w.T, w.a, w.b, w.win, w.in, w.out,
                    w.slots, w.node, t_intra, t_inter, min_gain};
@@ -1002,10 +1077,11 @@ void probe_quota_to_dense(const ProbeConfig& cfg, int32_t num_layers, const int3
   }
 }
 namespace detail {
-// Same as probe_plan; `exhaustive` evaluates every pair (no pruning). Used by the tests to show the
-// pruned search finds the same plan.
+// Same as probe_plan; `exhaustive` evaluates every pair (no pruning), `portable` keeps to the
+// baseline-ISA kernels. Used by the tests to show the pruned search and every kernel path find the
+// same plan.
 void probe_plan_impl(const ProbeConfig& cfg, int32_t num_layers, const ProbeInputs& in, const ProbeOutputs& out,
-                     void* workspace, size_t workspace_bytes, bool exhaustive) {
+                     void* workspace, size_t workspace_bytes, bool exhaustive, bool portable) {
   cfg.validate();
   MOEBAL_CHECK_ARG(num_layers >= 0, "probe: num_layers must be >= 0, got ", num_layers);
   if (num_layers == 0) return;
@@ -1034,16 +1110,17 @@ void probe_plan_impl(const ProbeConfig& cfg, int32_t num_layers, const ProbeInpu
   const int64_t t_inter = rpn == cfg.num_ranks ? t_intra : probe_transfer_ps(cfg.expert_bytes, cfg.inter_node_GBps);
   const int64_t min_gain = pd::round_ps(cfg.min_gain_us);
   const size_t RE = static_cast<size_t>(cfg.num_ranks) * cfg.num_experts;
+  const Kernels kern = select_kernels(portable);
   for (int32_t l = 0; l < num_layers; ++l)
     plan_layer(cfg, l, in.counts + l * RE, l + 1 < num_layers ? in.counts + (l + 1) * RE : nullptr,
                in.phy2log + static_cast<size_t>(l) * cfg.num_slots, in.window_us + static_cast<size_t>(l) * cfg.num_ranks,
-               w, t_intra, t_inter, min_gain, exhaustive, cap, out);
+               w, t_intra, t_inter, min_gain, exhaustive, cap, kern, out);
 }
 }  // namespace detail
 
 void probe_plan(const ProbeConfig& cfg, int32_t num_layers, const ProbeInputs& in, const ProbeOutputs& out,
                 void* workspace, size_t workspace_bytes) {
-  detail::probe_plan_impl(cfg, num_layers, in, out, workspace, workspace_bytes, false);
+  detail::probe_plan_impl(cfg, num_layers, in, out, workspace, workspace_bytes, false, false);
 }
 
 }  // namespace moebal::core

@@ -14,7 +14,7 @@
 
 namespace moebal::core::detail {
 void probe_plan_impl(const ProbeConfig& cfg, int32_t num_layers, const ProbeInputs& in, const ProbeOutputs& out,
-                     void* workspace, size_t workspace_bytes, bool exhaustive);
+                     void* workspace, size_t workspace_bytes, bool exhaustive, bool portable);
 }  // namespace moebal::core::detail
 
 namespace {
@@ -23,10 +23,11 @@ using moebal::core::ProbeConfig;
 using moebal_test::ProbeCase;
 using moebal_test::ProbePlanOut;
 
-ProbePlanOut run_cpu(const ProbeCase& c, bool exhaustive = false) {
+ProbePlanOut run_cpu(const ProbeCase& c, bool exhaustive = false, bool portable = false) {
   ProbePlanOut o(c);
   std::vector<unsigned char> ws(moebal::core::probe_workspace_bytes(c.cfg));
-  moebal::core::detail::probe_plan_impl(c.cfg, c.L, c.inputs(), o.outputs(), ws.data(), ws.size(), exhaustive);
+  moebal::core::detail::probe_plan_impl(c.cfg, c.L, c.inputs(), o.outputs(), ws.data(), ws.size(), exhaustive,
+                                        portable);
   return o;
 }
 
