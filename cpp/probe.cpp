@@ -552,6 +552,8 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     if (S > 0) has_slot |= uint64_t(1) << r;
     if (w.in[r] + t_inter <= w.win[r]) xok |= uint64_t(1) << r;
   }
+  int64_t b_min = w.b[0];  // the smallest per-token time of any helper
+  for (int r = 1; r < R; ++r) b_min = std::min(b_min, w.b[r]);
   const size_t lines = next_counts ? (RE * sizeof(int32_t) + 63) / 64 : 0;
   size_t prefetched = 0;
   const size_t per_iter = K > 0 ? (lines + K - 1) / K : lines;
@@ -639,7 +641,12 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
         const int64_t ad = w.a[d], bdv = w.b[d], sum = bb + bdv;
         // No pair with d can reach thr: neither without draining (bound with c = T_d, the larger
         // of the two) nor by draining a candidate (gain <= min(cand_ub, gap)).
-        if (!exhaustive && std::min(max_drain_ub, gap) < thr && !no_drain_reaches(bb, gap, sum, thr)) continue;
+        if (!exhaustive && std::min(max_drain_ub, gap) < thr && !no_drain_reaches(bb, gap, sum, thr)) {
+          // Neither can any later helper d': its gap is no larger, b_d' >= b_min, and thr only
+          // rises, so both bounds stay below thr.
+          if (!no_drain_reaches(bb, gap, bb + b_min, thr)) break;
+          continue;
+        }
         const int32_t* md_row = w.m + static_cast<size_t>(d) * E;
         bool memo_ok[2] = {false, false};
         int64_t memo_g[2] = {0, 0}, memo_x[2] = {0, 0};
