@@ -729,46 +729,6 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     std::memset(amt, 0, sizeof(int32_t) * R);
     int64_t rem = bx;
     uint64_t taken = 0;  // sources with amt > 0
-    // pd::init_quota(n, native[e], s, bn) depends on s only through n, whether s holds e, s mod k
-    // and the receiving tier of s's node; the tier's size k and bn's index in it are computed once
-    // per node (sources are visited node by node), and k = 1, 2 need no division.
-    const uint64_t he = w.native[e];
-    int tier_node = -1;
-    unsigned tier_k = 0, tier_pos = 0;
-    bool tier_has_bn = false;
-    auto take = [&](int s) {
-      const uint32_t un = static_cast<uint32_t>(counts[static_cast<size_t>(s) * E + e]);
-      int64_t q = 0;  // a source holding e keeps its tokens (s != bn)
-      if (!((he >> s) & 1)) {
-        if (w.node[s] != tier_node) {
-          tier_node = w.node[s];
-          const uint64_t t = he & w.node_mask[s], tier = t ? t : he;
-          tier_has_bn = (tier >> bn) & 1;
-          tier_k = static_cast<unsigned>(pd::popcount64(tier));
-          tier_pos = static_cast<unsigned>(pd::popcount64(tier & ((uint64_t(1) << bn) - 1)));
-        }
-        if (!tier_has_bn) {
-          q = 0;
-        } else if (tier_k == 1) {
-          q = un;
-        } else if (tier_k == 2) {  // index (pos - s) mod 2 == 0 gets the odd token
-          q = (un >> 1) + (un & 1 & ~(tier_pos ^ static_cast<unsigned>(s)));
-        } else {
-          const unsigned rot = static_cast<unsigned>(s) % tier_k;
-          const unsigned idx = tier_pos >= rot ? tier_pos - rot : tier_pos + tier_k - rot;
-          q = un / tier_k + (idx < un % tier_k ? 1 : 0);
-        }
-      }
-      for (int i = 0; i < nl; ++i) {
-        const int j = w.mlist[i];
-        const int64_t a = w.mv_amt[static_cast<size_t>(j >> 1) * R + s];
-        q += (j & 1) ? a : -a;
-      }
-      const int64_t t = q < rem ? q : rem;
-      amt[s] = static_cast<int32_t>(t);
-      taken |= static_cast<uint64_t>(t > 0) << s;
-      rem -= t;
-    };
     const int n0 = w.node[d] * rpn, n1 = n0 + rpn;
     if (nl == 0 && w.native[e] == (uint64_t(1) << bn)) {
       // e's only static holder is bn and no earlier move took e to or from bn: every other source's
@@ -787,11 +747,62 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
       for (int s = 0; s < R && rem > 0; ++s)
         if (s != bn && (s < n0 || s >= n1)) take_all(s);
     } else {
+      // The shares on bn are computed a node at a time, when the walk reaches the node, without a
+      // branch per source (then the walk itself is a short dependency chain). pd::init_quota(n,
+      // native[e], s, bn) depends on s only through n, whether s holds e, s mod k and the receiving
+      // tier of s's node; k = 1, 2 need no division. Sums wrap in 32 bits; the shares are exact.
+      const uint64_t he = w.native[e];
+      uint32_t q[kProbeMaxRanks];
+      auto shares = [&](int s0, int s1) {  // q[s] for the sources [s0, s1) of one node
+        const uint64_t t = he & w.node_mask[s0], tier = t ? t : he;
+        const unsigned k = static_cast<unsigned>(pd::popcount64(tier));
+        const unsigned pos = static_cast<unsigned>(pd::popcount64(tier & ((uint64_t(1) << bn) - 1)));
+        const uint32_t* cu = reinterpret_cast<const uint32_t*>(counts) + e;
+        if (!((tier >> bn) & 1)) {
+          for (int s = s0; s < s1; ++s) q[s] = 0;
+        } else if (k == 1) {
+          for (int s = s0; s < s1; ++s) q[s] = cu[static_cast<size_t>(s) * E];
+        } else if (k == 2) {  // index (pos - s) mod 2 == 0 gets the odd token
+          for (int s = s0; s < s1; ++s) {
+            const uint32_t un = cu[static_cast<size_t>(s) * E];
+            q[s] = (un >> 1) + (un & 1 & ~(pos ^ static_cast<unsigned>(s)));
+          }
+        } else {
+          for (int s = s0; s < s1; ++s) {
+            const uint32_t un = cu[static_cast<size_t>(s) * E];
+            const unsigned rot = static_cast<unsigned>(s) % k;
+            const unsigned idx = pos >= rot ? pos - rot : pos + k - rot;
+            q[s] = un / k + (idx < un % k ? 1 : 0);
+          }
+        }
+        for (int s = s0; s < s1; ++s) q[s] &= ((he >> s) & 1) - 1;  // a source holding e keeps its tokens
+        for (int i = 0; i < nl; ++i) {
+          const int jm = w.mlist[i];
+          const uint32_t* a = reinterpret_cast<const uint32_t*>(w.mv_amt) + static_cast<size_t>(jm >> 1) * R;
+          if (jm & 1) {
+            for (int s = s0; s < s1; ++s) q[s] += a[s];
+          } else {
+            for (int s = s0; s < s1; ++s) q[s] -= a[s];
+          }
+        }
+      };
+      auto take = [&](int s) {
+        const int64_t qs = static_cast<int32_t>(q[s]);
+        const int64_t t = qs < rem ? qs : rem;
+        amt[s] = static_cast<int32_t>(t);
+        taken |= static_cast<uint64_t>(t > 0) << s;
+        rem -= t;
+      };
+      shares(n0, n1);
       take(d);
       for (int s = n0; s < n1 && rem > 0; ++s)
         if (s != bn && s != d) take(s);
-      for (int s = 0; s < R && rem > 0; ++s)
-        if (s != bn && (s < n0 || s >= n1)) take(s);
+      for (int j0 = 0; j0 < R && rem > 0; j0 += rpn) {
+        if (j0 == n0) continue;
+        shares(j0, j0 + rpn);
+        for (int s = j0; s < j0 + rpn && rem > 0; ++s)
+          if (s != bn) take(s);
+      }
     }
     w.mv_e[nm] = e;
     w.mv_from[nm] = bn;
