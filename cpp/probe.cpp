@@ -611,8 +611,12 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     // takes the rest of the helpers with a free slot (the surely window-blocked pairs).
     uint64_t helpers[2] = {0, 0};
     int64_t max_drain_ub = std::numeric_limits<int64_t>::min();  // largest cand_ub of a drainable candidate
+    int64_t min_drain_pool = std::numeric_limits<int64_t>::max();  // smallest pool of a drainable candidate
     for (int ci = 0; ci < nc; ++ci) {
-      if (w.cand_drain[ci]) max_drain_ub = std::max(max_drain_ub, w.cand_ub[ci]);
+      if (w.cand_drain[ci]) {
+        max_drain_ub = std::max(max_drain_ub, w.cand_ub[ci]);
+        min_drain_pool = std::min(min_drain_pool, w.cand_pool[ci]);
+      }
       uint64_t near = 0;
       for (uint64_t x = w.cand_nat[ci]; x; x &= ~w.node_mask[pd::ctz64(x)]) near |= w.node_mask[pd::ctz64(x)];
       const uint64_t held = w.cand_held[ci];
@@ -621,6 +625,7 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
       helpers[0] |= w.cand_pass[2 * ci];
       helpers[1] |= w.cand_pass[2 * ci + 1];
     }
+    if (max_drain_ub == std::numeric_limits<int64_t>::min()) min_drain_pool = 0;  // no drainable candidate
     bool found = false, blocked_found = false;
     int64_t bg = 0, bx = 0, kg = 0;
     uint64_t bs = 0, ks = 0;
@@ -640,11 +645,14 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
         const uint64_t dbit = uint64_t(1) << d;
         const int64_t ad = w.a[d], bdv = w.b[d], sum = bb + bdv;
         // No pair with d can reach thr: neither without draining (bound with c = T_d, the larger
-        // of the two) nor by draining a candidate (gain <= min(cand_ub, gap)).
-        if (!exhaustive && std::min(max_drain_ub, gap) < thr && !no_drain_reaches(bb, gap, sum, thr)) {
+        // of the two) nor by draining a candidate c, which gains min(cand_ub_c, Tb - c - b_d pool_c)
+        // <= min(max_drain_ub, gap - b_d min_drain_pool).
+        if (!exhaustive && std::min(max_drain_ub, gap - bdv * min_drain_pool) < thr &&
+            !no_drain_reaches(bb, gap, sum, thr)) {
           // Neither can any later helper d': its gap is no larger, b_d' >= b_min, and thr only
           // rises, so both bounds stay below thr.
-          if (!no_drain_reaches(bb, gap, bb + b_min, thr)) break;
+          if (std::min(max_drain_ub, gap - b_min * min_drain_pool) < thr && !no_drain_reaches(bb, gap, bb + b_min, thr))
+            break;
           continue;
         }
         const int32_t* md_row = w.m + static_cast<size_t>(d) * E;
