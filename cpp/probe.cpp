@@ -1142,6 +1142,9 @@ void probe_plan_impl(const ProbeConfig& cfg, int32_t num_layers, const ProbeInpu
                in.phy2log + static_cast<size_t>(l) * cfg.num_slots, in.window_us + static_cast<size_t>(l) * cfg.num_ranks,
                w, t_intra, t_inter, min_gain, exhaustive, cap, kern, out);
 }
+// Whether probe_plan (portable = false) runs the AVX2 kernels on this CPU; the tests skip the
+// comparison of the two paths when there is only one.
+bool probe_avx2_kernels() { return select_kernels(false).column_sums != column_sums_base; }
 }  // namespace detail
 
 void probe_plan(const ProbeConfig& cfg, int32_t num_layers, const ProbeInputs& in, const ProbeOutputs& out,
