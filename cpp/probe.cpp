@@ -310,16 +310,11 @@ Kernels select_kernels(bool portable) {
 
 // pd::init_split of expert e for the sources [s0, s1) of one node, whose receiving tier (holders
 // of e on the node, or all holders h) has three or more ranks: added to m, source by source.
-void split_sources(const int32_t* counts, int E, int e, uint64_t h, uint64_t tier, int s0, int s1, int32_t* m,
-                   int32_t* loc) {
+void split_sources(const int32_t* counts, int E, int e, uint64_t h, uint64_t tier, int s0, int s1, int32_t* m) {
   const unsigned k = static_cast<unsigned>(pd::popcount64(tier));
   for (int s = s0; s < s1; ++s) {
     const int32_t n = counts[static_cast<size_t>(s) * E + e];
-    if ((h >> s) & 1) {  // a holder keeps its tokens
-      m[static_cast<size_t>(s) * E + e] += n;
-      loc[static_cast<size_t>(s) * E + e] += n;
-      continue;
-    }
+    if ((h >> s) & 1) continue;  // a holder keeps its tokens (m and loc start with them)
     const uint32_t un = static_cast<uint32_t>(n), base = un / k, rem = un % k, rot = static_cast<unsigned>(s) % k;
     uint64_t tt = tier;
     for (unsigned i = 0; tt; ++i) {
@@ -457,9 +452,9 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
       w.loc[static_cast<size_t>(r) * E + e] = counts[static_cast<size_t>(r) * E + e];
       continue;
     }
-    for (uint64_t hh = h; hh; hh &= hh - 1) {
+    for (uint64_t hh = h; hh; hh &= hh - 1) {  // a holder keeps its own tokens
       const size_t i = static_cast<size_t>(pd::ctz64(hh)) * E + e;
-      w.m[i] = w.loc[i] = 0;
+      w.m[i] = w.loc[i] = counts[i];
     }
     // pd::init_split, node by node: a source that does not hold e sends to the holders on its node,
     // or to all holders when none is there (the tier, the same for the whole node). Integer sums
@@ -485,8 +480,6 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
         for (uint64_t y = tier; y; y &= y - 1) {
           const int s = pd::ctz64(y);
           const int32_t n = counts[static_cast<size_t>(s) * E + e];
-          w.m[static_cast<size_t>(s) * E + e] += n;
-          w.loc[static_cast<size_t>(s) * E + e] += n;
           N -= n;
           D -= (s & 1) ? -(n & 1) : (n & 1);
         }
@@ -498,7 +491,7 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
           w.m[static_cast<size_t>(pd::ctz64(second)) * E + e] += static_cast<int32_t>(N - sum0);
         }
       } else {
-        split_sources(counts, E, e, h, tier, j * rpn, (j + 1) * rpn, w.m, w.loc);
+        split_sources(counts, E, e, h, tier, j * rpn, (j + 1) * rpn, w.m);
       }
     }
     if (rest_nodes == 0) continue;  // every node has a holder
@@ -509,7 +502,7 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
       w.m[static_cast<size_t>(pd::ctz64(second)) * E + e] += static_cast<int32_t>(N_rest - sum0);
     } else {
       for (int j = 0; j < R / rpn; ++j)
-        if ((rest_nodes >> (j * rpn)) & 1) split_sources(counts, E, e, h, h, j * rpn, (j + 1) * rpn, w.m, w.loc);
+        if ((rest_nodes >> (j * rpn)) & 1) split_sources(counts, E, e, h, h, j * rpn, (j + 1) * rpn, w.m);
     }
   }
 
