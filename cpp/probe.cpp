@@ -627,10 +627,17 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     for (int pass = 0; pass < 2 && !blocked_found; ++pass) {
       const uint64_t* cpass = w.cand_pass + pass;
       // The pass's helpers as a set of positions in the time order: visited in that order without
-      // a test per rank.
+      // a test per rank. Built from the helpers or, when they are most ranks (typical of pass 1),
+      // from the ranks that are not: a cost of min(helpers, non-helpers).
+      const uint64_t all = R == 64 ? ~uint64_t(0) : (uint64_t(1) << R) - 1;
+      const uint64_t hel = helpers[pass] & ~(uint64_t(1) << bn);
       uint64_t posm = 0;
-      for (uint64_t x = helpers[pass] & ~(uint64_t(1) << bn); x; x &= x - 1)
-        posm |= uint64_t(1) << w.pos[pd::ctz64(x)];
+      if (2 * pd::popcount64(hel) > R) {
+        posm = all;
+        for (uint64_t x = all & ~hel; x; x &= x - 1) posm &= ~(uint64_t(1) << w.pos[pd::ctz64(x)]);
+      } else {
+        for (uint64_t x = hel; x; x &= x - 1) posm |= uint64_t(1) << w.pos[pd::ctz64(x)];
+      }
       for (; posm; posm &= posm - 1) {
         const int d = w.order[pd::ctz64(posm)];
         const int64_t Td = w.T[d], gap = Tb - Td;
