@@ -211,8 +211,8 @@ MOEBAL_PROBE_VEC_BODY uint32_t node_rows(const uint32_t* row, int E, int s, uint
 // - for odd s), both in wrapping 32-bit lanes; colsum[e] and gpar[e] are their sums over nodes. The
 // split of a multi-copy expert then needs O(1) per node that holds it, and O(1) for all other nodes
 // together, instead of a pass over all sources. Returns the OR of all counts (see column_sums).
-MOEBAL_PROBE_VEC_BODY uint32_t column_sums_nodes_body(const int32_t* counts, int R, int E, int rpn, int32_t* colsum, int32_t* nsum,
-                           int32_t* npar, int32_t* gpar) {
+MOEBAL_PROBE_VEC_BODY uint32_t column_sums_nodes_body(const int32_t* counts, int R, int E, int rpn, int32_t* colsum,
+                                                      int32_t* nsum, int32_t* npar, int32_t* gpar) {
   uint32_t bits = 0;
   const uint32_t* u = reinterpret_cast<const uint32_t*>(counts);
   uint32_t* cs = reinterpret_cast<uint32_t*>(colsum);
@@ -333,7 +333,8 @@ void sort_order(const int64_t* T, int R, int32_t* order, int64_t* ordT, int32_t*
   for (int r = 0; r < R; ++r) any |= T[r];
   if (any < (int64_t(1) << 57) && kern.rank_keys) {  // distinct packed keys (T, rank), below 2^63
     int64_t key[kProbeMaxRanks];
-    for (int r = 0; r < R; ++r) key[r] = static_cast<int64_t>((static_cast<uint64_t>(T[r]) << 6) | static_cast<uint64_t>(r));
+    for (int r = 0; r < R; ++r)
+      key[r] = static_cast<int64_t>((static_cast<uint64_t>(T[r]) << 6) | static_cast<uint64_t>(r));
     kern.rank_keys(key, R, pos);
     for (int r = 0; r < R; ++r) {
       order[pos[r]] = r;
@@ -651,7 +652,8 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
             !no_drain_reaches(bb, gap, sum, thr)) {
           // Neither can any later helper d': its gap is no larger, b_d' >= b_min, and thr only
           // rises, so both bounds stay below thr.
-          if (std::min(max_drain_ub, gap - b_min * min_drain_pool) < thr && !no_drain_reaches(bb, gap, bb + b_min, thr))
+          if (std::min(max_drain_ub, gap - b_min * min_drain_pool) < thr &&
+              !no_drain_reaches(bb, gap, bb + b_min, thr))
             break;
           continue;
         }
