@@ -128,15 +128,30 @@ Layout make_layout(const ProbeConfig& c, uint8_t* base) {
   return l;
 }
 
+// The two column passes below are the planner's only O(R E) work and vectorise. They are written
+// once as force-inlined bodies and compiled twice: for the baseline ISA (SSE2 on x86-64), and, on
+// x86 with GCC or Clang, for AVX2 (twice the lanes), chosen at run time from cpuid. Both compute the
+// same wrapping 32-bit sums, so the plan does not depend on the path taken.
+#if defined(__GNUC__) && !defined(__clang__)
+#define MOEBAL_PROBE_VEC_BODY __attribute__((always_inline, optimize("O3"))) inline
+#define MOEBAL_PROBE_VEC_FN __attribute__((optimize("O3")))
+#elif defined(__GNUC__)
+#define MOEBAL_PROBE_VEC_BODY __attribute__((always_inline)) inline
+#define MOEBAL_PROBE_VEC_FN
+#else
+#define MOEBAL_PROBE_VEC_BODY inline
+#define MOEBAL_PROBE_VEC_FN
+#endif
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define MOEBAL_PROBE_AVX2_CLONES 1
+#endif
+
 // colsum[e] = sum of counts[s][e] over sources, in 32-bit lanes (the SSE2 baseline vectorises it
 // without widening). Returns the OR of all counts. When it is below 2^24 (no count is negative or
 // 2^24 or more), every column sum is below R 2^24 <= 2^30, so their total is exact too; otherwise
 // the caller checks the signs and takes the total in 64 bits (counts that large are unrealistic).
 // It is the one O(R E) pass over the input on the hot path.
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("O3")))
-#endif
-uint32_t column_sums(const int32_t* counts, int R, int E, int32_t* colsum) {
+MOEBAL_PROBE_VEC_BODY uint32_t column_sums_body(const int32_t* counts, int R, int E, int32_t* colsum) {
   uint32_t bits = 0;
   const uint32_t* u = reinterpret_cast<const uint32_t*>(counts);
   uint32_t* cs = reinterpret_cast<uint32_t*>(colsum);
@@ -168,10 +183,7 @@ uint32_t column_sums(const int32_t* counts, int R, int E, int32_t* colsum) {
 // Adds (INIT: stores) NR consecutive rows of counts, starting at source s, into ns, and their signed
 // parities into np (+ for even sources, - for odd ones); one pass over ns and np for up to 4 rows.
 template <int NR, bool INIT>
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("O3")))
-#endif
-inline uint32_t node_rows(const uint32_t* row, int E, int s, uint32_t* ns, uint32_t* np) {
+MOEBAL_PROBE_VEC_BODY uint32_t node_rows(const uint32_t* row, int E, int s, uint32_t* ns, uint32_t* np) {
   const uint32_t neg = (s & 1) ? ~0u : 0u;  // x -> (x ^ neg) - neg negates x for an odd first row
   const uint32_t* r1 = row + (NR > 1 ? E : 0);
   const uint32_t* r2 = row + (NR > 2 ? 2 * E : 0);
@@ -199,11 +211,8 @@ inline uint32_t node_rows(const uint32_t* row, int E, int s, uint32_t* ns, uint3
 // - for odd s), both in wrapping 32-bit lanes; colsum[e] and gpar[e] are their sums over nodes. The
 // split of a multi-copy expert then needs O(1) per node that holds it, and O(1) for all other nodes
 // together, instead of a pass over all sources. Returns the OR of all counts (see column_sums).
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("O3")))
-#endif
-uint32_t column_sums_nodes(const int32_t* counts, int R, int E, int rpn, int32_t* colsum, int32_t* nsum,
-                           int32_t* npar, int32_t* gpar) {
+MOEBAL_PROBE_VEC_BODY uint32_t column_sums_nodes_body(const int32_t* counts, int R, int E, int rpn, int32_t* colsum,
+                                                      int32_t* nsum, int32_t* npar, int32_t* gpar) {
   uint32_t bits = 0;
   const uint32_t* u = reinterpret_cast<const uint32_t*>(counts);
   uint32_t* cs = reinterpret_cast<uint32_t*>(colsum);
@@ -243,18 +252,69 @@ uint32_t column_sums_nodes(const int32_t* counts, int R, int E, int rpn, int32_t
   return bits;
 }
 
+// rank[r] = the number of keys below key[r], for distinct keys: their sorted order without a
+// sort's mispredicted branches (R^2 compares, 4 per AVX2 instruction; slower than std::sort in
+// SSE2, which has no 64-bit compare, so only the AVX2 path uses it).
+MOEBAL_PROBE_VEC_BODY void rank_keys_body(const int64_t* key, int R, int32_t* rank) {
+  for (int r = 0; r < R; ++r) {
+    const int64_t x = key[r];
+    int64_t c = 0;
+    for (int q = 0; q < R; ++q) c += key[q] < x;
+    rank[r] = static_cast<int32_t>(c);
+  }
+}
+
+MOEBAL_PROBE_VEC_FN uint32_t column_sums_base(const int32_t* counts, int R, int E, int32_t* colsum) {
+  return column_sums_body(counts, R, E, colsum);
+}
+MOEBAL_PROBE_VEC_FN uint32_t column_sums_nodes_base(const int32_t* counts, int R, int E, int rpn, int32_t* colsum,
+                                                    int32_t* nsum, int32_t* npar, int32_t* gpar) {
+  return column_sums_nodes_body(counts, R, E, rpn, colsum, nsum, npar, gpar);
+}
+#if defined(MOEBAL_PROBE_AVX2_CLONES)
+__attribute__((target("avx2"))) MOEBAL_PROBE_VEC_FN uint32_t column_sums_avx2(const int32_t* counts, int R, int E,
+                                                                              int32_t* colsum) {
+  return column_sums_body(counts, R, E, colsum);
+}
+__attribute__((target("avx2"))) MOEBAL_PROBE_VEC_FN uint32_t column_sums_nodes_avx2(const int32_t* counts, int R, int E,
+                                                                                    int rpn, int32_t* colsum,
+                                                                                    int32_t* nsum, int32_t* npar,
+                                                                                    int32_t* gpar) {
+  return column_sums_nodes_body(counts, R, E, rpn, colsum, nsum, npar, gpar);
+}
+__attribute__((target("avx2"))) MOEBAL_PROBE_VEC_FN void rank_keys_avx2(const int64_t* key, int R, int32_t* rank) {
+  rank_keys_body(key, R, rank);
+}
+bool cpu_has_avx2() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2");
+}
+#endif
+
+// The vector kernels of one probe_plan call: the AVX2 clones when the CPU has AVX2 and the caller
+// did not ask for the portable ones (the tests compare both).
+struct Kernels {
+  uint32_t (*column_sums)(const int32_t*, int, int, int32_t*);
+  uint32_t (*column_sums_nodes)(const int32_t*, int, int, int, int32_t*, int32_t*, int32_t*, int32_t*);
+  void (*rank_keys)(const int64_t*, int, int32_t*);  // null: sort instead
+};
+
+Kernels select_kernels(bool portable) {
+#if defined(MOEBAL_PROBE_AVX2_CLONES)
+  static const bool avx2 = cpu_has_avx2();
+  if (avx2 && !portable) return {column_sums_avx2, column_sums_nodes_avx2, rank_keys_avx2};
+#endif
+  (void)portable;
+  return {column_sums_base, column_sums_nodes_base, nullptr};
+}
+
 // pd::init_split of expert e for the sources [s0, s1) of one node, whose receiving tier (holders
 // of e on the node, or all holders h) has three or more ranks: added to m, source by source.
-void split_sources(const int32_t* counts, int E, int e, uint64_t h, uint64_t tier, int s0, int s1, int32_t* m,
-                   int32_t* loc) {
+void split_sources(const int32_t* counts, int E, int e, uint64_t h, uint64_t tier, int s0, int s1, int32_t* m) {
   const unsigned k = static_cast<unsigned>(pd::popcount64(tier));
   for (int s = s0; s < s1; ++s) {
     const int32_t n = counts[static_cast<size_t>(s) * E + e];
-    if ((h >> s) & 1) {  // a holder keeps its tokens
-      m[static_cast<size_t>(s) * E + e] += n;
-      loc[static_cast<size_t>(s) * E + e] += n;
-      continue;
-    }
+    if ((h >> s) & 1) continue;  // a holder keeps its tokens (m and loc start with them)
     const uint32_t un = static_cast<uint32_t>(n), base = un / k, rem = un % k, rot = static_cast<unsigned>(s) % k;
     uint64_t tt = tier;
     for (unsigned i = 0; tt; ++i) {
@@ -268,9 +328,20 @@ void split_sources(const int32_t* counts, int E, int e, uint64_t h, uint64_t tie
 
 // Ranks by (T ascending, rank ascending) into order, with their keys in ordT and positions in pos;
 // once per layer (sorting the keys themselves, not indices into T).
-void sort_order(const int64_t* T, int R, int32_t* order, int64_t* ordT, int32_t* pos) {
+void sort_order(const int64_t* T, int R, int32_t* order, int64_t* ordT, int32_t* pos, const Kernels& kern) {
   int64_t any = 0;
   for (int r = 0; r < R; ++r) any |= T[r];
+  if (any < (int64_t(1) << 57) && kern.rank_keys) {  // distinct packed keys (T, rank), below 2^63
+    int64_t key[kProbeMaxRanks];
+    for (int r = 0; r < R; ++r)
+      key[r] = static_cast<int64_t>((static_cast<uint64_t>(T[r]) << 6) | static_cast<uint64_t>(r));
+    kern.rank_keys(key, R, pos);
+    for (int r = 0; r < R; ++r) {
+      order[pos[r]] = r;
+      ordT[pos[r]] = T[r];
+    }
+    return;
+  }
   if (any < (int64_t(1) << 57)) {  // times below 2^57 ps (1.6 days): sort (T, rank) packed in one word
     uint64_t packed[kProbeMaxRanks];
     for (int r = 0; r < R; ++r) packed[r] = (static_cast<uint64_t>(T[r]) << 6) | static_cast<uint64_t>(r);
@@ -325,7 +396,7 @@ inline bool no_drain_reaches(int64_t bb, int64_t gap, int64_t sum, int64_t bar) 
 void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, const int32_t* next_counts,
                 const int32_t* phy2log,
                 const double* window_us, const Layout& w, int64_t t_intra, int64_t t_inter,
-                int64_t min_gain, bool exhaustive, size_t cap, const ProbeOutputs& out) {
+                int64_t min_gain, bool exhaustive, size_t cap, const Kernels& kern, const ProbeOutputs& out) {
   const int R = c.num_ranks, E = c.num_experts, S = c.max_extra_slots, K = c.max_iters;
   const int spg = c.num_slots / R, rpn = c.nodes_ranks();
   const size_t RE = static_cast<size_t>(R) * E;
@@ -355,8 +426,8 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
 
   // Counts: validate and take column sums (vectorised; per node with multi-copy experts), then the
   // locality-first split.
-  const uint32_t bits = multi ? column_sums_nodes(counts, R, E, rpn, w.colsum, w.nsum, w.npar, w.gpar)
-                              : column_sums(counts, R, E, w.colsum);
+  const uint32_t bits = multi ? kern.column_sums_nodes(counts, R, E, rpn, w.colsum, w.nsum, w.npar, w.gpar)
+                              : kern.column_sums(counts, R, E, w.colsum);
   int64_t total = 0;
   if (bits >> 24) {
     // A negative count, or one of 2^24 or more: check, and take the total in 64 bits. If it fits in
@@ -382,9 +453,9 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
       w.loc[static_cast<size_t>(r) * E + e] = counts[static_cast<size_t>(r) * E + e];
       continue;
     }
-    for (uint64_t hh = h; hh; hh &= hh - 1) {
+    for (uint64_t hh = h; hh; hh &= hh - 1) {  // a holder keeps its own tokens
       const size_t i = static_cast<size_t>(pd::ctz64(hh)) * E + e;
-      w.m[i] = w.loc[i] = 0;
+      w.m[i] = w.loc[i] = counts[i];
     }
     // pd::init_split, node by node: a source that does not hold e sends to the holders on its node,
     // or to all holders when none is there (the tier, the same for the whole node). Integer sums
@@ -410,8 +481,6 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
         for (uint64_t y = tier; y; y &= y - 1) {
           const int s = pd::ctz64(y);
           const int32_t n = counts[static_cast<size_t>(s) * E + e];
-          w.m[static_cast<size_t>(s) * E + e] += n;
-          w.loc[static_cast<size_t>(s) * E + e] += n;
           N -= n;
           D -= (s & 1) ? -(n & 1) : (n & 1);
         }
@@ -423,7 +492,7 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
           w.m[static_cast<size_t>(pd::ctz64(second)) * E + e] += static_cast<int32_t>(N - sum0);
         }
       } else {
-        split_sources(counts, E, e, h, tier, j * rpn, (j + 1) * rpn, w.m, w.loc);
+        split_sources(counts, E, e, h, tier, j * rpn, (j + 1) * rpn, w.m);
       }
     }
     if (rest_nodes == 0) continue;  // every node has a holder
@@ -434,7 +503,7 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
       w.m[static_cast<size_t>(pd::ctz64(second)) * E + e] += static_cast<int32_t>(N_rest - sum0);
     } else {
       for (int j = 0; j < R / rpn; ++j)
-        if ((rest_nodes >> (j * rpn)) & 1) split_sources(counts, E, e, h, h, j * rpn, (j + 1) * rpn, w.m, w.loc);
+        if ((rest_nodes >> (j * rpn)) & 1) split_sources(counts, E, e, h, h, j * rpn, (j + 1) * rpn, w.m);
     }
   }
 
@@ -465,7 +534,7 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     w.tok0[r] = w.tok[r];
   }
   for (int i = 0; i < R * S; ++i) w.rep_e[i] = w.rep_src[i] = -1;
-  sort_order(w.T, R, w.order, w.ordT, w.pos);
+  sort_order(w.T, R, w.order, w.ordT, w.pos, kern);
 
   const pd::View v{R, E, S, rpn, w.native, w.extra, w.m, w.loc, w.T, w.a, w.b, w.win, w.in, w.out,
                    w.slots, w.node, t_intra, t_inter, min_gain};
@@ -477,6 +546,8 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     if (S > 0) has_slot |= uint64_t(1) << r;
     if (w.in[r] + t_inter <= w.win[r]) xok |= uint64_t(1) << r;
   }
+  int64_t b_min = w.b[0];  // the smallest per-token time of any helper
+  for (int r = 1; r < R; ++r) b_min = std::min(b_min, w.b[r]);
   const size_t lines = next_counts ? (RE * sizeof(int32_t) + 63) / 64 : 0;
   size_t prefetched = 0;
   const size_t per_iter = K > 0 ? (lines + K - 1) / K : lines;
@@ -534,8 +605,12 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     // takes the rest of the helpers with a free slot (the surely window-blocked pairs).
     uint64_t helpers[2] = {0, 0};
     int64_t max_drain_ub = std::numeric_limits<int64_t>::min();  // largest cand_ub of a drainable candidate
+    int64_t min_drain_pool = std::numeric_limits<int64_t>::max();  // smallest pool of a drainable candidate
     for (int ci = 0; ci < nc; ++ci) {
-      if (w.cand_drain[ci]) max_drain_ub = std::max(max_drain_ub, w.cand_ub[ci]);
+      if (w.cand_drain[ci]) {
+        max_drain_ub = std::max(max_drain_ub, w.cand_ub[ci]);
+        min_drain_pool = std::min(min_drain_pool, w.cand_pool[ci]);
+      }
       uint64_t near = 0;
       for (uint64_t x = w.cand_nat[ci]; x; x &= ~w.node_mask[pd::ctz64(x)]) near |= w.node_mask[pd::ctz64(x)];
       const uint64_t held = w.cand_held[ci];
@@ -544,6 +619,7 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
       helpers[0] |= w.cand_pass[2 * ci];
       helpers[1] |= w.cand_pass[2 * ci + 1];
     }
+    if (max_drain_ub == std::numeric_limits<int64_t>::min()) min_drain_pool = 0;  // no drainable candidate
     bool found = false, blocked_found = false;
     int64_t bg = 0, bx = 0, kg = 0;
     uint64_t bs = 0, ks = 0;
@@ -552,10 +628,17 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     for (int pass = 0; pass < 2 && !blocked_found; ++pass) {
       const uint64_t* cpass = w.cand_pass + pass;
       // The pass's helpers as a set of positions in the time order: visited in that order without
-      // a test per rank.
+      // a test per rank. Built from the helpers or, when they are most ranks (typical of pass 1),
+      // from the ranks that are not: a cost of min(helpers, non-helpers).
+      const uint64_t all = R == 64 ? ~uint64_t(0) : (uint64_t(1) << R) - 1;
+      const uint64_t hel = helpers[pass] & ~(uint64_t(1) << bn);
       uint64_t posm = 0;
-      for (uint64_t x = helpers[pass] & ~(uint64_t(1) << bn); x; x &= x - 1)
-        posm |= uint64_t(1) << w.pos[pd::ctz64(x)];
+      if (2 * pd::popcount64(hel) > R) {
+        posm = all;
+        for (uint64_t x = all & ~hel; x; x &= x - 1) posm &= ~(uint64_t(1) << w.pos[pd::ctz64(x)]);
+      } else {
+        for (uint64_t x = hel; x; x &= x - 1) posm |= uint64_t(1) << w.pos[pd::ctz64(x)];
+      }
       for (; posm; posm &= posm - 1) {
         const int d = w.order[pd::ctz64(posm)];
         const int64_t Td = w.T[d], gap = Tb - Td;
@@ -563,8 +646,17 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
         const uint64_t dbit = uint64_t(1) << d;
         const int64_t ad = w.a[d], bdv = w.b[d], sum = bb + bdv;
         // No pair with d can reach thr: neither without draining (bound with c = T_d, the larger
-        // of the two) nor by draining a candidate (gain <= min(cand_ub, gap)).
-        if (!exhaustive && std::min(max_drain_ub, gap) < thr && !no_drain_reaches(bb, gap, sum, thr)) continue;
+        // of the two) nor by draining a candidate c, which gains min(cand_ub_c, Tb - c - b_d pool_c)
+        // <= min(max_drain_ub, gap - b_d min_drain_pool).
+        if (!exhaustive && std::min(max_drain_ub, gap - bdv * min_drain_pool) < thr &&
+            !no_drain_reaches(bb, gap, sum, thr)) {
+          // Neither can any later helper d': its gap is no larger, b_d' >= b_min, and thr only
+          // rises, so both bounds stay below thr.
+          if (std::min(max_drain_ub, gap - b_min * min_drain_pool) < thr &&
+              !no_drain_reaches(bb, gap, bb + b_min, thr))
+            break;
+          continue;
+        }
         const int32_t* md_row = w.m + static_cast<size_t>(d) * E;
         bool memo_ok[2] = {false, false};
         int64_t memo_g[2] = {0, 0}, memo_x[2] = {0, 0};
@@ -647,46 +739,6 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
     std::memset(amt, 0, sizeof(int32_t) * R);
     int64_t rem = bx;
     uint64_t taken = 0;  // sources with amt > 0
-    // pd::init_quota(n, native[e], s, bn) depends on s only through n, whether s holds e, s mod k
-    // and the receiving tier of s's node; the tier's size k and bn's index in it are computed once
-    // per node (sources are visited node by node), and k = 1, 2 need no division.
-    const uint64_t he = w.native[e];
-    int tier_node = -1;
-    unsigned tier_k = 0, tier_pos = 0;
-    bool tier_has_bn = false;
-    auto take = [&](int s) {
-      const uint32_t un = static_cast<uint32_t>(counts[static_cast<size_t>(s) * E + e]);
-      int64_t q = 0;  // a source holding e keeps its tokens (s != bn)
-      if (!((he >> s) & 1)) {
-        if (w.node[s] != tier_node) {
-          tier_node = w.node[s];
-          const uint64_t t = he & w.node_mask[s], tier = t ? t : he;
-          tier_has_bn = (tier >> bn) & 1;
-          tier_k = static_cast<unsigned>(pd::popcount64(tier));
-          tier_pos = static_cast<unsigned>(pd::popcount64(tier & ((uint64_t(1) << bn) - 1)));
-        }
-        if (!tier_has_bn) {
-          q = 0;
-        } else if (tier_k == 1) {
-          q = un;
-        } else if (tier_k == 2) {  // index (pos - s) mod 2 == 0 gets the odd token
-          q = (un >> 1) + (un & 1 & ~(tier_pos ^ static_cast<unsigned>(s)));
-        } else {
-          const unsigned rot = static_cast<unsigned>(s) % tier_k;
-          const unsigned idx = tier_pos >= rot ? tier_pos - rot : tier_pos + tier_k - rot;
-          q = un / tier_k + (idx < un % tier_k ? 1 : 0);
-        }
-      }
-      for (int i = 0; i < nl; ++i) {
-        const int j = w.mlist[i];
-        const int64_t a = w.mv_amt[static_cast<size_t>(j >> 1) * R + s];
-        q += (j & 1) ? a : -a;
-      }
-      const int64_t t = q < rem ? q : rem;
-      amt[s] = static_cast<int32_t>(t);
-      taken |= static_cast<uint64_t>(t > 0) << s;
-      rem -= t;
-    };
     const int n0 = w.node[d] * rpn, n1 = n0 + rpn;
     if (nl == 0 && w.native[e] == (uint64_t(1) << bn)) {
       // e's only static holder is bn and no earlier move took e to or from bn: every other source's
@@ -705,11 +757,62 @@ void plan_layer(const ProbeConfig& c, int32_t layer, const int32_t* counts, cons
       for (int s = 0; s < R && rem > 0; ++s)
         if (s != bn && (s < n0 || s >= n1)) take_all(s);
     } else {
+      // The shares on bn are computed a node at a time, when the walk reaches the node, without a
+      // branch per source (then the walk itself is a short dependency chain). pd::init_quota(n,
+      // native[e], s, bn) depends on s only through n, whether s holds e, s mod k and the receiving
+      // tier of s's node; k = 1, 2 need no division. Sums wrap in 32 bits; the shares are exact.
+      const uint64_t he = w.native[e];
+      uint32_t q[kProbeMaxRanks];
+      auto shares = [&](int s0, int s1) {  // q[s] for the sources [s0, s1) of one node
+        const uint64_t t = he & w.node_mask[s0], tier = t ? t : he;
+        const unsigned k = static_cast<unsigned>(pd::popcount64(tier));
+        const unsigned pos = static_cast<unsigned>(pd::popcount64(tier & ((uint64_t(1) << bn) - 1)));
+        const uint32_t* cu = reinterpret_cast<const uint32_t*>(counts) + e;
+        if (!((tier >> bn) & 1)) {
+          for (int s = s0; s < s1; ++s) q[s] = 0;
+        } else if (k == 1) {
+          for (int s = s0; s < s1; ++s) q[s] = cu[static_cast<size_t>(s) * E];
+        } else if (k == 2) {  // index (pos - s) mod 2 == 0 gets the odd token
+          for (int s = s0; s < s1; ++s) {
+            const uint32_t un = cu[static_cast<size_t>(s) * E];
+            q[s] = (un >> 1) + (un & 1 & ~(pos ^ static_cast<unsigned>(s)));
+          }
+        } else {
+          for (int s = s0; s < s1; ++s) {
+            const uint32_t un = cu[static_cast<size_t>(s) * E];
+            const unsigned rot = static_cast<unsigned>(s) % k;
+            const unsigned idx = pos >= rot ? pos - rot : pos + k - rot;
+            q[s] = un / k + (idx < un % k ? 1 : 0);
+          }
+        }
+        for (int s = s0; s < s1; ++s) q[s] &= ((he >> s) & 1) - 1;  // a source holding e keeps its tokens
+        for (int i = 0; i < nl; ++i) {
+          const int jm = w.mlist[i];
+          const uint32_t* a = reinterpret_cast<const uint32_t*>(w.mv_amt) + static_cast<size_t>(jm >> 1) * R;
+          if (jm & 1) {
+            for (int s = s0; s < s1; ++s) q[s] += a[s];
+          } else {
+            for (int s = s0; s < s1; ++s) q[s] -= a[s];
+          }
+        }
+      };
+      auto take = [&](int s) {
+        const int64_t qs = static_cast<int32_t>(q[s]);
+        const int64_t t = qs < rem ? qs : rem;
+        amt[s] = static_cast<int32_t>(t);
+        taken |= static_cast<uint64_t>(t > 0) << s;
+        rem -= t;
+      };
+      shares(n0, n1);
       take(d);
       for (int s = n0; s < n1 && rem > 0; ++s)
         if (s != bn && s != d) take(s);
-      for (int s = 0; s < R && rem > 0; ++s)
-        if (s != bn && (s < n0 || s >= n1)) take(s);
+      for (int j0 = 0; j0 < R && rem > 0; j0 += rpn) {
+        if (j0 == n0) continue;
+        shares(j0, j0 + rpn);
+        for (int s = j0; s < j0 + rpn && rem > 0; ++s)
+          if (s != bn) take(s);
+      }
     }
     w.mv_e[nm] = e;
     w.mv_from[nm] = bn;
@@ -1002,10 +1105,11 @@ void probe_quota_to_dense(const ProbeConfig& cfg, int32_t num_layers, const int3
   }
 }
 namespace detail {
-// Same as probe_plan; `exhaustive` evaluates every pair (no pruning). Used by the tests to show the
-// pruned search finds the same plan.
+// Same as probe_plan; `exhaustive` evaluates every pair (no pruning), `portable` keeps to the
+// baseline-ISA kernels. Used by the tests to show the pruned search and every kernel path find the
+// same plan.
 void probe_plan_impl(const ProbeConfig& cfg, int32_t num_layers, const ProbeInputs& in, const ProbeOutputs& out,
-                     void* workspace, size_t workspace_bytes, bool exhaustive) {
+                     void* workspace, size_t workspace_bytes, bool exhaustive, bool portable) {
   cfg.validate();
   MOEBAL_CHECK_ARG(num_layers >= 0, "probe: num_layers must be >= 0, got ", num_layers);
   if (num_layers == 0) return;
@@ -1034,16 +1138,20 @@ void probe_plan_impl(const ProbeConfig& cfg, int32_t num_layers, const ProbeInpu
   const int64_t t_inter = rpn == cfg.num_ranks ? t_intra : probe_transfer_ps(cfg.expert_bytes, cfg.inter_node_GBps);
   const int64_t min_gain = pd::round_ps(cfg.min_gain_us);
   const size_t RE = static_cast<size_t>(cfg.num_ranks) * cfg.num_experts;
+  const Kernels kern = select_kernels(portable);
   for (int32_t l = 0; l < num_layers; ++l)
     plan_layer(cfg, l, in.counts + l * RE, l + 1 < num_layers ? in.counts + (l + 1) * RE : nullptr,
                in.phy2log + static_cast<size_t>(l) * cfg.num_slots, in.window_us + static_cast<size_t>(l) * cfg.num_ranks,
-               w, t_intra, t_inter, min_gain, exhaustive, cap, out);
+               w, t_intra, t_inter, min_gain, exhaustive, cap, kern, out);
 }
+// Whether probe_plan (portable = false) runs the AVX2 kernels on this CPU; the tests skip the
+// comparison of the two paths when there is only one.
+bool probe_avx2_kernels() { return select_kernels(false).column_sums != column_sums_base; }
 }  // namespace detail
 
 void probe_plan(const ProbeConfig& cfg, int32_t num_layers, const ProbeInputs& in, const ProbeOutputs& out,
                 void* workspace, size_t workspace_bytes) {
-  detail::probe_plan_impl(cfg, num_layers, in, out, workspace, workspace_bytes, false);
+  detail::probe_plan_impl(cfg, num_layers, in, out, workspace, workspace_bytes, false, false);
 }
 
 }  // namespace moebal::core

@@ -14,7 +14,8 @@
 
 namespace moebal::core::detail {
 void probe_plan_impl(const ProbeConfig& cfg, int32_t num_layers, const ProbeInputs& in, const ProbeOutputs& out,
-                     void* workspace, size_t workspace_bytes, bool exhaustive);
+                     void* workspace, size_t workspace_bytes, bool exhaustive, bool portable);
+bool probe_avx2_kernels();
 }  // namespace moebal::core::detail
 
 namespace {
@@ -23,10 +24,11 @@ using moebal::core::ProbeConfig;
 using moebal_test::ProbeCase;
 using moebal_test::ProbePlanOut;
 
-ProbePlanOut run_cpu(const ProbeCase& c, bool exhaustive = false) {
+ProbePlanOut run_cpu(const ProbeCase& c, bool exhaustive = false, bool portable = false) {
   ProbePlanOut o(c);
   std::vector<unsigned char> ws(moebal::core::probe_workspace_bytes(c.cfg));
-  moebal::core::detail::probe_plan_impl(c.cfg, c.L, c.inputs(), o.outputs(), ws.data(), ws.size(), exhaustive);
+  moebal::core::detail::probe_plan_impl(c.cfg, c.L, c.inputs(), o.outputs(), ws.data(), ws.size(), exhaustive,
+                                        portable);
   return o;
 }
 
@@ -312,6 +314,34 @@ TEST(ProbePlan, HugeTimesGiveTheSamePlan) {
     huge += *std::max_element(big.rank_time_us.begin(), big.rank_time_us.end()) >= std::ldexp(1.0, 57) * 1e-6;
   }
   EXPECT_GT(huge, 10);  // most cases take the pair ordering
+}
+
+// The column sums and the time order have an AVX2 clone, picked at run time from cpuid; the plan
+// must not depend on the path. Both paths on random cases of every kind (no copies, two-holder and
+// wider tiers, odd node sizes), plus counts of 2^24 and more (the column sums' 64-bit fallback).
+TEST(ProbePlan, KernelPathsGiveTheSamePlan) {
+  if (!moebal::core::detail::probe_avx2_kernels()) GTEST_SKIP() << "this CPU has only the portable kernels";
+  const std::tuple<int, int, int, int> shapes[] = {{1, 5, 0, 0},    {3, 17, 2, 0},   {8, 61, 1, 4},
+                                                   {5, 33, 3, 1},   {12, 40, 2, 3},  {16, 128, 1, 8},
+                                                   {33, 99, 2, 11}, {64, 130, 0, 8}, {64, 256, 1, 8}};
+  int moved = 0;
+  for (const auto& [R, E, copies, rpn] : shapes) {
+    for (uint32_t i = 0; i < 12; ++i) {
+      const uint32_t seed = i * 104729u + static_cast<uint32_t>(R * 31 + E);
+      ProbeCase c = moebal_test::make_probe_case(seed, R, E, 2, copies, rpn, static_cast<int>(seed % 5),
+                                                 static_cast<int>(1 + seed % 24));
+      if (i % 4 == 3) c.counts[seed % c.counts.size()] = (1 << 24) + static_cast<int32_t>(seed % 1000);
+      const ProbePlanOut fast = run_cpu(c), portable = run_cpu(c, false, /*portable=*/true);
+      ASSERT_EQ(fast.quota, portable.quota) << "R " << R << " seed " << seed;
+      ASSERT_EQ(fast.replica_expert, portable.replica_expert) << "R " << R << " seed " << seed;
+      ASSERT_EQ(fast.replica_src, portable.replica_src) << "R " << R << " seed " << seed;
+      ASSERT_EQ(fast.stats, portable.stats) << "R " << R << " seed " << seed;
+      ASSERT_EQ(fast.rank_time_us, portable.rank_time_us) << "R " << R << " seed " << seed;
+      ASSERT_EQ(fast.rank_tokens, portable.rank_tokens) << "R " << R << " seed " << seed;
+      moved += fast.stats[moebal::core::kProbeStatMoves] > 0;
+    }
+  }
+  EXPECT_GT(moved, 50);  // the plans compared are not empty
 }
 
 TEST(ProbePlanArgs, RejectsSmallWorkspaceAndNullInputs) {
