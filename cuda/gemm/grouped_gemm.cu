@@ -1,6 +1,7 @@
 // Grouped expert GEMM front end: argument checks, kernel choice, the portable WMMA kernel, and
-// the expert FFN: at decode the skinny gate/up GEMM with SiLU(gate) * up in its epilogue followed
-// by the skinny down GEMM; otherwise two grouped GEMMs around a separate SiLU(gate) * up pass.
+// the expert FFN: at decode the skinny or gemv gate/up GEMM with SiLU(gate) * up in its epilogue
+// followed by the down GEMM on the same kernel; otherwise two grouped GEMMs around a separate
+// SiLU(gate) * up pass.
 #include <mma.h>
 
 #include <algorithm>
@@ -238,6 +239,12 @@ void run_grouped(GroupedGemmKernel kernel, const DeviceInfo& d, const GroupedGem
     detail::skinny_grouped_gemm(p, stream);
     return;
   }
+  if (kernel == GroupedGemmKernel::kGemv) {
+    MOEBAL_CHECK_ARG(d.major >= 8, "grouped_gemm_bf16: kernel gemv needs compute capability 8.0 or newer; device ",
+                     d.device, " is ", d.major, ".", d.minor);
+    detail::gemv_grouped_gemm(p, stream);
+    return;
+  }
   MOEBAL_CHECK_ARG(hopper_ok(d), "grouped_gemm_bf16: kernel ", to_string(kernel),
                    " needs compute capability 9.0 and moebal built with sm_90a kernels; device ", d.device,
                    " is ", d.major, ".", d.minor);
@@ -270,6 +277,7 @@ const char* to_string(GroupedGemmKernel kernel) {
     case GroupedGemmKernel::kHopperMediumM: return "hopper_medium_m";
     case GroupedGemmKernel::kHopperLargeM: return "hopper_large_m";
     case GroupedGemmKernel::kSkinny: return "skinny";
+    case GroupedGemmKernel::kGemv: return "gemv";
   }
   return "unknown";
 }
@@ -328,16 +336,22 @@ void expert_ffn_bf16_with(GroupedGemmKernel kernel, const __nv_bfloat16* x, cons
   // One choice for both GEMMs, made on the gate/up projection (the larger of the two).
   if (kernel == GroupedGemmKernel::kAuto) kernel = pick(d, num_groups, total_rows, 2 * ffn, hidden);
 
-  if (kernel == GroupedGemmKernel::kSkinny) {
+  if (kernel == GroupedGemmKernel::kSkinny || kernel == GroupedGemmKernel::kGemv) {
     // Two launches: gate/up GEMM with SiLU(gate) * up in the epilogue into act [rows, ffn], then
     // the down GEMM. No [rows, 2 * ffn] intermediate.
-    MOEBAL_CHECK_ARG(d.major >= 8, "expert_ffn_bf16: kernel skinny needs compute capability 8.0 or newer; device ",
-                     d.device, " is ", d.major, ".", d.minor);
+    const bool skinny = kernel == GroupedGemmKernel::kSkinny;
+    MOEBAL_CHECK_ARG(d.major >= 8, "expert_ffn_bf16: kernel ", to_string(kernel),
+                     " needs compute capability 8.0 or newer; device ", d.device, " is ", d.major, ".", d.minor);
     auto* act = reinterpret_cast<__nv_bfloat16*>(ws);
-    detail::skinny_swiglu_grouped_gemm(
-        GroupedGemmProblem{x, w13, act, offsets, num_groups, total_rows, 2 * ffn, hidden, d.sm_count}, stream);
-    detail::skinny_grouped_gemm(
-        GroupedGemmProblem{act, w2, y, offsets, num_groups, total_rows, hidden, ffn, d.sm_count}, stream);
+    const GroupedGemmProblem up{x, w13, act, offsets, num_groups, total_rows, 2 * ffn, hidden, d.sm_count};
+    const GroupedGemmProblem down{act, w2, y, offsets, num_groups, total_rows, hidden, ffn, d.sm_count};
+    if (skinny) {
+      detail::skinny_swiglu_grouped_gemm(up, stream);
+      detail::skinny_grouped_gemm(down, stream);
+    } else {
+      detail::gemv_swiglu_grouped_gemm(up, stream);
+      detail::gemv_grouped_gemm(down, stream);
+    }
     return;
   }
 

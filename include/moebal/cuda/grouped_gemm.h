@@ -37,10 +37,11 @@ enum class GroupedGemmKernel : int {
   kHopperLargeM = 3,   ///< sm_90a, 128 x 256 token x weight-row tiles, cooperative (prefill)
   kHopperMediumM = 4,  ///< sm_90a, y^T = W x^T: 128 weight rows x 64 token rows per tile
   kSkinny = 5,         ///< any sm_80+, decode: y^T = W x^T, 16 weight rows x up to 32 rows per pass
+  kGemv = 6,           ///< any sm_80+, decode on CUDA cores: a warp streams 2-4 weight rows, <= 8 rows per pass
 };
 
 /// Name of a kernel choice ("auto", "portable", "hopper_small_m", "hopper_medium_m",
-/// "hopper_large_m", "skinny").
+/// "hopper_large_m", "skinny", "gemv").
 const char* to_string(GroupedGemmKernel kernel);
 
 /// Whether the Hopper kernels are compiled in and `device` (compute capability 9.0) can run them.
