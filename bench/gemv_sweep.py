@@ -1,8 +1,9 @@
-"""Tuning sweep of the gemv decode GEMM: weight rows per warp (2 or 4) x L2 256-byte prefetch hint, on
-decode cases of the four bench models, beside the kernel kAuto picks and torch grouped_mm.
+"""Tuning sweep of the gemv decode GEMM: k-split (1, 2, 4, 8 warps per weight-row block), weight rows per
+warp (4 instead of the default), L2 256-byte prefetch hint, one knob at a time on decode cases of the
+four bench models, beside the kernel kAuto picks and torch grouped_mm.
 
 Same timer as bench/kernels_gemm.py (L2 flush before each call, CUDA events, median). The knobs are
-set through MOEBAL_GEMV_ROWS_PER_WARP / MOEBAL_GEMV_L2_PREFETCH, which the library reads at each
+set through MOEBAL_GEMV_K_SPLIT / MOEBAL_GEMV_ROWS_PER_WARP / MOEBAL_GEMV_L2_PREFETCH, which the library reads at each
 launch; "default" is the library's own choice (no override). Prints a markdown table; --json writes it.
 Usage: python bench/gemv_sweep.py [--tokens 1,16] [--json out.json]
 """
@@ -19,15 +20,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import kernels_gemm as kg  # noqa: E402
 from moebal import gemm_ops  # noqa: E402
 
-CONFIGS = [("default", None, None), ("nr2 pf0", 2, 0), ("nr4 pf0", 4, 0), ("nr2 pf1", 2, 1), ("nr4 pf1", 4, 1)]
+KNOBS = {"nr": "MOEBAL_GEMV_ROWS_PER_WARP", "ks": "MOEBAL_GEMV_K_SPLIT", "pf": "MOEBAL_GEMV_L2_PREFETCH"}
+CONFIGS = [("default", {}), ("ks1", {"ks": 1}), ("ks2", {"ks": 2}), ("ks4", {"ks": 4}), ("ks8", {"ks": 8}),
+           ("nr4", {"nr": 4}), ("pf1", {"pf": 1})]
 
 
-def set_config(nr, pf):
-    for name, v in (("MOEBAL_GEMV_ROWS_PER_WARP", nr), ("MOEBAL_GEMV_L2_PREFETCH", pf)):
-        if v is None:
-            os.environ.pop(name, None)
+def set_config(knobs):
+    for key, name in KNOBS.items():
+        if key in knobs:
+            os.environ[name] = str(knobs[key])
         else:
-            os.environ[name] = str(v)
+            os.environ.pop(name, None)
 
 
 def main(argv=None):
@@ -55,18 +58,18 @@ def main(argv=None):
                 w = torch.randn(experts, n, k, device="cuda", dtype=torch.bfloat16) / k ** 0.5
                 floor = (active * n * k * 2 + rows * (n + k) * 2) / bw * 1e6
                 want = gmm(x, w.transpose(1, 2), offs=ends).float()
-                set_config(None, None)
+                set_config({})
                 auto_us = kg.time_fn(lambda: gemm_ops.grouped_gemm(x, w, offs)) * 1e6
                 gmm_us = kg.time_fn(lambda: gmm(x, w.transpose(1, 2), offs=ends)) * 1e6
                 times = []
-                for _, nr, pf in CONFIGS:
-                    set_config(nr, pf)
+                for label, knobs in CONFIGS:
+                    set_config(knobs)
                     got = gemm_ops.grouped_gemm(x, w, offs, kernel="gemv").float()
                     err = ((got - want).norm() / want.norm()).item()
                     if not err < 1e-2:
-                        raise RuntimeError(f"{model} T={tokens} {proj} nr={nr} pf={pf}: rel err {err}")
+                        raise RuntimeError(f"{model} T={tokens} {proj} {label}: rel err {err}")
                     times.append(kg.time_fn(lambda: gemm_ops.grouped_gemm(x, w, offs, kernel="gemv")) * 1e6)
-                set_config(None, None)
+                set_config({})
                 print(f"| {model} T={tokens} {proj} | {rows} | {active} | {floor:.1f} | {auto_us:.1f} | {gmm_us:.1f} | "
                       + " | ".join(f"{t:.1f}" for t in times) + " |", flush=True)
                 rows_out.append(dict(model=model, tokens=tokens, proj=proj, rows=rows, active=active, floor_us=floor,

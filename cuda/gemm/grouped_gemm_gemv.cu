@@ -45,7 +45,13 @@ struct GemvParams {
   int num_groups;
   int total_rows;
   int n, k;
-  int ffn;  // fused gate/up + SiLU(gate) * up only: n = 2 * ffn, y is [total_rows, ffn]
+  int ffn;      // fused gate/up + SiLU(gate) * up only: n = 2 * ffn, y is [total_rows, ffn]
+  int k_split;  // warps sharing one warp's weight rows, each over a k range (1, 2, 4 or 8)
+};
+
+// Partial sums of k-split warps: [warp][value index].
+struct GemvShared {
+  float red[kGemvWarps][32];
 };
 
 // 8 bf16 (one 16-byte load, element 2i in the low half of word i) to fp32.
@@ -93,20 +99,23 @@ __device__ __forceinline__ float warp_reduce_scatter(float (&v)[V], int lane, in
 // One pass over rows [r0, r0 + cnt) of the group (cnt <= R) for the warp's NR weight rows
 // (w_rows[j], already offset by lane * 8): plain, rows out0 .. out0 + NR - 1 of y; fused, gate rows
 // out0 .. out0 + NR/2 - 1 over the matching up rows, giving act features out0 .. out0 + NR/2 - 1.
+// With k_split > 1 the warp covers k in [k_begin, k_end) and the k_split warps of the same rows
+// (consecutive warps of the CTA, ks = 0 first) combine their sums through shared memory; every warp
+// of the CTA calls this the same number of times (the barriers), live or not.
 template <bool kFused, int R, int NR, bool kL2Prefetch>
-__device__ __forceinline__ void gemv_pass(const GemvParams& p, const __nv_bfloat16* const (&w_rows)[NR], int out0,
-                                          int r0, int cnt, int lane) {
+__device__ __forceinline__ void gemv_pass(const GemvParams& p, GemvShared& sm, const __nv_bfloat16* const (&w_rows)[NR],
+                                          int out0, int k_begin, int k_end, int ks, int r0, int cnt, int lane) {
   constexpr int U = kGemvLoads / NR;
   float acc[NR * R];
 #pragma unroll
   for (int i = 0; i < NR * R; ++i) acc[i] = 0.0f;
   const __nv_bfloat16* xr = p.x + static_cast<int64_t>(r0) * p.k + lane * 8;
 
-  for (int k0 = 0; k0 < p.k; k0 += U * kGemvChunk) {
+  for (int k0 = k_begin; k0 < k_end; k0 += U * kGemvChunk) {
     uint4 wv[NR][U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const bool in_k = k0 + u * kGemvChunk + lane * 8 < p.k;  // k % 8 == 0: a lane's 8 are all in or out
+      const bool in_k = k0 + u * kGemvChunk + lane * 8 < k_end;  // k % 8 == 0: a lane's 8 are all in or out
 #pragma unroll
       for (int j = 0; j < NR; ++j)
         wv[j][u] = in_k ? load_weights<kL2Prefetch>(w_rows[j] + k0 + u * kGemvChunk) : make_uint4(0, 0, 0, 0);
@@ -114,8 +123,8 @@ __device__ __forceinline__ void gemv_pass(const GemvParams& p, const __nv_bfloat
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int kk = k0 + u * kGemvChunk;
-      if (kk >= p.k) break;  // warp-uniform: no lane has k left in this chunk
-      const bool in_k = kk + lane * 8 < p.k;
+      if (kk >= k_end) break;  // warp-uniform: no lane has k left in this chunk
+      const bool in_k = kk + lane * 8 < k_end;
       float wf[NR][8];
 #pragma unroll
       for (int j = 0; j < NR; ++j) bf16x8_to_float(wv[j][u], wf[j]);
@@ -135,8 +144,17 @@ __device__ __forceinline__ void gemv_pass(const GemvParams& p, const __nv_bfloat
   }
 
   int idx = 0;
-  const float sum = warp_reduce_scatter<NR * R>(acc, lane, idx);
+  float sum = warp_reduce_scatter<NR * R>(acc, lane, idx);
   constexpr int kHolders = 32 / (NR * R);
+  if (p.k_split > 1) {  // CTA-uniform
+    const int warp = threadIdx.x / 32;
+    if (lane % kHolders == 0) sm.red[warp][idx] = sum;
+    __syncthreads();
+    if (ks == 0)
+      for (int s = 1; s < p.k_split; ++s) sum += sm.red[warp + s][idx];
+    __syncthreads();  // the next pass overwrites sm.red
+    if (ks != 0) return;
+  }
   const int j = idx / R, r = idx % R;
   if constexpr (kFused) {
     // The first reduce-scatter step (offset 16) sent value indices [0, NR R / 2), the gate rows,
@@ -151,14 +169,22 @@ __device__ __forceinline__ void gemv_pass(const GemvParams& p, const __nv_bfloat
   }
 }
 
+// 3 CTAs (24 warps) per SM for the 1-2 token-row, 2-weight-row kernels (<= 85 registers), else 2.
 template <bool kFused, int R, int NR, bool kL2Prefetch>
-__global__ void __launch_bounds__(kGemvWarps * 32, 2) gemv_grouped_gemm_kernel(GemvParams p) {
+__global__ void __launch_bounds__(kGemvWarps * 32, R <= 2 && NR == 2 ? 3 : 2) gemv_grouped_gemm_kernel(GemvParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  __shared__ GemvShared sm;
   constexpr int kOut = kFused ? NR / 2 : NR;  // outputs (y columns) per warp
-  const int lane = threadIdx.x & 31;
-  const int out0 = (blockIdx.x * kGemvWarps + threadIdx.x / 32) * kOut;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x / 32;
+  const int ks = warp % p.k_split;
+  const int out0 = (blockIdx.x * (kGemvWarps / p.k_split) + warp / p.k_split) * kOut;
   const int limit = kFused ? p.ffn : p.n;
-  if (out0 >= limit) return;  // warp-uniform; warps never synchronise with each other
+  // Without k-split warps never synchronise: one past the last output leaves at once. With it, such a
+  // warp (all k_split warps of its rows alike) keeps to the barriers with an empty k range.
+  if (out0 >= limit && p.k_split == 1) return;
+  const int chunks = (p.k + kGemvChunk - 1) / kGemvChunk;
+  const int k_begin = out0 >= limit ? 0 : min(chunks * ks / p.k_split * kGemvChunk, p.k);
+  const int k_end = out0 >= limit ? 0 : min(chunks * (ks + 1) / p.k_split * kGemvChunk, p.k);
   for (int a = blockIdx.y;; a += gridDim.y) {
     int num_active = 0, lo = 0, hi = 0;
     const int grp = locate_group(p.offsets, p.num_groups, p.total_rows, a, num_active, lo, hi);
@@ -166,12 +192,12 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 2) gemv_grouped_gemm_kernel(G
     const __nv_bfloat16* w_g = p.w + static_cast<int64_t>(grp) * p.n * p.k + lane * 8;
     const __nv_bfloat16* w_rows[NR];
 #pragma unroll
-    for (int j = 0; j < NR; ++j) {  // outputs past the limit re-read out0's rows (in bounds), never stored
-      const int o = j % kOut, row = out0 + (o < limit - out0 ? o : 0);
+    for (int j = 0; j < NR; ++j) {  // outputs past the limit read the last row (k_split > 1: none), never stored
+      const int row = min(out0 + j % kOut, limit - 1);
       w_rows[j] = w_g + static_cast<int64_t>(j < kOut ? row : p.ffn + row) * p.k;  // fused: j >= kOut are up rows
     }
     for (int r0 = lo; r0 < hi; r0 += R)
-      gemv_pass<kFused, R, NR, kL2Prefetch>(p, w_rows, out0, r0, min(R, hi - r0), lane);
+      gemv_pass<kFused, R, NR, kL2Prefetch>(p, sm, w_rows, out0, k_begin, k_end, ks, r0, min(R, hi - r0), lane);
     if (a + static_cast<int>(gridDim.y) >= num_active) return;
   }
 #endif
@@ -197,19 +223,44 @@ int env_or(const char* name, int fallback) {
   return v != nullptr && *v != '\0' ? std::atoi(v) : fallback;
 }
 
+// k-split: warps per weight-row block, each over 1 / k_split of k. Without it a grid of few long
+// rows (Mixtral-8x7B w2 at 1 token: 2 experts x 4096 rows of 14336) is ~1.3 waves of CTAs and the
+// last wave streams alone; with it the same bytes come in k_split x more, shorter CTAs. Chosen so
+// that the warp blocks number >= kGemvTargetWaves x the warps an SM holds (occupancy query), while
+// every warp still has >= U chunks (one batch of loads) of its k range.
+constexpr int kGemvTargetWaves = 4;
+
 template <bool kFused>
-void launch_gemv(const GemvParams& gp, cudaStream_t stream) {
+int gemv_k_split(GemvKernel kernel, const GemvParams& gp, int nr, int sm_count) {
+  const int forced = env_or("MOEBAL_GEMV_K_SPLIT", 0);
+  if (forced == 1 || forced == 2 || forced == 4 || forced == 8) return forced;
+  int ctas_per_sm = 0;
+  MOEBAL_CHECK_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas_per_sm, kernel, kGemvWarps * 32, 0));
+  const int64_t resident_warps = int64_t{std::max(ctas_per_sm, 1)} * kGemvWarps * sm_count;
+  const int64_t slots = std::min<int64_t>(gp.num_groups, gp.total_rows);  // active groups, at most
+  const int64_t warp_blocks = slots * ((kFused ? gp.ffn : gp.n) + (kFused ? nr / 2 : nr) - 1) / (kFused ? nr / 2 : nr);
+  const int64_t chunks = (gp.k + kGemvChunk - 1) / kGemvChunk;
+  const int u = kGemvLoads / nr;
+  int ks = 1;
+  while (ks < kGemvWarps && warp_blocks * ks < kGemvTargetWaves * resident_warps && chunks >= int64_t{2} * ks * u) ks *= 2;
+  return ks;
+}
+
+template <bool kFused>
+void launch_gemv(GemvParams gp, int sm_count, cudaStream_t stream) {
   // Token rows per pass: the smallest of 1, 2, 4, 8 that holds every row when total_rows <= 8.
   const int r = gp.total_rows <= 1 ? 1 : gp.total_rows <= 2 ? 2 : gp.total_rows <= 4 ? 4 : 8;
   // Weight rows per warp: 2 (4 chunks of each in flight) for 1-2 token rows; 4 (2 chunks each) for
-  // more, so each converted token chunk feeds more FMAs. MOEBAL_GEMV_ROWS_PER_WARP (2 or 4) and
-  // MOEBAL_GEMV_L2_PREFETCH (0/1, the L2::256B hint on weight loads) override for benchmarks.
+  // more, so each converted token chunk feeds more FMAs. MOEBAL_GEMV_ROWS_PER_WARP (2 or 4),
+  // MOEBAL_GEMV_K_SPLIT (1, 2, 4, 8) and MOEBAL_GEMV_L2_PREFETCH (0/1, the L2::256B hint on weight
+  // loads) override for benchmarks (read at each launch).
   int nr = env_or("MOEBAL_GEMV_ROWS_PER_WARP", r <= 2 ? 2 : 4);
   nr = nr == 2 ? 2 : 4;
   const bool l2_prefetch = env_or("MOEBAL_GEMV_L2_PREFETCH", 0) != 0;
   const GemvKernel kernel =
       l2_prefetch ? pick_gemv_kernel_nr<kFused, true>(nr, r) : pick_gemv_kernel_nr<kFused, false>(nr, r);
-  const int64_t outs_per_cta = int64_t{kGemvWarps} * (kFused ? nr / 2 : nr);
+  gp.k_split = gemv_k_split<kFused>(kernel, gp, nr, sm_count);
+  const int64_t outs_per_cta = int64_t{kGemvWarps / gp.k_split} * (kFused ? nr / 2 : nr);
   const int64_t grid_x = ((kFused ? gp.ffn : gp.n) + outs_per_cta - 1) / outs_per_cta;
   // At most min(groups, rows) groups can be active; grid.y loops beyond 65535.
   const int64_t slots = std::min<int64_t>({gp.num_groups, gp.total_rows, 65535});
@@ -223,16 +274,16 @@ void launch_gemv(const GemvParams& gp, cudaStream_t stream) {
 void gemv_grouped_gemm(const GroupedGemmProblem& p, cudaStream_t stream) {
   if (p.total_rows == 0) return;
   launch_gemv<false>(GemvParams{p.x, p.w, p.y, p.offsets, p.num_groups, static_cast<int>(p.total_rows),
-                                static_cast<int>(p.n), static_cast<int>(p.k), 0},
-                     stream);
+                                static_cast<int>(p.n), static_cast<int>(p.k), 0, 1},
+                     p.sm_count, stream);
 }
 
 void gemv_swiglu_grouped_gemm(const GroupedGemmProblem& p, cudaStream_t stream) {
   if (p.total_rows == 0) return;
   MOEBAL_CHECK_ARG(p.n % 16 == 0, "gemv_swiglu_grouped_gemm: n = 2 * ffn must be a multiple of 16, got ", p.n);
   launch_gemv<true>(GemvParams{p.x, p.w, p.y, p.offsets, p.num_groups, static_cast<int>(p.total_rows),
-                               static_cast<int>(p.n), static_cast<int>(p.k), static_cast<int>(p.n / 2)},
-                    stream);
+                               static_cast<int>(p.n), static_cast<int>(p.k), static_cast<int>(p.n / 2), 1},
+                    p.sm_count, stream);
 }
 
 }  // namespace moebal::cuda::detail

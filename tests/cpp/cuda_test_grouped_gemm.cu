@@ -160,7 +160,9 @@ std::vector<GemmCase> gemm_cases() {
   // and four token tiles per pass, 33+ rows take several passes; gemv: 1, 4 or 8 rows per pass, a
   // group of 9+ rows takes several), empty groups, n = 8 (half a 16-row tile, a quarter of a gemv
   // CTA's 32 rows), n = 24, 40, 2880; k = 8 (one 8-wide piece), 40 (k % 32 != 0), 512 (whole
-  // 256-element gemv chunks), 2888 (skinny: k-split over 4 warps with a tail; gemv: 11 chunks + 72).
+  // 256-element gemv chunks), 2888 (skinny: k-split over 4 warps with a tail; gemv: 11 chunks + 72,
+  // k-split over 2-4 warps), 1000 with n = 24 (gemv: k-split over 2 warps, 4-row warp blocks past n
+  // that only join the barriers).
   const std::vector<std::vector<int>> decode = {
       {1},
       {0, 2, 0, 1},
@@ -170,7 +172,8 @@ std::vector<GemmCase> gemm_cases() {
       {0, 0, 33},
       {40, 1, 0, 0, 59},
   };
-  const std::vector<std::pair<int64_t, int64_t>> decode_shapes = {{8, 8}, {24, 40}, {2880, 2888}, {8, 2888}, {40, 512}};
+  const std::vector<std::pair<int64_t, int64_t>> decode_shapes = {{8, 8},    {24, 40},  {2880, 2888},
+                                                                   {8, 2888}, {40, 512}, {24, 1000}};
   for (auto kernel : {GroupedGemmKernel::kSkinny, GroupedGemmKernel::kGemv, GroupedGemmKernel::kAuto})
     for (const auto& p : decode)
       for (const auto& [n, k] : decode_shapes) out.push_back({p, n, k, kernel});
