@@ -4,7 +4,8 @@
 # tests/python/test_grouped_gemm.py, bench/kernels_gemm.py with the forced-kernel columns (gemv beside
 # every other kernel and torch grouped_mm), then the gemv sweep (bench/gemv_sweep.py).
 # Usage (repository root): OUT=dir [GTEST_BIN=prebuilt moebal_cuda_tests] [CUTLASS_DIR=..]
-#   [GTEST_SOURCE_DIR=..] [BENCH_ARGS="--tokens 1,16"] [SWEEP_ARGS="--tokens 1"] bash bench/device_gemv.sh
+#   [GTEST_SOURCE_DIR=..] [BENCH_ARGS="--tokens 1,16"] [SWEEP_ARGS="--tokens 1"]
+#   [GTEST_FILTER='*GroupedGemm*:*ExpertFfn*'] [PYTEST_ARGS="tests/python/test_grouped_gemm.py"] bash bench/device_gemv.sh
 set -uo pipefail
 out=${OUT:?set OUT}
 mkdir -p "$out"
@@ -22,7 +23,7 @@ pip_pid=$!
 gtest=${GTEST_BIN:-}
 if [ -n "$gtest" ] && "$gtest" --gtest_list_tests >/dev/null 2>&1; then
   stamp "googletest (prebuilt)"
-  "$gtest" --gtest_filter='*GroupedGemm*:*ExpertFfn*' --gtest_brief=1 >"$out/gtest.txt" 2>&1 || status=1
+  "$gtest" --gtest_filter="${GTEST_FILTER:-*GroupedGemm*:*ExpertFfn*}" --gtest_brief=1 >"$out/gtest.txt" 2>&1 || status=1
   tail -n 15 "$out/gtest.txt"
   gtest_done=1
 else
@@ -37,7 +38,7 @@ if [ -z "$gtest_done" ]; then
   if cmake -S . -B /tmp/b-gemv -G Ninja -DMOEBAL_CUDA=ON -DMOEBAL_CUDA_ARCHS=90a -DMOEBAL_CUDA_HOPPER_ARCHS=90a \
       "${extra[@]}" >/tmp/build.txt 2>&1 && ninja -C /tmp/b-gemv moebal_cuda_tests >>/tmp/build.txt 2>&1; then
     stamp googletest
-    /tmp/b-gemv/tests/cpp/moebal_cuda_tests --gtest_filter='*GroupedGemm*:*ExpertFfn*' --gtest_brief=1 \
+    /tmp/b-gemv/tests/cpp/moebal_cuda_tests --gtest_filter="${GTEST_FILTER:-*GroupedGemm*:*ExpertFfn*}" --gtest_brief=1 \
       >"$out/gtest.txt" 2>&1 || status=1
     tail -n 15 "$out/gtest.txt"
   else
@@ -46,7 +47,8 @@ if [ -z "$gtest_done" ]; then
 fi
 
 stamp pytest
-python3 -m pytest -q -rs tests/python/test_grouped_gemm.py >"$out/pytest.txt" 2>&1 || status=1
+# shellcheck disable=SC2086
+python3 -m pytest -q -rs ${PYTEST_ARGS:-tests/python/test_grouped_gemm.py} >"$out/pytest.txt" 2>&1 || status=1
 tail -n 12 "$out/pytest.txt"
 
 stamp bench

@@ -146,7 +146,8 @@ def bench_case(model, tokens, zipf, bw, peak, gen, variants):
                 print(f"ERROR {model} T={tokens} {proj} {name}: {e}", flush=True)
                 continue
             results.append(dict(model=model, tokens=tokens, routing="zipf" if zipf else "balanced", op=proj,
-                                impl=name, rows=rows, active=active, time_us=t * 1e6, tflops=flops / t / 1e12,
+                                impl=name, rows=rows, active=active, experts=experts, n=n, k=kk,
+                                time_us=t * 1e6, tflops=flops / t / 1e12,
                                 tbps=bytes_ / t / 1e12, floor_us=floor * 1e6, frac_floor=floor / t))
         del a
     # Whole expert FFN: moebal (GEMM, fused SiLU*up, GEMM) vs torch (grouped_mm, silu*mul, grouped_mm).
@@ -176,7 +177,7 @@ def bench_case(model, tokens, zipf, bw, peak, gen, variants):
             print(f"ERROR {model} T={tokens} ffn {name}: {e}", flush=True)
             continue
         results.append(dict(model=model, tokens=tokens, routing="zipf" if zipf else "balanced", op="ffn", impl=name,
-                            rows=rows, active=active, time_us=t * 1e6, tflops=flops / t / 1e12, tbps=bytes_ / t / 1e12,
+                            rows=rows, active=active, experts=experts, n=2 * ffn, k=hidden, time_us=t * 1e6, tflops=flops / t / 1e12, tbps=bytes_ / t / 1e12,
                             floor_us=floor * 1e6, frac_floor=floor / t))
     del weights, w13, w2, x
     torch.cuda.empty_cache()

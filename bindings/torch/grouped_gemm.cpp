@@ -18,8 +18,8 @@ TORCH_LIBRARY_FRAGMENT(moebal, m) {
   m.def("grouped_gemm(Tensor x, Tensor w, Tensor offsets, int kernel=0) -> Tensor");
   // y = (silu(x @ W1^T) * (x @ W3^T)) @ W2^T per group, w13 [groups, 2 * ffn, hidden] stacking W1
   // (gate) over W3 (up), w2 [groups, hidden, ffn]. The silu * up intermediate is rounded to bf16.
-  // kernel as for grouped_gemm; 5 (skinny) runs the gate/up GEMM with the activation fused into its
-  // epilogue (CUDA only; the CPU kernel ignores it).
+  // kernel as for grouped_gemm; 5 (skinny) and 6 (gemv) run the gate/up GEMM with the activation
+  // fused into its epilogue (CUDA only; the CPU kernel ignores it).
   m.def("expert_ffn(Tensor x, Tensor w13, Tensor w2, Tensor offsets, int kernel=0) -> Tensor");
 }
 

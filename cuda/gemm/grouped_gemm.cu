@@ -171,18 +171,24 @@ bool hopper_ok(const DeviceInfo& d) {
 constexpr int64_t kSmallMRowsPerGroup = 4;
 constexpr int64_t kMediumMRowsPerGroup = 24;
 // Skinny kernel (bench/results/skinny.md, forced-kernel columns on H100 and H200): on Hopper it
-// beats the CUTLASS kernels only for small experts at the smallest batches (Qwen3-30B-A3B at 1
-// token: 1.05-1.13x per GEMM, 1.15x for the fused FFN on H100), where launch and pipeline fill
-// dominate; for experts of tens of MB and up the TMA/wgmma kernels stream weights 15-40% faster,
-// so it is used there only with <= 8 rows in all and <= 4 Mi weight elements per expert. Without
-// the Hopper kernels it replaces the untuned 64-row-tile portable kernel at decode (few rows per
-// group; not measured on such a device).
-constexpr int64_t kSkinnyHopperRows = 8;
-constexpr int64_t kSkinnyHopperExpertElems = int64_t{4} << 20;
+// beat the CUTLASS kernels only for small experts at the smallest batches (Qwen3-30B-A3B at 1
+// token), where the gemv kernel below is faster still (bench/results/gemv.md), so Hopper no longer
+// picks it. Without the Hopper kernels it replaces the untuned 64-row-tile portable kernel at
+// decode (few rows per group; not measured on such a device).
 constexpr int64_t kSkinnyPortableAllRows = 32;
 constexpr int64_t kSkinnyPortableRowsPerGroup = 8;
+// gemv kernel (bench/results/gemv.md, forced-kernel columns of bench/kernels_gemm.py, H200): at 1
+// token (total_rows = top_k = 2, 4, 8 rows, one per active expert) it is faster than the previous
+// auto choice (small_m, or skinny for Qwen3-30B-A3B) for both projections and the FFN of all four
+// bench models, balanced and Zipf (1.04-1.27x per GEMM); at 16 tokens (32-128 rows) it is slower in
+// every case (0.48-0.92x: R = 8 rows per pass, hot experts re-streamed per 8 rows, CUDA-core FMAs).
+// So on Hopper it replaces skinny and small_m for total_rows <= 8 (whatever the expert size), and
+// nothing beyond. Not measured on other sm_80+ devices: there the skinny rule stays.
+constexpr int64_t kGemvHopperRows = 8;
 
 GroupedGemmKernel pick(const DeviceInfo& d, int num_groups, int64_t total_rows, int64_t n, int64_t k) {
+  (void)n;  // the measured rules depend on the row counts only
+  (void)k;
   const int64_t active = std::max<int64_t>(1, std::min<int64_t>(num_groups, total_rows));
   const int64_t per_group = total_rows / active;
   if (!hopper_ok(d)) {
@@ -190,7 +196,7 @@ GroupedGemmKernel pick(const DeviceInfo& d, int num_groups, int64_t total_rows, 
       return GroupedGemmKernel::kSkinny;
     return GroupedGemmKernel::kPortable;
   }
-  if (total_rows <= kSkinnyHopperRows && n * k <= kSkinnyHopperExpertElems) return GroupedGemmKernel::kSkinny;
+  if (total_rows <= kGemvHopperRows) return GroupedGemmKernel::kGemv;
   if (per_group <= kSmallMRowsPerGroup) return GroupedGemmKernel::kHopperSmallM;
   if (per_group <= kMediumMRowsPerGroup) return GroupedGemmKernel::kHopperMediumM;
   return GroupedGemmKernel::kHopperLargeM;

@@ -223,12 +223,16 @@ int env_or(const char* name, int fallback) {
   return v != nullptr && *v != '\0' ? std::atoi(v) : fallback;
 }
 
-// k-split: warps per weight-row block, each over 1 / k_split of k. Without it a grid of few long
-// rows (Mixtral-8x7B w2 at 1 token: 2 experts x 4096 rows of 14336) is ~1.3 waves of CTAs and the
-// last wave streams alone; with it the same bytes come in k_split x more, shorter CTAs. Chosen so
-// that the warp blocks number >= kGemvTargetWaves x the warps an SM holds (occupancy query), while
-// every warp still has >= U chunks (one batch of loads) of its k range.
-constexpr int kGemvTargetWaves = 4;
+// k-split: warps per weight-row block, each over 1 / k_split of k, combined through shared memory.
+// A grid of few long weight rows (Mixtral-8x7B w2 at 1 token: 2 experts x 4096 rows of 14336) is
+// ~1.3 waves of warps and its last wave streams alone; split, the same bytes come in more, shorter
+// CTAs. But splitting costs a barrier + combine per pass and shortens each warp's stream, which
+// loses where the grid already fills the GPU or k is short. Rule, fitted to the sweep of
+// bench/results/gemv.md (H200, 1 token, bench/gemv_sweep.py; best k_split per case: Mixtral w2 4-8,
+// GPT-OSS w2 2, all others 1 or within 2%): double k_split while the warp blocks number < 3 x the
+// warps resident on the GPU (occupancy query) and every warp keeps >= 6 chunks of 256 k.
+constexpr int kGemvTargetWaves = 3;
+constexpr int kGemvMinChunksPerWarp = 6;
 
 template <bool kFused>
 int gemv_k_split(GemvKernel kernel, const GemvParams& gp, int nr, int sm_count) {
@@ -238,11 +242,13 @@ int gemv_k_split(GemvKernel kernel, const GemvParams& gp, int nr, int sm_count) 
   MOEBAL_CHECK_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas_per_sm, kernel, kGemvWarps * 32, 0));
   const int64_t resident_warps = int64_t{std::max(ctas_per_sm, 1)} * kGemvWarps * sm_count;
   const int64_t slots = std::min<int64_t>(gp.num_groups, gp.total_rows);  // active groups, at most
-  const int64_t warp_blocks = slots * ((kFused ? gp.ffn : gp.n) + (kFused ? nr / 2 : nr) - 1) / (kFused ? nr / 2 : nr);
+  const int outs = kFused ? nr / 2 : nr;
+  const int64_t warp_blocks = slots * (((kFused ? gp.ffn : gp.n) + outs - 1) / outs);
   const int64_t chunks = (gp.k + kGemvChunk - 1) / kGemvChunk;
-  const int u = kGemvLoads / nr;
   int ks = 1;
-  while (ks < kGemvWarps && warp_blocks * ks < kGemvTargetWaves * resident_warps && chunks >= int64_t{2} * ks * u) ks *= 2;
+  while (ks < kGemvWarps && warp_blocks * ks < kGemvTargetWaves * resident_warps &&
+         chunks >= int64_t{kGemvMinChunksPerWarp} * 2 * ks)
+    ks *= 2;
   return ks;
 }
 

@@ -2,8 +2,8 @@
 
 ``torch.ops.moebal.grouped_gemm`` / ``expert_ffn`` are declared in bindings/torch/grouped_gemm.cpp
 with CPU reference kernels (fp32 loops) and, on CUDA builds, CUDA kernels (CUTLASS grouped GEMMs
-on H100; "skinny" (mma.sync) and "gemv" (CUDA-core) decode kernels on any sm_80+ GPU, the
-skinny one with SiLU(gate) * up fused into the gate/up GEMM of ``expert_ffn``; a portable WMMA
+on H100; "skinny" (mma.sync) and "gemv" (CUDA-core) decode kernels on any sm_80+ GPU, both
+with SiLU(gate) * up fused into the gate/up GEMM of ``expert_ffn``; a portable WMMA
 kernel otherwise; ``pick_grouped_gemm_kernel`` in include/moebal/cuda/grouped_gemm.h says which
 one ``"auto"`` runs). The fakes below mirror the C++ checks.
 
@@ -98,8 +98,8 @@ def expert_ffn(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, offsets: to
     """Per-group SwiGLU expert: ``(silu(x @ W1.T) * (x @ W3.T)) @ W2.T``.
 
     w13: bf16 ``[groups, 2 * ffn, hidden]`` (gate rows first, then up); w2: bf16 ``[groups, hidden, ffn]``.
-    ``kernel`` forces the CUDA GEMM kernel of both projections: ``"skinny"`` runs the gate/up GEMM
-    with SiLU(gate) * up fused into its epilogue (two launches), any other choice three launches
+    ``kernel`` forces the CUDA GEMM kernel of both projections: ``"skinny"`` and ``"gemv"`` run the
+    gate/up GEMM with SiLU(gate) * up fused into its epilogue (two launches), any other choice three launches
     (GEMM, SiLU * up, GEMM). ``"auto"`` picks as :func:`grouped_gemm` does.
     """
     load_library()

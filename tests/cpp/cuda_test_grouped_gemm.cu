@@ -211,12 +211,18 @@ TEST_F(GroupedGemmCudaArgs, RejectsBadShapesAndSmallWorkspace) {
                                                       offs.ptr, 2, 4, 16, 16, nullptr, 0, nullptr),
                  moebal::ValueError);  // Hopper kernel on another architecture
   }
-  // kAuto picks the skinny kernel for small experts at the smallest batches on any sm_80+ device
-  // (Qwen3-30B-A3B w13 at 1 token), never with many rows per group.
-  EXPECT_EQ(moebal::cuda::pick_grouped_gemm_kernel(device, 128, 8, 1536, 2048), GroupedGemmKernel::kSkinny);
-  EXPECT_NE(moebal::cuda::pick_grouped_gemm_kernel(device, 8, 4096, 1536, 2048), GroupedGemmKernel::kSkinny);
-  if (moebal::cuda::hopper_grouped_gemm_available(device))  // large experts stay on CUTLASS
-    EXPECT_EQ(moebal::cuda::pick_grouped_gemm_kernel(device, 8, 2, 28672, 4096), GroupedGemmKernel::kHopperSmallM);
+  // kAuto at 1 token (total_rows = top_k <= 8): gemv on Hopper for small and large experts alike
+  // (Qwen3-30B-A3B, Mixtral-8x7B w13), skinny on other sm_80+ devices; never a decode kernel with
+  // many rows per group; on Hopper the CUTLASS kernels from 9 rows on (DeepSeek-V3 at 16 tokens).
+  const bool hopper = moebal::cuda::hopper_grouped_gemm_available(device);
+  const GroupedGemmKernel decode = hopper ? GroupedGemmKernel::kGemv : GroupedGemmKernel::kSkinny;
+  EXPECT_EQ(moebal::cuda::pick_grouped_gemm_kernel(device, 128, 8, 1536, 2048), decode);
+  EXPECT_NE(moebal::cuda::pick_grouped_gemm_kernel(device, 8, 4096, 1536, 2048), decode);
+  if (hopper) {
+    EXPECT_EQ(moebal::cuda::pick_grouped_gemm_kernel(device, 8, 2, 28672, 4096), GroupedGemmKernel::kGemv);
+    EXPECT_EQ(moebal::cuda::pick_grouped_gemm_kernel(device, 256, 128, 4096, 7168), GroupedGemmKernel::kHopperSmallM);
+    EXPECT_EQ(moebal::cuda::pick_grouped_gemm_kernel(device, 256, 9, 4096, 7168), GroupedGemmKernel::kHopperSmallM);
+  }
   // Zero rows: nothing to do, no launch, no workspace needed.
   EXPECT_NO_THROW(moebal::cuda::grouped_gemm_bf16(nullptr, buf.ptr, nullptr, offs.ptr, 2, 0, 16, 16, nullptr, 0, nullptr));
 }
