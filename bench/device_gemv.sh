@@ -5,7 +5,7 @@
 # every other kernel and torch grouped_mm), then the gemv sweep (bench/gemv_sweep.py).
 # Usage (repository root): OUT=dir [GTEST_BIN=prebuilt moebal_cuda_tests] [CUTLASS_DIR=..]
 #   [GTEST_SOURCE_DIR=..] [BENCH_ARGS="--tokens 1,16"] [SWEEP_ARGS="--tokens 1"]
-#   [GTEST_FILTER='*GroupedGemm*:*ExpertFfn*'] [PYTEST_ARGS="tests/python/test_grouped_gemm.py"] bash bench/device_gemv.sh
+#   [GTEST_FILTER='*GroupedGemm*:*ExpertFfn*'] [PYTEST_FILES="tests/python/a.py b.py"] [PYTEST_K="gemv or auto"] bash bench/device_gemv.sh
 set -uo pipefail
 out=${OUT:?set OUT}
 mkdir -p "$out"
@@ -48,7 +48,7 @@ fi
 
 stamp pytest
 # shellcheck disable=SC2086
-python3 -m pytest -q -rs ${PYTEST_ARGS:-tests/python/test_grouped_gemm.py} >"$out/pytest.txt" 2>&1 || status=1
+python3 -m pytest -q -rs ${PYTEST_FILES:-tests/python/test_grouped_gemm.py} ${PYTEST_K:+-k "$PYTEST_K"} >"$out/pytest.txt" 2>&1 || status=1
 tail -n 12 "$out/pytest.txt"
 
 stamp bench

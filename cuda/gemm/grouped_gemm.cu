@@ -180,8 +180,9 @@ constexpr int64_t kSkinnyPortableRowsPerGroup = 8;
 // gemv kernel (bench/results/gemv.md, forced-kernel columns of bench/kernels_gemm.py, H200): at 1
 // token (total_rows = top_k = 2, 4, 8 rows, one per active expert) it is faster than the previous
 // auto choice (small_m, or skinny for Qwen3-30B-A3B) for both projections and the FFN of all four
-// bench models, balanced and Zipf (1.04-1.27x per GEMM); at 16 tokens (32-128 rows) it is slower in
-// every case (0.48-0.92x: R = 8 rows per pass, hot experts re-streamed per 8 rows, CUDA-core FMAs).
+// bench models, balanced and Zipf (1.03-1.28x per GEMM, 1.06-1.26x for the FFN); at 16 tokens
+// (32-128 rows) it is slower in every case (0.48-0.91x: R = 8 rows per pass, hot experts re-streamed
+// per 8 rows, CUDA-core FMAs).
 // So on Hopper it replaces skinny and small_m for total_rows <= 8 (whatever the expert size), and
 // nothing beyond. Not measured on other sm_80+ devices: there the skinny rule stays.
 constexpr int64_t kGemvHopperRows = 8;
