@@ -6,9 +6,10 @@ around each call; median of the repetitions after warm-up. The HBM copy rate and
 matmul are measured in the same process and set the floors:
   floor = max(distinct expert weight bytes + activation bytes) / HBM, FLOPs / matmul rate).
 Forced-kernel variants (--variants forced) time every moebal kernel on every case, incl. the
-skinny decode kernel; the expert FFN is timed as auto, as the fused skinny path (gate/up GEMM with
-SiLU * up in its epilogue + down GEMM) and as the previous unfused path (GEMM, SiLU * up, GEMM with
-the CUTLASS kernel the pre-skinny heuristic chose).
+skinny and gemv decode kernels; the expert FFN is timed as auto, as the fused skinny path (gate/up
+GEMM with SiLU * up in its epilogue + down GEMM), on the gemv kernel (GEMM, SiLU * up, GEMM) and as
+the previous unfused path (GEMM, SiLU * up, GEMM with the CUTLASS kernel the pre-skinny heuristic
+chose).
 Usage: python bench/kernels_gemm.py [--json out.json] [--models a,b] [--tokens 1,16] [--variants forced]
 """
 from __future__ import annotations
@@ -125,6 +126,7 @@ def bench_case(model, tokens, zipf, bw, peak, gen, variants):
             fns["moebal_medium_m"] = lambda: gemm_ops.grouped_gemm(a, w, offs, kernel="hopper_medium_m")
             fns["moebal_large_m"] = lambda: gemm_ops.grouped_gemm(a, w, offs, kernel="hopper_large_m")
             fns["moebal_skinny"] = lambda: gemm_ops.grouped_gemm(a, w, offs, kernel="skinny")
+            fns["moebal_gemv"] = lambda: gemm_ops.grouped_gemm(a, w, offs, kernel="gemv")
         if "loop" in variants:
             segs = [(g, int(offs_host[g]), int(offs_host[g + 1])) for g in range(experts) if counts[g] > 0]
             y_loop = torch.empty(rows, n, device="cuda", dtype=torch.bfloat16)
@@ -144,7 +146,8 @@ def bench_case(model, tokens, zipf, bw, peak, gen, variants):
                 print(f"ERROR {model} T={tokens} {proj} {name}: {e}", flush=True)
                 continue
             results.append(dict(model=model, tokens=tokens, routing="zipf" if zipf else "balanced", op=proj,
-                                impl=name, rows=rows, active=active, time_us=t * 1e6, tflops=flops / t / 1e12,
+                                impl=name, rows=rows, active=active, experts=experts, n=n, k=kk,
+                                time_us=t * 1e6, tflops=flops / t / 1e12,
                                 tbps=bytes_ / t / 1e12, floor_us=floor * 1e6, frac_floor=floor / t))
         del a
     # Whole expert FFN: moebal (GEMM, fused SiLU*up, GEMM) vs torch (grouped_mm, silu*mul, grouped_mm).
@@ -163,6 +166,7 @@ def bench_case(model, tokens, zipf, bw, peak, gen, variants):
         prev = previous_kernel(rows, experts)
         ffn_fns["moebal_ffn_skinny_fused"] = lambda: gemm_ops.expert_ffn(x, w13, w2, offs, kernel="skinny")
         ffn_fns["moebal_ffn_previous"] = lambda: gemm_ops.expert_ffn(x, w13, w2, offs, kernel=prev)
+        ffn_fns["moebal_ffn_gemv"] = lambda: gemm_ops.expert_ffn(x, w13, w2, offs, kernel="gemv")
     for name, fn in ffn_fns.items():
         try:
             err = ((fn().float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-30)).item()
@@ -173,7 +177,7 @@ def bench_case(model, tokens, zipf, bw, peak, gen, variants):
             print(f"ERROR {model} T={tokens} ffn {name}: {e}", flush=True)
             continue
         results.append(dict(model=model, tokens=tokens, routing="zipf" if zipf else "balanced", op="ffn", impl=name,
-                            rows=rows, active=active, time_us=t * 1e6, tflops=flops / t / 1e12, tbps=bytes_ / t / 1e12,
+                            rows=rows, active=active, experts=experts, n=2 * ffn, k=hidden, time_us=t * 1e6, tflops=flops / t / 1e12, tbps=bytes_ / t / 1e12,
                             floor_us=floor * 1e6, frac_floor=floor / t))
     del weights, w13, w2, x
     torch.cuda.empty_cache()

@@ -1,6 +1,7 @@
 // Grouped expert GEMM front end: argument checks, kernel choice, the portable WMMA kernel, and
-// the expert FFN: at decode the skinny gate/up GEMM with SiLU(gate) * up in its epilogue followed
-// by the skinny down GEMM; otherwise two grouped GEMMs around a separate SiLU(gate) * up pass.
+// the expert FFN: at decode the skinny or gemv gate/up GEMM with SiLU(gate) * up in its epilogue
+// followed by the down GEMM on the same kernel; otherwise two grouped GEMMs around a separate
+// SiLU(gate) * up pass.
 #include <mma.h>
 
 #include <algorithm>
@@ -170,18 +171,25 @@ bool hopper_ok(const DeviceInfo& d) {
 constexpr int64_t kSmallMRowsPerGroup = 4;
 constexpr int64_t kMediumMRowsPerGroup = 24;
 // Skinny kernel (bench/results/skinny.md, forced-kernel columns on H100 and H200): on Hopper it
-// beats the CUTLASS kernels only for small experts at the smallest batches (Qwen3-30B-A3B at 1
-// token: 1.05-1.13x per GEMM, 1.15x for the fused FFN on H100), where launch and pipeline fill
-// dominate; for experts of tens of MB and up the TMA/wgmma kernels stream weights 15-40% faster,
-// so it is used there only with <= 8 rows in all and <= 4 Mi weight elements per expert. Without
-// the Hopper kernels it replaces the untuned 64-row-tile portable kernel at decode (few rows per
-// group; not measured on such a device).
-constexpr int64_t kSkinnyHopperRows = 8;
-constexpr int64_t kSkinnyHopperExpertElems = int64_t{4} << 20;
+// beat the CUTLASS kernels only for small experts at the smallest batches (Qwen3-30B-A3B at 1
+// token), where the gemv kernel below is faster still (bench/results/gemv.md), so Hopper no longer
+// picks it. Without the Hopper kernels it replaces the untuned 64-row-tile portable kernel at
+// decode (few rows per group; not measured on such a device).
 constexpr int64_t kSkinnyPortableAllRows = 32;
 constexpr int64_t kSkinnyPortableRowsPerGroup = 8;
+// gemv kernel (bench/results/gemv.md, forced-kernel columns of bench/kernels_gemm.py, H200): at 1
+// token (total_rows = top_k = 2, 4, 8 rows, one per active expert) it is faster than the previous
+// auto choice (small_m, or skinny for Qwen3-30B-A3B) for both projections and the FFN of all four
+// bench models, balanced and Zipf (1.03-1.28x per GEMM, 1.06-1.26x for the FFN); at 16 tokens
+// (32-128 rows) it is slower in every case (0.48-0.91x: R = 8 rows per pass, hot experts re-streamed
+// per 8 rows, CUDA-core FMAs).
+// So on Hopper it replaces skinny and small_m for total_rows <= 8 (whatever the expert size), and
+// nothing beyond. Not measured on other sm_80+ devices: there the skinny rule stays.
+constexpr int64_t kGemvHopperRows = 8;
 
 GroupedGemmKernel pick(const DeviceInfo& d, int num_groups, int64_t total_rows, int64_t n, int64_t k) {
+  (void)n;  // the measured rules depend on the row counts only
+  (void)k;
   const int64_t active = std::max<int64_t>(1, std::min<int64_t>(num_groups, total_rows));
   const int64_t per_group = total_rows / active;
   if (!hopper_ok(d)) {
@@ -189,7 +197,7 @@ GroupedGemmKernel pick(const DeviceInfo& d, int num_groups, int64_t total_rows, 
       return GroupedGemmKernel::kSkinny;
     return GroupedGemmKernel::kPortable;
   }
-  if (total_rows <= kSkinnyHopperRows && n * k <= kSkinnyHopperExpertElems) return GroupedGemmKernel::kSkinny;
+  if (total_rows <= kGemvHopperRows) return GroupedGemmKernel::kGemv;
   if (per_group <= kSmallMRowsPerGroup) return GroupedGemmKernel::kHopperSmallM;
   if (per_group <= kMediumMRowsPerGroup) return GroupedGemmKernel::kHopperMediumM;
   return GroupedGemmKernel::kHopperLargeM;
@@ -238,6 +246,12 @@ void run_grouped(GroupedGemmKernel kernel, const DeviceInfo& d, const GroupedGem
     detail::skinny_grouped_gemm(p, stream);
     return;
   }
+  if (kernel == GroupedGemmKernel::kGemv) {
+    MOEBAL_CHECK_ARG(d.major >= 8, "grouped_gemm_bf16: kernel gemv needs compute capability 8.0 or newer; device ",
+                     d.device, " is ", d.major, ".", d.minor);
+    detail::gemv_grouped_gemm(p, stream);
+    return;
+  }
   MOEBAL_CHECK_ARG(hopper_ok(d), "grouped_gemm_bf16: kernel ", to_string(kernel),
                    " needs compute capability 9.0 and moebal built with sm_90a kernels; device ", d.device,
                    " is ", d.major, ".", d.minor);
@@ -270,6 +284,7 @@ const char* to_string(GroupedGemmKernel kernel) {
     case GroupedGemmKernel::kHopperMediumM: return "hopper_medium_m";
     case GroupedGemmKernel::kHopperLargeM: return "hopper_large_m";
     case GroupedGemmKernel::kSkinny: return "skinny";
+    case GroupedGemmKernel::kGemv: return "gemv";
   }
   return "unknown";
 }
@@ -328,16 +343,22 @@ void expert_ffn_bf16_with(GroupedGemmKernel kernel, const __nv_bfloat16* x, cons
   // One choice for both GEMMs, made on the gate/up projection (the larger of the two).
   if (kernel == GroupedGemmKernel::kAuto) kernel = pick(d, num_groups, total_rows, 2 * ffn, hidden);
 
-  if (kernel == GroupedGemmKernel::kSkinny) {
+  if (kernel == GroupedGemmKernel::kSkinny || kernel == GroupedGemmKernel::kGemv) {
     // Two launches: gate/up GEMM with SiLU(gate) * up in the epilogue into act [rows, ffn], then
     // the down GEMM. No [rows, 2 * ffn] intermediate.
-    MOEBAL_CHECK_ARG(d.major >= 8, "expert_ffn_bf16: kernel skinny needs compute capability 8.0 or newer; device ",
-                     d.device, " is ", d.major, ".", d.minor);
+    const bool skinny = kernel == GroupedGemmKernel::kSkinny;
+    MOEBAL_CHECK_ARG(d.major >= 8, "expert_ffn_bf16: kernel ", to_string(kernel),
+                     " needs compute capability 8.0 or newer; device ", d.device, " is ", d.major, ".", d.minor);
     auto* act = reinterpret_cast<__nv_bfloat16*>(ws);
-    detail::skinny_swiglu_grouped_gemm(
-        GroupedGemmProblem{x, w13, act, offsets, num_groups, total_rows, 2 * ffn, hidden, d.sm_count}, stream);
-    detail::skinny_grouped_gemm(
-        GroupedGemmProblem{act, w2, y, offsets, num_groups, total_rows, hidden, ffn, d.sm_count}, stream);
+    const GroupedGemmProblem up{x, w13, act, offsets, num_groups, total_rows, 2 * ffn, hidden, d.sm_count};
+    const GroupedGemmProblem down{act, w2, y, offsets, num_groups, total_rows, hidden, ffn, d.sm_count};
+    if (skinny) {
+      detail::skinny_swiglu_grouped_gemm(up, stream);
+      detail::skinny_grouped_gemm(down, stream);
+    } else {
+      detail::gemv_swiglu_grouped_gemm(up, stream);
+      detail::gemv_grouped_gemm(down, stream);
+    }
     return;
   }
 

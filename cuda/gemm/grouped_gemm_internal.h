@@ -1,5 +1,5 @@
 // Internal interface between the grouped-GEMM front end (grouped_gemm.cu), the decode kernels
-// (grouped_gemm_skinny.cu, sm_80+) and the Hopper CUTLASS kernels (*_sm90.cu, compiled only for
+// (grouped_gemm_skinny.cu, grouped_gemm_gemv.cu, sm_80+) and the Hopper CUTLASS kernels (*_sm90.cu, compiled only for
 // sm_90a). Not installed.
 #pragma once
 
@@ -27,6 +27,13 @@ void skinny_grouped_gemm(const GroupedGemmProblem& p, cudaStream_t stream);
 // Fused gate/up GEMM + SwiGLU epilogue: p.w is w13 [num_groups, n = 2 * ffn, k] (gate rows first),
 // p.y receives act = silu(x @ W1^T) * (x @ W3^T) as [total_rows, ffn] bf16. n % 16 == 0.
 void skinny_swiglu_grouped_gemm(const GroupedGemmProblem& p, cudaStream_t stream);
+// Decode GEMV kernel (CUDA cores, grouped_gemm_gemv.cu): each warp streams a few weight rows of one
+// active group with 512-byte warp-wide loads; a group's weights are streamed once per 8 of its rows.
+// No workspace.
+void gemv_grouped_gemm(const GroupedGemmProblem& p, cudaStream_t stream);
+// The same with the skinny fused epilogue's contract: p.w is w13 [num_groups, n = 2 * ffn, k], p.y
+// receives act = silu(x @ W1^T) * (x @ W3^T) as [total_rows, ffn] bf16. n % 16 == 0.
+void gemv_swiglu_grouped_gemm(const GroupedGemmProblem& p, cudaStream_t stream);
 
 #if defined(MOEBAL_HAS_SM90_KERNELS)
 // Workspace of each Hopper kernel: per-group shapes/pointers/strides + CUTLASS's own workspace.

@@ -36,6 +36,7 @@
 #include <cstdint>
 #include <cstdlib>
 
+#include "grouped_gemm_device.cuh"
 #include "grouped_gemm_internal.h"
 #include "moebal/core/error.h"
 #include "moebal/cuda/check.h"
@@ -59,80 +60,6 @@ struct SkinnyParams {
   int ffn;        // fused only
 };
 
-__device__ __forceinline__ int clamp_row(int32_t v, int total) { return min(max(v, 0), total); }
-
-// Finds the a-th (0-based) non-empty group; returns -1 when there are fewer. num_active gets the
-// number of non-empty groups. Same clamping as the other kernels: lo = clamp(offsets[g], 0, total),
-// hi = clamp(offsets[g + 1], lo, total). Called by a whole warp; result uniform across it.
-__device__ int locate_group(const int32_t* __restrict__ offsets, int num_groups, int total, int a, int& num_active,
-                            int& lo, int& hi) {
-  const int lane = threadIdx.x & 31;
-  const int per = (num_groups + 31) / 32;
-  const int g_begin = min(lane * per, num_groups), g_end = min(g_begin + per, num_groups);
-  int count = 0;
-  {
-    int prev = clamp_row(__ldg(offsets + g_begin), total);
-#pragma unroll 4
-    for (int g = g_begin; g < g_end; ++g) {
-      const int next = clamp_row(__ldg(offsets + g + 1), total);
-      count += max(next, prev) > prev;
-      prev = next;
-    }
-  }
-  int incl = count;
-#pragma unroll
-  for (int d = 1; d < 32; d <<= 1) {
-    const int v = __shfl_up_sync(0xffffffffu, incl, d);
-    if (lane >= d) incl += v;
-  }
-  num_active = __shfl_sync(0xffffffffu, incl, 31);
-  if (a >= num_active) return -1;
-  const int excl = incl - count;
-  const unsigned owner_mask = __ballot_sync(0xffffffffu, excl <= a && a < incl);
-  const int owner = __ffs(owner_mask) - 1;
-  int found = -1, flo = 0, fhi = 0;
-  if (lane == owner) {
-    int seen = excl;
-    int prev = clamp_row(__ldg(offsets + g_begin), total);
-    for (int g = g_begin; g < g_end; ++g) {
-      const int next = clamp_row(__ldg(offsets + g + 1), total);
-      const int h = max(next, prev);
-      if (h > prev) {
-        if (seen == a) {
-          found = g;
-          flo = prev;
-          fhi = h;
-          break;
-        }
-        ++seen;
-      }
-      prev = next;
-    }
-  }
-  found = __shfl_sync(0xffffffffu, found, owner);
-  lo = __shfl_sync(0xffffffffu, flo, owner);
-  hi = __shfl_sync(0xffffffffu, fhi, owner);
-  return found;
-}
-
-// 16 bytes of weights, read-only, not kept in L1 (each byte is used by one warp only). A lane
-// quad reads 64 contiguous bytes of a row per chunk and 256 per batch of 4 chunks, so the L2
-// prefetch-size hint turns the batch into one 256-byte DRAM request per row.
-template <bool kL2Prefetch>
-__device__ __forceinline__ uint4 load_weights(const __nv_bfloat16* p) {
-  uint4 v;
-  if constexpr (kL2Prefetch) {
-    asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
-        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-        : "l"(p));
-  } else {
-    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-        : "l"(p));
-  }
-  return v;
-}
-
 __device__ __forceinline__ void mma_bf16_16x8x16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                                  uint32_t b0, uint32_t b1) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -142,8 +69,6 @@ __device__ __forceinline__ void mma_bf16_16x8x16(float (&d)[4], uint32_t a0, uin
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 #endif
 }
-
-__device__ __forceinline__ float silu(float v) { return v / (1.0f + __expf(-v)); }
 
 // Shared memory of the split-k reduction: [warp][token tile][fragment value][lane].
 struct SkinnyShared {

@@ -2,10 +2,10 @@
 
 ``torch.ops.moebal.grouped_gemm`` / ``expert_ffn`` are declared in bindings/torch/grouped_gemm.cpp
 with CPU reference kernels (fp32 loops) and, on CUDA builds, CUDA kernels (CUTLASS grouped GEMMs
-on H100; a "skinny" mma.sync decode kernel on any sm_80+ GPU, picked on H100 only for small experts
-at <= 8 rows, with SiLU(gate) * up fused into the gate/up GEMM of ``expert_ffn``; a portable WMMA
-kernel otherwise). The fakes below
-mirror the C++ checks.
+on H100; "skinny" (mma.sync) and "gemv" (CUDA-core) decode kernels on any sm_80+ GPU, both
+with SiLU(gate) * up fused into the gate/up GEMM of ``expert_ffn``; a portable WMMA
+kernel otherwise; ``pick_grouped_gemm_kernel`` in include/moebal/cuda/grouped_gemm.h says which
+one ``"auto"`` runs). The fakes below mirror the C++ checks.
 
 Offsets contract: int32 ``[num_groups + 1]`` on the device of ``x``, ``offsets[0] == 0``,
 non-decreasing, ``offsets[-1] == x.shape[0]``; the rows of group ``g`` are
@@ -20,11 +20,12 @@ import torch
 from moebal.ops import load_library
 
 #: Values of the ``kernel`` argument of :func:`grouped_gemm`.
-KERNELS = {"auto": 0, "portable": 1, "hopper_small_m": 2, "hopper_large_m": 3, "hopper_medium_m": 4, "skinny": 5}
+KERNELS = {"auto": 0, "portable": 1, "hopper_small_m": 2, "hopper_large_m": 3, "hopper_medium_m": 4, "skinny": 5,
+           "gemv": 6}
 
 
 def _check_kernel(kernel: int) -> None:
-    torch._check_value(0 <= kernel <= 5, lambda: f"moebal: kernel must be in [0, 5], got {kernel}")
+    torch._check_value(0 <= kernel <= 6, lambda: f"moebal: kernel must be in [0, 6], got {kernel}")
 
 
 def _kernel_id(kernel: str) -> int:
@@ -97,8 +98,8 @@ def expert_ffn(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, offsets: to
     """Per-group SwiGLU expert: ``(silu(x @ W1.T) * (x @ W3.T)) @ W2.T``.
 
     w13: bf16 ``[groups, 2 * ffn, hidden]`` (gate rows first, then up); w2: bf16 ``[groups, hidden, ffn]``.
-    ``kernel`` forces the CUDA GEMM kernel of both projections: ``"skinny"`` runs the gate/up GEMM
-    with SiLU(gate) * up fused into its epilogue (two launches), any other choice three launches
+    ``kernel`` forces the CUDA GEMM kernel of both projections: ``"skinny"`` and ``"gemv"`` run the
+    gate/up GEMM with SiLU(gate) * up fused into its epilogue (two launches), any other choice three launches
     (GEMM, SiLU * up, GEMM). ``"auto"`` picks as :func:`grouped_gemm` does.
     """
     load_library()

@@ -1,5 +1,5 @@
 // Grouped GEMM and expert FFN on the GPU against fp64 host references: every kernel choice the
-// device supports (incl. the skinny decode kernel and the fused gate/up + SiLU FFN path), odd sizes
+// device supports (incl. the skinny and gemv decode kernels and the fused gate/up + SiLU FFN path), odd sizes
 // (k and n not multiples of the tile), empty / 1 / 3 / 17 / 1000+ row groups, skewed groups, and
 // outputs poisoned with NaN so an unwritten row fails.
 #include <gtest/gtest.h>
@@ -80,7 +80,7 @@ bool kernel_runs_here(GroupedGemmKernel kernel) {
   int device = 0;
   MOEBAL_CHECK_CUDA(cudaGetDevice(&device));
   if (kernel != GroupedGemmKernel::kAuto && kernel != GroupedGemmKernel::kPortable &&
-      kernel != GroupedGemmKernel::kSkinny)
+      kernel != GroupedGemmKernel::kSkinny && kernel != GroupedGemmKernel::kGemv)
     return moebal::cuda::hopper_grouped_gemm_available(device);
   int major = 0;
   MOEBAL_CHECK_CUDA(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
@@ -152,12 +152,17 @@ std::vector<GemmCase> gemm_cases() {
   const std::vector<std::pair<int64_t, int64_t>> shapes = {{200, 136}, {512, 1024}, {72, 4104}};
   std::vector<GemmCase> out;
   for (auto kernel : {GroupedGemmKernel::kAuto, GroupedGemmKernel::kPortable, GroupedGemmKernel::kHopperSmallM,
-                      GroupedGemmKernel::kHopperMediumM, GroupedGemmKernel::kHopperLargeM, GroupedGemmKernel::kSkinny})
+                      GroupedGemmKernel::kHopperMediumM, GroupedGemmKernel::kHopperLargeM, GroupedGemmKernel::kSkinny,
+                      GroupedGemmKernel::kGemv})
     for (const auto& p : patterns)
       for (const auto& [n, k] : shapes) out.push_back({p, n, k, kernel});
-  // Skinny kernel at decode sizes: total_rows 1, 3, 16, 17, 32, 33, 100 (one, two and four token
-  // tiles per pass; 33+ rows take several passes), empty groups, n = 8 (half a 16-row tile),
-  // n = 24, 2880; k = 8 (one 8-wide piece), 40 (k % 32 != 0), 2888 (k-split over 4 warps with a tail).
+  // Skinny and gemv kernels at decode sizes: total_rows 1, 3, 16, 17, 32, 33, 100 (skinny: one, two
+  // and four token tiles per pass, 33+ rows take several passes; gemv: 1, 4 or 8 rows per pass, a
+  // group of 9+ rows takes several), empty groups, n = 8 (half a 16-row tile, a quarter of a gemv
+  // CTA's 32 rows), n = 24, 40, 2880; k = 8 (one 8-wide piece), 40 (k % 32 != 0), 512 (whole
+  // 256-element gemv chunks), 2888 (skinny: k-split over 4 warps with a tail; gemv: 11 chunks + 72,
+  // k-split over 2-4 warps), 1000 with n = 24 (gemv: k-split over 2 warps, 4-row warp blocks past n
+  // that only join the barriers).
   const std::vector<std::vector<int>> decode = {
       {1},
       {0, 2, 0, 1},
@@ -167,8 +172,9 @@ std::vector<GemmCase> gemm_cases() {
       {0, 0, 33},
       {40, 1, 0, 0, 59},
   };
-  const std::vector<std::pair<int64_t, int64_t>> decode_shapes = {{8, 8}, {24, 40}, {2880, 2888}, {8, 2888}, {40, 512}};
-  for (auto kernel : {GroupedGemmKernel::kSkinny, GroupedGemmKernel::kAuto})
+  const std::vector<std::pair<int64_t, int64_t>> decode_shapes = {{8, 8},    {24, 40},  {2880, 2888},
+                                                                   {8, 2888}, {40, 512}, {24, 1000}};
+  for (auto kernel : {GroupedGemmKernel::kSkinny, GroupedGemmKernel::kGemv, GroupedGemmKernel::kAuto})
     for (const auto& p : decode)
       for (const auto& [n, k] : decode_shapes) out.push_back({p, n, k, kernel});
   return out;
@@ -205,12 +211,18 @@ TEST_F(GroupedGemmCudaArgs, RejectsBadShapesAndSmallWorkspace) {
                                                       offs.ptr, 2, 4, 16, 16, nullptr, 0, nullptr),
                  moebal::ValueError);  // Hopper kernel on another architecture
   }
-  // kAuto picks the skinny kernel for small experts at the smallest batches on any sm_80+ device
-  // (Qwen3-30B-A3B w13 at 1 token), never with many rows per group.
-  EXPECT_EQ(moebal::cuda::pick_grouped_gemm_kernel(device, 128, 8, 1536, 2048), GroupedGemmKernel::kSkinny);
-  EXPECT_NE(moebal::cuda::pick_grouped_gemm_kernel(device, 8, 4096, 1536, 2048), GroupedGemmKernel::kSkinny);
-  if (moebal::cuda::hopper_grouped_gemm_available(device))  // large experts stay on CUTLASS
-    EXPECT_EQ(moebal::cuda::pick_grouped_gemm_kernel(device, 8, 2, 28672, 4096), GroupedGemmKernel::kHopperSmallM);
+  // kAuto at 1 token (total_rows = top_k <= 8): gemv on Hopper for small and large experts alike
+  // (Qwen3-30B-A3B, Mixtral-8x7B w13), skinny on other sm_80+ devices; never a decode kernel with
+  // many rows per group; on Hopper the CUTLASS kernels from 9 rows on (DeepSeek-V3 at 16 tokens).
+  const bool hopper = moebal::cuda::hopper_grouped_gemm_available(device);
+  const GroupedGemmKernel decode = hopper ? GroupedGemmKernel::kGemv : GroupedGemmKernel::kSkinny;
+  EXPECT_EQ(moebal::cuda::pick_grouped_gemm_kernel(device, 128, 8, 1536, 2048), decode);
+  EXPECT_NE(moebal::cuda::pick_grouped_gemm_kernel(device, 8, 4096, 1536, 2048), decode);
+  if (hopper) {
+    EXPECT_EQ(moebal::cuda::pick_grouped_gemm_kernel(device, 8, 2, 28672, 4096), GroupedGemmKernel::kGemv);
+    EXPECT_EQ(moebal::cuda::pick_grouped_gemm_kernel(device, 256, 128, 4096, 7168), GroupedGemmKernel::kHopperSmallM);
+    EXPECT_EQ(moebal::cuda::pick_grouped_gemm_kernel(device, 256, 9, 4096, 7168), GroupedGemmKernel::kHopperSmallM);
+  }
   // Zero rows: nothing to do, no launch, no workspace needed.
   EXPECT_NO_THROW(moebal::cuda::grouped_gemm_bf16(nullptr, buf.ptr, nullptr, offs.ptr, 2, 0, 16, 16, nullptr, 0, nullptr));
 }
@@ -285,14 +297,15 @@ std::vector<FfnCase> ffn_cases() {
   std::vector<FfnCase> out;
   const std::vector<std::vector<int>> general = {
       {0, 1, 3, 17, 1031}, {1}, {5, 0, 0, 0, 0, 0, 0, 2}, {40, 40, 40, 40}};
-  for (auto kernel : {GroupedGemmKernel::kAuto, GroupedGemmKernel::kPortable, GroupedGemmKernel::kSkinny})
+  for (auto kernel : {GroupedGemmKernel::kAuto, GroupedGemmKernel::kPortable, GroupedGemmKernel::kSkinny,
+                      GroupedGemmKernel::kGemv})
     for (const auto& s : general) out.push_back({s, 264, 200, kernel});
   // Fused skinny path at decode: total_rows 1, 3, 16, 17, 32, 33, 100; empty groups; hidden (the
   // k of the gate/up GEMM) 8, 40, 2888 and ffn (its k in the down GEMM) 8, 24, 2880.
   const std::vector<std::vector<int>> decode = {{1}, {0, 2, 0, 1}, {0, 16, 0}, {17},
                                                 {0, 5, 3, 8, 0, 16}, {0, 0, 33}, {40, 1, 0, 0, 59}};
   const std::vector<std::pair<int64_t, int64_t>> shapes = {{8, 8}, {40, 24}, {2888, 48}, {264, 2880}};
-  for (auto kernel : {GroupedGemmKernel::kSkinny, GroupedGemmKernel::kAuto})
+  for (auto kernel : {GroupedGemmKernel::kSkinny, GroupedGemmKernel::kGemv, GroupedGemmKernel::kAuto})
     for (const auto& s : decode)
       for (const auto& [hidden, ffn] : shapes) out.push_back({s, hidden, ffn, kernel});
   return out;

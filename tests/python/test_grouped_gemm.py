@@ -133,6 +133,7 @@ def test_opcheck_cpu():
     torch.library.opcheck(torch.ops.moebal.grouped_gemm, (x, w, offs))
     torch.library.opcheck(torch.ops.moebal.grouped_gemm, (x, w, offs, 1))
     torch.library.opcheck(torch.ops.moebal.grouped_gemm, (x, w, offs, gemm_ops.KERNELS["skinny"]))
+    torch.library.opcheck(torch.ops.moebal.grouped_gemm, (x, w, offs, gemm_ops.KERNELS["gemv"]))
     w13 = (torch.randn(3, 32, 24) / 5).to(torch.bfloat16)
     w2 = (torch.randn(3, 24, 16) / 4).to(torch.bfloat16)
     torch.library.opcheck(torch.ops.moebal.expert_ffn, (x, w13, w2, offs))
@@ -145,7 +146,7 @@ def test_expert_ffn_bad_kernel():
     with pytest.raises(ValueError, match="unknown kernel"):
         gemm_ops.expert_ffn(x, w13, w2, offs, kernel="fused")
     with pytest.raises(ValueError, match="kernel must be"):
-        torch.ops.moebal.expert_ffn(x, w13, w2, offs, 6)
+        torch.ops.moebal.expert_ffn(x, w13, w2, offs, 7)
 
 
 def test_compile_fullgraph_cpu():
@@ -163,7 +164,7 @@ def test_compile_fullgraph_cpu():
 # ----------------------------------------------------------------------------------------------- GPU
 
 def gpu_kernels():
-    names = ["auto", "portable", "skinny"]
+    names = ["auto", "portable", "skinny", "gemv"]
     if HOPPER:
         names += ["hopper_small_m", "hopper_medium_m", "hopper_large_m"]
     return names
@@ -193,7 +194,7 @@ def test_cuda_matches_cpu(kernel, sizes, n, k):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not GPU, reason="needs a CUDA device and moebal CUDA kernels")
-@pytest.mark.parametrize("kernel", ["auto", "portable", "skinny"])
+@pytest.mark.parametrize("kernel", ["auto", "portable", "skinny", "gemv"])
 @pytest.mark.parametrize("sizes", [[0, 1, 3, 17, 1031], [1, 0, 0, 0, 0, 0, 0, 0], [300, 2, 1, 0]])
 def test_cuda_expert_ffn_matches_cpu(sizes, kernel):
     hidden, ffn = 264, 200
@@ -223,10 +224,31 @@ def test_cuda_skinny_decode_matches_cpu(sizes, hidden, ffn):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not GPU, reason="needs a CUDA device and moebal CUDA kernels")
+@pytest.mark.parametrize("sizes", [[1], [0, 2, 0, 1], [0, 0, 5, 0, 3], [17], [0, 0, 33], [40, 1, 0, 0, 59]])
+@pytest.mark.parametrize("hidden,ffn", [(40, 24), (2048, 768), (2880, 2880)])
+def test_cuda_gemv_decode_matches_cpu(sizes, hidden, ffn):
+    """The gemv GEMM (both projections) and the FFN on it at decode sizes, model-like shapes; k = 2880
+    is not a multiple of the 256-element warp load, groups of 17+ rows take several passes."""
+    x, w13, offs = make_problem(sizes, 2 * ffn, hidden, seed=sum(sizes) + 3 * hidden)
+    w2 = (torch.randn(len(sizes), hidden, ffn) / math.sqrt(ffn)).to(torch.bfloat16)
+    xd, w13d, w2d, od = x.cuda(), w13.cuda(), w2.cuda(), offs.cuda()
+    got = poisoned_call(lambda: gemm_ops.grouped_gemm(xd, w13d, od, kernel="gemv"), (x.shape[0], 2 * ffn))
+    assert rel_err(got, torch_reference(x, w13, offs)) < tol(hidden)
+    a = torch.randn(x.shape[0], ffn).to(torch.bfloat16)
+    got = poisoned_call(lambda: gemm_ops.grouped_gemm(a.cuda(), w2d, od, kernel="gemv"), (x.shape[0], hidden))
+    assert rel_err(got, torch_reference(a, w2, offs)) < tol(ffn)
+    want = torch.ops.moebal.expert_ffn(x, w13, w2, offs)
+    got = poisoned_call(lambda: gemm_ops.expert_ffn(xd, w13d, w2d, od, kernel="gemv"), x.shape)
+    assert rel_err(got, want) < 1.5e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs a CUDA device and moebal CUDA kernels")
 def test_cuda_opcheck_and_graph_capture():
     x, w, offs = make_problem([5, 0, 70, 1], 64, 96, seed=11, device="cuda")
     torch.library.opcheck(torch.ops.moebal.grouped_gemm, (x, w, offs))
     torch.library.opcheck(torch.ops.moebal.grouped_gemm, (x, w, offs, gemm_ops.KERNELS["skinny"]))
+    torch.library.opcheck(torch.ops.moebal.grouped_gemm, (x, w, offs, gemm_ops.KERNELS["gemv"]))
     w13 = (torch.randn(4, 128, 96, device="cuda") / 10).to(torch.bfloat16)
     w2 = (torch.randn(4, 96, 64, device="cuda") / 8).to(torch.bfloat16)
     torch.library.opcheck(torch.ops.moebal.expert_ffn, (x, w13, w2, offs))

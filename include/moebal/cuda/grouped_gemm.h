@@ -13,9 +13,10 @@
 // [0, total_rows] on the device (so a bad array cannot make a kernel write outside y), but rows
 // of a malformed array are then computed for the wrong group or left unwritten.
 //
-// Kernels: a "skinny" decode kernel on any sm_80+ device (y^T = W x^T with mma.sync, expert
-// weights streamed from global memory straight into MMA fragments, only active groups launched
-// (found on the device), split-k inside a CTA); on compute capability 9.0 with the sm_90a kernels
+// Kernels: two decode kernels on any sm_80+ device that launch only active groups (found on the
+// device): "gemv" (CUDA cores, each warp streams a few weight rows with 512-byte warp-wide loads)
+// and "skinny" (y^T = W x^T with mma.sync, expert weights streamed from global memory straight into
+// MMA fragments, split-k inside a CTA); on compute capability 9.0 with the sm_90a kernels
 // compiled in, CUTLASS 3.x grouped GEMMs (TMA, warp-specialised wgmma, per-group problem shapes
 // built on the device); a portable tensor-core kernel (mma.sync through WMMA, sm_80+). The choice is made per call from the current device and the host-known
 // sizes (see GroupedGemmKernel, pick_grouped_gemm_kernel).
@@ -37,20 +38,21 @@ enum class GroupedGemmKernel : int {
   kHopperLargeM = 3,   ///< sm_90a, 128 x 256 token x weight-row tiles, cooperative (prefill)
   kHopperMediumM = 4,  ///< sm_90a, y^T = W x^T: 128 weight rows x 64 token rows per tile
   kSkinny = 5,         ///< any sm_80+, decode: y^T = W x^T, 16 weight rows x up to 32 rows per pass
+  kGemv = 6,           ///< any sm_80+, decode on CUDA cores: a warp streams 2-4 weight rows, <= 8 rows per pass
 };
 
 /// Name of a kernel choice ("auto", "portable", "hopper_small_m", "hopper_medium_m",
-/// "hopper_large_m", "skinny").
+/// "hopper_large_m", "skinny", "gemv").
 const char* to_string(GroupedGemmKernel kernel);
 
 /// Whether the Hopper kernels are compiled in and `device` (compute capability 9.0) can run them.
 bool hopper_grouped_gemm_available(int device);
 
 /// The kernel kAuto resolves to on `device` for total_rows rows over num_groups groups of [n, k]
-/// weights. Compute capability 9.0 with the Hopper kernels: kSkinny when total_rows <= 8 and
-/// n * k <= 4 Mi (small experts at the smallest batches, where it measured faster), else by rows
-/// per active group small_m <= 4 < medium_m <= 24 < large_m. Other sm_80+ devices: kSkinny when
-/// total_rows <= 32 or total_rows / min(num_groups, total_rows) <= 8, else kPortable.
+/// weights. Compute capability 9.0 with the Hopper kernels: kGemv when total_rows <= 8 (decode of
+/// one token: faster than every other kernel for all four bench models, bench/results/gemv.md),
+/// else by rows per active group small_m <= 4 < medium_m <= 24 < large_m. Other sm_80+ devices:
+/// kSkinny when total_rows <= 32 or total_rows / min(num_groups, total_rows) <= 8, else kPortable.
 GroupedGemmKernel pick_grouped_gemm_kernel(int device, int num_groups, int64_t total_rows, int64_t n,
                                            int64_t k);
 
@@ -67,8 +69,9 @@ void grouped_gemm_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bflo
                        int64_t k, void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
 /// grouped_gemm_bf16 with an explicit kernel choice (benchmarks, tests). A Hopper choice on a
-/// device that cannot run it throws moebal::ValueError (so does kSkinny below sm_80). kSkinny is
-/// correct for any group size but streams a group's weights once per 32 of its rows. The workspace of
+/// device that cannot run it throws moebal::ValueError (so do kSkinny and kGemv below sm_80). kSkinny
+/// and kGemv are correct for any group size but stream a group's weights once per 32 (skinny) or 8
+/// (gemv) of its rows. The workspace of
 /// grouped_gemm_workspace_bytes fits every choice. Enqueued on `stream`, no host synchronisation.
 void grouped_gemm_bf16_with(GroupedGemmKernel kernel, const __nv_bfloat16* x,
                             const __nv_bfloat16* w, __nv_bfloat16* y, const int32_t* offsets,
@@ -83,7 +86,7 @@ size_t expert_ffn_workspace_bytes(int num_groups, int64_t total_rows, int64_t ff
 /// [ffn, 2 * ffn), the up projection) and w2 is [num_groups, hidden, ffn].
 /// x, y [total_rows, hidden]. All device pointers; hidden and ffn multiples of 8.
 /// The kernel is chosen as for grouped_gemm_bf16 with the gate/up shape (pick_grouped_gemm_kernel
-/// with n = 2 * ffn, k = hidden) and used for both GEMMs. With kSkinny (decode):
+/// with n = 2 * ffn, k = hidden) and used for both GEMMs. With kSkinny or kGemv (decode):
 /// two launches on `stream`, the gate/up GEMM with silu(gate) * up computed in fp32 in its epilogue
 /// (rounded once to bf16 into a [total_rows, ffn] intermediate), then the down GEMM; no
 /// [total_rows, 2 * ffn] buffer. With any other kernel: three launches, grouped GEMM x @ w13^T into
@@ -95,8 +98,8 @@ void expert_ffn_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w13, const __n
                      int64_t hidden, int64_t ffn, void* workspace, size_t workspace_bytes,
                      cudaStream_t stream);
 
-/// expert_ffn_bf16 with an explicit kernel choice for both GEMMs (benchmarks, tests): kSkinny
-/// forces the fused two-launch path, any other choice the three-launch path with that GEMM kernel.
+/// expert_ffn_bf16 with an explicit kernel choice for both GEMMs (benchmarks, tests): kSkinny and
+/// kGemv force the fused two-launch path on that kernel, any other choice the three-launch path.
 /// Same workspace (expert_ffn_workspace_bytes) and errors as grouped_gemm_bf16_with.
 void expert_ffn_bf16_with(GroupedGemmKernel kernel, const __nv_bfloat16* x, const __nv_bfloat16* w13,
                           const __nv_bfloat16* w2, __nv_bfloat16* y, const int32_t* offsets, int num_groups,
