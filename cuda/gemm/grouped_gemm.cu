@@ -183,13 +183,21 @@ constexpr int64_t kSkinnyPortableRowsPerGroup = 8;
 // bench models, balanced and Zipf (1.03-1.28x per GEMM, 1.06-1.26x for the FFN); at 16 tokens
 // (32-128 rows) it is slower in every case (0.48-0.91x: R = 8 rows per pass, hot experts re-streamed
 // per 8 rows, CUDA-core FMAs).
-// So on Hopper it replaces skinny and small_m for total_rows <= 8 (whatever the expert size), and
-// nothing beyond. Not measured on other sm_80+ devices: there the skinny rule stays.
+// At 2-4 tokens on the H100 (bench/results/gemv.md, "H100 check at 2 and 4 tokens") it still wins
+// while the rows spread one or so per expert (GPT-OSS-120B at 2 tokens: 8 rows over 128 experts,
+// 1.05-1.19x over small_m), but loses where rows pile onto few experts: Mixtral-8x7B with 4-8 rows
+// over its 8 experts, 0.89-0.98x with Zipf routing and at 4 tokens. With small experts it wins up
+// to 32 rows: Qwen3-30B-A3B (w13 1536 x 2048) at 2-4 tokens, 16-32 rows over 128 experts,
+// 1.02-1.26x per GEMM and 1.05-1.28x for the FFN, while the large experts of DeepSeek-V3 and
+// GPT-OSS-120B tie or lose there (0.94-1.05x). Hence gemv on Hopper when 2 * total_rows <
+// num_groups (about one row per active expert) and total_rows <= 8, or <= 32 with experts of at
+// most 4 Mi weights; nothing beyond. Not measured on other sm_80+ devices: there the skinny rule
+// stays.
 constexpr int64_t kGemvHopperRows = 8;
+constexpr int64_t kGemvHopperSmallExpertRows = 32;
+constexpr int64_t kGemvSmallExpertWeights = int64_t{4} << 20;
 
 GroupedGemmKernel pick(const DeviceInfo& d, int num_groups, int64_t total_rows, int64_t n, int64_t k) {
-  (void)n;  // the measured rules depend on the row counts only
-  (void)k;
   const int64_t active = std::max<int64_t>(1, std::min<int64_t>(num_groups, total_rows));
   const int64_t per_group = total_rows / active;
   if (!hopper_ok(d)) {
@@ -197,7 +205,9 @@ GroupedGemmKernel pick(const DeviceInfo& d, int num_groups, int64_t total_rows, 
       return GroupedGemmKernel::kSkinny;
     return GroupedGemmKernel::kPortable;
   }
-  if (total_rows <= kGemvHopperRows) return GroupedGemmKernel::kGemv;
+  if (2 * total_rows < num_groups &&
+      (total_rows <= kGemvHopperRows || (total_rows <= kGemvHopperSmallExpertRows && n * k <= kGemvSmallExpertWeights)))
+    return GroupedGemmKernel::kGemv;
   if (per_group <= kSmallMRowsPerGroup) return GroupedGemmKernel::kHopperSmallM;
   if (per_group <= kMediumMRowsPerGroup) return GroupedGemmKernel::kHopperMediumM;
   return GroupedGemmKernel::kHopperLargeM;

@@ -211,8 +211,8 @@ TEST_F(GroupedGemmCudaArgs, RejectsBadShapesAndSmallWorkspace) {
                                                       offs.ptr, 2, 4, 16, 16, nullptr, 0, nullptr),
                  moebal::ValueError);  // Hopper kernel on another architecture
   }
-  // kAuto at 1 token (total_rows = top_k <= 8): gemv on Hopper for small and large experts alike
-  // (Qwen3-30B-A3B, Mixtral-8x7B w13), skinny on other sm_80+ devices; never a decode kernel with
+  // kAuto at 1 token (total_rows = top_k <= 8, fewer than half the experts): gemv on Hopper for small
+  // and large experts alike (Qwen3-30B-A3B, Mixtral-8x7B w13), skinny on other sm_80+ devices; never a decode kernel with
   // many rows per group; on Hopper the CUTLASS kernels from 9 rows on (DeepSeek-V3 at 16 tokens).
   const bool hopper = moebal::cuda::hopper_grouped_gemm_available(device);
   const GroupedGemmKernel decode = hopper ? GroupedGemmKernel::kGemv : GroupedGemmKernel::kSkinny;
@@ -220,6 +220,14 @@ TEST_F(GroupedGemmCudaArgs, RejectsBadShapesAndSmallWorkspace) {
   EXPECT_NE(moebal::cuda::pick_grouped_gemm_kernel(device, 8, 4096, 1536, 2048), decode);
   if (hopper) {
     EXPECT_EQ(moebal::cuda::pick_grouped_gemm_kernel(device, 8, 2, 28672, 4096), GroupedGemmKernel::kGemv);
+    // Mixtral-8x7B at 2 and 4 tokens: 4-8 rows over 8 experts pile up, the CUTLASS kernel wins.
+    EXPECT_EQ(moebal::cuda::pick_grouped_gemm_kernel(device, 8, 4, 28672, 4096), GroupedGemmKernel::kHopperSmallM);
+    EXPECT_EQ(moebal::cuda::pick_grouped_gemm_kernel(device, 8, 8, 28672, 4096), GroupedGemmKernel::kHopperSmallM);
+    EXPECT_EQ(moebal::cuda::pick_grouped_gemm_kernel(device, 128, 8, 5760, 2880), GroupedGemmKernel::kGemv);
+    // Small experts (Qwen3-30B-A3B) keep gemv up to 32 rows over 128 experts; large ones do not.
+    EXPECT_EQ(moebal::cuda::pick_grouped_gemm_kernel(device, 128, 32, 1536, 2048), GroupedGemmKernel::kGemv);
+    EXPECT_EQ(moebal::cuda::pick_grouped_gemm_kernel(device, 128, 33, 1536, 2048), GroupedGemmKernel::kHopperSmallM);
+    EXPECT_EQ(moebal::cuda::pick_grouped_gemm_kernel(device, 256, 16, 4096, 7168), GroupedGemmKernel::kHopperSmallM);
     EXPECT_EQ(moebal::cuda::pick_grouped_gemm_kernel(device, 256, 128, 4096, 7168), GroupedGemmKernel::kHopperSmallM);
     EXPECT_EQ(moebal::cuda::pick_grouped_gemm_kernel(device, 256, 9, 4096, 7168), GroupedGemmKernel::kHopperSmallM);
   }

@@ -49,9 +49,9 @@ const char* to_string(GroupedGemmKernel kernel);
 bool hopper_grouped_gemm_available(int device);
 
 /// The kernel kAuto resolves to on `device` for total_rows rows over num_groups groups of [n, k]
-/// weights. Compute capability 9.0 with the Hopper kernels: kGemv when total_rows <= 8 (decode of
-/// one token: faster than every other kernel for all four bench models, bench/results/gemv.md),
-/// else by rows per active group small_m <= 4 < medium_m <= 24 < large_m. Other sm_80+ devices:
+/// weights. Compute capability 9.0 with the Hopper kernels: kGemv when 2 * total_rows < num_groups
+/// (about one row per active expert) and total_rows <= 8, or <= 32 with n * k <= 4 Mi (decode:
+/// measured faster than every other kernel there, bench/results/gemv.md), else by rows per active group small_m <= 4 < medium_m <= 24 < large_m. Other sm_80+ devices:
 /// kSkinny when total_rows <= 32 or total_rows / min(num_groups, total_rows) <= 8, else kPortable.
 GroupedGemmKernel pick_grouped_gemm_kernel(int device, int num_groups, int64_t total_rows, int64_t n,
                                            int64_t k);
