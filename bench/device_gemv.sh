@@ -6,16 +6,8 @@
 # Usage (repository root): OUT=dir [GTEST_BIN=prebuilt moebal_cuda_tests] [CUTLASS_DIR=..]
 #   [GTEST_SOURCE_DIR=..] [BENCH_ARGS="--tokens 1,16"] [SWEEP_ARGS="--tokens 1"]
 #   [GTEST_FILTER='*GroupedGemm*:*ExpertFfn*'] [PYTEST_FILES="tests/python/a.py b.py"] [PYTEST_K="gemv or auto"] bash bench/device_gemv.sh
-set -uo pipefail
-out=${OUT:?set OUT}
-mkdir -p "$out"
-export MOEBAL_CUDA_ARCHS=90a PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
-status=0
-t0=$(date +%s)
-stamp() { echo "=== $* (+$(($(date +%s) - t0)) s)"; }
-stamp device
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/device.txt"
-date -u | tee -a "$out/device.txt"
+# shellcheck source=bench/device_preamble.sh
+. "$(dirname "$0")/device_preamble.sh"
 
 stamp "pip install (background)"
 python3 -m pip install --no-build-isolation --no-deps -q . >/tmp/pip.txt 2>&1 &

@@ -5,16 +5,8 @@
 # with the forced-kernel columns under the sweep's best setting.
 # Usage (repository root): OUT=dir [GTEST_BIN=prebuilt moebal_cuda_tests] [CUTLASS_DIR=..]
 #   [GTEST_SOURCE_DIR=..] [BENCH_ARGS="--tokens 1,16,128"] bash bench/device_skinny.sh
-set -uo pipefail
-out=${OUT:?set OUT}
-mkdir -p "$out"
-export MOEBAL_CUDA_ARCHS=90a PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
-status=0
-t0=$(date +%s)
-stamp() { echo "=== $* (+$(($(date +%s) - t0)) s)"; }
-stamp device
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/device.txt"
-date -u | tee -a "$out/device.txt"
+# shellcheck source=bench/device_preamble.sh
+. "$(dirname "$0")/device_preamble.sh"
 
 # googletest binary: prebuilt if it runs here, else build it beside the pip install.
 gtest=${GTEST_BIN:-}
