@@ -10,11 +10,18 @@ import sys
 from collections import defaultdict
 
 
-def main(path):
-    data = json.load(open(path))
+def load(path):
+    """The benchmark JSON and its rows by (model, tokens, routing, op) -> {impl: row}."""
+    with open(path) as f:
+        data = json.load(f)
     by = defaultdict(dict)
     for r in data["results"]:
         by[(r["model"], r["tokens"], r["routing"], r["op"])][r["impl"]] = r
+    return data, by
+
+
+def main(path):
+    data, by = load(path)
     print(f"Device: {data['device']}, torch {data['torch']}; measured ceilings in the same process: HBM copy "
           f"{data['hbm_bps'] / 1e12:.2f} TB/s, bf16 8192^3 matmul {data['mm_flops'] / 1e12:.0f} TFLOP/s.\n")
     print("Per projection (w13: n = 2*ffn, k = hidden; w2: n = hidden, k = ffn) and the whole expert FFN. "
@@ -57,10 +64,7 @@ def main(path):
 
 def skinny(path):
     """Skinny decode kernel vs the best forced CUTLASS kernel and grouped_mm; FFN fused vs previous vs torch."""
-    data = json.load(open(path))
-    by = defaultdict(dict)
-    for r in data["results"]:
-        by[(r["model"], r["tokens"], r["routing"], r["op"])][r["impl"]] = r
+    data, by = load(path)
     print(f"Device: {data['device']}, torch {data['torch']}; HBM copy {data['hbm_bps'] / 1e12:.2f} TB/s, "
           f"bf16 8192^3 matmul {data['mm_flops'] / 1e12:.0f} TFLOP/s.\n")
     print("| model | T | routing | op | rows/active | floor us | skinny us | frac | best CUTLASS us | frac | "

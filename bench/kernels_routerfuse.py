@@ -26,14 +26,7 @@ from kernels_dataplane import time_ms  # noqa: E402
 
 from moebal import moe_ops  # noqa: E402
 
-MODELS = {
-    # name: experts, top_k, router arguments, correction bias
-    "Mixtral-8x7B": (8, 2, dict(scoring="softmax", renormalize=True), False),
-    "Qwen3-30B-A3B": (128, 8, dict(scoring="softmax", renormalize=True), False),
-    "GPT-OSS-120B": (128, 4, dict(scoring="softmax", renormalize=True), False),
-    "DeepSeek-V3": (256, 8, dict(scoring="sigmoid", renormalize=True, num_groups=8, topk_groups=4,
-                                 scaling_factor=2.5), True),
-}
+MODELS = moe_ops.ROUTER_PRESETS  # name: experts, top_k, router arguments, correction bias
 TOKENS = [1, 4, 16, 32, 128, 256]
 PATHS = ["auto", "one_block", "cluster", "grid"]
 

@@ -124,6 +124,18 @@ inline void moe_check_placement(const std::optional<at::Tensor>& log2phy, const 
                     " entries, got ", logcnt->size(0));
 }
 
+/// route_and_layout's arguments (router, placement, path), shared by the CPU and CUDA kernels;
+/// returns the path's moebal::cuda::RouteLayoutPath value.
+inline int32_t moe_check_route_and_layout(const at::Tensor& logits, int64_t top_k, int64_t num_slots,
+                                          const std::string& scoring, int64_t num_groups, int64_t topk_groups,
+                                          const std::optional<at::Tensor>& bias,
+                                          const std::optional<at::Tensor>& log2phy,
+                                          const std::optional<at::Tensor>& logcnt, const std::string& path) {
+  const int64_t E = moe_check_router(logits, top_k, scoring, num_groups, topk_groups, bias);
+  moe_check_placement(log2phy, logcnt, E, num_slots, logits.device());
+  return moe_route_layout_path_code(path);
+}
+
 inline void moe_check_hidden(const at::Tensor& hidden, const char* name = "hidden") {
   TORCH_CHECK_VALUE(hidden.dim() == 2, "moebal: ", name, " must be 2-D [rows, hidden], got shape ",
                     hidden.sizes());

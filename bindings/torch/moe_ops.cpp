@@ -205,9 +205,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& logits, int64_t top_k, int64_t num_slots, const std::string& scoring, bool renormalize,
     int64_t num_groups, int64_t topk_groups, const OptTensor& bias, double scaling, const OptTensor& log2phy,
     const OptTensor& logcnt, const std::string& path) {
-  const int64_t E = moe_check_router(logits, top_k, scoring, num_groups, topk_groups, bias);
-  moe_check_placement(log2phy, logcnt, E, num_slots, logits.device());
-  moe_route_layout_path_code(path);
+  moe_check_route_and_layout(logits, top_k, num_slots, scoring, num_groups, topk_groups, bias, log2phy, logcnt, path);
+  const int64_t E = logits.size(1);
   auto [ids, weights] = router_topk_cpu(logits, top_k, scoring, renormalize, num_groups, topk_groups, bias, scaling);
   auto [slot_ids, offsets, row_index, sorted_token] = dispatch_layout_cpu(ids, E, num_slots, log2phy, logcnt);
   return {ids, weights, slot_ids, offsets, row_index, sorted_token};

@@ -95,9 +95,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& logits, int64_t top_k, int64_t num_slots, const std::string& scoring, bool renormalize,
     int64_t num_groups, int64_t topk_groups, const OptTensor& bias, double scaling, const OptTensor& log2phy,
     const OptTensor& logcnt, const std::string& path) {
-  const int64_t E = moe_check_router(logits, top_k, scoring, num_groups, topk_groups, bias);
-  moe_check_placement(log2phy, logcnt, E, num_slots, logits.device());
-  const auto route_path = static_cast<mc::RouteLayoutPath>(moe_route_layout_path_code(path));
+  const auto route_path = static_cast<mc::RouteLayoutPath>(
+      moe_check_route_and_layout(logits, top_k, num_slots, scoring, num_groups, topk_groups, bias, log2phy, logcnt, path));
+  const int64_t E = logits.size(1);
   TORCH_CHECK_VALUE(logits.size(0) * top_k < (int64_t{1} << 31) - 1, "moebal: tokens * top_k must fit in int32, got ",
                     logits.size(0), " * ", top_k);
   const c10::cuda::CUDAGuard guard(logits.device());

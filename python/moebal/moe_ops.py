@@ -18,6 +18,16 @@ MAX_TOP_K = 32
 MAX_SLOTS = 11 * 1024 - 1
 ROUTE_LAYOUT_PATHS = ("auto", "two_kernels", "one_block", "cluster", "grid")
 
+# Router configurations of the four benchmark models, shared by tests and benchmarks:
+# name -> (num_experts, top_k, router keyword arguments, whether the router adds a correction bias).
+ROUTER_PRESETS = {
+    "Mixtral-8x7B": (8, 2, dict(scoring="softmax", renormalize=True), False),
+    "Qwen3-30B-A3B": (128, 8, dict(scoring="softmax", renormalize=True), False),
+    "GPT-OSS-120B": (128, 4, dict(scoring="softmax", renormalize=True), False),
+    "DeepSeek-V3": (256, 8, dict(scoring="sigmoid", renormalize=True, num_groups=8, topk_groups=4,
+                                 scaling_factor=2.5), True),
+}
+
 
 def _check(cond: bool, msg) -> None:
     torch._check_value(cond, msg if callable(msg) else (lambda: msg))

@@ -206,39 +206,30 @@ def test_cuda_expert_ffn_matches_cpu(sizes, kernel):
     assert rel_err(got, want) < 1.5e-2
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not GPU, reason="needs a CUDA device and moebal CUDA kernels")
-@pytest.mark.parametrize("sizes", [[1], [0, 2, 0, 1], [0, 16, 0], [17], [0, 0, 33], [40, 1, 0, 0, 59]])
-@pytest.mark.parametrize("hidden,ffn", [(40, 24), (2048, 768), (2880, 2880)])
-def test_cuda_skinny_decode_matches_cpu(sizes, hidden, ffn):
-    """The skinny GEMM and the fused gate/up + SiLU FFN at decode sizes, model-like shapes."""
-    x, w13, offs = make_problem(sizes, 2 * ffn, hidden, seed=sum(sizes) + hidden)
-    w2 = (torch.randn(len(sizes), hidden, ffn) / math.sqrt(ffn)).to(torch.bfloat16)
-    xd, w13d, w2d, od = x.cuda(), w13.cuda(), w2.cuda(), offs.cuda()
-    got = poisoned_call(lambda: gemm_ops.grouped_gemm(xd, w13d, od, kernel="skinny"), (x.shape[0], 2 * ffn))
-    assert rel_err(got, torch_reference(x, w13, offs)) < tol(hidden)
-    want = torch.ops.moebal.expert_ffn(x, w13, w2, offs)
-    got = poisoned_call(lambda: gemm_ops.expert_ffn(xd, w13d, w2d, od, kernel="skinny"), x.shape)
-    assert rel_err(got, want) < 1.5e-2
+DECODE_SIZES = {
+    "skinny": [[1], [0, 2, 0, 1], [0, 16, 0], [17], [0, 0, 33], [40, 1, 0, 0, 59]],
+    "gemv": [[1], [0, 2, 0, 1], [0, 0, 5, 0, 3], [17], [0, 0, 33], [40, 1, 0, 0, 59]],
+}
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not GPU, reason="needs a CUDA device and moebal CUDA kernels")
-@pytest.mark.parametrize("sizes", [[1], [0, 2, 0, 1], [0, 0, 5, 0, 3], [17], [0, 0, 33], [40, 1, 0, 0, 59]])
+@pytest.mark.parametrize("kernel,sizes", [(kn, sz) for kn, szs in DECODE_SIZES.items() for sz in szs])
 @pytest.mark.parametrize("hidden,ffn", [(40, 24), (2048, 768), (2880, 2880)])
-def test_cuda_gemv_decode_matches_cpu(sizes, hidden, ffn):
-    """The gemv GEMM (both projections) and the FFN on it at decode sizes, model-like shapes; k = 2880
-    is not a multiple of the 256-element warp load, groups of 17+ rows take several passes."""
-    x, w13, offs = make_problem(sizes, 2 * ffn, hidden, seed=sum(sizes) + 3 * hidden)
+def test_cuda_decode_kernels_match_cpu(kernel, sizes, hidden, ffn):
+    """The decode GEMMs (skinny, gemv; both projections) and the FFN on them (gate/up + SiLU fused)
+    at decode sizes, model-like shapes; k = 2880 is not a multiple of gemv's 256-element warp load,
+    groups of 17+ rows take several passes."""
+    x, w13, offs = make_problem(sizes, 2 * ffn, hidden, seed=sum(sizes) + (hidden if kernel == "skinny" else 3 * hidden))
     w2 = (torch.randn(len(sizes), hidden, ffn) / math.sqrt(ffn)).to(torch.bfloat16)
     xd, w13d, w2d, od = x.cuda(), w13.cuda(), w2.cuda(), offs.cuda()
-    got = poisoned_call(lambda: gemm_ops.grouped_gemm(xd, w13d, od, kernel="gemv"), (x.shape[0], 2 * ffn))
+    got = poisoned_call(lambda: gemm_ops.grouped_gemm(xd, w13d, od, kernel=kernel), (x.shape[0], 2 * ffn))
     assert rel_err(got, torch_reference(x, w13, offs)) < tol(hidden)
     a = torch.randn(x.shape[0], ffn).to(torch.bfloat16)
-    got = poisoned_call(lambda: gemm_ops.grouped_gemm(a.cuda(), w2d, od, kernel="gemv"), (x.shape[0], hidden))
+    got = poisoned_call(lambda: gemm_ops.grouped_gemm(a.cuda(), w2d, od, kernel=kernel), (x.shape[0], hidden))
     assert rel_err(got, torch_reference(a, w2, offs)) < tol(ffn)
     want = torch.ops.moebal.expert_ffn(x, w13, w2, offs)
-    got = poisoned_call(lambda: gemm_ops.expert_ffn(xd, w13d, w2d, od, kernel="gemv"), x.shape)
+    got = poisoned_call(lambda: gemm_ops.expert_ffn(xd, w13d, w2d, od, kernel=kernel), x.shape)
     assert rel_err(got, want) < 1.5e-2
 
 

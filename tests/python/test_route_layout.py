@@ -14,14 +14,7 @@ HAVE_OPS, HAVE_CUDA = op_env()
 pytestmark = pytest.mark.skipif(not HAVE_OPS, reason="moebal torch ops not built")
 gpu = pytest.mark.skipif(not HAVE_CUDA, reason="needs a CUDA device and moebal CUDA kernels")
 
-# name: experts, top_k, router keyword arguments, uses a correction bias
-MODELS = {
-    "mixtral": (8, 2, dict(scoring="softmax", renormalize=True), False),
-    "qwen3_30b": (128, 8, dict(scoring="softmax", renormalize=True), False),
-    "gpt_oss": (128, 4, dict(scoring="softmax", renormalize=True), False),
-    "deepseek_v3": (256, 8, dict(scoring="sigmoid", renormalize=True, num_groups=8, topk_groups=4,
-                                 scaling_factor=2.5), True),
-}
+MODELS = moe_ops.ROUTER_PRESETS  # name: experts, top_k, router keyword arguments, correction bias
 TOKENS = [1, 3, 17, 128, 256, 1003]
 
 
@@ -71,7 +64,7 @@ def test_cpu_is_router_then_layout(model, replicated):
 
 
 def test_bad_inputs_raise_value_error():
-    logits, k, kw, s, log2phy, logcnt = make_inputs("mixtral", 5, True, seed=2)
+    logits, k, kw, s, log2phy, logcnt = make_inputs("Mixtral-8x7B", 5, True, seed=2)
     with pytest.raises(ValueError, match="num_slots"):
         moe_ops.route_and_layout(logits, k, 9)  # identity placement: num_slots must equal num_experts
     with pytest.raises(ValueError, match="num_slots"):
@@ -94,7 +87,7 @@ def test_bad_inputs_raise_value_error():
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=gpu)])
 def test_opcheck(device):
-    for model, replicated in [("mixtral", False), ("deepseek_v3", True)]:
+    for model, replicated in [("Mixtral-8x7B", False), ("DeepSeek-V3", True)]:
         logits, k, kw, s, log2phy, logcnt = make_inputs(model, 9, replicated, seed=3)
         args = (logits.to(device), k, s, kw["scoring"], kw["renormalize"], kw.get("num_groups", 1),
                 kw.get("topk_groups", 1), to(kw["correction_bias"], device), kw.get("scaling_factor", 1.0),
@@ -103,7 +96,7 @@ def test_opcheck(device):
 
 
 def test_torch_compile_fullgraph():
-    logits, k, kw, s, log2phy, logcnt = make_inputs("deepseek_v3", 7, True, seed=4)
+    logits, k, kw, s, log2phy, logcnt = make_inputs("DeepSeek-V3", 7, True, seed=4)
 
     def f(lg):
         ids, w, slot, off, row, tok = moe_ops.route_and_layout(lg * 1.0, k, s, log2phy=log2phy, logcnt=logcnt, **kw)
@@ -139,7 +132,7 @@ def test_cuda_equals_two_ops_and_cpu(model, t, replicated):
 
 @gpu
 def test_cuda_broken_placement_drops_like_dispatch_layout():
-    logits, k, kw, s, log2phy, logcnt = make_inputs("deepseek_v3", 128, True, seed=5)
+    logits, k, kw, s, log2phy, logcnt = make_inputs("DeepSeek-V3", 128, True, seed=5)
     logits[:, 0] = logits[:, 3] = 6.0  # most tokens pick experts 0 and 3, whose tables are broken below
     log2phy = log2phy.clone()
     logcnt = logcnt.clone()
@@ -160,7 +153,7 @@ def test_cuda_broken_placement_drops_like_dispatch_layout():
 
 @gpu
 def test_cuda_graph_capture_and_whole_layer():
-    logits, k, kw, s, log2phy, logcnt = make_inputs("deepseek_v3", 16, True, seed=6)
+    logits, k, kw, s, log2phy, logcnt = make_inputs("DeepSeek-V3", 16, True, seed=6)
     dkw = dict(kw, correction_bias=kw["correction_bias"].cuda())
     dl, dp, dc = logits.cuda(), log2phy.cuda(), logcnt.cuda()
     eager = moe_ops.route_and_layout(dl, k, s, log2phy=dp, logcnt=dc, **dkw)
