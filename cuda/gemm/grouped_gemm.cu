@@ -6,11 +6,43 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <tuple>
 
 #include "grouped_gemm_internal.h"
 #include "moebal/core/error.h"
 #include "moebal/cuda/check.h"
 #include "moebal/cuda/grouped_gemm.h"
+
+namespace moebal::cuda::detail {
+
+int tuning_env_int(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  return v != nullptr && *v != '\0' ? std::atoi(v) : fallback;
+}
+
+int resident_ctas_per_sm(const void* kernel, int threads, size_t smem) {
+  int device = 0;
+  MOEBAL_CHECK_CUDA(cudaGetDevice(&device));
+  using Key = std::tuple<const void*, int, size_t, int>;
+  static std::mutex mu;
+  static std::map<Key, int> cache;
+  const Key key{kernel, threads, smem, device};
+  {
+    const std::lock_guard<std::mutex> lock(mu);
+    const auto it = cache.find(key);
+    if (it != cache.end()) return it->second;
+  }
+  int ctas = 0;
+  MOEBAL_CHECK_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, kernel, threads, smem));
+  const std::lock_guard<std::mutex> lock(mu);
+  cache.emplace(key, ctas);
+  return ctas;
+}
+
+}  // namespace moebal::cuda::detail
 
 namespace moebal::cuda {
 namespace {

@@ -23,7 +23,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 
 #include "grouped_gemm_device.cuh"
 #include "grouped_gemm_internal.h"
@@ -218,10 +217,6 @@ GemvKernel pick_gemv_kernel_nr(int nr, int r) {
   return nr == 2 ? pick_gemv_kernel_r<kFused, 2, kL2Prefetch>(r) : pick_gemv_kernel_r<kFused, 4, kL2Prefetch>(r);
 }
 
-int env_or(const char* name, int fallback) {
-  const char* v = std::getenv(name);
-  return v != nullptr && *v != '\0' ? std::atoi(v) : fallback;
-}
 
 // k-split: warps per weight-row block, each over 1 / k_split of k, combined through shared memory.
 // A grid of few long weight rows (Mixtral-8x7B w2 at 1 token: 2 experts x 4096 rows of 14336) is
@@ -236,10 +231,9 @@ constexpr int kGemvMinChunksPerWarp = 6;
 
 template <bool kFused>
 int gemv_k_split(GemvKernel kernel, const GemvParams& gp, int nr, int sm_count) {
-  const int forced = env_or("MOEBAL_GEMV_K_SPLIT", 0);
+  const int forced = tuning_env_int("MOEBAL_GEMV_K_SPLIT", 0);
   if (forced == 1 || forced == 2 || forced == 4 || forced == 8) return forced;
-  int ctas_per_sm = 0;
-  MOEBAL_CHECK_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas_per_sm, kernel, kGemvWarps * 32, 0));
+  const int ctas_per_sm = resident_ctas_per_sm(reinterpret_cast<const void*>(kernel), kGemvWarps * 32, 0);
   const int64_t resident_warps = int64_t{std::max(ctas_per_sm, 1)} * kGemvWarps * sm_count;
   const int64_t slots = std::min<int64_t>(gp.num_groups, gp.total_rows);  // active groups, at most
   const int outs = kFused ? nr / 2 : nr;
@@ -260,9 +254,9 @@ void launch_gemv(GemvParams gp, int sm_count, cudaStream_t stream) {
   // more, so each converted token chunk feeds more FMAs. MOEBAL_GEMV_ROWS_PER_WARP (2 or 4),
   // MOEBAL_GEMV_K_SPLIT (1, 2, 4, 8) and MOEBAL_GEMV_L2_PREFETCH (0/1, the L2::256B hint on weight
   // loads) override for benchmarks (read at each launch).
-  int nr = env_or("MOEBAL_GEMV_ROWS_PER_WARP", r <= 2 ? 2 : 4);
+  int nr = tuning_env_int("MOEBAL_GEMV_ROWS_PER_WARP", r <= 2 ? 2 : 4);
   nr = nr == 2 ? 2 : 4;
-  const bool l2_prefetch = env_or("MOEBAL_GEMV_L2_PREFETCH", 0) != 0;
+  const bool l2_prefetch = tuning_env_int("MOEBAL_GEMV_L2_PREFETCH", 0) != 0;
   const GemvKernel kernel =
       l2_prefetch ? pick_gemv_kernel_nr<kFused, true>(nr, r) : pick_gemv_kernel_nr<kFused, false>(nr, r);
   gp.k_split = gemv_k_split<kFused>(kernel, gp, nr, sm_count);

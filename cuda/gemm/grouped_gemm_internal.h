@@ -21,6 +21,13 @@ struct GroupedGemmProblem {
   int sm_count;             // multiprocessors of the current device
 };
 
+// An integer tuning override from the environment (benchmarks), or `fallback` when unset or empty.
+int tuning_env_int(const char* name, int fallback);
+// Resident CTAs per SM of `kernel` at `threads` threads and `smem` dynamic shared memory on the
+// current device (cudaOccupancyMaxActiveBlocksPerMultiprocessor, asked once per kernel, launch
+// shape and device: the decode kernels need it at every launch).
+int resident_ctas_per_sm(const void* kernel, int threads, size_t smem);
+
 // Decode kernel (mma.sync, weights streamed from global memory into fragments): any group size is
 // correct, but the weights of a group are streamed once per 32 rows. No workspace.
 void skinny_grouped_gemm(const GroupedGemmProblem& p, cudaStream_t stream);

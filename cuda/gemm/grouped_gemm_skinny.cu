@@ -34,7 +34,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 
 #include "grouped_gemm_device.cuh"
 #include "grouped_gemm_internal.h"
@@ -224,16 +223,11 @@ SkinnyKernel pick_skinny_kernel(bool l2_prefetch, int ks, int nt) {
 constexpr int64_t kSkinnyLargeStreamBytes = int64_t{160} << 20;
 constexpr int kSkinnyLargeStreamCtasPerSm = 4;
 
-int env_or(const char* name, int fallback) {
-  const char* v = std::getenv(name);
-  return v != nullptr && *v != '\0' ? std::atoi(v) : fallback;
-}
 
 // Dynamic shared memory that leaves room for at most `ctas_per_sm` CTAs of `kernel` on an SM.
 size_t occupancy_cap_smem(SkinnyKernel kernel, int ctas_per_sm) {
   if (ctas_per_sm <= 0) return 0;
-  int natural = 0;
-  MOEBAL_CHECK_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&natural, kernel, kSkinnyWarps * 32, 0));
+  const int natural = resident_ctas_per_sm(reinterpret_cast<const void*>(kernel), kSkinnyWarps * 32, 0);
   if (natural <= ctas_per_sm) return 0;
   int device = 0, smem_sm = 0, reserved = 0;
   MOEBAL_CHECK_CUDA(cudaGetDevice(&device));
@@ -264,10 +258,10 @@ void launch_skinny(const SkinnyParams& sp, cudaStream_t stream) {
   const int nt = sp.total_rows <= 8 ? 1 : sp.total_rows <= 16 ? 2 : kSkinnyTokenTiles;
   // Weight bytes streamed if every slot is a distinct active group (an upper bound).
   const bool large = slots * sp.n * static_cast<int64_t>(sp.k) * 2 > kSkinnyLargeStreamBytes;
-  const bool l2_prefetch = env_or("MOEBAL_SKINNY_L2_PREFETCH", large ? 1 : 0) != 0;
+  const bool l2_prefetch = tuning_env_int("MOEBAL_SKINNY_L2_PREFETCH", large ? 1 : 0) != 0;
   const auto kernel = pick_skinny_kernel<kFused>(l2_prefetch, ks, nt);
   const size_t smem =
-      occupancy_cap_smem(kernel, env_or("MOEBAL_SKINNY_CTAS_PER_SM", large ? kSkinnyLargeStreamCtasPerSm : 0));
+      occupancy_cap_smem(kernel, tuning_env_int("MOEBAL_SKINNY_CTAS_PER_SM", large ? kSkinnyLargeStreamCtasPerSm : 0));
   kernel<<<grid, block, smem, stream>>>(sp);
   MOEBAL_CHECK_LAUNCH();
 }
