@@ -217,14 +217,14 @@ constexpr int64_t kSkinnyPortableRowsPerGroup = 8;
 // per 8 rows, CUDA-core FMAs).
 // At 2-4 tokens on the H100 (bench/results/gemv.md, "H100 check at 2 and 4 tokens") it still wins
 // while the rows spread one or so per expert (GPT-OSS-120B at 2 tokens: 8 rows over 128 experts,
-// 1.05-1.19x over small_m), but loses where rows pile onto few experts: Mixtral-8x7B with 4-8 rows
+// 1.03-1.18x over small_m), but loses where rows pile onto few experts: Mixtral-8x7B with 4-8 rows
 // over its 8 experts, 0.89-0.98x with Zipf routing and at 4 tokens. With small experts it wins up
 // to 32 rows: Qwen3-30B-A3B (w13 1536 x 2048) at 2-4 tokens, 16-32 rows over 128 experts,
-// 1.02-1.26x per GEMM and 1.05-1.28x for the FFN, while the large experts of DeepSeek-V3 and
-// GPT-OSS-120B tie or lose there (0.94-1.05x). Hence gemv on Hopper when 2 * total_rows <
-// num_groups (about one row per active expert) and total_rows <= 8, or <= 32 with experts of at
-// most 4 Mi weights; nothing beyond. Not measured on other sm_80+ devices: there the skinny rule
-// stays.
+// 1.02-1.26x per GEMM and 1.04-1.26x for the FFN (against the 3-launch CUTLASS FFN), while the
+// large experts of DeepSeek-V3 and GPT-OSS-120B tie or lose there (0.94-1.05x). Hence gemv on
+// Hopper when 2 * total_rows < num_groups (about one row per active expert) and total_rows <= 8,
+// or <= 32 with experts of at most 4 Mi weights; nothing beyond. Not measured on other sm_80+
+// devices: there the skinny rule stays.
 constexpr int64_t kGemvHopperRows = 8;
 constexpr int64_t kGemvHopperSmallExpertRows = 32;
 constexpr int64_t kGemvSmallExpertWeights = int64_t{4} << 20;
