@@ -5,7 +5,8 @@
 # every other kernel and torch grouped_mm), then the gemv sweep (bench/gemv_sweep.py).
 # Usage (repository root): OUT=dir [GTEST_BIN=prebuilt moebal_cuda_tests] [CUTLASS_DIR=..]
 #   [GTEST_SOURCE_DIR=..] [BENCH_ARGS="--tokens 1,16"] [SWEEP_ARGS="--tokens 1"]
-#   [GTEST_FILTER='*GroupedGemm*:*ExpertFfn*'] [PYTEST_FILES="tests/python/a.py b.py"] [PYTEST_K="gemv or auto"] bash bench/device_gemv.sh
+#   [GTEST_FILTER='*GroupedGemm*:*ExpertFfn*'] [PYTEST_FILES="tests/python/a.py b.py"] [PYTEST_K="gemv or auto"]
+#   [VARIANTS=forced] [SWEEP=0 (no gemv sweep)] bash bench/device_gemv.sh
 # shellcheck source=bench/device_preamble.sh
 . "$(dirname "$0")/device_preamble.sh"
 
@@ -45,14 +46,17 @@ tail -n 12 "$out/pytest.txt"
 
 stamp bench
 # shellcheck disable=SC2086
-timeout ${BENCH_TIMEOUT:-200} python3 bench/kernels_gemm.py --variants forced --json "$out/gemv.json" \
+timeout ${BENCH_TIMEOUT:-200} python3 bench/kernels_gemm.py --variants "${VARIANTS-forced}" --json "$out/gemv.json" \
   ${BENCH_ARGS:---tokens 1,16} >"$out/bench.txt" 2>&1 || { echo "FAILED: bench"; status=1; }
 grep -E "^#|ERROR" "$out/bench.txt"
-stamp "gemv sweep"
-# shellcheck disable=SC2086
-timeout ${SWEEP_TIMEOUT:-90} python3 bench/gemv_sweep.py --json "$out/sweep.json" ${SWEEP_ARGS:---tokens 1} >"$out/sweep.md" 2>&1 \
-  || { echo "FAILED: sweep"; status=1; }
-cat "$out/sweep.md"
+[ -f "$out/gemv.json" ] && python3 bench/kernels_gemm_report.py "$out/gemv.json" >"$out/gemm_report.md" 2>&1
+if [ "${SWEEP:-1}" = 1 ]; then
+  stamp "gemv sweep"
+  # shellcheck disable=SC2086
+  timeout ${SWEEP_TIMEOUT:-90} python3 bench/gemv_sweep.py --json "$out/sweep.json" ${SWEEP_ARGS:---tokens 1} >"$out/sweep.md" 2>&1 \
+    || { echo "FAILED: sweep"; status=1; }
+  cat "$out/sweep.md"
+fi
 
 stamp "done (status $status)"
 exit $status

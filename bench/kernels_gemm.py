@@ -150,7 +150,10 @@ def bench_case(model, tokens, zipf, bw, peak, gen, variants):
                                 time_us=t * 1e6, tflops=flops / t / 1e12,
                                 tbps=bytes_ / t / 1e12, floor_us=floor * 1e6, frac_floor=floor / t))
         del a
-    # Whole expert FFN: moebal (GEMM, fused SiLU*up, GEMM) vs torch (grouped_mm, silu*mul, grouped_mm).
+    # Whole expert FFN: moebal (decode: gate/up GEMM with SiLU(gate)*up in its epilogue, down GEMM;
+    # otherwise gate GEMM, up GEMM with SiLU(gate)*up in its epilogue, down GEMM) vs torch
+    # (grouped_mm, silu*mul, grouped_mm) and vs moebal's GEMMs around torch's activation (the
+    # unfused composition the CUTLASS path ran before the SwiGLU epilogue).
     w13, w2 = weights["w13"], weights["w2"]
     flops = 2.0 * rows * 3 * ffn * hidden
     bytes_ = active * 3 * ffn * hidden * 2 + rows * 2 * hidden * 2
@@ -161,7 +164,12 @@ def bench_case(model, tokens, zipf, bw, peak, gen, variants):
         act = torch.nn.functional.silu(h[:, :ffn]) * h[:, ffn:]
         return gmm(act, w2.transpose(1, 2), offs=ends)
     ref = torch_ffn()
-    ffn_fns = {"torch_ffn": torch_ffn, "moebal_expert_ffn": lambda: gemm_ops.expert_ffn(x, w13, w2, offs)}
+    def unfused_ffn():
+        h = gemm_ops.grouped_gemm(x, w13, offs)
+        act = torch.nn.functional.silu(h[:, :ffn]) * h[:, ffn:]
+        return gemm_ops.grouped_gemm(act, w2, offs)
+    ffn_fns = {"torch_ffn": torch_ffn, "moebal_expert_ffn": lambda: gemm_ops.expert_ffn(x, w13, w2, offs),
+               "moebal_ffn_unfused": unfused_ffn}
     if "forced" in variants:
         prev = previous_kernel(rows, experts)
         ffn_fns["moebal_ffn_skinny_fused"] = lambda: gemm_ops.expert_ffn(x, w13, w2, offs, kernel="skinny")

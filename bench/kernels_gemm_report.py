@@ -60,6 +60,29 @@ def main(path):
     print(f"Target >= 0.95x grouped_mm (all GEMM rows): {len(rows) - len(below_gmm)} of {len(rows)} hold.")
     if below_gmm:
         print("Below 0.95x grouped_mm: " + "; ".join(f"{k[0]} T={k[1]} {k[2]} {k[3]}: {v:.2f}" for k, v in below_gmm))
+    activation(by)
+
+
+def activation(by):
+    """The FFN's SwiGLU: moebal's FFN against its own two GEMMs alone and against the unfused composition."""
+    rows = []
+    for (model, tokens, routing, op), d in sorted(by.items()):
+        w13, w2 = by.get((model, tokens, routing, "w13"), {}), by.get((model, tokens, routing, "w2"), {})
+        fused, unfused = d.get("moebal_expert_ffn"), d.get("moebal_ffn_unfused")
+        if op != "ffn" or fused is None or unfused is None or "moebal_auto" not in w13 or "moebal_auto" not in w2:
+            continue
+        gemms = w13["moebal_auto"]["time_us"] + w2["moebal_auto"]["time_us"]
+        rows.append((model, tokens, routing, gemms, fused["time_us"], unfused["time_us"]))
+    if not rows:
+        return
+    print("\nExpert FFN activation (same process): `FFN` = moebal expert_ffn (SiLU(gate) * up in a GEMM epilogue); "
+          "`unfused` = moebal's w13 GEMM, torch silu * mul, moebal's w2 GEMM; `GEMMs` = the w13 + w2 rows above "
+          "(auto kernel, no activation). Overhead = time over `GEMMs`.\n")
+    print("| model | T | routing | GEMMs us | FFN us | overhead | unfused us | overhead | unfused / FFN |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    for model, tokens, routing, gemms, fused, unfused in rows:
+        print(f"| {model} | {tokens} | {routing} | {gemms:.1f} | {fused:.1f} | {fused / gemms - 1:+.1%} | "
+              f"{unfused:.1f} | {unfused / gemms - 1:+.1%} | {unfused / fused:.2f} |")
 
 
 def skinny(path):

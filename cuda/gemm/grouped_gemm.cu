@@ -1,7 +1,7 @@
 // Grouped expert GEMM front end: argument checks, kernel choice, the portable WMMA kernel, and
 // the expert FFN: at decode the skinny or gemv gate/up GEMM with SiLU(gate) * up in its epilogue
-// followed by the down GEMM on the same kernel; otherwise two grouped GEMMs around a separate
-// SiLU(gate) * up pass.
+// followed by the down GEMM on the same kernel; otherwise a gate GEMM, an up GEMM with
+// SiLU(gate) * up in its epilogue, and the down GEMM.
 #include <mma.h>
 
 #include <algorithm>
@@ -11,6 +11,7 @@
 #include <mutex>
 #include <tuple>
 
+#include "grouped_gemm_device.cuh"
 #include "grouped_gemm_internal.h"
 #include "moebal/core/error.h"
 #include "moebal/cuda/check.h"
@@ -69,7 +70,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int64_t hi = min(max(static_cast<int64_t>(p.offsets[g + 1]), lo), p.total_rows);
   const int64_t rows = hi - lo;
   const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kBN;
-  const __nv_bfloat16* w_g = p.w + static_cast<int64_t>(g) * p.n * p.k;
+  const __nv_bfloat16* w_g = p.w + static_cast<int64_t>(g) * p.group_stride();
   const int warp = threadIdx.x / 32;
   const int wm = (warp / 2) * 32, wn = (warp % 2) * 32;
 
@@ -118,10 +119,18 @@ __global__ void __launch_bounds__(kWarps * 32)
     for (int c = threadIdx.x; c < kBM * kBN / 8; c += kWarps * 32) {
       const int r = c / (kBN / 8), nc = (c % (kBN / 8)) * 8;
       if (m0 + r >= rows || n0 + nc >= p.n) continue;  // n is a multiple of 8
+      const int64_t at = (lo + m0 + r) * p.n + n0 + nc;
       alignas(16) __nv_bfloat16 out[8];
+      if (p.c != nullptr) {  // SwiGLU epilogue: y = silu(gate) * acc
+        alignas(16) __nv_bfloat16 gate[8];
+        *reinterpret_cast<uint4*>(gate) = *reinterpret_cast<const uint4*>(p.c + at);
 #pragma unroll
-      for (int e = 0; e < 8; ++e) out[e] = __float2bfloat16(c_s[r][nc + e]);
-      *reinterpret_cast<uint4*>(p.y + (lo + m0 + r) * p.n + n0 + nc) = *reinterpret_cast<const uint4*>(out);
+        for (int e = 0; e < 8; ++e) out[e] = __float2bfloat16(detail::silu(__bfloat162float(gate[e])) * c_s[r][nc + e]);
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) out[e] = __float2bfloat16(c_s[r][nc + e]);
+      }
+      *reinterpret_cast<uint4*>(p.y + at) = *reinterpret_cast<const uint4*>(out);
     }
     __syncthreads();
   }
@@ -140,31 +149,6 @@ void portable_grouped_gemm(const GroupedGemmProblem& p, cudaStream_t stream) {
                   static_cast<unsigned>(std::min<int64_t>(std::max<int64_t>(z, 1), 65535)));
   portable_grouped_gemm_kernel<<<grid, kWarps * 32, 0, stream>>>(p);
   MOEBAL_CHECK_LAUNCH();
-}
-
-// a[r, c] = silu(h[r, c]) * h[r, ffn + c], 8 bf16 per thread, fp32 math.
-__global__ void silu_mul_kernel(const __nv_bfloat16* __restrict__ h, __nv_bfloat16* __restrict__ a,
-                                int64_t rows, int64_t ffn) {
-  const int64_t chunks_per_row = ffn / 8;
-  const int64_t total = rows * chunks_per_row;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
-    const int64_t r = i / chunks_per_row, c = (i % chunks_per_row) * 8;
-    const uint4 gv = *reinterpret_cast<const uint4*>(h + r * 2 * ffn + c);
-    const uint4 uv = *reinterpret_cast<const uint4*>(h + r * 2 * ffn + ffn + c);
-    const __nv_bfloat162* g2 = reinterpret_cast<const __nv_bfloat162*>(&gv);
-    const __nv_bfloat162* u2 = reinterpret_cast<const __nv_bfloat162*>(&uv);
-    uint4 out;
-    __nv_bfloat162* o2 = reinterpret_cast<__nv_bfloat162*>(&out);
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const float2 gf = __bfloat1622float2(g2[e]);
-      const float2 uf = __bfloat1622float2(u2[e]);
-      const float s0 = gf.x / (1.0f + __expf(-gf.x)), s1 = gf.y / (1.0f + __expf(-gf.y));
-      o2[e] = __floats2bfloat162_rn(s0 * uf.x, s1 * uf.y);
-    }
-    *reinterpret_cast<uint4*>(a + r * ffn + c) = out;
-  }
 }
 
 struct DeviceInfo {
@@ -250,7 +234,10 @@ size_t hopper_workspace(int num_groups, const DeviceInfo& d) {
   if (hopper_ok(d))
     return std::max({detail::sm90_small_m_workspace_bytes(num_groups, d.sm_count),
                      detail::sm90_medium_m_workspace_bytes(num_groups, d.sm_count),
-                     detail::sm90_large_m_workspace_bytes(num_groups, d.sm_count)});
+                     detail::sm90_large_m_workspace_bytes(num_groups, d.sm_count),
+                     detail::sm90_small_m_swiglu_workspace_bytes(num_groups, d.sm_count),
+                     detail::sm90_medium_m_swiglu_workspace_bytes(num_groups, d.sm_count),
+                     detail::sm90_large_m_swiglu_workspace_bytes(num_groups, d.sm_count)});
 #endif
   (void)num_groups;
   (void)d;
@@ -282,6 +269,9 @@ void run_grouped(GroupedGemmKernel kernel, const DeviceInfo& d, const GroupedGem
     portable_grouped_gemm(p, stream);
     return;
   }
+  MOEBAL_CHECK((p.c == nullptr && p.w_group_stride == 0) ||
+                   (kernel != GroupedGemmKernel::kSkinny && kernel != GroupedGemmKernel::kGemv),
+               "grouped_gemm_bf16: internal error: the decode kernels read packed w13 and fuse SwiGLU from it");
   if (kernel == GroupedGemmKernel::kSkinny) {
     MOEBAL_CHECK_ARG(d.major >= 8, "grouped_gemm_bf16: kernel skinny needs compute capability 8.0 or newer; device ",
                      d.device, " is ", d.major, ".", d.minor);
@@ -298,14 +288,18 @@ void run_grouped(GroupedGemmKernel kernel, const DeviceInfo& d, const GroupedGem
                    " needs compute capability 9.0 and moebal built with sm_90a kernels; device ", d.device,
                    " is ", d.major, ".", d.minor);
 #if defined(MOEBAL_HAS_SM90_KERNELS)
+  const bool swiglu = p.c != nullptr;
   if (kernel == GroupedGemmKernel::kHopperSmallM) {
-    detail::sm90_small_m_grouped_gemm(p, workspace, workspace_bytes, stream);
+    (swiglu ? detail::sm90_small_m_swiglu_grouped_gemm : detail::sm90_small_m_grouped_gemm)(p, workspace,
+                                                                                           workspace_bytes, stream);
   } else if (kernel == GroupedGemmKernel::kHopperMediumM) {
-    detail::sm90_medium_m_grouped_gemm(p, workspace, workspace_bytes, stream);
+    (swiglu ? detail::sm90_medium_m_swiglu_grouped_gemm : detail::sm90_medium_m_grouped_gemm)(p, workspace,
+                                                                                             workspace_bytes, stream);
   } else {
     MOEBAL_CHECK_ARG(kernel == GroupedGemmKernel::kHopperLargeM, "grouped_gemm_bf16: unknown kernel ",
                      static_cast<int>(kernel));
-    detail::sm90_large_m_grouped_gemm(p, workspace, workspace_bytes, stream);
+    (swiglu ? detail::sm90_large_m_swiglu_grouped_gemm : detail::sm90_large_m_grouped_gemm)(p, workspace,
+                                                                                           workspace_bytes, stream);
   }
 #else
   (void)workspace;
@@ -362,9 +356,9 @@ void grouped_gemm_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bflo
 size_t expert_ffn_workspace_bytes(int num_groups, int64_t total_rows, int64_t ffn) {
   MOEBAL_CHECK_ARG(total_rows >= 0, "expert_ffn_workspace_bytes: total_rows must be >= 0, got ", total_rows);
   MOEBAL_CHECK_ARG(ffn > 0, "expert_ffn_workspace_bytes: ffn must be > 0, got ", ffn);
-  const size_t h = align256(static_cast<size_t>(total_rows) * 2 * ffn * sizeof(__nv_bfloat16));
+  // gate [rows, ffn] and act [rows, ffn] (the decode kernels use act only) + the GEMM workspace.
   const size_t a = align256(static_cast<size_t>(total_rows) * ffn * sizeof(__nv_bfloat16));
-  return h + a + grouped_gemm_workspace_bytes(num_groups);
+  return 2 * a + grouped_gemm_workspace_bytes(num_groups);
 }
 
 void expert_ffn_bf16_with(GroupedGemmKernel kernel, const __nv_bfloat16* x, const __nv_bfloat16* w13,
@@ -404,19 +398,23 @@ void expert_ffn_bf16_with(GroupedGemmKernel kernel, const __nv_bfloat16* x, cons
     return;
   }
 
-  auto* h = reinterpret_cast<__nv_bfloat16*>(ws);
-  const size_t h_bytes = align256(static_cast<size_t>(total_rows) * 2 * ffn * sizeof(__nv_bfloat16));
-  auto* a = reinterpret_cast<__nv_bfloat16*>(ws + h_bytes);
+  // Three launches: the gate GEMM into gate [rows, ffn]; the up GEMM with silu(gate) * up in its
+  // epilogue into act [rows, ffn]; the down GEMM. Each w13 half is addressed with a group stride of
+  // 2 * ffn * hidden, so no [rows, 2 * ffn] tensor is written or read back.
   const size_t a_bytes = align256(static_cast<size_t>(total_rows) * ffn * sizeof(__nv_bfloat16));
-  void* gemm_ws = ws + h_bytes + a_bytes;
-  const size_t gemm_bytes = workspace_bytes - h_bytes - a_bytes;
-  run_grouped(kernel, d, GroupedGemmProblem{x, w13, h, offsets, num_groups, total_rows, 2 * ffn, hidden, d.sm_count},
-              gemm_ws, gemm_bytes, stream);
-  const int64_t chunks = total_rows * (ffn / 8);
-  const int blocks = static_cast<int>(std::min<int64_t>((chunks + 255) / 256, int64_t{d.sm_count} * 16));
-  silu_mul_kernel<<<blocks, 256, 0, stream>>>(h, a, total_rows, ffn);
-  MOEBAL_CHECK_LAUNCH();
-  run_grouped(kernel, d, GroupedGemmProblem{a, w2, y, offsets, num_groups, total_rows, hidden, ffn, d.sm_count},
+  auto* gate = reinterpret_cast<__nv_bfloat16*>(ws);
+  auto* act = reinterpret_cast<__nv_bfloat16*>(ws + a_bytes);
+  void* gemm_ws = ws + 2 * a_bytes;
+  const size_t gemm_bytes = workspace_bytes - 2 * a_bytes;
+  const int64_t w13_stride = 2 * ffn * hidden;
+  GroupedGemmProblem gate_p{x, w13, gate, offsets, num_groups, total_rows, ffn, hidden, d.sm_count};
+  gate_p.w_group_stride = w13_stride;
+  GroupedGemmProblem up_p{x, w13 + ffn * hidden, act, offsets, num_groups, total_rows, ffn, hidden, d.sm_count};
+  up_p.w_group_stride = w13_stride;
+  up_p.c = gate;
+  run_grouped(kernel, d, gate_p, gemm_ws, gemm_bytes, stream);
+  run_grouped(kernel, d, up_p, gemm_ws, gemm_bytes, stream);
+  run_grouped(kernel, d, GroupedGemmProblem{act, w2, y, offsets, num_groups, total_rows, hidden, ffn, d.sm_count},
               gemm_ws, gemm_bytes, stream);
 }
 

@@ -1,5 +1,6 @@
 // Device helpers shared by the decode grouped-GEMM kernels (grouped_gemm_skinny.cu,
-// grouped_gemm_gemv.cu): active-group lookup from the device offsets, streaming weight loads, SiLU.
+// grouped_gemm_gemv.cu): active-group lookup from the device offsets, streaming weight loads, SiLU
+// (also the portable kernel's SwiGLU epilogue in grouped_gemm.cu).
 // Not installed.
 #pragma once
 

@@ -19,6 +19,16 @@ struct GroupedGemmProblem {
   int num_groups;
   int64_t total_rows, n, k;
   int sm_count;             // multiprocessors of the current device
+  // Elements between consecutive groups' weights; 0 means n * k (packed [num_groups, n, k]). The
+  // expert FFN sets 2 * ffn * hidden to address the gate or up half of each group's w13 (portable
+  // and sm90 kernels only; the decode kernels take packed weights).
+  int64_t w_group_stride = 0;
+  // SwiGLU source [total_rows, n] (the gate projection), read by the portable kernel and the sm90 *_swiglu
+  // kernels (the decode kernels fuse from w13 instead and reject it):
+  // y = silu(c) * (x @ W^T), the product formed in fp32 and rounded once.
+  const __nv_bfloat16* c = nullptr;
+
+  __host__ __device__ int64_t group_stride() const { return w_group_stride != 0 ? w_group_stride : n * k; }
 };
 
 // An integer tuning override from the environment (benchmarks), or `fallback` when unset or empty.
@@ -53,6 +63,17 @@ void sm90_medium_m_grouped_gemm(const GroupedGemmProblem& p, void* workspace, si
                                 cudaStream_t stream);
 void sm90_large_m_grouped_gemm(const GroupedGemmProblem& p, void* workspace, size_t bytes,
                                cudaStream_t stream);
+// The same three tile configurations with the SwiGLU epilogue y = silu(p.c) * acc (p.c != nullptr):
+// the up projection of the expert FFN after a plain gate-projection GEMM into p.c.
+size_t sm90_small_m_swiglu_workspace_bytes(int num_groups, int sm_count);
+size_t sm90_medium_m_swiglu_workspace_bytes(int num_groups, int sm_count);
+size_t sm90_large_m_swiglu_workspace_bytes(int num_groups, int sm_count);
+void sm90_small_m_swiglu_grouped_gemm(const GroupedGemmProblem& p, void* workspace, size_t bytes,
+                                      cudaStream_t stream);
+void sm90_medium_m_swiglu_grouped_gemm(const GroupedGemmProblem& p, void* workspace, size_t bytes,
+                                       cudaStream_t stream);
+void sm90_large_m_swiglu_grouped_gemm(const GroupedGemmProblem& p, void* workspace, size_t bytes,
+                                      cudaStream_t stream);
 #endif
 
 }  // namespace moebal::cuda::detail

@@ -1,22 +1,5 @@
-// Hopper grouped GEMM for prefill-sized groups: 128 token rows x 256 weight rows x 64 k per tile,
-// two cooperative consumer warpgroups, TMA epilogue. Compute-bound tiles with the highest
-// arithmetic intensity that fits a single CTA's shared memory with a multi-stage pipeline.
+// Hopper grouped GEMM, prefill tiles (Sm90LargeM in grouped_gemm_sm90.cuh).
+// One instantiation per file: nvcc takes minutes on each, and the build compiles them in parallel.
 #include "grouped_gemm_sm90.cuh"
 
-namespace moebal::cuda::detail {
-namespace {
-using LargeM = Sm90GroupedGemm<cute::Shape<cute::_128, cute::_256, cute::_64>,
-                               cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative,
-                               cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative, false>;
-}  // namespace
-
-size_t sm90_large_m_workspace_bytes(int num_groups, int sm_count) {
-  return LargeM::workspace_bytes(num_groups, sm_count);
-}
-
-void sm90_large_m_grouped_gemm(const GroupedGemmProblem& p, void* workspace, size_t bytes,
-                               cudaStream_t stream) {
-  sm90_run<LargeM>(p, workspace, bytes, stream);
-}
-
-}  // namespace moebal::cuda::detail
+MOEBAL_SM90_GROUPED_GEMM_ENTRY(large_m, Sm90LargeM<false>)

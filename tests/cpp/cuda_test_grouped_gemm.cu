@@ -305,9 +305,17 @@ std::vector<FfnCase> ffn_cases() {
   std::vector<FfnCase> out;
   const std::vector<std::vector<int>> general = {
       {0, 1, 3, 17, 1031}, {1}, {5, 0, 0, 0, 0, 0, 0, 2}, {40, 40, 40, 40}};
+  // Every kernel; the portable and Hopper ones run the gate GEMM and the up GEMM with the SwiGLU
+  // epilogue reading the gate tile.
   for (auto kernel : {GroupedGemmKernel::kAuto, GroupedGemmKernel::kPortable, GroupedGemmKernel::kSkinny,
-                      GroupedGemmKernel::kGemv})
+                      GroupedGemmKernel::kGemv, GroupedGemmKernel::kHopperSmallM, GroupedGemmKernel::kHopperMediumM,
+                      GroupedGemmKernel::kHopperLargeM})
     for (const auto& s : general) out.push_back({s, 264, 200, kernel});
+  // Model-like shapes on the CUTLASS kernels: k of the down GEMM (ffn) not a multiple of the tile's
+  // k, several tiles in n.
+  for (auto kernel : {GroupedGemmKernel::kHopperSmallM, GroupedGemmKernel::kHopperMediumM,
+                      GroupedGemmKernel::kHopperLargeM})
+    out.push_back({{0, 7, 130, 1, 0, 64}, 2048, 776, kernel});
   // Fused skinny path at decode: total_rows 1, 3, 16, 17, 32, 33, 100; empty groups; hidden (the
   // k of the gate/up GEMM) 8, 40, 2888 and ffn (its k in the down GEMM) 8, 24, 2880.
   const std::vector<std::vector<int>> decode = {{1}, {0, 2, 0, 1}, {0, 16, 0}, {17},

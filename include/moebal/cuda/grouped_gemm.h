@@ -89,10 +89,10 @@ size_t expert_ffn_workspace_bytes(int num_groups, int64_t total_rows, int64_t ff
 /// with n = 2 * ffn, k = hidden) and used for both GEMMs. With kSkinny or kGemv (decode):
 /// two launches on `stream`, the gate/up GEMM with silu(gate) * up computed in fp32 in its epilogue
 /// (rounded once to bf16 into a [total_rows, ffn] intermediate), then the down GEMM; no
-/// [total_rows, 2 * ffn] buffer. With any other kernel: three launches, grouped GEMM x @ w13^T into
-/// a [total_rows, 2 * ffn] bf16 intermediate, a separate SiLU(gate) * up pass into
-/// [total_rows, ffn], grouped GEMM with w2 (the activation is not fused there). No host
-/// synchronisation.
+/// [total_rows, 2 * ffn] buffer. With any other kernel: three launches, the gate GEMM
+/// x @ W1^T into a [total_rows, ffn] bf16 intermediate, the up GEMM x @ W3^T whose epilogue
+/// computes silu(gate) * up in fp32 (up unrounded) into act [total_rows, ffn], then the down GEMM.
+/// No host synchronisation.
 void expert_ffn_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w13, const __nv_bfloat16* w2,
                      __nv_bfloat16* y, const int32_t* offsets, int num_groups, int64_t total_rows,
                      int64_t hidden, int64_t ffn, void* workspace, size_t workspace_bytes,
