@@ -42,7 +42,7 @@ constexpr int kQuotaMaxTile = 1024;  // experts per quota block (shared holder m
 enum StateTier : int { kStateGlobal = 0, kStateShared = 1, kStateAll = 2 };
 
 struct KernelArgs {
-  int R, E, num_slots, spg, rpn, S, K, tier;
+  int R, E, num_slots, spg, rpn, S, K;
   int64_t t_intra, t_inter, min_gain;
   const int32_t* counts;
   const int32_t* phy2log;
@@ -196,6 +196,9 @@ __device__ inline void warp_take_tokens(const int64_t q[2], int bn, int d, int R
   }
 }
 
+// kTier is a template parameter so that, when the state is in shared memory, the compiler sees
+// shared-memory pointers (native shared loads and atomics, not generic ones).
+template <int kTier>
 __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
   extern __shared__ __align__(16) unsigned char smem[];
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -205,14 +208,14 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
 #endif
   const int R = p.R, E = p.E, S = p.S, K = p.K, rpn = p.rpn;
   const int layer = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  Smem sm = carve(smem, R, E, S, K, p.num_slots, p.tier);
+  Smem sm = carve(smem, R, E, S, K, p.num_slots, kTier);
   const size_t RE = static_cast<size_t>(R) * E;
-  if (p.tier == kStateGlobal) {
+  if constexpr (kTier == kStateGlobal) {
     sm.m = p.gws + static_cast<size_t>(layer) * 2 * RE;
     sm.loc = sm.m + RE;
   }
   const int32_t* counts = p.counts + layer * RE;
-  const int32_t* cnt = p.tier == kStateAll ? sm.cnt : counts;
+  const int32_t* cnt = kTier == kStateAll ? sm.cnt : counts;
   int32_t* mws = p.moves ? p.moves + static_cast<size_t>(layer) * p.moves_stride : nullptr;
 
   // 1. Clear the state, read the per-rank model, copy (or scan) the counts.
@@ -238,7 +241,7 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
     sm.slots[r] = 0;
     sm.node[r] = r / rpn;
   }
-  if (p.tier != kStateGlobal && (RE & 3) == 0) {
+  if (kTier != kStateGlobal && (RE & 3) == 0) {
     int4* m4 = reinterpret_cast<int4*>(sm.m);
     for (size_t i = tid; i < RE / 4; i += kThreads) m4[i] = make_int4(0, 0, 0, 0);
   } else {
@@ -253,22 +256,44 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
       my_total += static_cast<uint64_t>(n);
     }
   };
-  if (p.tier == kStateAll && (reinterpret_cast<uintptr_t>(counts) & 15) == 0 && (RE & 3) == 0) {
+  // Loads in batches of kBatch per thread, all issued before any is used (one memory latency per
+  // batch instead of one per element).
+  constexpr int kBatch = 8;
+  if (kTier == kStateAll && (reinterpret_cast<uintptr_t>(counts) & 15) == 0 && (RE & 3) == 0) {
     const int4* src = reinterpret_cast<const int4*>(counts);
     int4* dst = reinterpret_cast<int4*>(sm.cnt);
-    for (size_t i = tid; i < RE / 4; i += kThreads) {
-      const int4 v = __ldg(src + i);
-      dst[i] = v;
-      count_one(v.x);
-      count_one(v.y);
-      count_one(v.z);
-      count_one(v.w);
+    const size_t n4 = RE / 4;
+    for (size_t i0 = tid; i0 < n4; i0 += static_cast<size_t>(kThreads) * kBatch) {
+      int4 v[kBatch];
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const size_t i = i0 + static_cast<size_t>(u) * kThreads;
+        v[u] = i < n4 ? __ldg(src + i) : make_int4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const size_t i = i0 + static_cast<size_t>(u) * kThreads;
+        if (i < n4) dst[i] = v[u];
+        count_one(v[u].x);
+        count_one(v[u].y);
+        count_one(v[u].z);
+        count_one(v[u].w);
+      }
     }
   } else {
-    for (size_t i = tid; i < RE; i += kThreads) {
-      const int32_t n = __ldg(counts + i);
-      if (p.tier == kStateAll) sm.cnt[i] = n;
-      count_one(n);
+    for (size_t i0 = tid; i0 < RE; i0 += static_cast<size_t>(kThreads) * kBatch) {
+      int32_t v[kBatch];
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const size_t i = i0 + static_cast<size_t>(u) * kThreads;
+        v[u] = i < RE ? __ldg(counts + i) : 0;
+      }
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const size_t i = i0 + static_cast<size_t>(u) * kThreads;
+        if (kTier == kStateAll && i < RE) sm.cnt[i] = v[u];
+        count_one(v[u]);
+      }
     }
   }
   __syncthreads();
@@ -430,7 +455,19 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
     if (lane == (d & 31)) (d < 32 ? t0 : t1) = nTd;
     const int next_bn = warp_argmax(t0, t1, lane);
 
+    // Three warps apply the move side by side (each field has one writer, and no warp reads what
+    // another writes in this phase): warp 0 the times and token counts, warp 1 the token split
+    // and the move list, warp 2 the replica.
     if (warp == 0) {
+      if (lane == 0) {
+        sm.m[static_cast<size_t>(bn) * E + e] = static_cast<int32_t>(mb - mx);
+        sm.m[static_cast<size_t>(d) * E + e] = static_cast<int32_t>(md + mx);
+        sm.T[bn] = nTb;
+        sm.T[d] = nTd;
+        sm.tok[bn] -= mx;
+        sm.tok[d] += mx;
+      }
+    } else if (warp == 1) {
       // The tokens leave bn in locality order: q = the current quota of (s, e) on bn for every
       // source s (the initial split plus the earlier moves of e, a per-expert linked list).
       const uint64_t h = sm.native[e];
@@ -465,13 +502,9 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
         sm.mv_to[nm] = d;
         sm.mv_prev[nm] = head;
         sm.ehead[e] = nm;
-        sm.m[static_cast<size_t>(bn) * E + e] = static_cast<int32_t>(mb - mx);
-        sm.m[static_cast<size_t>(d) * E + e] = static_cast<int32_t>(md + mx);
-        sm.T[bn] = nTb;
-        sm.T[d] = nTd;
-        sm.tok[bn] -= mx;
-        sm.tok[d] += mx;
-      } else if (lane == 1 && needs_replica) {
+      }
+    } else if (warp == 2) {
+      if (lane == 0 && needs_replica) {
         int64_t t = 0;
         const int src = pd::pick_source(v, e, d, true, &t);
         sm.rep_e[d * S + sm.slots[d]] = e;
@@ -509,7 +542,7 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
     st[core::kProbeStatMoves] = nm;
     st[core::kProbeStatWindowBlocked] = blocked;
     st[core::kProbeStatStatus] = 0;
-  } else if (tid == 1) {  // warp 0's lane 1 made the replicas
+  } else if (tid == 64) {  // warp 2's lane 0 made the replicas
     st[core::kProbeStatNewReplicas] = new_replicas;
   }
   if (mws) {
@@ -528,9 +561,11 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
 }
 
 // Dense quota of `tiles` expert tiles per layer, one block per (layer, tile): the default split of
-// every row first (independent of the plan), then, after the planner grid, the moved experts' rows.
+// every row first (independent of the plan), then, after the planner grid, the moves of the tile's
+// experts as deltas (atomics: several moves may touch one entry). A row is written by a group of
+// `lanes` threads (a power of two, at most 32, the first >= R), coalesced.
 struct QuotaArgs {
-  int R, E, num_slots, spg, rpn, K, tiles, tile;
+  int R, E, num_slots, spg, rpn, K, tiles, tile, lanes;
   const int32_t* counts;
   const int32_t* phy2log;
   const int32_t* moves;
@@ -540,8 +575,6 @@ struct QuotaArgs {
 
 __global__ void __launch_bounds__(kQuotaThreads) probe_quota_kernel(QuotaArgs p) {
   __shared__ uint64_t hold[kQuotaMaxTile];
-  __shared__ int32_t moved[kQuotaMaxTile];
-  __shared__ int32_t num_moved;
   const int R = p.R, E = p.E, rpn = p.rpn, tid = threadIdx.x;
   const int layer = blockIdx.x / p.tiles, tile = blockIdx.x - layer * p.tiles;
   const int e0 = tile * p.tile, ne = min(p.tile, E - e0);
@@ -556,14 +589,15 @@ __global__ void __launch_bounds__(kQuotaThreads) probe_quota_kernel(QuotaArgs p)
     if (e >= e0 && e < e0 + ne) atomicOr(reinterpret_cast<unsigned long long*>(&hold[e - e0]), 1ull << (s / p.spg));
   }
   __syncthreads();
-  // Rows (s, e0 .. e0 + ne) are ne * R contiguous ints per source s.
-  const int seg = ne * R;
-  const int total = R * seg;
-  for (int j = tid; j < total; j += kQuotaThreads) {
-    const int s = j / seg, rest = j - s * seg, el = rest / R, r = rest - el * R;
-    const int32_t n = counts[static_cast<size_t>(s) * E + e0 + el];
-    const int64_t q = n > 0 ? pd::init_quota(n, hold[el], s, r, rpn) : 0;
-    quota[(static_cast<size_t>(s) * E + e0) * R + rest] = static_cast<int32_t>(q);
+  const int lanes = p.lanes, groups = kQuotaThreads / lanes, group = tid / lanes, c = tid - group * lanes;
+  const int rows = R * ne;
+  for (int rw = group; rw < rows; rw += groups) {
+    const int s = rw / ne, el = rw - s * ne;
+    const size_t row = static_cast<size_t>(s) * E + e0 + el;
+    const int32_t n = counts[row];
+    const uint64_t h = hold[el];
+    int32_t* out = quota + row * R;
+    for (int r = c; r < R; r += lanes) out[r] = n > 0 ? static_cast<int32_t>(pd::init_quota(n, h, s, r, rpn)) : 0;
   }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");  // the planner grid has finished (no-op without PDL)
@@ -571,33 +605,24 @@ __global__ void __launch_bounds__(kQuotaThreads) probe_quota_kernel(QuotaArgs p)
   const int32_t* mws = p.moves + static_cast<size_t>(layer) * p.moves_stride;
   const int status = mws[0], nm = mws[1];
   if (status != 0) {  // a layer with bad input values gets an all-zero quota (same entries, same threads)
-    for (int j = tid; j < total; j += kQuotaThreads) {
-      const int s = j / seg, rest = j - s * seg;
-      quota[(static_cast<size_t>(s) * E + e0) * R + rest] = 0;
+    for (int rw = group; rw < rows; rw += groups) {
+      const int s = rw / ne, el = rw - s * ne;
+      int32_t* out = quota + (static_cast<size_t>(s) * E + e0 + el) * R;
+      for (int r = c; r < R; r += lanes) out[r] = 0;
     }
     return;
   }
+  __threadfence();
+  __syncthreads();  // the default values above are in place before any delta below
   const int32_t *mv_e = mws + 2, *mv_from = mv_e + p.K, *mv_to = mv_from + p.K, *mv_amt = mv_to + p.K;
-  if (tid == 0) {  // distinct moved experts of this tile
-    int n = 0;
-    for (int k = 0; k < nm; ++k) {
-      const int e = mv_e[k];
-      if (e < e0 || e >= e0 + ne) continue;
-      bool seen = false;
-      for (int i = 0; i < n; ++i) seen = seen || moved[i] == e - e0;
-      if (!seen) moved[n++] = e - e0;
-    }
-    num_moved = n;
-  }
-  __syncthreads();  // also orders the default writes above before the rewrites below
-  const int RR = R * R, rewrite = num_moved * RR;
-  for (int j = tid; j < rewrite; j += kQuotaThreads) {
-    const int i = j / RR, rest = j - i * RR, s = rest / R, r = rest - s * R;
-    const int el = moved[i], e = e0 + el;
-    const size_t row = static_cast<size_t>(s) * E + e;
-    const int64_t q =
-        pd::current_quota(counts[row], hold[el], s, e, r, R, rpn, nm, mv_e, mv_from, mv_to, mv_amt);
-    quota[row * R + r] = static_cast<int32_t>(q);
+  for (int j = tid; j < nm * R; j += kQuotaThreads) {
+    const int k = j / R, s = j - k * R, e = mv_e[k];
+    if (e < e0 || e >= e0 + ne) continue;
+    const int32_t a = mv_amt[j];  // row k, source s
+    if (a == 0) continue;
+    int32_t* out = quota + (static_cast<size_t>(s) * E + e) * R;
+    atomicAdd(out + mv_to[k], a);
+    atomicSub(out + mv_from[k], a);
   }
 }
 
@@ -638,17 +663,22 @@ void plan_smem(const core::ProbeConfig& c, size_t* bytes, int* tier) {
 
 // The kernel's dynamic shared-memory limit is a per-device attribute: raise it once per device and
 // size (monotonically), outside any graph capture the caller may start later.
-void raise_smem_limit(int bytes) {
+void (*plan_kernel(int tier))(KernelArgs) {
+  return tier == kStateAll ? probe_plan_kernel<kStateAll>
+                           : tier == kStateShared ? probe_plan_kernel<kStateShared> : probe_plan_kernel<kStateGlobal>;
+}
+
+void raise_smem_limit(int tier, int bytes) {
   if (bytes <= 48 * 1024) return;
   static std::mutex mu;
-  static int configured[kMaxDevices] = {};
+  static int configured[kMaxDevices][3] = {};
   int dev = 0;
   MOEBAL_CHECK_CUDA(cudaGetDevice(&dev));
   MOEBAL_CHECK(dev >= 0 && dev < kMaxDevices, "probe: device ordinal ", dev, " beyond ", kMaxDevices);
   std::lock_guard<std::mutex> lock(mu);
-  if (bytes <= configured[dev]) return;
-  MOEBAL_CHECK_CUDA(cudaFuncSetAttribute(probe_plan_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  configured[dev] = bytes;
+  if (bytes <= configured[dev][tier]) return;
+  MOEBAL_CHECK_CUDA(cudaFuncSetAttribute(plan_kernel(tier), cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  configured[dev][tier] = bytes;
 }
 
 size_t gws_bytes(const core::ProbeConfig& cfg, int32_t num_layers, int tier) {
@@ -691,7 +721,7 @@ void probe_plan(const core::ProbeConfig& cfg, int32_t num_layers, const core::Pr
                    " bytes is too small; probe_plan_workspace_bytes() = ", need);
   MOEBAL_CHECK_ARG((reinterpret_cast<uintptr_t>(workspace) & 15) == 0, "probe: workspace must be 16-byte aligned");
 
-  raise_smem_limit(static_cast<int>(smem_bytes));
+  raise_smem_limit(tier, static_cast<int>(smem_bytes));
   KernelArgs a{};
   a.R = cfg.num_ranks;
   a.E = cfg.num_experts;
@@ -700,7 +730,6 @@ void probe_plan(const core::ProbeConfig& cfg, int32_t num_layers, const core::Pr
   a.rpn = cfg.nodes_ranks();
   a.S = cfg.max_extra_slots;
   a.K = cfg.max_iters;
-  a.tier = tier;
   a.t_intra = core::probe_transfer_ps(cfg.expert_bytes, cfg.intra_node_GBps);
   a.t_inter = a.rpn == a.R ? a.t_intra : core::probe_transfer_ps(cfg.expert_bytes, cfg.inter_node_GBps);
   a.min_gain = pd::round_ps(cfg.min_gain_us);
@@ -717,7 +746,7 @@ void probe_plan(const core::ProbeConfig& cfg, int32_t num_layers, const core::Pr
   a.moves = out.quota ? static_cast<int32_t*>(workspace) : nullptr;
   a.moves_stride = moves_stride(a.R, a.K);
   a.gws = tier == kStateGlobal ? reinterpret_cast<int32_t*>(static_cast<unsigned char*>(workspace) + mvb) : nullptr;
-  probe_plan_kernel<<<num_layers, kThreads, smem_bytes, stream>>>(a);
+  plan_kernel(tier)<<<num_layers, kThreads, smem_bytes, stream>>>(a);
   MOEBAL_CHECK_LAUNCH();
   if (out.quota == nullptr) return;
 
@@ -735,6 +764,8 @@ void probe_plan(const core::ProbeConfig& cfg, int32_t num_layers, const core::Pr
   const int64_t tiles0 = std::min<int64_t>(want, a.E);
   q.tile = static_cast<int>(std::min<int64_t>(kQuotaMaxTile, (a.E + tiles0 - 1) / tiles0));
   q.tiles = (a.E + q.tile - 1) / q.tile;
+  q.lanes = 1;
+  while (q.lanes < 32 && q.lanes < a.R) q.lanes *= 2;
   q.counts = in.counts;
   q.phy2log = in.phy2log;
   q.moves = a.moves;
