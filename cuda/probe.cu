@@ -158,9 +158,9 @@ __device__ inline int64_t warp_sum(int64_t v) {
   return v;
 }
 
-__device__ inline int64_t warp_inclusive_scan(int64_t v, int lane) {
+__device__ inline int32_t warp_inclusive_scan(int32_t v, int lane) {
   for (int off = 1; off < 32; off <<= 1) {
-    const int64_t o = __shfl_up_sync(kFull, v, off);
+    const int32_t o = __shfl_up_sync(kFull, v, off);
     if (lane >= off) v += o;
   }
   return v;
@@ -170,28 +170,32 @@ __device__ inline int64_t warp_inclusive_scan(int64_t v, int lane) {
 // q[1]): the x tokens leave bn in locality order (d's own first, then d's node, then the rest,
 // ascending rank within a tier), so a source gives x minus the quota of the sources ahead of it,
 // clamped to its own quota. Tier totals come from warp sums, in-tier prefixes from warp scans.
-__device__ inline void warp_take_tokens(const int64_t q[2], int bn, int d, int R, const int32_t* node, int64_t x,
-                                        int lane, int64_t amt[2]) {
+// 32-bit arithmetic is exact: every partial sum is at most the layer's total tokens (< 2^31).
+__device__ inline void warp_take_tokens(const int32_t q[2], int bn, int d, int R, const int32_t* node, int32_t x,
+                                        int lane, int32_t amt[2]) {
   const int dnode = node[d];
   int tier[2];
-  int64_t qv[2], near_incl[2], far_incl[2];
+  int32_t qv[2], near_incl[2], far_incl[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int s = lane + 32 * h;
     tier[h] = (s >= R || s == bn) ? -1 : s == d ? 0 : node[s] == dnode ? 1 : 2;
     qv[h] = tier[h] >= 0 ? q[h] : 0;
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
     near_incl[h] = warp_inclusive_scan(tier[h] == 1 ? qv[h] : 0, lane);
     far_incl[h] = warp_inclusive_scan(tier[h] == 2 ? qv[h] : 0, lane);
   }
-  const int64_t near0 = __shfl_sync(kFull, near_incl[0], 31), far0 = __shfl_sync(kFull, far_incl[0], 31);
-  const int64_t near_total = near0 + __shfl_sync(kFull, near_incl[1], 31);
-  const int64_t own = __shfl_sync(kFull, d < 32 ? q[0] : q[1], d & 31);  // tier 0: d itself (d != bn)
+  const int32_t near0 = __shfl_sync(kFull, near_incl[0], 31), far0 = __shfl_sync(kFull, far_incl[0], 31);
+  const int32_t near_total = near0 + __shfl_sync(kFull, near_incl[1], 31);
+  const int32_t own = __shfl_sync(kFull, d < 32 ? q[0] : q[1], d & 31);  // tier 0: d itself (d != bn)
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    int64_t ahead = 0;
+    int32_t ahead = 0;
     if (tier[h] == 1) ahead = own + (h ? near0 : 0) + near_incl[h] - qv[h];
     if (tier[h] == 2) ahead = own + near_total + (h ? far0 : 0) + far_incl[h] - qv[h];
-    const int64_t left = x - ahead;
+    const int32_t left = x - ahead;
     amt[h] = tier[h] < 0 ? 0 : (left <= 0 ? 0 : (left < qv[h] ? left : qv[h]));
   }
 }
@@ -472,28 +476,28 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
       // source s (the initial split plus the earlier moves of e, a per-expert linked list).
       const uint64_t h = sm.native[e];
       const int head = sm.ehead[e];
-      int64_t q[2], amt[2];
+      int32_t q[2], amt[2];
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
         const int s = lane + 32 * hh;
         q[hh] = 0;
         if (s < R) {
-          int64_t qq = pd::init_quota(cnt[static_cast<size_t>(s) * E + e], h, s, bn, rpn);
+          int32_t qq = static_cast<int32_t>(pd::init_quota(cnt[static_cast<size_t>(s) * E + e], h, s, bn, rpn));
           for (int kk = head; kk >= 0; kk = sm.mv_prev[kk]) {
-            const int64_t a = sm.mv_amt[static_cast<size_t>(kk) * R + s];
+            const int32_t a = sm.mv_amt[static_cast<size_t>(kk) * R + s];
             if (sm.mv_to[kk] == bn) qq += a;
             if (sm.mv_from[kk] == bn) qq -= a;
           }
           q[hh] = qq;
         }
       }
-      warp_take_tokens(q, bn, d, R, sm.node, mx, lane, amt);
+      warp_take_tokens(q, bn, d, R, sm.node, static_cast<int32_t>(mx), lane, amt);
       int32_t* row = sm.mv_amt + static_cast<size_t>(nm) * R;
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
         const int s = lane + 32 * hh;
-        if (s < R) row[s] = static_cast<int32_t>(amt[hh]);
-        if (s == d) sm.loc[static_cast<size_t>(d) * E + e] += static_cast<int32_t>(amt[hh]);
+        if (s < R) row[s] = amt[hh];
+        if (s == d) sm.loc[static_cast<size_t>(d) * E + e] += amt[hh];
       }
       __syncwarp();  // every lane has walked e's move list before lane 0 extends it
       if (lane == 0) {
