@@ -15,7 +15,7 @@ namespace moebal::cuda {
 /// Bytes of global workspace probe_plan needs for num_layers layers on the current device: per
 /// layer, the move list the quota grid reads (4 (2 + 3 k_max + R k_max) bytes, rounded up to 16),
 /// plus 8 * R * E bytes when a layer's state does not fit in one block's shared memory (R * E above
-/// about 24K on H100). Validates cfg (throws moebal::ValueError).
+/// about 26K on H100). Validates cfg (throws moebal::ValueError).
 size_t probe_plan_workspace_bytes(const core::ProbeConfig& cfg, int32_t num_layers);
 
 /// Plans num_layers layers, one thread block each. `in` and `out` hold DEVICE pointers with the
