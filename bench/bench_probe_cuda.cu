@@ -1,7 +1,10 @@
 // PROBE planner on the GPU: CUDA-event timings (warm-up, median of reps) of
 //  - a batched launch of 58 layers (one block per layer), with and without the dense quota,
-//  - a single-layer launch,
 //  - the batched launch captured in a CUDA graph and replayed,
+//  - a single layer (the latency an online planner pays per layer): launched from the host and
+//    replayed from a CUDA graph, each with the dense quota and without any quota (what a caller
+//    that takes the plan's moves, or the CPU's sparse quota, pays), and the setup alone (k_max = 0,
+//    no quota: load, initial assignment, outputs),
 // plus a reference check of the GPU plan against the CPU reference on the same input.
 //   moebal_bench_probe_cuda [reps]   (bench_probe.cpp already owns the name moebal_bench_probe)
 #include <algorithm>
@@ -62,7 +65,8 @@ int main(int argc, char** argv) {
   MOEBAL_CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s (%d SMs)\n\n", prop.name, prop.multiProcessorCount);
   std::printf("| workload | batched 58 layers, us (per layer) | same, no dense quota | CUDA graph replay, us (per layer) | "
-              "single-layer launch, us | GPU plan == CPU plan |\n|---|---|---|---|---|---|\n");
+              "single layer: launch, us | launch, no quota | graph replay | graph replay, no quota | setup only "
+              "(k_max=0, no quota) | moves/layer | GPU plan == CPU plan |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
   cudaStream_t s;
   MOEBAL_CHECK_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   for (const auto& w : moebal_bench::probe_workloads()) {
@@ -80,6 +84,25 @@ int main(int argc, char** argv) {
     const double batched = median_us([&] { moebal::cuda::probe_plan(w.cfg, w.L, in, out, ws, wsb, s); }, s, reps);
     const double batched_lean = median_us([&] { moebal::cuda::probe_plan(w.cfg, w.L, in, lean, ws, wsb, s); }, s, reps);
     const double single = median_us([&] { moebal::cuda::probe_plan(w.cfg, 1, in, out, ws, wsb, s); }, s, reps);
+    const double single_lean = median_us([&] { moebal::cuda::probe_plan(w.cfg, 1, in, lean, ws, wsb, s); }, s, reps);
+    moebal::core::ProbeConfig setup_cfg = w.cfg;
+    setup_cfg.max_iters = 0;
+    const double setup = median_us([&] { moebal::cuda::probe_plan(setup_cfg, 1, in, lean, ws, wsb, s); }, s, reps);
+    auto replay_us = [&](const moebal::core::ProbeOutputs& o, int layers) {
+      cudaGraph_t g;
+      cudaGraphExec_t ge;
+      MOEBAL_CHECK_CUDA(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+      moebal::cuda::probe_plan(w.cfg, layers, in, o, ws, wsb, s);
+      MOEBAL_CHECK_CUDA(cudaStreamEndCapture(s, &g));
+      MOEBAL_CHECK_CUDA(cudaGraphInstantiate(&ge, g, 0));
+      const double t = median_us([&] { MOEBAL_CHECK_CUDA(cudaGraphLaunch(ge, s)); }, s, reps);
+      MOEBAL_CHECK_CUDA(cudaStreamSynchronize(s));
+      cudaGraphExecDestroy(ge);
+      cudaGraphDestroy(g);
+      return t;
+    };
+    const double single_replay = replay_us(out, 1);
+    const double single_replay_lean = replay_us(lean, 1);
 
     cudaGraph_t graph;
     cudaGraphExec_t exec;
@@ -106,9 +129,13 @@ int main(int argc, char** argv) {
                              cws.data(), cws.size());
     const bool same = gq == cq && gre == cre && grs == crs && gst == cst && gt == ct;
 
-    std::printf("| %s, %d copies/rank | %.1f (%.3f) | %.1f (%.3f) | %.1f (%.3f) | %.1f | %s |\n", w.name.c_str(),
-                w.cfg.num_slots / w.cfg.num_ranks - w.cfg.num_experts / w.cfg.num_ranks, batched, batched / L,
-                batched_lean, batched_lean / L, replay, replay / L, single, same ? "yes" : "NO");
+    double moves = 0;
+    for (size_t l = 0; l < L; ++l) moves += gst[l * 4 + moebal::core::kProbeStatMoves];
+    std::printf("| %s, %d copies/rank | %.1f (%.3f) | %.1f (%.3f) | %.1f (%.3f) | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %s |\n",
+                w.name.c_str(), w.cfg.num_slots / w.cfg.num_ranks - w.cfg.num_experts / w.cfg.num_ranks, batched,
+                batched / L, batched_lean, batched_lean / L, replay, replay / L, single, single_lean, single_replay,
+                single_replay_lean, setup, moves / L, same ? "yes" : "NO");
+    std::fflush(stdout);
     cudaGraphExecDestroy(exec);
     cudaGraphDestroy(graph);
     for (const void* p : {static_cast<const void*>(in.counts), static_cast<const void*>(in.phy2log),

@@ -1,8 +1,21 @@
-// PROBE planner kernel: one thread block per layer. The state of a layer (holder masks, per
-// (rank, expert) tokens, per-rank times and transfer budgets, the move list) lives in shared memory
-// (or, for very large R * E, in a global workspace); every decision uses the integer helpers of
-// probe_detail.h that the CPU reference also uses, and the best move of an iteration is the maximum
-// of a strict total order, so the parallel search picks exactly the pair the CPU search picks.
+// PROBE planner kernels.
+//
+// probe_plan_kernel: one thread block per layer plans the layer. The state of a layer (holder masks,
+// per-(rank, expert) tokens, per-rank times and transfer budgets, the move list, and the counts when
+// they fit) lives in shared memory (or, for very large R * E, partly in a global workspace); every
+// decision uses the integer helpers of probe_detail.h that the CPU reference also uses, and the best
+// move of an iteration is the maximum of a strict total order, so the parallel search picks exactly
+// the pair the CPU search picks. The block is built for latency (an online planner pays it per
+// layer): each iteration is two block barriers apart, every warp finds the best pair and the next
+// bottleneck itself (warp reductions on registers, no serial scans), warp 0 splits the tokens with
+// warp scans and applies the move while the other warps run ahead to the next barrier.
+//
+// probe_quota_kernel: the dense quota [R, E, R] per layer (4 MiB at R = 64, E = 256) is written by a
+// second, GPU-wide grid, not by the planning block: its blocks write the locality-first default
+// split of every row while the planner runs (launched as a programmatic dependent launch on sm_90,
+// so they start as soon as the planner blocks are resident), then wait for the planner grid
+// (griddepcontrol.wait) and rewrite the rows of the experts that moved from the move list the
+// planner left in the workspace.
 #include "moebal/core/probe_detail.h"
 #include "moebal/cuda/check.h"
 #include "moebal/cuda/probe.h"
@@ -21,6 +34,12 @@ constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 constexpr unsigned kFull = 0xffffffffu;
 constexpr int kMaxDevices = 64;
+constexpr int kQuotaThreads = 256;
+constexpr int kQuotaMaxTile = 1024;  // experts per quota block (shared holder masks)
+
+// Where a layer's [R, E] arrays live: kStateGlobal (m, loc in the workspace, counts read from
+// global memory), kStateShared (m, loc in shared memory), kStateAll (counts copied there too).
+enum StateTier : int { kStateGlobal = 0, kStateShared = 1, kStateAll = 2 };
 
 struct KernelArgs {
   int R, E, num_slots, spg, rpn, S, K;
@@ -30,27 +49,32 @@ struct KernelArgs {
   const double* fixed_us;
   const double* us_per_token;
   const double* window_us;
-  int32_t* quota;
   int32_t* replica_expert;
   int32_t* replica_src;
   double* rank_time_us;
   int64_t* rank_tokens;
   int32_t* stats;
+  int32_t* moves;  // [L, moves_stride]: status, moves, mv_e[K], mv_from[K], mv_to[K], mv_amt[K, R]; null: no quota
+  size_t moves_stride;
   int32_t* gws;  // [L, 2, R, E] when m/loc do not fit in shared memory, else null
 };
 
 __host__ __device__ inline size_t align16(size_t x) { return (x + 15) & ~size_t(15); }
 
+// Per-layer move list in the workspace (int32): what the quota kernel needs from the planner.
+__host__ __device__ inline size_t moves_stride(int R, int K) {
+  return (2 + 3 * static_cast<size_t>(K) + static_cast<size_t>(K) * R + 3) & ~size_t(3);
+}
+
 // Shared-memory carve-up; identical on host (sizing) and device (pointers).
 struct Smem {
   uint64_t *native, *extra;
-  int64_t *T, *T0, *a, *b, *win, *in, *out, *tok, *tok0, *q;
-  int64_t *red_g, *red_x, *red_kg;
-  uint64_t *red_s, *red_ks;
-  int32_t *m, *loc, *slots, *node, *p2l, *rep_e, *rep_src, *mv_e, *mv_from, *mv_to, *mv_amt, *moved, *emoves;
-  int32_t* ctl;  // [0] status, [1] done, [2] e, [3] d, [4] nm, [5] blocked, [6] new replicas
+  int64_t *T, *T0, *a, *b, *win, *in, *out, *tok, *tok0;
+  int64_t *red_g, *red_x, *red_mb, *red_md;
+  uint32_t* red_sec;
+  int32_t *m, *loc, *cnt, *slots, *node, *p2l, *rep_e, *rep_src, *mv_e, *mv_from, *mv_to, *mv_prev, *mv_amt, *ehead;
+  int32_t* ctl;  // [0] status
   unsigned long long* total;
-  int64_t* sel_x;
   size_t bytes;
 };
 
@@ -62,22 +86,20 @@ __host__ __device__ inline T* take(unsigned char* base, size_t& off, size_t n) {
   return p;
 }
 
-__host__ __device__ inline Smem carve(unsigned char* base, int R, int E, int S, int K, int num_slots,
-                                      bool m_in_smem) {
+__host__ __device__ inline Smem carve(unsigned char* base, int R, int E, int S, int K, int num_slots, int tier) {
   Smem s{};
   size_t off = 0;
   s.native = take<uint64_t>(base, off, E);
   s.extra = take<uint64_t>(base, off, E);
-  int64_t** r64[] = {&s.T, &s.T0, &s.a, &s.b, &s.win, &s.in, &s.out, &s.tok, &s.tok0, &s.q};
+  int64_t** r64[] = {&s.T, &s.T0, &s.a, &s.b, &s.win, &s.in, &s.out, &s.tok, &s.tok0};
   for (int64_t** p : r64) *p = take<int64_t>(base, off, R);
   s.red_g = take<int64_t>(base, off, kWarps);
   s.red_x = take<int64_t>(base, off, kWarps);
-  s.red_kg = take<int64_t>(base, off, kWarps);
-  s.red_s = take<uint64_t>(base, off, kWarps);
-  s.red_ks = take<uint64_t>(base, off, kWarps);
+  s.red_mb = take<int64_t>(base, off, kWarps);
+  s.red_md = take<int64_t>(base, off, kWarps);
+  s.red_sec = take<uint32_t>(base, off, kWarps);
   s.total = take<unsigned long long>(base, off, 1);
-  s.sel_x = take<int64_t>(base, off, 1);
-  s.ctl = take<int32_t>(base, off, 8);
+  s.ctl = take<int32_t>(base, off, 4);
   s.slots = take<int32_t>(base, off, R);
   s.node = take<int32_t>(base, off, R);
   s.rep_e = take<int32_t>(base, off, static_cast<size_t>(R) * S + 1);
@@ -85,29 +107,50 @@ __host__ __device__ inline Smem carve(unsigned char* base, int R, int E, int S, 
   s.mv_e = take<int32_t>(base, off, K + 1);
   s.mv_from = take<int32_t>(base, off, K + 1);
   s.mv_to = take<int32_t>(base, off, K + 1);
+  s.mv_prev = take<int32_t>(base, off, K + 1);
   s.mv_amt = take<int32_t>(base, off, static_cast<size_t>(K + 1) * R);
-  s.moved = take<int32_t>(base, off, K + 1);
-  s.emoves = take<int32_t>(base, off, E);
+  s.ehead = take<int32_t>(base, off, E);
   s.p2l = take<int32_t>(base, off, num_slots);
-  if (m_in_smem) {
+  if (tier >= kStateShared) {
     s.m = take<int32_t>(base, off, static_cast<size_t>(R) * E);
     s.loc = take<int32_t>(base, off, static_cast<size_t>(R) * E);
   }
+  if (tier == kStateAll) s.cnt = take<int32_t>(base, off, static_cast<size_t>(R) * E);
   s.bytes = align16(off);
   return s;
 }
 
-__device__ inline void warp_best(int64_t& g, uint64_t& s, int64_t& x) {
-  for (int off = 16; off > 0; off >>= 1) {
-    const int64_t g2 = __shfl_xor_sync(kFull, g, off);
-    const uint64_t s2 = __shfl_xor_sync(kFull, s, off);
-    const int64_t x2 = __shfl_xor_sync(kFull, x, off);
-    if (pd::better(g2, s2, g, s)) {
-      g = g2;
-      s = s2;
-      x = x2;
-    }
+// Candidate order of pd::better with the tie-breakers packed in 32 bits (E <= 2^16, R <= 64): the
+// same order as pd::move_sec (needs a replica, then expert, then helper).
+__device__ inline uint32_t sec32(uint64_t sec) {
+  return (static_cast<uint32_t>(sec >> 40) << 22) | (static_cast<uint32_t>((sec >> 8) & 0xffffu) << 6) |
+         static_cast<uint32_t>(sec & 63u);
+}
+
+// Warp-wide maximum of (g, then smallest sec): three redux instructions instead of a shuffle tree.
+__device__ inline void warp_best(int64_t g, uint32_t sec, int64_t* G, uint32_t* SEC) {
+  const int hi = static_cast<int>(g >> 32);
+  const unsigned lo = static_cast<unsigned>(g);
+  const int mhi = __reduce_max_sync(kFull, hi);
+  const unsigned mlo = __reduce_max_sync(kFull, hi == mhi ? lo : 0u);
+  *SEC = __reduce_min_sync(kFull, (hi == mhi && lo == mlo) ? sec : 0xffffffffu);
+  *G = static_cast<int64_t>((static_cast<uint64_t>(static_cast<uint32_t>(mhi)) << 32) | mlo);
+}
+
+// The bottleneck: the rank with the largest time, the lowest rank among equals (the CPU's scan).
+// Lane l holds T[l] in t0 and T[l + 32] in t1 (-1 beyond R); every lane gets the answer.
+__device__ inline int warp_argmax(int64_t t0, int64_t t1, int lane) {
+  int64_t t = t0;
+  unsigned idx = static_cast<unsigned>(lane);
+  if (t1 > t) {
+    t = t1;
+    idx += 32;
   }
+  const int hi = static_cast<int>(t >> 32);
+  const unsigned lo = static_cast<unsigned>(t);
+  const int mhi = __reduce_max_sync(kFull, hi);
+  const unsigned mlo = __reduce_max_sync(kFull, hi == mhi ? lo : 0u);
+  return static_cast<int>(__reduce_min_sync(kFull, (hi == mhi && lo == mlo) ? idx : 0xffffffffu));
 }
 
 __device__ inline int64_t warp_sum(int64_t v) {
@@ -115,49 +158,83 @@ __device__ inline int64_t warp_sum(int64_t v) {
   return v;
 }
 
+__device__ inline int32_t warp_inclusive_scan(int32_t v, int lane) {
+  for (int off = 1; off < 32; off <<= 1) {
+    const int32_t o = __shfl_up_sync(kFull, v, off);
+    if (lane >= off) v += o;
+  }
+  return v;
+}
+
+// pd::take_from for every source at once (R <= 64; lane l has sources l and l + 32, quotas q[0],
+// q[1]): the x tokens leave bn in locality order (d's own first, then d's node, then the rest,
+// ascending rank within a tier), so a source gives x minus the quota of the sources ahead of it,
+// clamped to its own quota. Tier totals come from warp sums, in-tier prefixes from warp scans.
+// 32-bit arithmetic is exact: every partial sum is at most the layer's total tokens (< 2^31).
+__device__ inline void warp_take_tokens(const int32_t q[2], int bn, int d, int R, const int32_t* node, int32_t x,
+                                        int lane, int32_t amt[2]) {
+  const int dnode = node[d];
+  int tier[2];
+  int32_t qv[2], near_incl[2], far_incl[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int s = lane + 32 * h;
+    tier[h] = (s >= R || s == bn) ? -1 : s == d ? 0 : node[s] == dnode ? 1 : 2;
+    qv[h] = tier[h] >= 0 ? q[h] : 0;
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    near_incl[h] = warp_inclusive_scan(tier[h] == 1 ? qv[h] : 0, lane);
+    far_incl[h] = warp_inclusive_scan(tier[h] == 2 ? qv[h] : 0, lane);
+  }
+  const int32_t near0 = __shfl_sync(kFull, near_incl[0], 31), far0 = __shfl_sync(kFull, far_incl[0], 31);
+  const int32_t near_total = near0 + __shfl_sync(kFull, near_incl[1], 31);
+  const int32_t own = __shfl_sync(kFull, d < 32 ? q[0] : q[1], d & 31);  // tier 0: d itself (d != bn)
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    int32_t ahead = 0;
+    if (tier[h] == 1) ahead = own + (h ? near0 : 0) + near_incl[h] - qv[h];
+    if (tier[h] == 2) ahead = own + near_total + (h ? far0 : 0) + far_incl[h] - qv[h];
+    const int32_t left = x - ahead;
+    amt[h] = tier[h] < 0 ? 0 : (left <= 0 ? 0 : (left < qv[h] ? left : qv[h]));
+  }
+}
+
+// kTier is a template parameter so that, when the state is in shared memory, the compiler sees
+// shared-memory pointers (native shared loads and atomics, not generic ones).
+template <int kTier>
 __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
   extern __shared__ __align__(16) unsigned char smem[];
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // The quota grid (a programmatic dependent launch) may start now: it waits for this grid's end
+  // itself before it reads the move lists.
+  asm volatile("griddepcontrol.launch_dependents;");
+#endif
   const int R = p.R, E = p.E, S = p.S, K = p.K, rpn = p.rpn;
   const int layer = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  Smem sm = carve(smem, R, E, S, K, p.num_slots, p.gws == nullptr);
-  if (p.gws != nullptr) {
-    sm.m = p.gws + static_cast<size_t>(layer) * 2 * R * E;
-    sm.loc = sm.m + static_cast<size_t>(R) * E;
-  }
+  Smem sm = carve(smem, R, E, S, K, p.num_slots, kTier);
   const size_t RE = static_cast<size_t>(R) * E;
-  const int32_t* counts = p.counts + layer * RE;
-  int32_t* quota = p.quota ? p.quota + layer * RE * R : nullptr;
-
-  // Zero the dense quota first: the stores drain while the block plans, and the barriers below
-  // order them before the non-zero entries written at the end.
-  if (quota != nullptr) {
-    const size_t n = RE * R;
-    if ((reinterpret_cast<uintptr_t>(quota) & 15) == 0) {
-      int4* q4 = reinterpret_cast<int4*>(quota);
-      for (size_t i = tid; i < n / 4; i += kThreads) q4[i] = make_int4(0, 0, 0, 0);
-      for (size_t i = (n / 4) * 4 + tid; i < n; i += kThreads) quota[i] = 0;
-    } else {
-      for (size_t i = tid; i < n; i += kThreads) quota[i] = 0;
-    }
+  if constexpr (kTier == kStateGlobal) {
+    sm.m = p.gws + static_cast<size_t>(layer) * 2 * RE;
+    sm.loc = sm.m + RE;
   }
+  const int32_t* counts = p.counts + layer * RE;
+  const int32_t* cnt = kTier == kStateAll ? sm.cnt : counts;
+  int32_t* mws = p.moves ? p.moves + static_cast<size_t>(layer) * p.moves_stride : nullptr;
 
+  // 1. Clear the state, read the per-rank model, copy (or scan) the counts.
+  int status = 0;
+  uint64_t my_total = 0;
   if (tid == 0) {
-    for (int i = 0; i < 8; ++i) sm.ctl[i] = 0;
+    sm.ctl[0] = 0;
     *sm.total = 0;
   }
   for (int e = tid; e < E; e += kThreads) {
     sm.native[e] = 0;
     sm.extra[e] = 0;
-    sm.emoves[e] = 0;
-  }
-  for (size_t i = tid; i < RE; i += kThreads) {
-    sm.m[i] = 0;
-    sm.loc[i] = 0;
+    sm.ehead[e] = -1;
   }
   for (int i = tid; i < R * S; i += kThreads) sm.rep_e[i] = sm.rep_src[i] = -1;
-  __syncthreads();
-
-  int status = 0;
   for (int r = tid; r < R; r += kThreads) {
     sm.a[r] = pd::model_ps(p.fixed_us[r], core::kProbeMaxFixedUs);
     sm.b[r] = pd::model_ps(p.us_per_token[r], core::kProbeMaxUsPerToken);
@@ -168,9 +245,66 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
     sm.slots[r] = 0;
     sm.node[r] = r / rpn;
   }
+  if (kTier != kStateGlobal && (RE & 3) == 0) {
+    int4* m4 = reinterpret_cast<int4*>(sm.m);
+    for (size_t i = tid; i < RE / 4; i += kThreads) m4[i] = make_int4(0, 0, 0, 0);
+  } else {
+    for (size_t i = tid; i < RE; i += kThreads) sm.m[i] = 0;
+  }
+  // The placement, loaded with everything else (the holder masks need a barrier after the clear).
+  for (int s = tid; s < p.num_slots; s += kThreads) sm.p2l[s] = __ldg(p.phy2log + static_cast<size_t>(layer) * p.num_slots + s);
+  auto count_one = [&](int32_t n) {
+    if (n < 0) {
+      status |= core::kProbeBadCounts;
+    } else {
+      my_total += static_cast<uint64_t>(n);
+    }
+  };
+  // Loads in batches of kBatch per thread, all issued before any is used (one memory latency per
+  // batch instead of one per element).
+  constexpr int kBatch = 8;
+  if (kTier == kStateAll && (reinterpret_cast<uintptr_t>(counts) & 15) == 0 && (RE & 3) == 0) {
+    const int4* src = reinterpret_cast<const int4*>(counts);
+    int4* dst = reinterpret_cast<int4*>(sm.cnt);
+    const size_t n4 = RE / 4;
+    for (size_t i0 = tid; i0 < n4; i0 += static_cast<size_t>(kThreads) * kBatch) {
+      int4 v[kBatch];
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const size_t i = i0 + static_cast<size_t>(u) * kThreads;
+        v[u] = i < n4 ? __ldg(src + i) : make_int4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const size_t i = i0 + static_cast<size_t>(u) * kThreads;
+        if (i < n4) dst[i] = v[u];
+        count_one(v[u].x);
+        count_one(v[u].y);
+        count_one(v[u].z);
+        count_one(v[u].w);
+      }
+    }
+  } else {
+    for (size_t i0 = tid; i0 < RE; i0 += static_cast<size_t>(kThreads) * kBatch) {
+      int32_t v[kBatch];
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const size_t i = i0 + static_cast<size_t>(u) * kThreads;
+        v[u] = i < RE ? __ldg(counts + i) : 0;
+      }
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const size_t i = i0 + static_cast<size_t>(u) * kThreads;
+        if (kTier == kStateAll && i < RE) sm.cnt[i] = v[u];
+        count_one(v[u]);
+      }
+    }
+  }
+  __syncthreads();
+
+  // 2. Holder masks of the static placement.
   for (int s = tid; s < p.num_slots; s += kThreads) {
-    const int e = p.phy2log[static_cast<size_t>(layer) * p.num_slots + s];
-    sm.p2l[s] = e;
+    const int e = sm.p2l[s];
     if (e < 0 || e >= E) {
       status |= core::kProbeBadPlacement;
     } else {
@@ -179,37 +313,33 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
   }
   __syncthreads();
 
-  // Locality-first initial assignment: one thread per expert walks the sources, so no atomics.
-  uint64_t my_total = 0;
-  for (int e = tid; e < E; e += kThreads) {
+  // 3. Locality-first initial assignment, one thread per (source, expert): a holder keeps its own
+  // tokens (pinned), the others split over the holders (shared-memory atomics; integer sums).
+  for (unsigned i = tid; i < RE; i += kThreads) {  // R * E < 2^22: 32-bit index arithmetic
+    const int s = static_cast<int>(i / static_cast<unsigned>(E)), e = static_cast<int>(i - static_cast<unsigned>(s) * E);
     const uint64_t h = sm.native[e];
-    if (h == 0) {
-      status |= core::kProbeBadPlacement;
+    const int32_t n = cnt[i];
+    if (h == 0 || n <= 0) {
+      if (h == 0) status |= core::kProbeBadPlacement;
+      sm.loc[i] = 0;
       continue;
     }
-    const bool single = pd::popcount64(h) == 1;
-    const int only = pd::ctz64(h);
-    int64_t single_sum = 0;
-    for (int s = 0; s < R; ++s) {
-      const int32_t n = counts[static_cast<size_t>(s) * E + e];
-      if (n < 0) {
-        status |= core::kProbeBadCounts;
-        continue;
-      }
-      my_total += static_cast<uint64_t>(n);
-      if ((h >> s) & 1) {
-        sm.m[static_cast<size_t>(s) * E + e] += n;
-        sm.loc[static_cast<size_t>(s) * E + e] = n;
-      } else if (single) {
-        single_sum += n;
+    if ((h >> s) & 1) {
+      sm.loc[i] = n;
+      atomicAdd(&sm.m[i], n);
+    } else {
+      sm.loc[i] = 0;
+      if ((h & (h - 1)) == 0) {
+        atomicAdd(&sm.m[static_cast<size_t>(pd::ctz64(h)) * E + e], n);
       } else {
         int32_t* col = sm.m + e;
-        pd::init_split(n, h, s, pd::node_mask(s, rpn), [col, E](int r, int64_t v) { col[static_cast<size_t>(r) * E] += static_cast<int32_t>(v); });
+        pd::init_split(n, h, s, pd::node_mask(s, rpn),
+                       [col, E](int r, int64_t v) { if (v) atomicAdd(&col[static_cast<size_t>(r) * E], static_cast<int32_t>(v)); });
       }
     }
-    if (single) sm.m[static_cast<size_t>(only) * E + e] += static_cast<int32_t>(single_sum);
   }
-  if (my_total) atomicAdd(sm.total, static_cast<unsigned long long>(my_total));
+  my_total = static_cast<uint64_t>(warp_sum(static_cast<int64_t>(my_total)));
+  if (lane == 0 && my_total) atomicAdd(sm.total, static_cast<unsigned long long>(my_total));
   if (status) atomicOr(&sm.ctl[0], status);
   __syncthreads();
   if (*sm.total > 0x7fffffffull) status = core::kProbeBadCounts;
@@ -227,10 +357,14 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
     }
     if (tid < kProbeNumStats)
       p.stats[static_cast<size_t>(layer) * kProbeNumStats + tid] = tid == core::kProbeStatStatus ? status : 0;
+    if (mws && tid == 0) {
+      mws[0] = status;
+      mws[1] = 0;
+    }
     return;
   }
 
-  // Per-rank time and tokens: one warp per rank.
+  // 4. Per-rank time and tokens: one warp per rank.
   for (int r = warp; r < R; r += kWarps) {
     int64_t t = 0, n = 0;
     const int64_t a = sm.a[r], b = sm.b[r];
@@ -248,19 +382,23 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
   }
   __syncthreads();
 
+  // 5. The loop. Every thread keeps the per-rank times in registers (lane l: ranks l and l + 32),
+  // so every warp finds the bottleneck itself; the shared copy serves the pair evaluation.
   const pd::View v{R, E, S, rpn, sm.native, sm.extra, sm.m, sm.loc, sm.T, sm.a, sm.b, sm.win, sm.in, sm.out,
                    sm.slots, sm.node, p.t_intra, p.t_inter, p.min_gain};
+  int64_t t0 = lane < R ? sm.T[lane] : -1, t1 = lane + 32 < R ? sm.T[lane + 32] : -1;
+  int bn = warp_argmax(t0, t1, lane);
+  int nm = 0, blocked = 0, new_replicas = 0;
   // Candidate pairs: the experts bn holds (its static slots, then its replicas) x helpers. Only those
   // can have movable tokens on bn, so this is the same set of pairs as all E x R.
   const int spg = p.spg;
   const int pairs = (spg + S) * R;
   for (int k = 0; k < K; ++k) {
-    int bn = 0;
-    for (int r = 1; r < R; ++r)
-      if (sm.T[r] > sm.T[bn]) bn = r;
-
-    int64_t g = -1, x = 0, kg = -1, kx = 0;
-    uint64_t s = ~0ull, ks = ~0ull;
+    // Phase 1: every thread evaluates its pair(s); each warp's best goes to shared memory, written
+    // by the lane that holds it (with the amount and the two token counts phase 2 needs).
+    int64_t g = -1, x = 0, kg = -1;
+    uint32_t sec = 0xffffffffu, ksec = 0xffffffffu;
+    int be = 0, bd = 0;
     for (int i = tid; i < pairs; i += kThreads) {
       const int j = i / R, d = i - j * R;
       if (d == bn) continue;
@@ -274,118 +412,120 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
       int64_t pg = 0, px = 0;
       uint64_t psec = 0;
       const int res = pd::eval_pair(v, bn, e, d, &pg, &psec, &px);
+      const uint32_t s32 = sec32(psec);
       if (res == pd::kPairOk) {
-        if (pd::better(pg, psec, g, s)) g = pg, s = psec, x = px;
+        if (pd::better(pg, s32, g, sec)) g = pg, sec = s32, x = px, be = e, bd = d;
       } else if (res == pd::kPairWindowBlocked) {
-        if (pd::better(pg, psec, kg, ks)) kg = pg, ks = psec;
+        if (pd::better(pg, s32, kg, ksec)) kg = pg, ksec = s32;
       }
     }
-    warp_best(g, s, x);
-    warp_best(kg, ks, kx);
-    if (lane == 0) {
-      sm.red_g[warp] = g;
-      sm.red_s[warp] = s;
-      sm.red_x[warp] = x;
-      sm.red_kg[warp] = kg;
-      sm.red_ks[warp] = ks;
+    int64_t G;
+    uint32_t SEC;
+    warp_best(g, sec, &G, &SEC);
+    if (G >= 0) {
+      if (g == G && sec == SEC) {  // the (unique up to duplicate static copies) best lane
+        sm.red_g[warp] = G;
+        sm.red_sec[warp] = SEC;
+        sm.red_x[warp] = x;
+        sm.red_mb[warp] = sm.m[static_cast<size_t>(bn) * E + be];
+        sm.red_md[warp] = sm.m[static_cast<size_t>(bd) * E + be];
+      }
+    } else if (lane == 0) {
+      sm.red_g[warp] = -1;
+      sm.red_sec[warp] = 0xffffffffu;
     }
     __syncthreads();
-    // Warp 0 decides and applies the move; the rest of the block waits at the next barrier.
+
+    // Phase 2: every warp reduces the warps' bests; window-blocked pairs that beat the best are
+    // counted through the barrier's predicate.
+    const int64_t gw = lane < kWarps ? sm.red_g[lane] : -1;
+    const uint32_t sw = lane < kWarps ? sm.red_sec[lane] : 0xffffffffu;
+    warp_best(gw, sw, &G, &SEC);
+    const bool beaten = kg >= 0 && (G < 0 || pd::better(kg, ksec, G, SEC));
+    if (G < 0) {
+      if (__syncthreads_or(beaten) && tid == 0) ++blocked;
+      break;  // uniform: every thread reduced the same values
+    }
+    const int wsel = __ffs(__ballot_sync(kFull, lane < kWarps && gw == G && sw == SEC)) - 1;
+    const int e = static_cast<int>((SEC >> 6) & 0xffffu), d = static_cast<int>(SEC & 63u);
+    const bool needs_replica = (SEC >> 22) != 0;
+    const int64_t mx = sm.red_x[wsel], mb = sm.red_mb[wsel], md = sm.red_md[wsel];
+    const int64_t ab = sm.a[bn], bb = sm.b[bn], ad = sm.a[d], bdd = sm.b[d];
+    const int64_t Tb = __shfl_sync(kFull, bn < 32 ? t0 : t1, bn & 31);
+    const int64_t Td = __shfl_sync(kFull, d < 32 ? t0 : t1, d & 31);
+    const int64_t nTb = Tb - pd::cost(mb, ab, bb) + pd::cost(mb - mx, ab, bb);
+    const int64_t nTd = Td - pd::cost(md, ad, bdd) + pd::cost(md + mx, ad, bdd);
+    if (lane == (bn & 31)) (bn < 32 ? t0 : t1) = nTb;
+    if (lane == (d & 31)) (d < 32 ? t0 : t1) = nTd;
+    const int next_bn = warp_argmax(t0, t1, lane);
+
+    // Three warps apply the move side by side (each field has one writer, and no warp reads what
+    // another writes in this phase): warp 0 the times and token counts, warp 1 the token split
+    // and the move list, warp 2 the replica.
     if (warp == 0) {
-      g = lane < kWarps ? sm.red_g[lane] : -1;
-      s = lane < kWarps ? sm.red_s[lane] : ~0ull;
-      x = lane < kWarps ? sm.red_x[lane] : 0;
-      kg = lane < kWarps ? sm.red_kg[lane] : -1;
-      ks = lane < kWarps ? sm.red_ks[lane] : ~0ull;
-      warp_best(g, s, x);
-      warp_best(kg, ks, kx);
-      // Every lane now holds the same best pair.
       if (lane == 0) {
-        if (kg >= 0 && (g < 0 || pd::better(kg, ks, g, s))) ++sm.ctl[5];
-        sm.ctl[1] = g < 0;
+        sm.m[static_cast<size_t>(bn) * E + e] = static_cast<int32_t>(mb - mx);
+        sm.m[static_cast<size_t>(d) * E + e] = static_cast<int32_t>(md + mx);
+        sm.T[bn] = nTb;
+        sm.T[d] = nTd;
+        sm.tok[bn] -= mx;
+        sm.tok[d] += mx;
       }
-      if (g >= 0) {
-        const int e = static_cast<int>((s >> 8) & 0xffffffu), d = static_cast<int>(s & 0xffu);
-        const int nm = sm.ctl[4];
-        for (int r = lane; r < R; r += 32)
-          sm.q[r] = pd::current_quota(counts[static_cast<size_t>(r) * E + e], sm.native[e], r, e, bn, R, rpn, nm,
-                                      sm.mv_e, sm.mv_from, sm.mv_to, sm.mv_amt);
-        __syncwarp();
-        // The tokens leave bn in locality order (pd::take_tokens, serial on the CPU); here every
-        // source sums the quota of the sources ahead of it, so the amounts come out in parallel.
-        int32_t* amt = sm.mv_amt + static_cast<size_t>(nm) * R;
-        for (int r = lane; r < R; r += 32) amt[r] = static_cast<int32_t>(pd::take_from(sm.q, bn, d, R, sm.node, x, r));
-        __syncwarp();
-        if (lane == 0) {
-          sm.mv_e[nm] = e;
-          sm.mv_from[nm] = bn;
-          sm.mv_to[nm] = d;
-          if (!(((sm.native[e] | sm.extra[e]) >> d) & 1)) {
-            int64_t t = 0;
-            const int src = pd::pick_source(v, e, d, true, &t);
-            sm.rep_e[d * S + sm.slots[d]] = e;
-            sm.rep_src[d * S + sm.slots[d]] = src;
-            ++sm.slots[d];
-            sm.extra[e] |= 1ull << d;
-            sm.in[d] += t;
-            sm.out[src] += t;
-            ++sm.ctl[6];
+    } else if (warp == 1) {
+      // The tokens leave bn in locality order: q = the current quota of (s, e) on bn for every
+      // source s (the initial split plus the earlier moves of e, a per-expert linked list).
+      const uint64_t h = sm.native[e];
+      const int head = sm.ehead[e];
+      int32_t q[2], amt[2];
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const int s = lane + 32 * hh;
+        q[hh] = 0;
+        if (s < R) {
+          int32_t qq = static_cast<int32_t>(pd::init_quota(cnt[static_cast<size_t>(s) * E + e], h, s, bn, rpn));
+          for (int kk = head; kk >= 0; kk = sm.mv_prev[kk]) {
+            const int32_t a = sm.mv_amt[static_cast<size_t>(kk) * R + s];
+            if (sm.mv_to[kk] == bn) qq += a;
+            if (sm.mv_from[kk] == bn) qq -= a;
           }
-          const size_t bi = static_cast<size_t>(bn) * E + e, di = static_cast<size_t>(d) * E + e;
-          sm.T[bn] -= pd::cost(sm.m[bi], sm.a[bn], sm.b[bn]);
-          sm.T[d] -= pd::cost(sm.m[di], sm.a[d], sm.b[d]);
-          sm.m[bi] -= static_cast<int32_t>(x);
-          sm.m[di] += static_cast<int32_t>(x);
-          sm.T[bn] += pd::cost(sm.m[bi], sm.a[bn], sm.b[bn]);
-          sm.T[d] += pd::cost(sm.m[di], sm.a[d], sm.b[d]);
-          sm.tok[bn] -= x;
-          sm.tok[d] += x;
-          sm.loc[di] += amt[d];
-          ++sm.emoves[e];
-          sm.ctl[4] = nm + 1;
+          q[hh] = qq;
         }
       }
+      warp_take_tokens(q, bn, d, R, sm.node, static_cast<int32_t>(mx), lane, amt);
+      int32_t* row = sm.mv_amt + static_cast<size_t>(nm) * R;
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const int s = lane + 32 * hh;
+        if (s < R) row[s] = amt[hh];
+        if (s == d) sm.loc[static_cast<size_t>(d) * E + e] += amt[hh];
+      }
+      __syncwarp();  // every lane has walked e's move list before lane 0 extends it
+      if (lane == 0) {
+        sm.mv_e[nm] = e;
+        sm.mv_from[nm] = bn;
+        sm.mv_to[nm] = d;
+        sm.mv_prev[nm] = head;
+        sm.ehead[e] = nm;
+      }
+    } else if (warp == 2) {
+      if (lane == 0 && needs_replica) {
+        int64_t t = 0;
+        const int src = pd::pick_source(v, e, d, true, &t);
+        sm.rep_e[d * S + sm.slots[d]] = e;
+        sm.rep_src[d * S + sm.slots[d]] = src;
+        ++sm.slots[d];
+        sm.extra[e] |= 1ull << d;
+        sm.in[d] += t;
+        sm.out[src] += t;
+        ++new_replicas;
+      }
     }
-    __syncthreads();
-    if (sm.ctl[1]) break;
+    ++nm;
+    bn = next_bn;
+    if (__syncthreads_or(beaten) && tid == 0) ++blocked;
   }
 
-  // Outputs. Quota: the rows of experts that never moved keep their initial split, written as
-  // scattered non-zeros over the zero fill (one thread per row); the rows of moved experts are
-  // rebuilt from the move list with one thread per (moved expert, source, rank) entry, so their
-  // scans of the move list spread over the whole block.
-  const int nm = sm.ctl[4];
-  if (quota != nullptr) {
-    if (tid == 0) {  // distinct moved experts, in move order
-      int n = 0;
-      for (int k = 0; k < nm; ++k) {
-        bool seen = false;
-        for (int i = 0; i < n; ++i) seen = seen || sm.moved[i] == sm.mv_e[k];
-        if (!seen) sm.moved[n++] = sm.mv_e[k];
-      }
-      sm.ctl[7] = n;
-    }
-    for (size_t row = tid; row < RE; row += kThreads) {
-      const int src = static_cast<int>(row / E), e = static_cast<int>(row - static_cast<size_t>(src) * E);
-      if (sm.emoves[e] != 0) continue;
-      const int64_t n = counts[row];
-      if (n == 0) continue;
-      int32_t* out = quota + row * R;
-      pd::init_split(n, sm.native[e], src, pd::node_mask(src, rpn), [out](int r, int64_t v) {
-        if (v != 0) out[r] = static_cast<int32_t>(v);
-      });
-    }
-    __syncthreads();
-    const int RR = R * R, total = sm.ctl[7] * RR;
-    for (int i = tid; i < total; i += kThreads) {
-      const int j = i / RR, rest = i - j * RR, src = rest / R, r = rest - src * R;
-      const int e = sm.moved[j];
-      const size_t row = static_cast<size_t>(src) * E + e;
-      const int64_t q = pd::current_quota(counts[row], sm.native[e], src, e, r, R, rpn, nm, sm.mv_e, sm.mv_from,
-                                          sm.mv_to, sm.mv_amt);
-      if (q != 0) quota[row * R + r] = static_cast<int32_t>(q);
-    }
-  }
+  // 6. Outputs; the move list goes to the workspace for the quota kernel.
   for (size_t i = tid; i < RS; i += kThreads) {
     if (p.replica_expert) p.replica_expert[layer * RS + i] = sm.rep_e[i];
     if (p.replica_src) p.replica_src[layer * RS + i] = sm.rep_src[i];
@@ -401,48 +541,158 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
       p.rank_tokens[b1] = sm.tok[r];
     }
   }
+  int32_t* st = p.stats + static_cast<size_t>(layer) * kProbeNumStats;
   if (tid == 0) {
-    int32_t* st = p.stats + static_cast<size_t>(layer) * kProbeNumStats;
     st[core::kProbeStatMoves] = nm;
-    st[core::kProbeStatNewReplicas] = sm.ctl[6];
-    st[core::kProbeStatWindowBlocked] = sm.ctl[5];
+    st[core::kProbeStatWindowBlocked] = blocked;
     st[core::kProbeStatStatus] = 0;
+  } else if (tid == 64) {  // warp 2's lane 0 made the replicas
+    st[core::kProbeStatNewReplicas] = new_replicas;
+  }
+  if (mws) {
+    if (tid == 0) {
+      mws[0] = 0;
+      mws[1] = nm;
+    }
+    int32_t* me = mws + 2;
+    for (int i = tid; i < nm; i += kThreads) {
+      me[i] = sm.mv_e[i];
+      me[K + i] = sm.mv_from[i];
+      me[2 * K + i] = sm.mv_to[i];
+    }
+    for (int i = tid; i < nm * R; i += kThreads) me[3 * K + i] = sm.mv_amt[i];
   }
 }
 
-int max_optin_smem() {
-  int dev = 0, v = 0;
-  MOEBAL_CHECK_CUDA(cudaGetDevice(&dev));
-  MOEBAL_CHECK_CUDA(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  return v;
+// Dense quota of `tiles` expert tiles per layer, one block per (layer, tile): the default split of
+// every row first (independent of the plan), then, after the planner grid, the moves of the tile's
+// experts as deltas (atomics: several moves may touch one entry). A row is written by a group of
+// `lanes` threads (a power of two, at most 32, the first >= R), coalesced.
+struct QuotaArgs {
+  int R, E, num_slots, spg, rpn, K, tiles, tile, lanes;
+  const int32_t* counts;
+  const int32_t* phy2log;
+  const int32_t* moves;
+  size_t moves_stride;
+  int32_t* quota;
+};
+
+__global__ void __launch_bounds__(kQuotaThreads) probe_quota_kernel(QuotaArgs p) {
+  __shared__ uint64_t hold[kQuotaMaxTile];
+  const int R = p.R, E = p.E, rpn = p.rpn, tid = threadIdx.x;
+  const int layer = blockIdx.x / p.tiles, tile = blockIdx.x - layer * p.tiles;
+  const int e0 = tile * p.tile, ne = min(p.tile, E - e0);
+  const size_t RE = static_cast<size_t>(R) * E;
+  const int32_t* counts = p.counts + layer * RE;
+  const int32_t* p2l = p.phy2log + static_cast<size_t>(layer) * p.num_slots;
+  int32_t* quota = p.quota + layer * RE * R;
+  for (int i = tid; i < ne; i += kQuotaThreads) hold[i] = 0;
+  __syncthreads();
+  for (int s = tid; s < p.num_slots; s += kQuotaThreads) {
+    const int e = p2l[s];
+    if (e >= e0 && e < e0 + ne) atomicOr(reinterpret_cast<unsigned long long*>(&hold[e - e0]), 1ull << (s / p.spg));
+  }
+  __syncthreads();
+  const int lanes = p.lanes, groups = kQuotaThreads / lanes, group = tid / lanes, c = tid - group * lanes;
+  const int rows = R * ne;
+  for (int rw = group; rw < rows; rw += groups) {
+    const int s = rw / ne, el = rw - s * ne;
+    const size_t row = static_cast<size_t>(s) * E + e0 + el;
+    const int32_t n = counts[row];
+    const uint64_t h = hold[el];
+    int32_t* out = quota + row * R;
+    for (int r = c; r < R; r += lanes) out[r] = n > 0 ? static_cast<int32_t>(pd::init_quota(n, h, s, r, rpn)) : 0;
+  }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");  // the planner grid has finished (no-op without PDL)
+#endif
+  const int32_t* mws = p.moves + static_cast<size_t>(layer) * p.moves_stride;
+  const int status = mws[0], nm = mws[1];
+  if (status != 0) {  // a layer with bad input values gets an all-zero quota (same entries, same threads)
+    for (int rw = group; rw < rows; rw += groups) {
+      const int s = rw / ne, el = rw - s * ne;
+      int32_t* out = quota + (static_cast<size_t>(s) * E + e0 + el) * R;
+      for (int r = c; r < R; r += lanes) out[r] = 0;
+    }
+    return;
+  }
+  __threadfence();
+  __syncthreads();  // the default values above are in place before any delta below
+  const int32_t *mv_e = mws + 2, *mv_from = mv_e + p.K, *mv_to = mv_from + p.K, *mv_amt = mv_to + p.K;
+  for (int j = tid; j < nm * R; j += kQuotaThreads) {
+    const int k = j / R, s = j - k * R, e = mv_e[k];
+    if (e < e0 || e >= e0 + ne) continue;
+    const int32_t a = mv_amt[j];  // row k, source s
+    if (a == 0) continue;
+    int32_t* out = quota + (static_cast<size_t>(s) * E + e) * R;
+    atomicAdd(out + mv_to[k], a);
+    atomicSub(out + mv_from[k], a);
+  }
 }
 
-// Shared-memory bytes with and without m/loc, and whether m/loc fit.
-void plan_smem(const core::ProbeConfig& c, size_t* bytes, bool* m_in_smem) {
-  const size_t with =
-      carve(nullptr, c.num_ranks, c.num_experts, c.max_extra_slots, c.max_iters, c.num_slots, true).bytes;
-  const size_t without =
-      carve(nullptr, c.num_ranks, c.num_experts, c.max_extra_slots, c.max_iters, c.num_slots, false).bytes;
-  const size_t limit = static_cast<size_t>(max_optin_smem());
-  *m_in_smem = with <= limit;
-  *bytes = *m_in_smem ? with : without;
-  MOEBAL_CHECK_ARG(*bytes <= limit, "probe: per-layer state needs ", *bytes, " bytes of shared memory; the device allows ",
+struct DeviceInfo {
+  int sms = 0, major = 0, max_optin_smem = 0;
+};
+
+// Per-device attributes, queried once per device.
+const DeviceInfo& device_info() {
+  static std::mutex mu;
+  static DeviceInfo info[kMaxDevices];
+  static bool known[kMaxDevices] = {};
+  int dev = 0;
+  MOEBAL_CHECK_CUDA(cudaGetDevice(&dev));
+  MOEBAL_CHECK(dev >= 0 && dev < kMaxDevices, "probe: device ordinal ", dev, " beyond ", kMaxDevices);
+  std::lock_guard<std::mutex> lock(mu);
+  if (!known[dev]) {
+    MOEBAL_CHECK_CUDA(cudaDeviceGetAttribute(&info[dev].sms, cudaDevAttrMultiProcessorCount, dev));
+    MOEBAL_CHECK_CUDA(cudaDeviceGetAttribute(&info[dev].major, cudaDevAttrComputeCapabilityMajor, dev));
+    MOEBAL_CHECK_CUDA(cudaDeviceGetAttribute(&info[dev].max_optin_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    known[dev] = true;
+  }
+  return info[dev];
+}
+
+// Shared-memory bytes and state tier: everything in shared memory if it fits, else the counts read
+// from global memory, else m/loc in the global workspace too.
+void plan_smem(const core::ProbeConfig& c, size_t* bytes, int* tier) {
+  const size_t limit = static_cast<size_t>(device_info().max_optin_smem);
+  for (int t = kStateAll; t >= kStateGlobal; --t) {
+    *tier = t;
+    *bytes = carve(nullptr, c.num_ranks, c.num_experts, c.max_extra_slots, c.max_iters, c.num_slots, t).bytes;
+    if (*bytes <= limit) return;
+  }
+  MOEBAL_CHECK_ARG(false, "probe: per-layer state needs ", *bytes, " bytes of shared memory; the device allows ",
                    limit, " (reduce max_iters, max_extra_slots or num_experts)");
 }
 
 // The kernel's dynamic shared-memory limit is a per-device attribute: raise it once per device and
 // size (monotonically), outside any graph capture the caller may start later.
-void raise_smem_limit(int bytes) {
+void (*plan_kernel(int tier))(KernelArgs) {
+  return tier == kStateAll ? probe_plan_kernel<kStateAll>
+                           : tier == kStateShared ? probe_plan_kernel<kStateShared> : probe_plan_kernel<kStateGlobal>;
+}
+
+void raise_smem_limit(int tier, int bytes) {
   if (bytes <= 48 * 1024) return;
   static std::mutex mu;
-  static int configured[kMaxDevices] = {};
+  static int configured[kMaxDevices][3] = {};
   int dev = 0;
   MOEBAL_CHECK_CUDA(cudaGetDevice(&dev));
   MOEBAL_CHECK(dev >= 0 && dev < kMaxDevices, "probe: device ordinal ", dev, " beyond ", kMaxDevices);
   std::lock_guard<std::mutex> lock(mu);
-  if (bytes <= configured[dev]) return;
-  MOEBAL_CHECK_CUDA(cudaFuncSetAttribute(probe_plan_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  configured[dev] = bytes;
+  if (bytes <= configured[dev][tier]) return;
+  MOEBAL_CHECK_CUDA(cudaFuncSetAttribute(plan_kernel(tier), cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  configured[dev][tier] = bytes;
+}
+
+size_t gws_bytes(const core::ProbeConfig& cfg, int32_t num_layers, int tier) {
+  return tier == kStateGlobal
+             ? static_cast<size_t>(num_layers) * 2 * sizeof(int32_t) * cfg.num_ranks * cfg.num_experts
+             : 0;
+}
+
+size_t moves_bytes(const core::ProbeConfig& cfg, int32_t num_layers) {
+  return static_cast<size_t>(num_layers) * sizeof(int32_t) * moves_stride(cfg.num_ranks, cfg.max_iters);
 }
 
 }  // namespace
@@ -451,9 +701,9 @@ size_t probe_plan_workspace_bytes(const core::ProbeConfig& cfg, int32_t num_laye
   cfg.validate();
   MOEBAL_CHECK_ARG(num_layers >= 0, "probe: num_layers must be >= 0, got ", num_layers);
   size_t bytes = 0;
-  bool m_in_smem = true;
-  plan_smem(cfg, &bytes, &m_in_smem);
-  return m_in_smem ? 0 : static_cast<size_t>(num_layers) * 2 * sizeof(int32_t) * cfg.num_ranks * cfg.num_experts;
+  int tier = kStateAll;
+  plan_smem(cfg, &bytes, &tier);
+  return moves_bytes(cfg, num_layers) + gws_bytes(cfg, num_layers, tier);
 }
 
 void probe_plan(const core::ProbeConfig& cfg, int32_t num_layers, const core::ProbeInputs& in,
@@ -468,13 +718,14 @@ void probe_plan(const core::ProbeConfig& cfg, int32_t num_layers, const core::Pr
                    "probe: the sparse quota (quota_entries, num_quota_entries) is CPU only; use the dense quota on "
                    "the GPU, or moebal::core::probe_plan");
   size_t smem_bytes = 0;
-  bool m_in_smem = true;
-  plan_smem(cfg, &smem_bytes, &m_in_smem);
-  const size_t need = m_in_smem ? 0 : static_cast<size_t>(num_layers) * 2 * sizeof(int32_t) * cfg.num_ranks * cfg.num_experts;
-  MOEBAL_CHECK_ARG(need == 0 || (workspace != nullptr && workspace_bytes >= need), "probe: workspace of ",
-                   workspace_bytes, " bytes is too small; probe_plan_workspace_bytes() = ", need);
+  int tier = kStateAll;
+  plan_smem(cfg, &smem_bytes, &tier);
+  const size_t mvb = moves_bytes(cfg, num_layers), need = mvb + gws_bytes(cfg, num_layers, tier);
+  MOEBAL_CHECK_ARG(workspace != nullptr && workspace_bytes >= need, "probe: workspace of ", workspace_bytes,
+                   " bytes is too small; probe_plan_workspace_bytes() = ", need);
+  MOEBAL_CHECK_ARG((reinterpret_cast<uintptr_t>(workspace) & 15) == 0, "probe: workspace must be 16-byte aligned");
 
-  raise_smem_limit(static_cast<int>(smem_bytes));
+  raise_smem_limit(tier, static_cast<int>(smem_bytes));
   KernelArgs a{};
   a.R = cfg.num_ranks;
   a.E = cfg.num_experts;
@@ -491,15 +742,52 @@ void probe_plan(const core::ProbeConfig& cfg, int32_t num_layers, const core::Pr
   a.fixed_us = in.fixed_us;
   a.us_per_token = in.us_per_token;
   a.window_us = in.window_us;
-  a.quota = out.quota;
   a.replica_expert = out.replica_expert;
   a.replica_src = out.replica_src;
   a.rank_time_us = out.rank_time_us;
   a.rank_tokens = out.rank_tokens;
   a.stats = out.stats;
-  a.gws = m_in_smem ? nullptr : static_cast<int32_t*>(workspace);
-  probe_plan_kernel<<<num_layers, kThreads, smem_bytes, stream>>>(a);
+  a.moves = out.quota ? static_cast<int32_t*>(workspace) : nullptr;
+  a.moves_stride = moves_stride(a.R, a.K);
+  a.gws = tier == kStateGlobal ? reinterpret_cast<int32_t*>(static_cast<unsigned char*>(workspace) + mvb) : nullptr;
+  plan_kernel(tier)<<<num_layers, kThreads, smem_bytes, stream>>>(a);
   MOEBAL_CHECK_LAUNCH();
+  if (out.quota == nullptr) return;
+
+  // The dense quota over the whole GPU: about four blocks per SM in all, at most kQuotaMaxTile
+  // experts per block.
+  const DeviceInfo& dev = device_info();
+  QuotaArgs q{};
+  q.R = a.R;
+  q.E = a.E;
+  q.num_slots = a.num_slots;
+  q.spg = a.spg;
+  q.rpn = a.rpn;
+  q.K = a.K;
+  const int64_t want = std::max<int64_t>(1, (4 * static_cast<int64_t>(dev.sms) + num_layers - 1) / num_layers);
+  const int64_t tiles0 = std::min<int64_t>(want, a.E);
+  q.tile = static_cast<int>(std::min<int64_t>(kQuotaMaxTile, (a.E + tiles0 - 1) / tiles0));
+  q.tiles = (a.E + q.tile - 1) / q.tile;
+  q.lanes = 1;
+  while (q.lanes < 32 && q.lanes < a.R) q.lanes *= 2;
+  q.counts = in.counts;
+  q.phy2log = in.phy2log;
+  q.moves = a.moves;
+  q.moves_stride = a.moves_stride;
+  q.quota = out.quota;
+  const int64_t blocks = static_cast<int64_t>(q.tiles) * num_layers;
+  MOEBAL_CHECK_ARG(blocks <= 0x7fffffff, "probe: ", num_layers, " layers need too many quota blocks");
+  cudaLaunchConfig_t lc{};
+  lc.gridDim = dim3(static_cast<unsigned>(blocks));
+  lc.blockDim = dim3(kQuotaThreads);
+  lc.dynamicSmemBytes = 0;
+  lc.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  lc.attrs = attr;
+  lc.numAttrs = dev.major >= 9 ? 1 : 0;  // programmatic dependent launch: sm_90 and newer
+  MOEBAL_CHECK_CUDA(cudaLaunchKernelEx(&lc, probe_quota_kernel, q));
 }
 
 }  // namespace moebal::cuda

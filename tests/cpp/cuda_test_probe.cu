@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <limits>
 #include <tuple>
 #include <vector>
@@ -36,8 +37,10 @@ void download(std::vector<T>& h, const T* d, cudaStream_t s) {
   if (!h.empty()) MOEBAL_CHECK_CUDA(cudaMemcpyAsync(h.data(), d, sizeof(T) * h.size(), cudaMemcpyDeviceToHost, s));
 }
 
-// Runs the CUDA planner on a case; `graph` captures the launch into a CUDA graph and replays it.
-ProbePlanOut run_gpu(const ProbeCase& c, bool graph = false) {
+// Runs the CUDA planner on a case; `graph` captures the launch into a CUDA graph and replays it;
+// `no_quota` passes a null quota (the plan alone: one kernel instead of two), and the quota comes
+// back all -7 as the CPU's ProbePlanOut starts.
+ProbePlanOut run_gpu(const ProbeCase& c, bool graph = false, bool no_quota = false) {
   cudaStream_t s;
   MOEBAL_CHECK_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   moebal::core::ProbeInputs in{upload(c.counts, s), upload(c.phy2log, s), upload(c.fixed_us, s),
@@ -49,9 +52,13 @@ ProbePlanOut run_gpu(const ProbeCase& c, bool graph = false) {
   const size_t wsb = moebal::cuda::probe_plan_workspace_bytes(c.cfg, c.L);
   void* ws = nullptr;
   if (wsb) MOEBAL_CHECK_CUDA(cudaMalloc(&ws, wsb));
+  if (no_quota) {
+    cudaFree(out.quota);
+    out.quota = nullptr;
+  }
   if (graph) {
     moebal::cuda::probe_plan(c.cfg, c.L, in, out, ws, wsb, s);  // sets the smem attribute
-    MOEBAL_CHECK_CUDA(cudaMemsetAsync(out.quota, 0x5b, sizeof(int32_t) * h.quota.size(), s));
+    if (out.quota) MOEBAL_CHECK_CUDA(cudaMemsetAsync(out.quota, 0x5b, sizeof(int32_t) * h.quota.size(), s));
     cudaGraph_t g;
     cudaGraphExec_t ge;
     MOEBAL_CHECK_CUDA(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
@@ -65,7 +72,7 @@ ProbePlanOut run_gpu(const ProbeCase& c, bool graph = false) {
   } else {
     moebal::cuda::probe_plan(c.cfg, c.L, in, out, ws, wsb, s);
   }
-  download(h.quota, out.quota, s);
+  if (out.quota) download(h.quota, out.quota, s);
   download(h.replica_expert, out.replica_expert, s);
   download(h.replica_src, out.replica_src, s);
   download(h.rank_time_us, out.rank_time_us, s);
@@ -128,6 +135,28 @@ INSTANTIATE_TEST_SUITE_P(Shapes, ProbeCuda,
                                            // R * E beyond shared memory: state in the global workspace
                                            std::make_tuple(64, 1000, 0, 8, 2)));
 
+// One layer per launch, the online planner's case (the quota grid then has the most blocks per
+// layer), with and without the dense quota, and with k_max = 0 (the initial assignment only).
+TEST(ProbeCudaSingleLayer, SamePlanAsCpu) {
+  if (moebal::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  for (const int R : {8, 32, 64}) {
+    for (const int copies : {0, 1}) {
+      for (int i = 0; i < 4; ++i) {
+        const uint32_t seed = static_cast<uint32_t>(77 + 1000 * R + 100 * copies + i);
+        ProbeCase c = moebal_test::make_probe_case(seed, R, 256, 1, copies, 8, 3, i == 3 ? 0 : 16);
+        const ProbePlanOut cpu = run_cpu(c);
+        expect_same(run_gpu(c), cpu, seed);
+        if (HasFatalFailure()) return;
+        ProbePlanOut lean = run_gpu(c, /*graph=*/i == 1, /*no_quota=*/true);
+        ASSERT_TRUE(std::all_of(lean.quota.begin(), lean.quota.end(), [](int32_t q) { return q == -7; }));
+        lean.quota = cpu.quota;
+        expect_same(lean, cpu, seed);
+        if (HasFatalFailure()) return;
+      }
+    }
+  }
+}
+
 TEST(ProbeCudaGraph, CapturedLaunchGivesTheSamePlan) {
   if (moebal::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
   const ProbeCase c = moebal_test::make_probe_case(99, 8, 256, 58, 0, 0);
@@ -166,6 +195,15 @@ TEST(ProbeCudaInput, ConfigErrorsThrowBeforeLaunch) {
   c.cfg.max_extra_slots = 3;
   // stats is required on the GPU
   EXPECT_THROW(moebal::cuda::probe_plan(c.cfg, 1, c.inputs(), {}, nullptr, 0, nullptr), moebal::ValueError);
+  // the workspace (the move lists the quota grid reads) is required and checked against its size
+  const size_t wsb = moebal::cuda::probe_plan_workspace_bytes(c.cfg, 2);
+  EXPECT_GT(wsb, moebal::cuda::probe_plan_workspace_bytes(c.cfg, 1));
+  moebal::core::ProbeOutputs out{};
+  int32_t stats[2 * moebal::core::kProbeNumStats];
+  out.stats = stats;  // never dereferenced: the checks throw before the launch
+  EXPECT_THROW(moebal::cuda::probe_plan(c.cfg, 2, c.inputs(), out, nullptr, wsb, nullptr), moebal::ValueError);
+  alignas(16) static unsigned char small[16];
+  EXPECT_THROW(moebal::cuda::probe_plan(c.cfg, 2, c.inputs(), out, small, wsb - 1, nullptr), moebal::ValueError);
 }
 
 }  // namespace

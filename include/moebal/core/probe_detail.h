@@ -129,7 +129,11 @@ MOEBAL_PROBE_HD int64_t water_fill(int64_t Tb, int64_t Td, int64_t mb, int64_t m
   const int64_t s = bb + bd;
   int64_t xe;
   if (s > 0) {
-    xe = Tb > c ? (Tb - c) / s : 0;
+    // Times are picoseconds, almost always below 2^32: the 32-bit division is exact there and much
+    // cheaper than the 64-bit one on the GPU (where it sits on the planner's critical path).
+    const uint64_t num = Tb > c ? static_cast<uint64_t>(Tb - c) : 0, den = static_cast<uint64_t>(s);
+    xe = ((num | den) >> 32) == 0 ? static_cast<int64_t>(static_cast<uint32_t>(num) / static_cast<uint32_t>(den))
+                                  : static_cast<int64_t>(num / den);
   } else {
     xe = Tb >= c ? pool : 0;
   }

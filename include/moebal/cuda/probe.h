@@ -12,13 +12,18 @@
 
 namespace moebal::cuda {
 
-/// Bytes of global workspace probe_plan needs for num_layers layers on the current device: 0 when
-/// a layer's state fits in one block's shared memory (R * E <= about 24K on H100), otherwise
-/// 8 * R * E bytes per layer. Validates cfg (throws moebal::ValueError).
+/// Bytes of global workspace probe_plan needs for num_layers layers on the current device: per
+/// layer, the move list the quota grid reads (4 (2 + 3 k_max + R k_max) bytes, rounded up to 16),
+/// plus 8 * R * E bytes when a layer's state does not fit in one block's shared memory (R * E above
+/// about 26K on H100). Validates cfg (throws moebal::ValueError).
 size_t probe_plan_workspace_bytes(const core::ProbeConfig& cfg, int32_t num_layers);
 
 /// Plans num_layers layers, one thread block each. `in` and `out` hold DEVICE pointers with the
-/// layouts documented in moebal/core/probe.h; every output pointer except stats may be null.
+/// layouts documented in moebal/core/probe.h; every output pointer except stats may be null. With a
+/// dense quota a second, GPU-wide grid writes it (on sm_90 a programmatic dependent launch that
+/// writes the plan-independent default split while the planner runs); without one (quota null)
+/// the plan is a single kernel, the lowest latency. `workspace` (16-byte aligned, at least
+/// probe_plan_workspace_bytes(cfg, num_layers) bytes) is required.
 /// stats is required: the kernel cannot throw, so input values it finds invalid (negative counts,
 /// phy2log ids out of range, experts without a copy, bad model times or windows) are reported as
 /// kProbeBad* bits in stats[l * kProbeNumStats + kProbeStatStatus]; such a layer gets an all-zero
