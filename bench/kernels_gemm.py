@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -90,6 +91,21 @@ def previous_kernel(rows, experts):
     return "hopper_small_m" if per_group <= 4 else "hopper_medium_m" if per_group <= 24 else "hopper_large_m"
 
 
+def with_env(name, value, fn):
+    """fn run with the environment variable set (the library reads it at each call)."""
+    def run():
+        old = os.environ.get(name)
+        os.environ[name] = value
+        try:
+            return fn()
+        finally:
+            if old is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = old
+    return run
+
+
 def grouped_mm_fn():
     f = getattr(torch.nn.functional, "grouped_mm", None)
     return f if f is not None else torch._grouped_mm
@@ -150,10 +166,9 @@ def bench_case(model, tokens, zipf, bw, peak, gen, variants):
                                 time_us=t * 1e6, tflops=flops / t / 1e12,
                                 tbps=bytes_ / t / 1e12, floor_us=floor * 1e6, frac_floor=floor / t))
         del a
-    # Whole expert FFN: moebal (decode: gate/up GEMM with SiLU(gate)*up in its epilogue, down GEMM;
-    # otherwise gate GEMM, up GEMM with SiLU(gate)*up in its epilogue, down GEMM) vs torch
-    # (grouped_mm, silu*mul, grouped_mm) and vs moebal's GEMMs around torch's activation (the
-    # unfused composition the CUTLASS path ran before the SwiGLU epilogue).
+    # Whole expert FFN: moebal vs torch (grouped_mm, silu*mul, grouped_mm); with the "activation"
+    # variant also both non-decode forms forced: SiLU(gate)*up in the up GEMM's epilogue after a gate
+    # GEMM, or one w13 GEMM and a separate activation kernel.
     w13, w2 = weights["w13"], weights["w2"]
     flops = 2.0 * rows * 3 * ffn * hidden
     bytes_ = active * 3 * ffn * hidden * 2 + rows * 2 * hidden * 2
@@ -164,12 +179,12 @@ def bench_case(model, tokens, zipf, bw, peak, gen, variants):
         act = torch.nn.functional.silu(h[:, :ffn]) * h[:, ffn:]
         return gmm(act, w2.transpose(1, 2), offs=ends)
     ref = torch_ffn()
-    def unfused_ffn():
-        h = gemm_ops.grouped_gemm(x, w13, offs)
-        act = torch.nn.functional.silu(h[:, :ffn]) * h[:, ffn:]
-        return gemm_ops.grouped_gemm(act, w2, offs)
-    ffn_fns = {"torch_ffn": torch_ffn, "moebal_expert_ffn": lambda: gemm_ops.expert_ffn(x, w13, w2, offs),
-               "moebal_ffn_unfused": unfused_ffn}
+    ffn_fns = {"torch_ffn": torch_ffn, "moebal_expert_ffn": lambda: gemm_ops.expert_ffn(x, w13, w2, offs)}
+    if "activation" in variants:  # both non-decode FFN forms, forced (docs/gemm.md)
+        ffn_fns["moebal_ffn_epilogue"] = with_env("MOEBAL_FFN_SWIGLU_EPILOGUE", "1",
+                                                  lambda: gemm_ops.expert_ffn(x, w13, w2, offs))
+        ffn_fns["moebal_ffn_separate"] = with_env("MOEBAL_FFN_SWIGLU_EPILOGUE", "0",
+                                                  lambda: gemm_ops.expert_ffn(x, w13, w2, offs))
     if "forced" in variants:
         prev = previous_kernel(rows, experts)
         ffn_fns["moebal_ffn_skinny_fused"] = lambda: gemm_ops.expert_ffn(x, w13, w2, offs, kernel="skinny")
@@ -197,7 +212,8 @@ def main(argv=None):
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--tokens", default=",".join(map(str, TOKENS)))
     ap.add_argument("--routing", default="balanced,zipf")
-    ap.add_argument("--variants", default="forced,loop", help="extra variants: forced (per-kernel), loop")
+    ap.add_argument("--variants", default="forced,loop,activation",
+                    help="extra variants: forced (per-kernel), loop, activation (both FFN forms)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     global _flush_buf

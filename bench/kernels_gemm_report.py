@@ -64,26 +64,26 @@ def main(path):
 
 
 def activation(by):
-    """The FFN's SwiGLU: moebal's FFN against its own two GEMMs alone and against the unfused composition."""
+    """The FFN's two non-decode forms against moebal's two GEMMs alone (rows with the activation variant)."""
     rows = []
     for (model, tokens, routing, op), d in sorted(by.items()):
         w13, w2 = by.get((model, tokens, routing, "w13"), {}), by.get((model, tokens, routing, "w2"), {})
-        fused, unfused = d.get("moebal_expert_ffn"), d.get("moebal_ffn_unfused")
-        if op != "ffn" or fused is None or unfused is None or "moebal_auto" not in w13 or "moebal_auto" not in w2:
+        auto, epi, sep = d.get("moebal_expert_ffn"), d.get("moebal_ffn_epilogue"), d.get("moebal_ffn_separate")
+        if op != "ffn" or None in (auto, epi, sep) or "moebal_auto" not in w13 or "moebal_auto" not in w2:
             continue
         gemms = w13["moebal_auto"]["time_us"] + w2["moebal_auto"]["time_us"]
-        rows.append((model, tokens, routing, gemms, fused["time_us"], unfused["time_us"]))
+        rows.append((model, tokens, routing, gemms, auto["time_us"], epi["time_us"], sep["time_us"]))
     if not rows:
         return
-    print("\nExpert FFN activation (same process): `FFN` = moebal expert_ffn (SiLU(gate) * up in a GEMM epilogue); "
-          "`unfused` = moebal's w13 GEMM, torch silu * mul, moebal's w2 GEMM; `GEMMs` = the w13 + w2 rows above "
-          "(auto kernel, no activation). Overhead = time over `GEMMs`.\n")
-    print("| model | T | routing | GEMMs us | FFN us | overhead | unfused us | overhead | unfused / FFN |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
-    for model, tokens, routing, gemms, fused, unfused in rows:
-        print(f"| {model} | {tokens} | {routing} | {gemms:.1f} | {fused:.1f} | {fused / gemms - 1:+.1%} | "
-              f"{unfused:.1f} | {unfused / gemms - 1:+.1%} | {unfused / fused:.2f} |")
-
+    print("\nExpert FFN activation (same process): `epilogue` = gate GEMM, up GEMM with SiLU(gate) * up in its "
+          "epilogue, down GEMM; `separate` = one w13 GEMM, a SiLU(gate) * up kernel, down GEMM (both forced with "
+          "MOEBAL_FFN_SWIGLU_EPILOGUE); `auto` = the default choice; `GEMMs` = the w13 + w2 rows above (auto "
+          "kernel, no activation). Percentages: time over `GEMMs`.\n")
+    print("| model | T | routing | GEMMs us | auto us | epilogue us | | separate us | | separate / epilogue |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for model, tokens, routing, gemms, auto, epi, sep in rows:
+        print(f"| {model} | {tokens} | {routing} | {gemms:.1f} | {auto:.1f} | {epi:.1f} | {epi / gemms - 1:+.1%} | "
+              f"{sep:.1f} | {sep / gemms - 1:+.1%} | {sep / epi:.2f} |")
 
 def skinny(path):
     """Skinny decode kernel vs the best forced CUTLASS kernel and grouped_mm; FFN fused vs previous vs torch."""

@@ -1,7 +1,8 @@
 // Grouped expert GEMM front end: argument checks, kernel choice, the portable WMMA kernel, and
 // the expert FFN: at decode the skinny or gemv gate/up GEMM with SiLU(gate) * up in its epilogue
 // followed by the down GEMM on the same kernel; otherwise a gate GEMM, an up GEMM with
-// SiLU(gate) * up in its epilogue, and the down GEMM.
+// SiLU(gate) * up in its epilogue and the down GEMM, or (where that measured slower) one gate/up
+// GEMM, a separate SiLU(gate) * up pass and the down GEMM.
 #include <mma.h>
 
 #include <algorithm>
@@ -149,6 +150,31 @@ void portable_grouped_gemm(const GroupedGemmProblem& p, cudaStream_t stream) {
                   static_cast<unsigned>(std::min<int64_t>(std::max<int64_t>(z, 1), 65535)));
   portable_grouped_gemm_kernel<<<grid, kWarps * 32, 0, stream>>>(p);
   MOEBAL_CHECK_LAUNCH();
+}
+
+// a[r, c] = silu(h[r, c]) * h[r, ffn + c], 8 bf16 per thread, fp32 math.
+__global__ void silu_mul_kernel(const __nv_bfloat16* __restrict__ h, __nv_bfloat16* __restrict__ a,
+                                int64_t rows, int64_t ffn) {
+  const int64_t chunks_per_row = ffn / 8;
+  const int64_t total = rows * chunks_per_row;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
+    const int64_t r = i / chunks_per_row, c = (i % chunks_per_row) * 8;
+    const uint4 gv = *reinterpret_cast<const uint4*>(h + r * 2 * ffn + c);
+    const uint4 uv = *reinterpret_cast<const uint4*>(h + r * 2 * ffn + ffn + c);
+    const __nv_bfloat162* g2 = reinterpret_cast<const __nv_bfloat162*>(&gv);
+    const __nv_bfloat162* u2 = reinterpret_cast<const __nv_bfloat162*>(&uv);
+    uint4 out;
+    __nv_bfloat162* o2 = reinterpret_cast<__nv_bfloat162*>(&out);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float2 gf = __bfloat1622float2(g2[e]);
+      const float2 uf = __bfloat1622float2(u2[e]);
+      const float s0 = gf.x / (1.0f + __expf(-gf.x)), s1 = gf.y / (1.0f + __expf(-gf.y));
+      o2[e] = __floats2bfloat162_rn(s0 * uf.x, s1 * uf.y);
+    }
+    *reinterpret_cast<uint4*>(a + r * ffn + c) = out;
+  }
 }
 
 struct DeviceInfo {
@@ -310,6 +336,26 @@ void run_grouped(GroupedGemmKernel kernel, const DeviceInfo& d, const GroupedGem
 
 size_t align256(size_t v) { return (v + 255) / 256 * 256; }
 
+// Expert FFN off the decode kernels: SiLU(gate) * up in the up GEMM's epilogue (gate and up as two
+// GEMMs over the halves of w13), or one w13 GEMM plus a separate activation pass. The epilogue form
+// saves writing and re-reading the [rows, 2 * ffn] gate/up tensor (4 * ffn bytes per row) and a
+// launch, but pays a second GEMM's launch and wave tail, two N = ffn GEMMs instead of one
+// N = 2 * ffn, and the epilogue's gate loads. Both forced on the H100 over the four bench models at
+// 16-16384 tokens (bench/results/swiglu.md): the epilogue form was 1.03-1.04x faster only for
+// DeepSeek-V3 (hidden 7168, large_m tiles) at 4096 and 16384 tokens, tied for GPT-OSS-120B and at
+// decode, and 4-11% slower for Mixtral-8x7B at 128 and 4096 tokens and Qwen3-30B-A3B at 1024-4096.
+// Hence the epilogue form on large_m tiles with hidden >= 6144 and >= 16384 rows, the separate pass
+// elsewhere. MOEBAL_FFN_SWIGLU_EPILOGUE=1 / 0 forces either (benchmarks).
+constexpr int64_t kSwigluEpilogueMinHidden = 6144;
+constexpr int64_t kSwigluEpilogueMinRows = 16384;
+
+bool swiglu_epilogue(GroupedGemmKernel kernel, int64_t total_rows, int64_t hidden) {
+  const int forced = detail::tuning_env_int("MOEBAL_FFN_SWIGLU_EPILOGUE", -1);
+  if (forced >= 0) return forced != 0;
+  return kernel == GroupedGemmKernel::kHopperLargeM && hidden >= kSwigluEpilogueMinHidden &&
+         total_rows >= kSwigluEpilogueMinRows;
+}
+
 }  // namespace
 
 const char* to_string(GroupedGemmKernel kernel) {
@@ -356,9 +402,11 @@ void grouped_gemm_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bflo
 size_t expert_ffn_workspace_bytes(int num_groups, int64_t total_rows, int64_t ffn) {
   MOEBAL_CHECK_ARG(total_rows >= 0, "expert_ffn_workspace_bytes: total_rows must be >= 0, got ", total_rows);
   MOEBAL_CHECK_ARG(ffn > 0, "expert_ffn_workspace_bytes: ffn must be > 0, got ", ffn);
-  // gate [rows, ffn] and act [rows, ffn] (the decode kernels use act only) + the GEMM workspace.
+  // h [rows, 2 * ffn] (the separate-activation path; the SwiGLU-epilogue path puts gate [rows, ffn]
+  // there), act [rows, ffn] (the decode kernels use act only), the GEMM workspace.
+  const size_t h = align256(static_cast<size_t>(total_rows) * 2 * ffn * sizeof(__nv_bfloat16));
   const size_t a = align256(static_cast<size_t>(total_rows) * ffn * sizeof(__nv_bfloat16));
-  return 2 * a + grouped_gemm_workspace_bytes(num_groups);
+  return h + a + grouped_gemm_workspace_bytes(num_groups);
 }
 
 void expert_ffn_bf16_with(GroupedGemmKernel kernel, const __nv_bfloat16* x, const __nv_bfloat16* w13,
@@ -398,24 +446,34 @@ void expert_ffn_bf16_with(GroupedGemmKernel kernel, const __nv_bfloat16* x, cons
     return;
   }
 
-  // Three launches: the gate GEMM into gate [rows, ffn]; the up GEMM with silu(gate) * up in its
-  // epilogue into act [rows, ffn]; the down GEMM. Each w13 half is addressed with a group stride of
-  // 2 * ffn * hidden, so no [rows, 2 * ffn] tensor is written or read back.
+  const size_t h_bytes = align256(static_cast<size_t>(total_rows) * 2 * ffn * sizeof(__nv_bfloat16));
   const size_t a_bytes = align256(static_cast<size_t>(total_rows) * ffn * sizeof(__nv_bfloat16));
-  auto* gate = reinterpret_cast<__nv_bfloat16*>(ws);
-  auto* act = reinterpret_cast<__nv_bfloat16*>(ws + a_bytes);
-  void* gemm_ws = ws + 2 * a_bytes;
-  const size_t gemm_bytes = workspace_bytes - 2 * a_bytes;
-  const int64_t w13_stride = 2 * ffn * hidden;
-  GroupedGemmProblem gate_p{x, w13, gate, offsets, num_groups, total_rows, ffn, hidden, d.sm_count};
-  gate_p.w_group_stride = w13_stride;
-  GroupedGemmProblem up_p{x, w13 + ffn * hidden, act, offsets, num_groups, total_rows, ffn, hidden, d.sm_count};
-  up_p.w_group_stride = w13_stride;
-  up_p.c = gate;
-  run_grouped(kernel, d, gate_p, gemm_ws, gemm_bytes, stream);
-  run_grouped(kernel, d, up_p, gemm_ws, gemm_bytes, stream);
-  run_grouped(kernel, d, GroupedGemmProblem{act, w2, y, offsets, num_groups, total_rows, hidden, ffn, d.sm_count},
-              gemm_ws, gemm_bytes, stream);
+  auto* h = reinterpret_cast<__nv_bfloat16*>(ws);
+  auto* act = reinterpret_cast<__nv_bfloat16*>(ws + h_bytes);
+  void* gemm_ws = ws + h_bytes + a_bytes;
+  const size_t gemm_bytes = workspace_bytes - h_bytes - a_bytes;
+  const GroupedGemmProblem down{act, w2, y, offsets, num_groups, total_rows, hidden, ffn, d.sm_count};
+  if (swiglu_epilogue(kernel, total_rows, hidden)) {
+    // The gate GEMM into gate [rows, ffn] (in h); the up GEMM with silu(gate) * up in its epilogue
+    // into act; the down GEMM. Each w13 half is addressed with a group stride of 2 * ffn * hidden.
+    const int64_t w13_stride = 2 * ffn * hidden;
+    GroupedGemmProblem gate_p{x, w13, h, offsets, num_groups, total_rows, ffn, hidden, d.sm_count};
+    gate_p.w_group_stride = w13_stride;
+    GroupedGemmProblem up_p{x, w13 + ffn * hidden, act, offsets, num_groups, total_rows, ffn, hidden, d.sm_count};
+    up_p.w_group_stride = w13_stride;
+    up_p.c = h;
+    run_grouped(kernel, d, gate_p, gemm_ws, gemm_bytes, stream);
+    run_grouped(kernel, d, up_p, gemm_ws, gemm_bytes, stream);
+  } else {
+    // One gate/up GEMM into h [rows, 2 * ffn], then silu(gate) * up into act.
+    run_grouped(kernel, d, GroupedGemmProblem{x, w13, h, offsets, num_groups, total_rows, 2 * ffn, hidden, d.sm_count},
+                gemm_ws, gemm_bytes, stream);
+    const int64_t chunks = total_rows * (ffn / 8);
+    const int blocks = static_cast<int>(std::min<int64_t>((chunks + 255) / 256, int64_t{d.sm_count} * 16));
+    silu_mul_kernel<<<blocks, 256, 0, stream>>>(h, act, total_rows, ffn);
+    MOEBAL_CHECK_LAUNCH();
+  }
+  run_grouped(kernel, d, down, gemm_ws, gemm_bytes, stream);
 }
 
 void expert_ffn_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w13, const __nv_bfloat16* w2, __nv_bfloat16* y,

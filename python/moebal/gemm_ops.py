@@ -99,8 +99,9 @@ def expert_ffn(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, offsets: to
 
     w13: bf16 ``[groups, 2 * ffn, hidden]`` (gate rows first, then up); w2: bf16 ``[groups, hidden, ffn]``.
     ``kernel`` forces the CUDA GEMM kernel of both projections: ``"skinny"`` and ``"gemv"`` run the
-    gate/up GEMM with SiLU(gate) * up fused into its epilogue (two launches), any other choice three launches
-    (GEMM, SiLU * up, GEMM). ``"auto"`` picks as :func:`grouped_gemm` does.
+    gate/up GEMM with SiLU(gate) * up fused into its epilogue (two launches); any other choice runs three
+    GEMMs (gate, up with SiLU(gate) * up in its epilogue, down) or GEMM, SiLU * up, GEMM, whichever measured
+    faster for the shape (docs/gemm.md). ``"auto"`` picks as :func:`grouped_gemm` does.
     """
     load_library()
     return torch.ops.moebal.expert_ffn(x, w13, w2, offsets, _kernel_id(kernel))

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -288,16 +289,25 @@ TEST_P(ExpertFfnCuda, MatchesHostReference) {
   MOEBAL_CHECK_CUDA(cudaMemcpyAsync(dw13.ptr, w13.data(), w13.size() * 2, cudaMemcpyHostToDevice, stream));
   MOEBAL_CHECK_CUDA(cudaMemcpyAsync(dw2.ptr, w2.data(), w2.size() * 2, cudaMemcpyHostToDevice, stream));
   MOEBAL_CHECK_CUDA(cudaMemcpyAsync(doff.ptr, offs.data(), offs.size() * 4, cudaMemcpyHostToDevice, stream));
-  // Poison the output and the workspace (which holds the activation): an unwritten element fails.
-  MOEBAL_CHECK_CUDA(cudaMemsetAsync(dy.ptr, 0xff, rows * hidden * 2, stream));
-  MOEBAL_CHECK_CUDA(cudaMemsetAsync(ws.ptr, 0xff, ws_bytes, stream));
-  moebal::cuda::expert_ffn_bf16_with(c.kernel, dx.ptr, dw13.ptr, dw2.ptr, dy.ptr, doff.ptr, groups, rows, hidden, ffn,
-                                     ws.ptr, ws_bytes, stream);
-  std::vector<__nv_bfloat16> got(rows * hidden);
-  MOEBAL_CHECK_CUDA(cudaMemcpyAsync(got.data(), dy.ptr, got.size() * 2, cudaMemcpyDeviceToHost, stream));
-  MOEBAL_CHECK_CUDA(cudaStreamSynchronize(stream));
-  // Two bf16 roundings of intermediates (gate/up, activation) plus the output.
-  EXPECT_LT(rel_error(got, want), 1.5e-2);
+  // Off the decode kernels both FFN forms run: SiLU(gate) * up in the up GEMM's epilogue ("1") and
+  // the separate activation pass ("0"); unset = the default choice.
+  const bool decode = c.kernel == GroupedGemmKernel::kSkinny || c.kernel == GroupedGemmKernel::kGemv;
+  for (const char* form : {"", "1", "0"}) {
+    if (decode && *form != '\0') continue;
+    SCOPED_TRACE(std::string("MOEBAL_FFN_SWIGLU_EPILOGUE=") + form);
+    setenv("MOEBAL_FFN_SWIGLU_EPILOGUE", form, 1);
+    // Poison the output and the workspace (which holds the activation): an unwritten element fails.
+    MOEBAL_CHECK_CUDA(cudaMemsetAsync(dy.ptr, 0xff, rows * hidden * 2, stream));
+    MOEBAL_CHECK_CUDA(cudaMemsetAsync(ws.ptr, 0xff, ws_bytes, stream));
+    moebal::cuda::expert_ffn_bf16_with(c.kernel, dx.ptr, dw13.ptr, dw2.ptr, dy.ptr, doff.ptr, groups, rows, hidden,
+                                       ffn, ws.ptr, ws_bytes, stream);
+    std::vector<__nv_bfloat16> got(rows * hidden);
+    MOEBAL_CHECK_CUDA(cudaMemcpyAsync(got.data(), dy.ptr, got.size() * 2, cudaMemcpyDeviceToHost, stream));
+    MOEBAL_CHECK_CUDA(cudaStreamSynchronize(stream));
+    // Up to two bf16 roundings of intermediates (gate/up, activation) plus the output.
+    EXPECT_LT(rel_error(got, want), 1.5e-2);
+  }
+  unsetenv("MOEBAL_FFN_SWIGLU_EPILOGUE");
   cudaStreamDestroy(stream);
 }
 
