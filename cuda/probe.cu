@@ -73,6 +73,10 @@ struct SmemLayout {
   uint32_t off[kNumArrays];  // byte offset of each array (16-byte aligned)
 };
 
+// Row pitch of m and loc in shared memory: odd, so that a column (one expert, every rank: the pair
+// search and the token split read those) falls in distinct banks.
+__host__ __device__ inline int smem_pitch(int E) { return E | 1; }
+
 // Fills the offsets and returns the total bytes; m and loc take space from kStateShared on, the
 // counts in kStateAll only.
 inline size_t smem_layout(int R, int E, int S, int K, int num_slots, int tier, SmemLayout* L) {
@@ -92,7 +96,7 @@ inline size_t smem_layout(int R, int E, int S, int K, int num_slots, int tier, S
   bytes[kMvAmt] = 4 * static_cast<size_t>(K + 1) * R;
   bytes[kEhead] = 4 * static_cast<size_t>(E);
   bytes[kP2l] = 4 * static_cast<size_t>(num_slots);
-  if (tier >= kStateShared) bytes[kM] = bytes[kLoc] = 4 * RE;
+  if (tier >= kStateShared) bytes[kM] = bytes[kLoc] = 4 * static_cast<size_t>(R) * smem_pitch(E);
   if (tier == kStateAll) bytes[kCnt] = 4 * RE;
   size_t off = 0;
   for (int i = 0; i < kNumArrays; ++i) {
@@ -264,6 +268,8 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
   const int layer = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   Smem sm = bind_smem(smem, p.lay);
   const size_t RE = static_cast<size_t>(R) * E;
+  const int ldm = kTier == kStateGlobal ? E : smem_pitch(E);  // row pitch of m and loc
+  const size_t RM = static_cast<size_t>(R) * ldm;
   if constexpr (kTier == kStateGlobal) {
     sm.m = p.gws + static_cast<size_t>(layer) * 2 * RE;
     sm.loc = sm.m + RE;
@@ -296,11 +302,11 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
     sm.node[r] = r / rpn;
     sm.nmask[r] = pd::node_mask(r, rpn);
   }
-  if (kTier != kStateGlobal && (RE & 3) == 0) {
+  if (kTier != kStateGlobal && (RM & 3) == 0) {
     int4* m4 = reinterpret_cast<int4*>(sm.m);
-    for (size_t i = tid; i < RE / 4; i += kThreads) m4[i] = make_int4(0, 0, 0, 0);
+    for (size_t i = tid; i < RM / 4; i += kThreads) m4[i] = make_int4(0, 0, 0, 0);
   } else {
-    for (size_t i = tid; i < RE; i += kThreads) sm.m[i] = 0;
+    for (size_t i = tid; i < RM; i += kThreads) sm.m[i] = 0;
   }
   // The placement, loaded with everything else (the holder masks need a barrier after the clear).
   for (int s = tid; s < p.num_slots; s += kThreads) sm.p2l[s] = __ldg(p.phy2log + static_cast<size_t>(layer) * p.num_slots + s);
@@ -365,9 +371,10 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
   __syncthreads();
 
   // 3. Locality-first initial assignment, by expert column: `tpe` threads per expert take
-  // contiguous source ranges. A single-holder expert's tokens all go to its holder (a column sum,
-  // one shared atomic per thread); a multi-holder expert's holders keep their own tokens (pinned)
-  // and the other sources split over the holders (pd::init_split, atomics only there).
+  // contiguous source ranges. A single-holder expert's tokens all go to its holder (a column sum);
+  // an expert with up to four holders splits each source's tokens (pd::init_split: holders keep
+  // their own tokens, pinned) into per-holder register sums; one shared atomic per thread and
+  // holder at the end. Only experts with more holders add every split share atomically.
   {
     int tpe = 1;
     while (tpe < 32 && 2 * tpe * E <= kThreads) tpe *= 2;
@@ -377,26 +384,42 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
       const uint64_t h = sm.native[e];
       if (h == 0) status |= core::kProbeBadPlacement;
       const bool single = h != 0 && (h & (h - 1)) == 0;
-      int64_t sum = 0;
+      const bool few = !single && h != 0 && pd::popcount64(h) <= 4;
+      int64_t acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;  // per holder of e, ascending rank
+      int32_t* col = sm.m + e;
       for (int s = s0; s < s1; ++s) {
-        const size_t i = static_cast<size_t>(s) * E + e;
-        const int32_t n = cnt[i];
+        const int32_t n = cnt[static_cast<size_t>(s) * E + e];
         const bool mine = ((h >> s) & 1) != 0;
-        sm.loc[i] = (mine && n > 0) ? n : 0;
+        sm.loc[static_cast<size_t>(s) * ldm + e] = (mine && n > 0) ? n : 0;
         if (h == 0 || n <= 0) continue;
         if (single) {
-          sum += n;
-        } else if (mine) {
-          atomicAdd(&sm.m[i], n);
+          acc0 += n;
+        } else if (few) {
+          pd::init_split(n, h, s, sm.nmask[s], [&](int r, int64_t v) {
+            const int ix = pd::popcount64(h & ((uint64_t(1) << r) - 1));
+            acc0 += ix == 0 ? v : 0;
+            acc1 += ix == 1 ? v : 0;
+            acc2 += ix == 2 ? v : 0;
+            acc3 += ix == 3 ? v : 0;
+          });
         } else {
-          int32_t* col = sm.m + e;
-          pd::init_split(n, h, s, sm.nmask[s], [col, E](int r, int64_t v) {
-            if (v) atomicAdd(&col[static_cast<size_t>(r) * E], static_cast<int32_t>(v));
+          pd::init_split(n, h, s, sm.nmask[s], [col, ldm](int r, int64_t v) {
+            if (v) atomicAdd(&col[static_cast<size_t>(r) * ldm], static_cast<int32_t>(v));
           });
         }
       }
       // A sum above INT32_MAX means a layer total above it: flagged below, the plan is dropped.
-      if (sum) atomicAdd(&sm.m[static_cast<size_t>(pd::ctz64(h)) * E + e], static_cast<int32_t>(sum));
+      if (single || few) {
+        const int64_t acc[4] = {acc0, acc1, acc2, acc3};
+        uint64_t hh = h;
+#pragma unroll
+        for (int ix = 0; ix < 4; ++ix) {
+          if (hh == 0) break;
+          const int r = pd::ctz64(hh);
+          hh &= hh - 1;
+          if (acc[ix]) atomicAdd(&col[static_cast<size_t>(r) * ldm], static_cast<int32_t>(acc[ix]));
+        }
+      }
     }
   }
   my_total = static_cast<uint64_t>(warp_sum(static_cast<int64_t>(my_total)));
@@ -456,7 +479,7 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
       int64_t t = 0, n = 0;
       if (r < R) {
         const int64_t a = sm.a[r], b = sm.b[r];
-        const int32_t* row = sm.m + static_cast<size_t>(r) * E;
+        const int32_t* row = sm.m + static_cast<size_t>(r) * ldm;
 #pragma unroll 8
         for (int e = c; e < E; e += tpr) {
           const int64_t v = row[e];
@@ -479,7 +502,8 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
   // 5. The loop. Warp 0 keeps the per-rank times in registers (lane l: ranks l and l + 32) and
   // finds the next bottleneck with warp reductions while warps 1 and 2 apply the move; the shared
   // copy serves the pair evaluation.
-  const pd::View v{R, E, S, rpn, sm.native, sm.extra, sm.m, sm.loc, sm.T, sm.a, sm.b, sm.win, sm.in, sm.out,
+  // (for pd::pick_source only: m and loc, rows of pitch ldm here, stay out of the view)
+  const pd::View v{R, E, S, rpn, sm.native, sm.extra, nullptr, nullptr, sm.T, sm.a, sm.b, sm.win, sm.in, sm.out,
                    sm.slots, sm.node, p.t_intra, p.t_inter, p.min_gain};
   int64_t t0 = lane < R ? sm.T[lane] : -1, t1 = lane + 32 < R ? sm.T[lane + 32] : -1;
   // While every time is below 2^31 ps (2.1 ms; always, in practice) the gains (never above the
@@ -520,9 +544,9 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
       // pd::eval_pair with the window test on holder masks (the same answer as pd::pick_source >= 0:
       // a native holder on d's node with both intra-node budgets, or one elsewhere with both
       // inter-node budgets).
-      const int32_t mb = sm.m[static_cast<size_t>(bn) * E + e], lb = sm.loc[static_cast<size_t>(bn) * E + e];
+      const int32_t mb = sm.m[static_cast<size_t>(bn) * ldm + e], lb = sm.loc[static_cast<size_t>(bn) * ldm + e];
       const uint64_t hn = sm.native[e], hx = sm.extra[e];
-      const int32_t md = sm.m[static_cast<size_t>(d) * E + e];
+      const int32_t md = sm.m[static_cast<size_t>(d) * ldm + e];
       const int64_t Td = sm.T[d], ad = sm.a[d], bdd = sm.b[d];
       const uint64_t dnode = sm.nmask[d];
       const int32_t pool = mb - lb;
@@ -594,8 +618,8 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
       small = small && nTb < kSmallPs && nTd < kSmallPs;
       const int next_bn = small ? warp_argmax_small(t0, t1, lane) : warp_argmax(t0, t1, lane);
       if (lane == 0) {
-        sm.m[static_cast<size_t>(bn) * E + e] = static_cast<int32_t>(mb - mx);
-        sm.m[static_cast<size_t>(d) * E + e] = static_cast<int32_t>(md + mx);
+        sm.m[static_cast<size_t>(bn) * ldm + e] = static_cast<int32_t>(mb - mx);
+        sm.m[static_cast<size_t>(d) * ldm + e] = static_cast<int32_t>(md + mx);
         sm.T[bn] = nTb;
         sm.T[d] = nTd;
         sm.tok[bn] -= mx;
@@ -628,7 +652,7 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
       for (int hh = 0; hh < 2; ++hh) {
         const int s = lane + 32 * hh;
         if (s < R) row[s] = amt[hh];
-        if (s == d) sm.loc[static_cast<size_t>(d) * E + e] += amt[hh];
+        if (s == d) sm.loc[static_cast<size_t>(d) * ldm + e] += amt[hh];
       }
       __syncwarp();  // every lane has walked e's move list before lane 0 extends it
       if (lane == 0) {
