@@ -6,9 +6,11 @@
 // decision uses the integer helpers of probe_detail.h that the CPU reference also uses, and the best
 // move of an iteration is the maximum of a strict total order, so the parallel search picks exactly
 // the pair the CPU search picks. The block is built for latency (an online planner pays it per
-// layer): each iteration is two block barriers apart, every warp finds the best pair and the next
-// bottleneck itself (warp reductions on registers, no serial scans), warp 0 splits the tokens with
-// warp scans and applies the move while the other warps run ahead to the next barrier.
+// layer): each iteration is two block barriers apart; after the first, every warp reduces the warps'
+// bests (warp redux, no serial scans), then warp 0 updates the times and finds the next bottleneck,
+// warp 1 splits the tokens with warp scans and warp 2 records a replica, while the other warps go
+// straight to the second barrier. Shared-memory offsets come from the host (kernel arguments), so
+// every address is base + constant.
 //
 // probe_quota_kernel: the dense quota [R, E, R] per layer (4 MiB at R = 64, E = 256) is written by a
 // second, GPU-wide grid, not by the planning block: its blocks write the locality-first default
