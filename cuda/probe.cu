@@ -6,9 +6,11 @@
 // decision uses the integer helpers of probe_detail.h that the CPU reference also uses, and the best
 // move of an iteration is the maximum of a strict total order, so the parallel search picks exactly
 // the pair the CPU search picks. The block is built for latency (an online planner pays it per
-// layer): each iteration is two block barriers apart, every warp finds the best pair and the next
-// bottleneck itself (warp reductions on registers, no serial scans), warp 0 splits the tokens with
-// warp scans and applies the move while the other warps run ahead to the next barrier.
+// layer): each iteration is two block barriers apart; after the first, every warp reduces the warps'
+// bests (warp redux, no serial scans), then warp 0 updates the times and finds the next bottleneck,
+// warp 1 splits the tokens with warp scans and warp 2 records a replica, while the other warps go
+// straight to the second barrier. Shared-memory offsets come from the host (kernel arguments), so
+// every address is base + constant.
 //
 // probe_quota_kernel: the dense quota [R, E, R] per layer (4 MiB at R = 64, E = 256) is written by a
 // second, GPU-wide grid, not by the planning block: its blocks write the locality-first default
@@ -37,9 +39,84 @@ constexpr int kMaxDevices = 64;
 constexpr int kQuotaThreads = 256;
 constexpr int kQuotaMaxTile = 1024;  // experts per quota block (shared holder masks)
 
+// Rank masks the pair search reads instead of the transfer budgets: bit r of kRecvIntra is set
+// while rank r can still receive an expert from its own node within its window (in[r] + t_intra <=
+// win[r]), kRecvInter from another node; kSendIntra / kSendInter the same for sending (out[r]);
+// kFullSlots: r has no free extra slot. Budgets only grow, so bits only clear (full: only set).
+enum RankMask : int { kRecvIntra = 0, kRecvInter, kSendIntra, kSendInter, kFullSlots, kNumMasks };
+
+// Control words in shared memory.
+enum CtlWord : int { kCtlStatus = 0, kCtlNextBn = 1, kCtlSmall = 2 };
+
+// Below this every time and gain fits 32 bits (see `small` in the planner loop).
+constexpr int64_t kSmallPs = int64_t(1) << 31;
+
 // Where a layer's [R, E] arrays live: kStateGlobal (m, loc in the workspace, counts read from
 // global memory), kStateShared (m, loc in shared memory), kStateAll (counts copied there too).
 enum StateTier : int { kStateGlobal = 0, kStateShared = 1, kStateAll = 2 };
+
+__host__ __device__ inline size_t align16(size_t x) { return (x + 15) & ~size_t(15); }
+
+// Per-layer move list in the workspace (int32): what the quota kernel needs from the planner.
+__host__ __device__ inline size_t moves_stride(int R, int K) {
+  return (2 + 3 * static_cast<size_t>(K) + static_cast<size_t>(K) * R + 3) & ~size_t(3);
+}
+
+// Shared-memory carve-up. The byte offsets are computed once on the host and passed in the kernel
+// arguments, so the device forms every address as base + constant: derived on the device, the
+// aligned running sums were rematerialised (long dependent chains) at every use in the planner loop.
+enum SmemArray : int {
+  kNative, kExtra, kNmask, kWmask, kT, kT0, kA, kB, kWin, kIn, kOut, kTok, kTok0, kRedG, kRedX, kRedMb, kRedMd,
+  kRedSec, kTotal, kCtl, kSlots, kNode, kRepE, kRepSrc, kMvE, kMvFrom, kMvTo, kMvPrev, kMvAmt, kEhead, kP2l,
+  kM, kLoc, kCnt, kNumArrays
+};
+
+struct SmemLayout {
+  uint32_t off[kNumArrays];  // byte offset of each array (16-byte aligned)
+};
+
+// Row pitch of m and loc in shared memory: odd, so that a column (one expert, every rank: the pair
+// search and the token split read those) falls in distinct banks.
+__host__ __device__ inline int smem_pitch(int E) { return E | 1; }
+
+// Fills the offsets and returns the total bytes; m and loc take space from kStateShared on, the
+// counts in kStateAll only.
+inline size_t smem_layout(int R, int E, int S, int K, int num_slots, int tier, SmemLayout* L) {
+  const size_t RE = static_cast<size_t>(R) * E, RS1 = static_cast<size_t>(R) * S + 1;
+  size_t bytes[kNumArrays] = {};
+  bytes[kNative] = bytes[kExtra] = 8 * static_cast<size_t>(E);
+  bytes[kNmask] = 8 * static_cast<size_t>(R);
+  bytes[kWmask] = 8 * kNumMasks;
+  for (int i = kT; i <= kTok0; ++i) bytes[i] = 8 * static_cast<size_t>(R);
+  for (int i = kRedG; i <= kRedMd; ++i) bytes[i] = 8 * kWarps;
+  bytes[kRedSec] = 4 * kWarps;
+  bytes[kTotal] = 8;
+  bytes[kCtl] = 16;
+  bytes[kSlots] = bytes[kNode] = 4 * static_cast<size_t>(R);
+  bytes[kRepE] = bytes[kRepSrc] = 4 * RS1;
+  for (int i = kMvE; i <= kMvPrev; ++i) bytes[i] = 4 * static_cast<size_t>(K + 1);
+  bytes[kMvAmt] = 4 * static_cast<size_t>(K + 1) * R;
+  bytes[kEhead] = 4 * static_cast<size_t>(E);
+  bytes[kP2l] = 4 * static_cast<size_t>(num_slots);
+  if (tier >= kStateShared) bytes[kM] = bytes[kLoc] = 4 * static_cast<size_t>(R) * smem_pitch(E);
+  if (tier == kStateAll) bytes[kCnt] = 4 * RE;
+  size_t off = 0;
+  for (int i = 0; i < kNumArrays; ++i) {
+    if (L) L->off[i] = static_cast<uint32_t>(off);  // only launched when the total fits (< 4 GiB)
+    off = align16(off + bytes[i]);
+  }
+  return off;
+}
+
+struct Smem {
+  uint64_t *native, *extra, *nmask, *wmask;
+  int64_t *T, *T0, *a, *b, *win, *in, *out, *tok, *tok0;
+  int64_t *red_g, *red_x, *red_mb, *red_md;
+  uint32_t* red_sec;
+  int32_t *m, *loc, *cnt, *slots, *node, *p2l, *rep_e, *rep_src, *mv_e, *mv_from, *mv_to, *mv_prev, *mv_amt, *ehead;
+  int32_t* ctl;  // [kCtlStatus], [kCtlNextBn], [kCtlSmall]
+  unsigned long long* total;
+};
 
 struct KernelArgs {
   int R, E, num_slots, spg, rpn, S, K;
@@ -57,74 +134,37 @@ struct KernelArgs {
   int32_t* moves;  // [L, moves_stride]: status, moves, mv_e[K], mv_from[K], mv_to[K], mv_amt[K, R]; null: no quota
   size_t moves_stride;
   int32_t* gws;  // [L, 2, R, E] when m/loc do not fit in shared memory, else null
+  SmemLayout lay;
 };
 
-__host__ __device__ inline size_t align16(size_t x) { return (x + 15) & ~size_t(15); }
-
-// Per-layer move list in the workspace (int32): what the quota kernel needs from the planner.
-__host__ __device__ inline size_t moves_stride(int R, int K) {
-  return (2 + 3 * static_cast<size_t>(K) + static_cast<size_t>(K) * R + 3) & ~size_t(3);
-}
-
-// Shared-memory carve-up; identical on host (sizing) and device (pointers).
-struct Smem {
-  uint64_t *native, *extra;
-  int64_t *T, *T0, *a, *b, *win, *in, *out, *tok, *tok0;
-  int64_t *red_g, *red_x, *red_mb, *red_md;
-  uint32_t* red_sec;
-  int32_t *m, *loc, *cnt, *slots, *node, *p2l, *rep_e, *rep_src, *mv_e, *mv_from, *mv_to, *mv_prev, *mv_amt, *ehead;
-  int32_t* ctl;  // [0] status
-  unsigned long long* total;
-  size_t bytes;
-};
-
-template <class T>
-__host__ __device__ inline T* take(unsigned char* base, size_t& off, size_t n) {
-  off = align16(off);
-  T* p = base ? reinterpret_cast<T*>(base + off) : nullptr;
-  off += n * sizeof(T);
-  return p;
-}
-
-__host__ __device__ inline Smem carve(unsigned char* base, int R, int E, int S, int K, int num_slots, int tier) {
-  Smem s{};
-  size_t off = 0;
-  s.native = take<uint64_t>(base, off, E);
-  s.extra = take<uint64_t>(base, off, E);
-  int64_t** r64[] = {&s.T, &s.T0, &s.a, &s.b, &s.win, &s.in, &s.out, &s.tok, &s.tok0};
-  for (int64_t** p : r64) *p = take<int64_t>(base, off, R);
-  s.red_g = take<int64_t>(base, off, kWarps);
-  s.red_x = take<int64_t>(base, off, kWarps);
-  s.red_mb = take<int64_t>(base, off, kWarps);
-  s.red_md = take<int64_t>(base, off, kWarps);
-  s.red_sec = take<uint32_t>(base, off, kWarps);
-  s.total = take<unsigned long long>(base, off, 1);
-  s.ctl = take<int32_t>(base, off, 4);
-  s.slots = take<int32_t>(base, off, R);
-  s.node = take<int32_t>(base, off, R);
-  s.rep_e = take<int32_t>(base, off, static_cast<size_t>(R) * S + 1);
-  s.rep_src = take<int32_t>(base, off, static_cast<size_t>(R) * S + 1);
-  s.mv_e = take<int32_t>(base, off, K + 1);
-  s.mv_from = take<int32_t>(base, off, K + 1);
-  s.mv_to = take<int32_t>(base, off, K + 1);
-  s.mv_prev = take<int32_t>(base, off, K + 1);
-  s.mv_amt = take<int32_t>(base, off, static_cast<size_t>(K + 1) * R);
-  s.ehead = take<int32_t>(base, off, E);
-  s.p2l = take<int32_t>(base, off, num_slots);
-  if (tier >= kStateShared) {
-    s.m = take<int32_t>(base, off, static_cast<size_t>(R) * E);
-    s.loc = take<int32_t>(base, off, static_cast<size_t>(R) * E);
-  }
-  if (tier == kStateAll) s.cnt = take<int32_t>(base, off, static_cast<size_t>(R) * E);
-  s.bytes = align16(off);
+__device__ inline Smem bind_smem(unsigned char* base, const SmemLayout& L) {
+  Smem s;
+  auto at = [base, &L](int i) { return base + L.off[i]; };
+  s.native = reinterpret_cast<uint64_t*>(at(kNative));
+  s.extra = reinterpret_cast<uint64_t*>(at(kExtra));
+  s.nmask = reinterpret_cast<uint64_t*>(at(kNmask));
+  s.wmask = reinterpret_cast<uint64_t*>(at(kWmask));
+  int64_t** r64[] = {&s.T, &s.T0, &s.a, &s.b, &s.win, &s.in, &s.out, &s.tok, &s.tok0, &s.red_g, &s.red_x, &s.red_mb, &s.red_md};
+#pragma unroll
+  for (int i = 0; i < 13; ++i) *r64[i] = reinterpret_cast<int64_t*>(at(kT + i));
+  s.red_sec = reinterpret_cast<uint32_t*>(at(kRedSec));
+  s.total = reinterpret_cast<unsigned long long*>(at(kTotal));
+  s.ctl = reinterpret_cast<int32_t*>(at(kCtl));
+  s.slots = reinterpret_cast<int32_t*>(at(kSlots));
+  s.node = reinterpret_cast<int32_t*>(at(kNode));
+  s.rep_e = reinterpret_cast<int32_t*>(at(kRepE));
+  s.rep_src = reinterpret_cast<int32_t*>(at(kRepSrc));
+  s.mv_e = reinterpret_cast<int32_t*>(at(kMvE));
+  s.mv_from = reinterpret_cast<int32_t*>(at(kMvFrom));
+  s.mv_to = reinterpret_cast<int32_t*>(at(kMvTo));
+  s.mv_prev = reinterpret_cast<int32_t*>(at(kMvPrev));
+  s.mv_amt = reinterpret_cast<int32_t*>(at(kMvAmt));
+  s.ehead = reinterpret_cast<int32_t*>(at(kEhead));
+  s.p2l = reinterpret_cast<int32_t*>(at(kP2l));
+  s.m = reinterpret_cast<int32_t*>(at(kM));
+  s.loc = reinterpret_cast<int32_t*>(at(kLoc));
+  s.cnt = reinterpret_cast<int32_t*>(at(kCnt));
   return s;
-}
-
-// Candidate order of pd::better with the tie-breakers packed in 32 bits (E <= 2^16, R <= 64): the
-// same order as pd::move_sec (needs a replica, then expert, then helper).
-__device__ inline uint32_t sec32(uint64_t sec) {
-  return (static_cast<uint32_t>(sec >> 40) << 22) | (static_cast<uint32_t>((sec >> 8) & 0xffffu) << 6) |
-         static_cast<uint32_t>(sec & 63u);
 }
 
 // Warp-wide maximum of (g, then smallest sec): three redux instructions instead of a shuffle tree.
@@ -151,6 +191,22 @@ __device__ inline int warp_argmax(int64_t t0, int64_t t1, int lane) {
   const int mhi = __reduce_max_sync(kFull, hi);
   const unsigned mlo = __reduce_max_sync(kFull, hi == mhi ? lo : 0u);
   return static_cast<int>(__reduce_min_sync(kFull, (hi == mhi && lo == mlo) ? idx : 0xffffffffu));
+}
+
+// warp_best when every g is in [-1, 2^31): two redux instead of three.
+__device__ inline void warp_best_small(int64_t g, uint32_t sec, int64_t* G, uint32_t* SEC) {
+  const unsigned key = static_cast<unsigned>(g + 1);
+  const unsigned mk = __reduce_max_sync(kFull, key);
+  *SEC = __reduce_min_sync(kFull, key == mk ? sec : 0xffffffffu);
+  *G = static_cast<int64_t>(mk) - 1;
+}
+
+// warp_argmax when every time is in [-1, 2^31).
+__device__ inline int warp_argmax_small(int64_t t0, int64_t t1, int lane) {
+  const unsigned k0 = static_cast<unsigned>(t0 + 1), k1 = static_cast<unsigned>(t1 + 1);
+  const unsigned key = k1 > k0 ? k1 : k0, idx = k1 > k0 ? static_cast<unsigned>(lane) + 32 : static_cast<unsigned>(lane);
+  const unsigned mk = __reduce_max_sync(kFull, key);
+  return static_cast<int>(__reduce_min_sync(kFull, key == mk ? idx : 0xffffffffu));
 }
 
 __device__ inline int64_t warp_sum(int64_t v) {
@@ -212,8 +268,10 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
 #endif
   const int R = p.R, E = p.E, S = p.S, K = p.K, rpn = p.rpn;
   const int layer = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  Smem sm = carve(smem, R, E, S, K, p.num_slots, kTier);
+  Smem sm = bind_smem(smem, p.lay);
   const size_t RE = static_cast<size_t>(R) * E;
+  const int ldm = kTier == kStateGlobal ? E : smem_pitch(E);  // row pitch of m and loc
+  const size_t RM = static_cast<size_t>(R) * ldm;
   if constexpr (kTier == kStateGlobal) {
     sm.m = p.gws + static_cast<size_t>(layer) * 2 * RE;
     sm.loc = sm.m + RE;
@@ -244,12 +302,13 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
     sm.in[r] = sm.out[r] = 0;
     sm.slots[r] = 0;
     sm.node[r] = r / rpn;
+    sm.nmask[r] = pd::node_mask(r, rpn);
   }
-  if (kTier != kStateGlobal && (RE & 3) == 0) {
+  if (kTier != kStateGlobal && (RM & 3) == 0) {
     int4* m4 = reinterpret_cast<int4*>(sm.m);
-    for (size_t i = tid; i < RE / 4; i += kThreads) m4[i] = make_int4(0, 0, 0, 0);
+    for (size_t i = tid; i < RM / 4; i += kThreads) m4[i] = make_int4(0, 0, 0, 0);
   } else {
-    for (size_t i = tid; i < RE; i += kThreads) sm.m[i] = 0;
+    for (size_t i = tid; i < RM; i += kThreads) sm.m[i] = 0;
   }
   // The placement, loaded with everything else (the holder masks need a barrier after the clear).
   for (int s = tid; s < p.num_slots; s += kThreads) sm.p2l[s] = __ldg(p.phy2log + static_cast<size_t>(layer) * p.num_slots + s);
@@ -313,28 +372,55 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
   }
   __syncthreads();
 
-  // 3. Locality-first initial assignment, one thread per (source, expert): a holder keeps its own
-  // tokens (pinned), the others split over the holders (shared-memory atomics; integer sums).
-  for (unsigned i = tid; i < RE; i += kThreads) {  // R * E < 2^22: 32-bit index arithmetic
-    const int s = static_cast<int>(i / static_cast<unsigned>(E)), e = static_cast<int>(i - static_cast<unsigned>(s) * E);
-    const uint64_t h = sm.native[e];
-    const int32_t n = cnt[i];
-    if (h == 0 || n <= 0) {
+  // 3. Locality-first initial assignment, by expert column: `tpe` threads per expert take
+  // contiguous source ranges. A single-holder expert's tokens all go to its holder (a column sum);
+  // an expert with up to four holders splits each source's tokens (pd::init_split: holders keep
+  // their own tokens, pinned) into per-holder register sums; one shared atomic per thread and
+  // holder at the end. Only experts with more holders add every split share atomically.
+  {
+    int tpe = 1;
+    while (tpe < 32 && 2 * tpe * E <= kThreads) tpe *= 2;
+    const int chunk = (R + tpe - 1) / tpe, part = tid % tpe;
+    const int s0 = min(R, part * chunk), s1 = min(R, s0 + chunk);
+    for (int e = tid / tpe; e < E; e += kThreads / tpe) {
+      const uint64_t h = sm.native[e];
       if (h == 0) status |= core::kProbeBadPlacement;
-      sm.loc[i] = 0;
-      continue;
-    }
-    if ((h >> s) & 1) {
-      sm.loc[i] = n;
-      atomicAdd(&sm.m[i], n);
-    } else {
-      sm.loc[i] = 0;
-      if ((h & (h - 1)) == 0) {
-        atomicAdd(&sm.m[static_cast<size_t>(pd::ctz64(h)) * E + e], n);
-      } else {
-        int32_t* col = sm.m + e;
-        pd::init_split(n, h, s, pd::node_mask(s, rpn),
-                       [col, E](int r, int64_t v) { if (v) atomicAdd(&col[static_cast<size_t>(r) * E], static_cast<int32_t>(v)); });
+      const bool single = h != 0 && (h & (h - 1)) == 0;
+      const bool few = !single && h != 0 && pd::popcount64(h) <= 4;
+      int64_t acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;  // per holder of e, ascending rank
+      int32_t* col = sm.m + e;
+      for (int s = s0; s < s1; ++s) {
+        const int32_t n = cnt[static_cast<size_t>(s) * E + e];
+        const bool mine = ((h >> s) & 1) != 0;
+        sm.loc[static_cast<size_t>(s) * ldm + e] = (mine && n > 0) ? n : 0;
+        if (h == 0 || n <= 0) continue;
+        if (single) {
+          acc0 += n;
+        } else if (few) {
+          pd::init_split(n, h, s, sm.nmask[s], [&](int r, int64_t v) {
+            const int ix = pd::popcount64(h & ((uint64_t(1) << r) - 1));
+            acc0 += ix == 0 ? v : 0;
+            acc1 += ix == 1 ? v : 0;
+            acc2 += ix == 2 ? v : 0;
+            acc3 += ix == 3 ? v : 0;
+          });
+        } else {
+          pd::init_split(n, h, s, sm.nmask[s], [col, ldm](int r, int64_t v) {
+            if (v) atomicAdd(&col[static_cast<size_t>(r) * ldm], static_cast<int32_t>(v));
+          });
+        }
+      }
+      // A sum above INT32_MAX means a layer total above it: flagged below, the plan is dropped.
+      if (single || few) {
+        const int64_t acc[4] = {acc0, acc1, acc2, acc3};
+        uint64_t hh = h;
+#pragma unroll
+        for (int ix = 0; ix < 4; ++ix) {
+          if (hh == 0) break;
+          const int r = pd::ctz64(hh);
+          hh &= hh - 1;
+          if (acc[ix]) atomicAdd(&col[static_cast<size_t>(r) * ldm], static_cast<int32_t>(acc[ix]));
+        }
       }
     }
   }
@@ -364,71 +450,137 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
     return;
   }
 
-  // 4. Per-rank time and tokens: one warp per rank.
-  for (int r = warp; r < R; r += kWarps) {
-    int64_t t = 0, n = 0;
-    const int64_t a = sm.a[r], b = sm.b[r];
-    for (int e = lane; e < E; e += 32) {
-      const int64_t v = sm.m[static_cast<size_t>(r) * E + e];
-      t += pd::cost(v, a, b);
-      n += v;
+  // 4. Per-rank time and tokens: a group of `tpr` lanes per rank (a power of two, at most 32; all
+  // ranks at once when R * tpr <= kThreads). Rank masks (the last warp).
+  if (warp == kWarps - 1) {
+    uint64_t mk[kNumMasks] = {};
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      const int r = lane + 32 * hh;
+      const bool in_range = r < R;
+      const int64_t w = in_range ? sm.win[r] : -1;
+      const uint64_t ri = __ballot_sync(kFull, in_range && p.t_intra <= w);
+      const uint64_t re = __ballot_sync(kFull, in_range && p.t_inter <= w);
+      const uint64_t fs = __ballot_sync(kFull, in_range && S == 0);
+      mk[kRecvIntra] |= ri << (32 * hh);
+      mk[kRecvInter] |= re << (32 * hh);
+      mk[kFullSlots] |= fs << (32 * hh);
     }
-    t = warp_sum(t);
-    n = warp_sum(n);
     if (lane == 0) {
-      sm.T[r] = sm.T0[r] = t;
-      sm.tok[r] = sm.tok0[r] = n;
+      sm.wmask[kRecvIntra] = sm.wmask[kSendIntra] = mk[kRecvIntra];  // nothing sent or received yet
+      sm.wmask[kRecvInter] = sm.wmask[kSendInter] = mk[kRecvInter];
+      sm.wmask[kFullSlots] = mk[kFullSlots];
+    }
+  }
+  {
+    int tpr = 32;
+    while (tpr > 1 && tpr * R > kThreads) tpr >>= 1;
+    const int groups = kThreads / tpr, grp = tid / tpr, c = tid & (tpr - 1);
+    for (int r0 = 0; r0 < R; r0 += groups) {  // block-uniform trip count: every lane shuffles
+      const int r = r0 + grp;
+      int64_t t = 0, n = 0;
+      if (r < R) {
+        const int64_t a = sm.a[r], b = sm.b[r];
+        const int32_t* row = sm.m + static_cast<size_t>(r) * ldm;
+#pragma unroll 8
+        for (int e = c; e < E; e += tpr) {
+          const int64_t v = row[e];
+          t += pd::cost(v, a, b);
+          n += v;
+        }
+      }
+      for (int off = tpr / 2; off > 0; off >>= 1) {  // within the group: aligned lanes of one warp
+        t += __shfl_xor_sync(kFull, t, off);
+        n += __shfl_xor_sync(kFull, n, off);
+      }
+      if (r < R && c == 0) {
+        sm.T[r] = sm.T0[r] = t;
+        sm.tok[r] = sm.tok0[r] = n;
+      }
     }
   }
   __syncthreads();
 
-  // 5. The loop. Every thread keeps the per-rank times in registers (lane l: ranks l and l + 32),
-  // so every warp finds the bottleneck itself; the shared copy serves the pair evaluation.
-  const pd::View v{R, E, S, rpn, sm.native, sm.extra, sm.m, sm.loc, sm.T, sm.a, sm.b, sm.win, sm.in, sm.out,
+  // 5. The loop. Warp 0 keeps the per-rank times in registers (lane l: ranks l and l + 32) and
+  // finds the next bottleneck with warp reductions while warps 1 and 2 apply the move; the shared
+  // copy serves the pair evaluation.
+  // (for pd::pick_source only: m and loc, rows of pitch ldm here, stay out of the view)
+  const pd::View v{R, E, S, rpn, sm.native, sm.extra, nullptr, nullptr, sm.T, sm.a, sm.b, sm.win, sm.in, sm.out,
                    sm.slots, sm.node, p.t_intra, p.t_inter, p.min_gain};
   int64_t t0 = lane < R ? sm.T[lane] : -1, t1 = lane + 32 < R ? sm.T[lane + 32] : -1;
-  int bn = warp_argmax(t0, t1, lane);
+  // While every time is below 2^31 ps (2.1 ms; always, in practice) the gains (never above the
+  // bottleneck's time) and times fit 32 bits and the reductions take one redux fewer. The flag is
+  // block-uniform: every warp holds all times, and a move changes two times every thread knows.
+  bool small = __all_sync(kFull, t0 < kSmallPs && t1 < kSmallPs);
+  int bn = small ? warp_argmax_small(t0, t1, lane) : warp_argmax(t0, t1, lane);
   int nm = 0, blocked = 0, new_replicas = 0;
   // Candidate pairs: the experts bn holds (its static slots, then its replicas) x helpers. Only those
-  // can have movable tokens on bn, so this is the same set of pairs as all E x R.
+  // can have movable tokens on bn, so this is the same set of pairs as all E x R. Pair i is
+  // (slot j = i / R of bn, helper d = i % R); the division is done once, outside the loop.
   const int spg = p.spg;
   const int pairs = (spg + S) * R;
+  const int j_first = tid / R, d_first = tid - j_first * R, j_step = kThreads / R, d_step = kThreads - j_step * R;
+  const int64_t min_gain = p.min_gain;
   for (int k = 0; k < K; ++k) {
     // Phase 1: every thread evaluates its pair(s); each warp's best goes to shared memory, written
     // by the lane that holds it (with the amount and the two token counts phase 2 needs).
+    // Block-uniform values first (independent loads, issued together).
+    const int64_t Tb = sm.T[bn];
+    const int64_t ab = sm.a[bn], bb = sm.b[bn];
+    const uint64_t recv_intra = sm.wmask[kRecvIntra], recv_inter = sm.wmask[kRecvInter];
+    const uint64_t send_intra = sm.wmask[kSendIntra], send_inter = sm.wmask[kSendInter], full = sm.wmask[kFullSlots];
+    const int bn_reps = sm.slots[bn];
     int64_t g = -1, x = 0, kg = -1;
     uint32_t sec = 0xffffffffu, ksec = 0xffffffffu;
-    int be = 0, bd = 0;
-    for (int i = tid; i < pairs; i += kThreads) {
-      const int j = i / R, d = i - j * R;
+    int32_t bmb = 0, bmd = 0;
+    for (int i = tid, j = j_first, d = d_first; i < pairs;
+         i += kThreads, j += j_step + (d + d_step >= R ? 1 : 0), d = d + d_step >= R ? d + d_step - R : d + d_step) {
       if (d == bn) continue;
       int e;
       if (j < spg) {
         e = sm.p2l[bn * spg + j];
       } else {
-        if (j - spg >= sm.slots[bn]) continue;
+        if (j - spg >= bn_reps) continue;
         e = sm.rep_e[bn * S + (j - spg)];
       }
-      int64_t pg = 0, px = 0;
-      uint64_t psec = 0;
-      const int res = pd::eval_pair(v, bn, e, d, &pg, &psec, &px);
-      const uint32_t s32 = sec32(psec);
-      if (res == pd::kPairOk) {
-        if (pd::better(pg, s32, g, sec)) g = pg, sec = s32, x = px, be = e, bd = d;
-      } else if (res == pd::kPairWindowBlocked) {
+      // pd::eval_pair with the window test on holder masks (the same answer as pd::pick_source >= 0:
+      // a native holder on d's node with both intra-node budgets, or one elsewhere with both
+      // inter-node budgets).
+      const int32_t mb = sm.m[static_cast<size_t>(bn) * ldm + e], lb = sm.loc[static_cast<size_t>(bn) * ldm + e];
+      const uint64_t hn = sm.native[e], hx = sm.extra[e];
+      const int32_t md = sm.m[static_cast<size_t>(d) * ldm + e];
+      const int64_t Td = sm.T[d], ad = sm.a[d], bdd = sm.b[d];
+      const uint64_t dnode = sm.nmask[d];
+      const int32_t pool = mb - lb;
+      if (pool <= 0) continue;
+      const bool holds = (((hn | hx) >> d) & 1) != 0;
+      if (!holds && ((full >> d) & 1)) continue;
+      int64_t px = 0;
+      const int64_t pg = pd::water_fill(Tb, Td, mb, md, pool, ab, bb, ad, bdd, &px);
+      if (pg <= min_gain) continue;
+      const uint32_t s32 = (static_cast<uint32_t>(!holds) << 22) | (static_cast<uint32_t>(e) << 6) | static_cast<uint32_t>(d);
+      const bool ok = holds || ((((recv_intra >> d) & 1) && (hn & dnode & send_intra)) ||
+                                (((recv_inter >> d) & 1) && (hn & ~dnode & send_inter)));
+      if (ok) {
+        if (pd::better(pg, s32, g, sec)) g = pg, sec = s32, x = px, bmb = mb, bmd = md;
+      } else {
         if (pd::better(pg, s32, kg, ksec)) kg = pg, ksec = s32;
       }
     }
     int64_t G;
     uint32_t SEC;
-    warp_best(g, sec, &G, &SEC);
+    if (small) {
+      warp_best_small(g, sec, &G, &SEC);
+    } else {
+      warp_best(g, sec, &G, &SEC);
+    }
     if (G >= 0) {
       if (g == G && sec == SEC) {  // the (unique up to duplicate static copies) best lane
         sm.red_g[warp] = G;
         sm.red_sec[warp] = SEC;
         sm.red_x[warp] = x;
-        sm.red_mb[warp] = sm.m[static_cast<size_t>(bn) * E + be];
-        sm.red_md[warp] = sm.m[static_cast<size_t>(bd) * E + be];
+        sm.red_mb[warp] = bmb;
+        sm.red_md[warp] = bmd;
       }
     } else if (lane == 0) {
       sm.red_g[warp] = -1;
@@ -440,38 +592,45 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
     // counted through the barrier's predicate.
     const int64_t gw = lane < kWarps ? sm.red_g[lane] : -1;
     const uint32_t sw = lane < kWarps ? sm.red_sec[lane] : 0xffffffffu;
-    warp_best(gw, sw, &G, &SEC);
+    if (small) {
+      warp_best_small(gw, sw, &G, &SEC);
+    } else {
+      warp_best(gw, sw, &G, &SEC);
+    }
     const bool beaten = kg >= 0 && (G < 0 || pd::better(kg, ksec, G, SEC));
     if (G < 0) {
       if (__syncthreads_or(beaten) && tid == 0) ++blocked;
       break;  // uniform: every thread reduced the same values
     }
+    // Three warps apply the move side by side (each field has one writer, and no warp reads what
+    // another writes in this phase): warp 0 the times and token counts and the next bottleneck,
+    // warp 1 the token split and the move list, warp 2 the replica. The other warps go straight
+    // to the barrier (they would only compete for issue slots) and read the next bottleneck after it.
     const int wsel = __ffs(__ballot_sync(kFull, lane < kWarps && gw == G && sw == SEC)) - 1;
     const int e = static_cast<int>((SEC >> 6) & 0xffffu), d = static_cast<int>(SEC & 63u);
     const bool needs_replica = (SEC >> 22) != 0;
-    const int64_t mx = sm.red_x[wsel], mb = sm.red_mb[wsel], md = sm.red_md[wsel];
-    const int64_t ab = sm.a[bn], bb = sm.b[bn], ad = sm.a[d], bdd = sm.b[d];
-    const int64_t Tb = __shfl_sync(kFull, bn < 32 ? t0 : t1, bn & 31);
-    const int64_t Td = __shfl_sync(kFull, d < 32 ? t0 : t1, d & 31);
-    const int64_t nTb = Tb - pd::cost(mb, ab, bb) + pd::cost(mb - mx, ab, bb);
-    const int64_t nTd = Td - pd::cost(md, ad, bdd) + pd::cost(md + mx, ad, bdd);
-    if (lane == (bn & 31)) (bn < 32 ? t0 : t1) = nTb;
-    if (lane == (d & 31)) (d < 32 ? t0 : t1) = nTd;
-    const int next_bn = warp_argmax(t0, t1, lane);
-
-    // Three warps apply the move side by side (each field has one writer, and no warp reads what
-    // another writes in this phase): warp 0 the times and token counts, warp 1 the token split
-    // and the move list, warp 2 the replica.
     if (warp == 0) {
+      const int64_t mx = sm.red_x[wsel], mb = sm.red_mb[wsel], md = sm.red_md[wsel];
+      const int64_t ad = sm.a[d], bdd = sm.b[d];
+      const int64_t Td = __shfl_sync(kFull, d < 32 ? t0 : t1, d & 31);
+      const int64_t nTb = Tb - pd::cost(mb, ab, bb) + pd::cost(mb - mx, ab, bb);
+      const int64_t nTd = Td - pd::cost(md, ad, bdd) + pd::cost(md + mx, ad, bdd);
+      if (lane == (bn & 31)) (bn < 32 ? t0 : t1) = nTb;
+      if (lane == (d & 31)) (d < 32 ? t0 : t1) = nTd;
+      small = small && nTb < kSmallPs && nTd < kSmallPs;
+      const int next_bn = small ? warp_argmax_small(t0, t1, lane) : warp_argmax(t0, t1, lane);
       if (lane == 0) {
-        sm.m[static_cast<size_t>(bn) * E + e] = static_cast<int32_t>(mb - mx);
-        sm.m[static_cast<size_t>(d) * E + e] = static_cast<int32_t>(md + mx);
+        sm.m[static_cast<size_t>(bn) * ldm + e] = static_cast<int32_t>(mb - mx);
+        sm.m[static_cast<size_t>(d) * ldm + e] = static_cast<int32_t>(md + mx);
         sm.T[bn] = nTb;
         sm.T[d] = nTd;
         sm.tok[bn] -= mx;
         sm.tok[d] += mx;
+        sm.ctl[kCtlNextBn] = next_bn;
+        sm.ctl[kCtlSmall] = small;
       }
     } else if (warp == 1) {
+      const int64_t mx = sm.red_x[wsel];
       // The tokens leave bn in locality order: q = the current quota of (s, e) on bn for every
       // source s (the initial split plus the earlier moves of e, a per-expert linked list).
       const uint64_t h = sm.native[e];
@@ -480,16 +639,14 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
         const int s = lane + 32 * hh;
-        q[hh] = 0;
-        if (s < R) {
-          int32_t qq = static_cast<int32_t>(pd::init_quota(cnt[static_cast<size_t>(s) * E + e], h, s, bn, rpn));
-          for (int kk = head; kk >= 0; kk = sm.mv_prev[kk]) {
-            const int32_t a = sm.mv_amt[static_cast<size_t>(kk) * R + s];
-            if (sm.mv_to[kk] == bn) qq += a;
-            if (sm.mv_from[kk] == bn) qq -= a;
-          }
-          q[hh] = qq;
-        }
+        q[hh] = s < R ? static_cast<int32_t>(pd::init_quota_nm(cnt[static_cast<size_t>(s) * E + e], h, s, bn, sm.nmask[s])) : 0;
+      }
+      for (int kk = head; kk >= 0; kk = sm.mv_prev[kk]) {  // both halves in one walk
+        const int32_t* row = sm.mv_amt + static_cast<size_t>(kk) * R;
+        const int to = sm.mv_to[kk], from = sm.mv_from[kk];
+        const int32_t a0 = lane < R ? row[lane] : 0, a1 = lane + 32 < R ? row[lane + 32] : 0;
+        if (to == bn) q[0] += a0, q[1] += a1;
+        if (from == bn) q[0] -= a0, q[1] -= a1;
       }
       warp_take_tokens(q, bn, d, R, sm.node, static_cast<int32_t>(mx), lane, amt);
       int32_t* row = sm.mv_amt + static_cast<size_t>(nm) * R;
@@ -497,7 +654,7 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
       for (int hh = 0; hh < 2; ++hh) {
         const int s = lane + 32 * hh;
         if (s < R) row[s] = amt[hh];
-        if (s == d) sm.loc[static_cast<size_t>(d) * E + e] += amt[hh];
+        if (s == d) sm.loc[static_cast<size_t>(d) * ldm + e] += amt[hh];
       }
       __syncwarp();  // every lane has walked e's move list before lane 0 extends it
       if (lane == 0) {
@@ -513,16 +670,24 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
         const int src = pd::pick_source(v, e, d, true, &t);
         sm.rep_e[d * S + sm.slots[d]] = e;
         sm.rep_src[d * S + sm.slots[d]] = src;
-        ++sm.slots[d];
+        const int used = ++sm.slots[d];
         sm.extra[e] |= 1ull << d;
-        sm.in[d] += t;
-        sm.out[src] += t;
+        const int64_t in_d = sm.in[d] += t, out_src = sm.out[src] += t;
         ++new_replicas;
+        // The window masks of the two ranks whose budgets changed.
+        const uint64_t bd_bit = 1ull << d, bs_bit = 1ull << src;
+        const int64_t win_d = sm.win[d], win_s = sm.win[src];
+        sm.wmask[kRecvIntra] = in_d + p.t_intra <= win_d ? sm.wmask[kRecvIntra] : sm.wmask[kRecvIntra] & ~bd_bit;
+        sm.wmask[kRecvInter] = in_d + p.t_inter <= win_d ? sm.wmask[kRecvInter] : sm.wmask[kRecvInter] & ~bd_bit;
+        sm.wmask[kSendIntra] = out_src + p.t_intra <= win_s ? sm.wmask[kSendIntra] : sm.wmask[kSendIntra] & ~bs_bit;
+        sm.wmask[kSendInter] = out_src + p.t_inter <= win_s ? sm.wmask[kSendInter] : sm.wmask[kSendInter] & ~bs_bit;
+        if (used >= S) sm.wmask[kFullSlots] |= bd_bit;
       }
     }
     ++nm;
-    bn = next_bn;
     if (__syncthreads_or(beaten) && tid == 0) ++blocked;
+    bn = sm.ctl[kCtlNextBn];
+    small = sm.ctl[kCtlSmall] != 0;
   }
 
   // 6. Outputs; the move list goes to the workspace for the quota kernel.
@@ -658,7 +823,7 @@ void plan_smem(const core::ProbeConfig& c, size_t* bytes, int* tier) {
   const size_t limit = static_cast<size_t>(device_info().max_optin_smem);
   for (int t = kStateAll; t >= kStateGlobal; --t) {
     *tier = t;
-    *bytes = carve(nullptr, c.num_ranks, c.num_experts, c.max_extra_slots, c.max_iters, c.num_slots, t).bytes;
+    *bytes = smem_layout(c.num_ranks, c.num_experts, c.max_extra_slots, c.max_iters, c.num_slots, t, nullptr);
     if (*bytes <= limit) return;
   }
   MOEBAL_CHECK_ARG(false, "probe: per-layer state needs ", *bytes, " bytes of shared memory; the device allows ",
@@ -750,6 +915,7 @@ void probe_plan(const core::ProbeConfig& cfg, int32_t num_layers, const core::Pr
   a.moves = out.quota ? static_cast<int32_t*>(workspace) : nullptr;
   a.moves_stride = moves_stride(a.R, a.K);
   a.gws = tier == kStateGlobal ? reinterpret_cast<int32_t*>(static_cast<unsigned char*>(workspace) + mvb) : nullptr;
+  smem_layout(a.R, a.E, a.S, a.K, a.num_slots, tier, &a.lay);
   plan_kernel(tier)<<<num_layers, kThreads, smem_bytes, stream>>>(a);
   MOEBAL_CHECK_LAUNCH();
   if (out.quota == nullptr) return;

@@ -58,6 +58,21 @@ MOEBAL_PROBE_HD int64_t window_ps(double us, double max_us) {
   return round_ps(us);
 }
 
+/// n / k, n % k and src % k for a tier of k holders; a shift and masks when k is a power of two
+/// (two holders: the common multi-copy case), where the division sits on the GPU's critical path.
+MOEBAL_PROBE_HD void split_div(uint32_t n, unsigned k, int src, uint32_t* q, unsigned* rem, unsigned* rot) {
+  if ((k & (k - 1)) == 0) {
+    const unsigned sh = static_cast<unsigned>(ctz64(k));
+    *q = n >> sh;
+    *rem = n & (k - 1);
+    *rot = static_cast<unsigned>(src) & (k - 1);
+  } else {
+    *q = n / k;
+    *rem = n % k;
+    *rot = static_cast<unsigned>(src) % k;
+  }
+}
+
 /// Bit mask of the ranks on rank r's node.
 MOEBAL_PROBE_HD uint64_t node_mask(int r, int ranks_per_node) {
   const int node = r / ranks_per_node;
@@ -68,6 +83,23 @@ MOEBAL_PROBE_HD uint64_t node_mask(int r, int ranks_per_node) {
 /// Time one rank spends on one expert with n tokens: a + b n, and nothing for n == 0.
 MOEBAL_PROBE_HD int64_t cost(int64_t n, int64_t a, int64_t b) { return n > 0 ? a + b * n : 0; }
 
+/// init_quota with the source's node mask (node_mask(src, ranks_per_node)) given by the caller.
+MOEBAL_PROBE_HD int64_t init_quota_nm(int64_t n, uint64_t holders, int src, int r, uint64_t src_node_mask) {
+  if ((holders >> src) & 1) return r == src ? n : 0;
+  if ((holders & (holders - 1)) == 0) return ((holders >> r) & 1) ? n : 0;
+  uint64_t tier = holders & src_node_mask;
+  if (tier == 0) tier = holders;
+  if (!((tier >> r) & 1)) return 0;
+  const unsigned k = static_cast<unsigned>(popcount64(tier));
+  if (k == 1) return n;
+  const unsigned j = static_cast<unsigned>(popcount64(tier & ((uint64_t(1) << r) - 1)));  // r's index in the tier
+  uint32_t base;
+  unsigned rem, rot;
+  split_div(static_cast<uint32_t>(n), k, src, &base, &rem, &rot);  // counts are int32: 32-bit division
+  const unsigned idx = j >= rot ? j - rot : j + k - rot;  // (j - src) mod k
+  return static_cast<int64_t>(base) + (idx < rem ? 1 : 0);
+}
+
 /// Locality-first initial quota: tokens of (src, e) sent to rank r by the static placement.
 /// A source holding e keeps them; otherwise they split evenly over e's holders on the source's node
 /// (all holders when none is on it), the remainder going to holders in a rotation that starts at
@@ -75,16 +107,7 @@ MOEBAL_PROBE_HD int64_t cost(int64_t n, int64_t a, int64_t b) { return n > 0 ? a
 MOEBAL_PROBE_HD int64_t init_quota(int64_t n, uint64_t holders, int src, int r, int ranks_per_node) {
   if ((holders >> src) & 1) return r == src ? n : 0;
   if ((holders & (holders - 1)) == 0) return ((holders >> r) & 1) ? n : 0;
-  uint64_t tier = holders & node_mask(src, ranks_per_node);
-  if (tier == 0) tier = holders;
-  if (!((tier >> r) & 1)) return 0;
-  const unsigned k = static_cast<unsigned>(popcount64(tier));
-  if (k == 1) return n;
-  const unsigned j = static_cast<unsigned>(popcount64(tier & ((uint64_t(1) << r) - 1)));  // r's index in the tier
-  const uint32_t un = static_cast<uint32_t>(n);  // counts are int32; 32-bit division is cheaper
-  const unsigned rot = static_cast<unsigned>(src) % k;
-  const unsigned idx = j >= rot ? j - rot : j + k - rot;  // (j - src) mod k
-  return static_cast<int64_t>(un / k) + (idx < un % k ? 1 : 0);
+  return init_quota_nm(n, holders, src, r, node_mask(src, ranks_per_node));
 }
 
 /// The same split as init_quota for every receiving rank at once: calls f(r, tokens) for each rank
@@ -107,14 +130,14 @@ MOEBAL_PROBE_HD void init_split(int64_t n, uint64_t holders, int src, uint64_t s
     f(ctz64(tier), n);
     return;
   }
-  const uint32_t un = static_cast<uint32_t>(n);  // counts are int32; 32-bit division is cheaper
-  const int64_t base = un / k;
-  const unsigned rem = un % k, rot = static_cast<unsigned>(src) % k;
+  uint32_t base;
+  unsigned rem, rot;
+  split_div(static_cast<uint32_t>(n), k, src, &base, &rem, &rot);  // counts are int32: 32-bit division
   for (unsigned j = 0; tier; ++j) {
     const int r = ctz64(tier);
     tier &= tier - 1;
     const unsigned idx = j >= rot ? j - rot : j + k - rot;  // (j - src) mod k
-    f(r, base + (idx < rem ? 1 : 0));
+    f(r, static_cast<int64_t>(base) + (idx < rem ? 1 : 0));
   }
 }
 
