@@ -2,6 +2,9 @@
 # One GPU run: build moebal (background) while the reference MoE trains, then GPU tests, capture +
 # predictor training/evaluation, and the predictor-kernel benchmark. Results under $OUT.
 # Usage (repo root = this worktree copy): OUT=/some/dir CORPUS=/path/to/routing-data bash tools/refmoe/device_run.sh
+#   CUTLASS_DIR=/path/with/include: CUTLASS headers for the Hopper kernels (the device has no
+#   nvidia-cutlass wheel); without them the CUDA build fails and the run falls back to CPU-only ops,
+#   the predictors then running as plain torch on the GPU (accuracy figures are unaffected).
 set -u -o pipefail
 OUT=${OUT:?}
 CORPUS=${CORPUS:?}
