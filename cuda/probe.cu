@@ -46,7 +46,7 @@ constexpr int kQuotaMaxTile = 1024;  // experts per quota block (shared holder m
 enum RankMask : int { kRecvIntra = 0, kRecvInter, kSendIntra, kSendInter, kFullSlots, kNumMasks };
 
 // Control words in shared memory.
-enum CtlWord : int { kCtlStatus = 0, kCtlNextBn = 1, kCtlSmall = 2 };
+enum CtlWord : int { kCtlStatus = 0, kCtlNextBn = 1, kCtlSmall = 2, kCtlMulti = 3 };
 
 // Below this every time and gain fits 32 bits (see `small` in the planner loop).
 constexpr int64_t kSmallPs = int64_t(1) << 31;
@@ -67,8 +67,8 @@ __host__ __device__ inline size_t moves_stride(int R, int K) {
 // aligned running sums were rematerialised (long dependent chains) at every use in the planner loop.
 enum SmemArray : int {
   kNative, kExtra, kNmask, kWmask, kT, kT0, kA, kB, kWin, kIn, kOut, kTok, kTok0, kRedG, kRedX, kRedMb, kRedMd,
-  kRedSec, kTotal, kCtl, kSlots, kNode, kRepE, kRepSrc, kMvE, kMvFrom, kMvTo, kMvPrev, kMvAmt, kEhead, kP2l,
-  kM, kLoc, kCnt, kNumArrays
+  kRedSec, kRedJ, kTotal, kCtl, kSlots, kNode, kRepE, kRepSrc, kMvE, kMvFrom, kMvTo, kMvPrev, kMvAmt, kEhead, kP2l,
+  kQbuf, kM, kLoc, kCnt, kNumArrays
 };
 
 struct SmemLayout {
@@ -79,17 +79,22 @@ struct SmemLayout {
 // search and the token split read those) falls in distinct banks.
 __host__ __device__ inline int smem_pitch(int E) { return E | 1; }
 
+// Row pitch of the counts in shared memory: a multiple of 4 (the copy from global memory takes int4
+// rows) with an odd quotient when E is, so an expert's column spreads over 8 banks (at most a 4-way
+// conflict instead of 32-way at E = 256); odd when rows cannot be copied as int4.
+__host__ __device__ inline int cnt_pitch(int E) { return (E & 3) == 0 ? 4 * ((E / 4) | 1) : (E | 1); }
+
 // Fills the offsets and returns the total bytes; m and loc take space from kStateShared on, the
 // counts in kStateAll only.
 inline size_t smem_layout(int R, int E, int S, int K, int num_slots, int tier, SmemLayout* L) {
-  const size_t RE = static_cast<size_t>(R) * E, RS1 = static_cast<size_t>(R) * S + 1;
+  const size_t RS1 = static_cast<size_t>(R) * S + 1;
   size_t bytes[kNumArrays] = {};
   bytes[kNative] = bytes[kExtra] = 8 * static_cast<size_t>(E);
   bytes[kNmask] = 8 * static_cast<size_t>(R);
   bytes[kWmask] = 8 * kNumMasks;
   for (int i = kT; i <= kTok0; ++i) bytes[i] = 8 * static_cast<size_t>(R);
   for (int i = kRedG; i <= kRedMd; ++i) bytes[i] = 8 * kWarps;
-  bytes[kRedSec] = 4 * kWarps;
+  bytes[kRedSec] = bytes[kRedJ] = 4 * kWarps;
   bytes[kTotal] = 8;
   bytes[kCtl] = 16;
   bytes[kSlots] = bytes[kNode] = 4 * static_cast<size_t>(R);
@@ -98,8 +103,11 @@ inline size_t smem_layout(int R, int E, int S, int K, int num_slots, int tier, S
   bytes[kMvAmt] = 4 * static_cast<size_t>(K + 1) * R;
   bytes[kEhead] = 4 * static_cast<size_t>(E);
   bytes[kP2l] = 4 * static_cast<size_t>(num_slots);
+  // Per candidate pair (j, d) of an iteration: the current quota of (source d, bn's j-th expert) on
+  // bn (at most num_slots + R S pairs); at setup, the list of experts with several holders.
+  bytes[kQbuf] = 4 * (static_cast<size_t>(num_slots) + RS1);
   if (tier >= kStateShared) bytes[kM] = bytes[kLoc] = 4 * static_cast<size_t>(R) * smem_pitch(E);
-  if (tier == kStateAll) bytes[kCnt] = 4 * RE;
+  if (tier == kStateAll) bytes[kCnt] = 4 * static_cast<size_t>(R) * cnt_pitch(E);
   size_t off = 0;
   for (int i = 0; i < kNumArrays; ++i) {
     if (L) L->off[i] = static_cast<uint32_t>(off);  // only launched when the total fits (< 4 GiB)
@@ -112,8 +120,8 @@ struct Smem {
   uint64_t *native, *extra, *nmask, *wmask;
   int64_t *T, *T0, *a, *b, *win, *in, *out, *tok, *tok0;
   int64_t *red_g, *red_x, *red_mb, *red_md;
-  uint32_t* red_sec;
-  int32_t *m, *loc, *cnt, *slots, *node, *p2l, *rep_e, *rep_src, *mv_e, *mv_from, *mv_to, *mv_prev, *mv_amt, *ehead;
+  uint32_t *red_sec, *red_j;
+  int32_t *m, *loc, *cnt, *qbuf, *slots, *node, *p2l, *rep_e, *rep_src, *mv_e, *mv_from, *mv_to, *mv_prev, *mv_amt, *ehead;
   int32_t* ctl;  // [kCtlStatus], [kCtlNextBn], [kCtlSmall]
   unsigned long long* total;
 };
@@ -148,6 +156,8 @@ __device__ inline Smem bind_smem(unsigned char* base, const SmemLayout& L) {
 #pragma unroll
   for (int i = 0; i < 13; ++i) *r64[i] = reinterpret_cast<int64_t*>(at(kT + i));
   s.red_sec = reinterpret_cast<uint32_t*>(at(kRedSec));
+  s.red_j = reinterpret_cast<uint32_t*>(at(kRedJ));
+  s.qbuf = reinterpret_cast<int32_t*>(at(kQbuf));
   s.total = reinterpret_cast<unsigned long long*>(at(kTotal));
   s.ctl = reinterpret_cast<int32_t*>(at(kCtl));
   s.slots = reinterpret_cast<int32_t*>(at(kSlots));
@@ -278,13 +288,15 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
   }
   const int32_t* counts = p.counts + layer * RE;
   const int32_t* cnt = kTier == kStateAll ? sm.cnt : counts;
+  const int ldc = kTier == kStateAll ? cnt_pitch(E) : E;  // row pitch of cnt
   int32_t* mws = p.moves ? p.moves + static_cast<size_t>(layer) * p.moves_stride : nullptr;
 
   // 1. Clear the state, read the per-rank model, copy (or scan) the counts.
   int status = 0;
   uint64_t my_total = 0;
   if (tid == 0) {
-    sm.ctl[0] = 0;
+    sm.ctl[kCtlStatus] = 0;
+    sm.ctl[kCtlMulti] = 0;
     *sm.total = 0;
   }
   for (int e = tid; e < E; e += kThreads) {
@@ -322,10 +334,13 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
   // Loads in batches of kBatch per thread, all issued before any is used (one memory latency per
   // batch instead of one per element).
   constexpr int kBatch = 8;
-  if (kTier == kStateAll && (reinterpret_cast<uintptr_t>(counts) & 15) == 0 && (RE & 3) == 0) {
+  if (kTier == kStateAll && (reinterpret_cast<uintptr_t>(counts) & 15) == 0 && (E & 3) == 0) {
+    // int4 rows: element (row, col4) of the source goes to row * ld4 + col4 (pitch cnt_pitch(E));
+    // the position advances by kThreads int4 per step without a division.
     const int4* src = reinterpret_cast<const int4*>(counts);
     int4* dst = reinterpret_cast<int4*>(sm.cnt);
     const size_t n4 = RE / 4;
+    const int E4 = E / 4, ld4 = ldc / 4, step_r = kThreads / E4, step_c = kThreads - step_r * E4;
     for (size_t i0 = tid; i0 < n4; i0 += static_cast<size_t>(kThreads) * kBatch) {
       int4 v[kBatch];
 #pragma unroll
@@ -333,10 +348,14 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
         const size_t i = i0 + static_cast<size_t>(u) * kThreads;
         v[u] = i < n4 ? __ldg(src + i) : make_int4(0, 0, 0, 0);
       }
+      int row = static_cast<int>(i0 / E4), col = static_cast<int>(i0 - static_cast<size_t>(row) * E4);
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
         const size_t i = i0 + static_cast<size_t>(u) * kThreads;
-        if (i < n4) dst[i] = v[u];
+        if (i < n4) dst[static_cast<size_t>(row) * ld4 + col] = v[u];
+        col += step_c;
+        row += step_r;
+        if (col >= E4) col -= E4, ++row;
         count_one(v[u].x);
         count_one(v[u].y);
         count_one(v[u].z);
@@ -354,7 +373,10 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
         const size_t i = i0 + static_cast<size_t>(u) * kThreads;
-        if (kTier == kStateAll && i < RE) sm.cnt[i] = v[u];
+        if (kTier == kStateAll && i < RE) {
+          const size_t r = i / E;
+          sm.cnt[r * ldc + (i - r * E)] = v[u];
+        }
         count_one(v[u]);
       }
     }
@@ -372,37 +394,68 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
   }
   __syncthreads();
 
-  // 3. Locality-first initial assignment, by expert column: `tpe` threads per expert take
-  // contiguous source ranges. A single-holder expert's tokens all go to its holder (a column sum);
-  // an expert with up to four holders splits each source's tokens (pd::init_split: holders keep
-  // their own tokens, pinned) into per-holder register sums; one shared atomic per thread and
-  // holder at the end. Only experts with more holders add every split share atomically.
+  // 3. Locality-first initial assignment, by expert column, in two passes so that no warp mixes
+  // single- and multi-holder experts (their per-element work differs several-fold; mixed in one
+  // warp, every warp ran both). (a) `tpe` threads per expert take contiguous source ranges: loc of
+  // every (source, expert), and a single-holder expert's column sum (all its tokens go to its
+  // holder); experts with several holders are listed (sm.qbuf, free until the loop). (b) One warp
+  // per listed expert, lanes over sources: pd::init_split of each source's tokens (holders keep
+  // their own, pinned), per-holder register sums reduced with warp redux for up to four holders,
+  // shared atomics for more. 32-bit sums: they wrap only when the layer's total exceeds INT32_MAX,
+  // which is flagged below (the plan is dropped).
   {
     int tpe = 1;
     while (tpe < 32 && 2 * tpe * E <= kThreads) tpe *= 2;
-    const int chunk = (R + tpe - 1) / tpe, part = tid % tpe;
+    const int chunk = (R + tpe - 1) / tpe, part = tid % tpe, per_round = kThreads / tpe;
     const int s0 = min(R, part * chunk), s1 = min(R, s0 + chunk);
-    for (int e = tid / tpe; e < E; e += kThreads / tpe) {
+    for (int e0 = 0; e0 < E; e0 += per_round) {  // block-uniform trip count: every lane ballots
+      const int e = e0 + tid / tpe;
+      bool multi = false;
+      if (e < E) {
+        const uint64_t h = sm.native[e];
+        if (h == 0) status |= core::kProbeBadPlacement;
+        const bool single = h != 0 && (h & (h - 1)) == 0;
+        multi = part == 0 && h != 0 && !single;
+        uint32_t acc = 0;
+#pragma unroll 4
+        for (int s = s0; s < s1; ++s) {
+          const int32_t n = cnt[static_cast<size_t>(s) * ldc + e];
+          const bool mine = ((h >> s) & 1) != 0;
+          sm.loc[static_cast<size_t>(s) * ldm + e] = (mine && n > 0) ? n : 0;
+          acc += (single && n > 0) ? static_cast<uint32_t>(n) : 0u;
+        }
+        if (acc) atomicAdd(&sm.m[static_cast<size_t>(pd::ctz64(h)) * ldm + e], static_cast<int32_t>(acc));
+      }
+      const unsigned listed = __ballot_sync(kFull, multi);
+      if (listed) {
+        int base = 0;
+        if (lane == 0) base = atomicAdd(&sm.ctl[kCtlMulti], __popc(listed));
+        base = __shfl_sync(kFull, base, 0);
+        if (multi) sm.qbuf[base + __popc(listed & ((1u << lane) - 1u))] = e;
+      }
+    }
+  }
+  __syncthreads();
+  {
+    const int num_multi = sm.ctl[kCtlMulti];
+    for (int i = warp; i < num_multi; i += kWarps) {  // warp-uniform
+      const int e = sm.qbuf[i];
       const uint64_t h = sm.native[e];
-      if (h == 0) status |= core::kProbeBadPlacement;
-      const bool single = h != 0 && (h & (h - 1)) == 0;
-      const bool few = !single && h != 0 && pd::popcount64(h) <= 4;
-      int64_t acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;  // per holder of e, ascending rank
       int32_t* col = sm.m + e;
-      for (int s = s0; s < s1; ++s) {
-        const int32_t n = cnt[static_cast<size_t>(s) * E + e];
-        const bool mine = ((h >> s) & 1) != 0;
-        sm.loc[static_cast<size_t>(s) * ldm + e] = (mine && n > 0) ? n : 0;
-        if (h == 0 || n <= 0) continue;
-        if (single) {
-          acc0 += n;
-        } else if (few) {
+      const bool few = pd::popcount64(h) <= 4;
+      uint32_t acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;  // per holder of e, ascending rank
+      for (int sb = 0; sb < R; sb += 32) {  // uniform trip count
+        const int s = sb + lane;
+        const int32_t n = s < R ? cnt[static_cast<size_t>(s) * ldc + e] : 0;
+        if (n <= 0) continue;
+        if (few) {
           pd::init_split(n, h, s, sm.nmask[s], [&](int r, int64_t v) {
             const int ix = pd::popcount64(h & ((uint64_t(1) << r) - 1));
-            acc0 += ix == 0 ? v : 0;
-            acc1 += ix == 1 ? v : 0;
-            acc2 += ix == 2 ? v : 0;
-            acc3 += ix == 3 ? v : 0;
+            const uint32_t u = static_cast<uint32_t>(v);
+            acc0 += ix == 0 ? u : 0u;
+            acc1 += ix == 1 ? u : 0u;
+            acc2 += ix == 2 ? u : 0u;
+            acc3 += ix == 3 ? u : 0u;
           });
         } else {
           pd::init_split(n, h, s, sm.nmask[s], [col, ldm](int r, int64_t v) {
@@ -410,16 +463,18 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
           });
         }
       }
-      // A sum above INT32_MAX means a layer total above it: flagged below, the plan is dropped.
-      if (single || few) {
-        const int64_t acc[4] = {acc0, acc1, acc2, acc3};
-        uint64_t hh = h;
+      if (few) {  // this warp alone writes e's column (m is zero there)
+        const uint32_t sum[4] = {__reduce_add_sync(kFull, acc0), __reduce_add_sync(kFull, acc1),
+                                 __reduce_add_sync(kFull, acc2), __reduce_add_sync(kFull, acc3)};
+        if (lane == 0) {
+          uint64_t hh = h;
 #pragma unroll
-        for (int ix = 0; ix < 4; ++ix) {
-          if (hh == 0) break;
-          const int r = pd::ctz64(hh);
-          hh &= hh - 1;
-          if (acc[ix]) atomicAdd(&col[static_cast<size_t>(r) * ldm], static_cast<int32_t>(acc[ix]));
+          for (int ix = 0; ix < 4; ++ix) {
+            if (hh == 0) break;
+            const int r = pd::ctz64(hh);
+            hh &= hh - 1;
+            col[static_cast<size_t>(r) * ldm] = static_cast<int32_t>(sum[ix]);
+          }
         }
       }
     }
@@ -478,24 +533,26 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
     const int groups = kThreads / tpr, grp = tid / tpr, c = tid & (tpr - 1);
     for (int r0 = 0; r0 < R; r0 += groups) {  // block-uniform trip count: every lane shuffles
       const int r = r0 + grp;
-      int64_t t = 0, n = 0;
+      // The sum of pd::cost(v, a, b) over the row is a * (experts with tokens) + b * (tokens): 32-bit
+      // counts in the loop (the layer's total is below 2^31 here), one 64-bit product pair at the end.
+      uint32_t n = 0, nz = 0;
       if (r < R) {
-        const int64_t a = sm.a[r], b = sm.b[r];
         const int32_t* row = sm.m + static_cast<size_t>(r) * ldm;
 #pragma unroll 8
         for (int e = c; e < E; e += tpr) {
-          const int64_t v = row[e];
-          t += pd::cost(v, a, b);
-          n += v;
+          const int32_t v = row[e];
+          n += static_cast<uint32_t>(v);
+          nz += v > 0 ? 1u : 0u;
         }
       }
       for (int off = tpr / 2; off > 0; off >>= 1) {  // within the group: aligned lanes of one warp
-        t += __shfl_xor_sync(kFull, t, off);
         n += __shfl_xor_sync(kFull, n, off);
+        nz += __shfl_xor_sync(kFull, nz, off);
       }
       if (r < R && c == 0) {
+        const int64_t t = sm.a[r] * static_cast<int64_t>(nz) + sm.b[r] * static_cast<int64_t>(n);
         sm.T[r] = sm.T0[r] = t;
-        sm.tok[r] = sm.tok0[r] = n;
+        sm.tok[r] = sm.tok0[r] = static_cast<int64_t>(n);
       }
     }
   }
@@ -532,7 +589,7 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
     const int bn_reps = sm.slots[bn];
     int64_t g = -1, x = 0, kg = -1;
     uint32_t sec = 0xffffffffu, ksec = 0xffffffffu;
-    int32_t bmb = 0, bmd = 0;
+    int32_t bmb = 0, bmd = 0, bj = 0;
     for (int i = tid, j = j_first, d = d_first; i < pairs;
          i += kThreads, j += j_step + (d + d_step >= R ? 1 : 0), d = d + d_step >= R ? d + d_step - R : d + d_step) {
       if (d == bn) continue;
@@ -553,6 +610,19 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
       const uint64_t dnode = sm.nmask[d];
       const int32_t pool = mb - lb;
       if (pool <= 0) continue;
+      // The current quota of (source d, e) on bn: the initial split plus e's earlier moves (a
+      // per-expert linked list). Warp 1 reads row j if e moves in this iteration, so the per-source
+      // part of its token split runs here, spread over the pairs, instead of on phase 2's critical
+      // path. (Source bn's entry is not needed: its tokens on bn are pinned.)
+      {
+        int32_t q = static_cast<int32_t>(pd::init_quota_nm(cnt[static_cast<size_t>(d) * ldc + e], hn, d, bn, dnode));
+        for (int kk = sm.ehead[e]; kk >= 0; kk = sm.mv_prev[kk]) {
+          const int32_t a = sm.mv_amt[static_cast<size_t>(kk) * R + d];
+          const int to = sm.mv_to[kk], from = sm.mv_from[kk];
+          q += (to == bn ? a : 0) - (from == bn ? a : 0);
+        }
+        sm.qbuf[i] = q;
+      }
       const bool holds = (((hn | hx) >> d) & 1) != 0;
       if (!holds && ((full >> d) & 1)) continue;
       int64_t px = 0;
@@ -562,7 +632,7 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
       const bool ok = holds || ((((recv_intra >> d) & 1) && (hn & dnode & send_intra)) ||
                                 (((recv_inter >> d) & 1) && (hn & ~dnode & send_inter)));
       if (ok) {
-        if (pd::better(pg, s32, g, sec)) g = pg, sec = s32, x = px, bmb = mb, bmd = md;
+        if (pd::better(pg, s32, g, sec)) g = pg, sec = s32, x = px, bmb = mb, bmd = md, bj = j;
       } else {
         if (pd::better(pg, s32, kg, ksec)) kg = pg, ksec = s32;
       }
@@ -581,6 +651,7 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
         sm.red_x[warp] = x;
         sm.red_mb[warp] = bmb;
         sm.red_md[warp] = bmd;
+        sm.red_j[warp] = static_cast<uint32_t>(bj);
       }
     } else if (lane == 0) {
       sm.red_g[warp] = -1;
@@ -632,21 +703,13 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
     } else if (warp == 1) {
       const int64_t mx = sm.red_x[wsel];
       // The tokens leave bn in locality order: q = the current quota of (s, e) on bn for every
-      // source s (the initial split plus the earlier moves of e, a per-expert linked list).
-      const uint64_t h = sm.native[e];
-      const int head = sm.ehead[e];
+      // source s, computed by the pairs (j, s) of phase 1 (row j of qbuf, j: the best pair's slot).
+      const int32_t* qrow = sm.qbuf + static_cast<size_t>(sm.red_j[wsel]) * R;
       int32_t q[2], amt[2];
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
         const int s = lane + 32 * hh;
-        q[hh] = s < R ? static_cast<int32_t>(pd::init_quota_nm(cnt[static_cast<size_t>(s) * E + e], h, s, bn, sm.nmask[s])) : 0;
-      }
-      for (int kk = head; kk >= 0; kk = sm.mv_prev[kk]) {  // both halves in one walk
-        const int32_t* row = sm.mv_amt + static_cast<size_t>(kk) * R;
-        const int to = sm.mv_to[kk], from = sm.mv_from[kk];
-        const int32_t a0 = lane < R ? row[lane] : 0, a1 = lane + 32 < R ? row[lane + 32] : 0;
-        if (to == bn) q[0] += a0, q[1] += a1;
-        if (from == bn) q[0] -= a0, q[1] -= a1;
+        q[hh] = s < R && s != bn ? qrow[s] : 0;
       }
       warp_take_tokens(q, bn, d, R, sm.node, static_cast<int32_t>(mx), lane, amt);
       int32_t* row = sm.mv_amt + static_cast<size_t>(nm) * R;
@@ -656,12 +719,11 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
         if (s < R) row[s] = amt[hh];
         if (s == d) sm.loc[static_cast<size_t>(d) * ldm + e] += amt[hh];
       }
-      __syncwarp();  // every lane has walked e's move list before lane 0 extends it
-      if (lane == 0) {
+      if (lane == 0) {  // e's move list: this move goes in front
         sm.mv_e[nm] = e;
         sm.mv_from[nm] = bn;
         sm.mv_to[nm] = d;
-        sm.mv_prev[nm] = head;
+        sm.mv_prev[nm] = sm.ehead[e];
         sm.ehead[e] = nm;
       }
     } else if (warp == 2) {
