@@ -67,8 +67,8 @@ __host__ __device__ inline size_t moves_stride(int R, int K) {
 // aligned running sums were rematerialised (long dependent chains) at every use in the planner loop.
 enum SmemArray : int {
   kNative, kExtra, kNmask, kWmask, kT, kT0, kA, kB, kWin, kIn, kOut, kTok, kTok0, kRedG, kRedX, kRedMb, kRedMd,
-  kRedSec, kRedJ, kTotal, kCtl, kSlots, kNode, kRepE, kRepSrc, kMvE, kMvFrom, kMvTo, kMvPrev, kMvAmt, kEhead, kP2l,
-  kQbuf, kM, kLoc, kCnt, kNumArrays
+  kRedSec, kTotal, kCtl, kSlots, kNode, kRepE, kRepSrc, kMvE, kMvFrom, kMvTo, kMvPrev, kMvAmt, kEhead, kP2l,
+  kMulti, kM, kLoc, kCnt, kNumArrays
 };
 
 struct SmemLayout {
@@ -94,7 +94,7 @@ inline size_t smem_layout(int R, int E, int S, int K, int num_slots, int tier, S
   bytes[kWmask] = 8 * kNumMasks;
   for (int i = kT; i <= kTok0; ++i) bytes[i] = 8 * static_cast<size_t>(R);
   for (int i = kRedG; i <= kRedMd; ++i) bytes[i] = 8 * kWarps;
-  bytes[kRedSec] = bytes[kRedJ] = 4 * kWarps;
+  bytes[kRedSec] = 4 * kWarps;
   bytes[kTotal] = 8;
   bytes[kCtl] = 16;
   bytes[kSlots] = bytes[kNode] = 4 * static_cast<size_t>(R);
@@ -103,9 +103,8 @@ inline size_t smem_layout(int R, int E, int S, int K, int num_slots, int tier, S
   bytes[kMvAmt] = 4 * static_cast<size_t>(K + 1) * R;
   bytes[kEhead] = 4 * static_cast<size_t>(E);
   bytes[kP2l] = 4 * static_cast<size_t>(num_slots);
-  // Per candidate pair (j, d) of an iteration: the current quota of (source d, bn's j-th expert) on
-  // bn (at most num_slots + R S pairs); at setup, the list of experts with several holders.
-  bytes[kQbuf] = 4 * (static_cast<size_t>(num_slots) + RS1);
+  // At setup, the list of experts with several holders (each takes at least two slots).
+  bytes[kMulti] = 4 * static_cast<size_t>(num_slots);
   if (tier >= kStateShared) bytes[kM] = bytes[kLoc] = 4 * static_cast<size_t>(R) * smem_pitch(E);
   if (tier == kStateAll) bytes[kCnt] = 4 * static_cast<size_t>(R) * cnt_pitch(E);
   size_t off = 0;
@@ -120,9 +119,9 @@ struct Smem {
   uint64_t *native, *extra, *nmask, *wmask;
   int64_t *T, *T0, *a, *b, *win, *in, *out, *tok, *tok0;
   int64_t *red_g, *red_x, *red_mb, *red_md;
-  uint32_t *red_sec, *red_j;
-  int32_t *m, *loc, *cnt, *qbuf, *slots, *node, *p2l, *rep_e, *rep_src, *mv_e, *mv_from, *mv_to, *mv_prev, *mv_amt, *ehead;
-  int32_t* ctl;  // [kCtlStatus], [kCtlNextBn], [kCtlSmall]
+  uint32_t* red_sec;
+  int32_t *m, *loc, *cnt, *multi, *slots, *node, *p2l, *rep_e, *rep_src, *mv_e, *mv_from, *mv_to, *mv_prev, *mv_amt, *ehead;
+  int32_t* ctl;  // [kCtlStatus], [kCtlNextBn], [kCtlSmall], [kCtlMulti]
   unsigned long long* total;
 };
 
@@ -156,8 +155,7 @@ __device__ inline Smem bind_smem(unsigned char* base, const SmemLayout& L) {
 #pragma unroll
   for (int i = 0; i < 13; ++i) *r64[i] = reinterpret_cast<int64_t*>(at(kT + i));
   s.red_sec = reinterpret_cast<uint32_t*>(at(kRedSec));
-  s.red_j = reinterpret_cast<uint32_t*>(at(kRedJ));
-  s.qbuf = reinterpret_cast<int32_t*>(at(kQbuf));
+  s.multi = reinterpret_cast<int32_t*>(at(kMulti));
   s.total = reinterpret_cast<unsigned long long*>(at(kTotal));
   s.ctl = reinterpret_cast<int32_t*>(at(kCtl));
   s.slots = reinterpret_cast<int32_t*>(at(kSlots));
@@ -398,7 +396,7 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
   // single- and multi-holder experts (their per-element work differs several-fold; mixed in one
   // warp, every warp ran both). (a) `tpe` threads per expert take contiguous source ranges: loc of
   // every (source, expert), and a single-holder expert's column sum (all its tokens go to its
-  // holder); experts with several holders are listed (sm.qbuf, free until the loop). (b) One warp
+  // holder); experts with several holders are listed (sm.multi). (b) One warp
   // per listed expert, lanes over sources: pd::init_split of each source's tokens (holders keep
   // their own, pinned), per-holder register sums reduced with warp redux for up to four holders,
   // shared atomics for more. 32-bit sums: they wrap only when the layer's total exceeds INT32_MAX,
@@ -431,7 +429,7 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
         int base = 0;
         if (lane == 0) base = atomicAdd(&sm.ctl[kCtlMulti], __popc(listed));
         base = __shfl_sync(kFull, base, 0);
-        if (multi) sm.qbuf[base + __popc(listed & ((1u << lane) - 1u))] = e;
+        if (multi) sm.multi[base + __popc(listed & ((1u << lane) - 1u))] = e;
       }
     }
   }
@@ -439,7 +437,7 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
   {
     const int num_multi = sm.ctl[kCtlMulti];
     for (int i = warp; i < num_multi; i += kWarps) {  // warp-uniform
-      const int e = sm.qbuf[i];
+      const int e = sm.multi[i];
       const uint64_t h = sm.native[e];
       int32_t* col = sm.m + e;
       const bool few = pd::popcount64(h) <= 4;
@@ -589,7 +587,7 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
     const int bn_reps = sm.slots[bn];
     int64_t g = -1, x = 0, kg = -1;
     uint32_t sec = 0xffffffffu, ksec = 0xffffffffu;
-    int32_t bmb = 0, bmd = 0, bj = 0;
+    int32_t bmb = 0, bmd = 0;
     for (int i = tid, j = j_first, d = d_first; i < pairs;
          i += kThreads, j += j_step + (d + d_step >= R ? 1 : 0), d = d + d_step >= R ? d + d_step - R : d + d_step) {
       if (d == bn) continue;
@@ -610,19 +608,6 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
       const uint64_t dnode = sm.nmask[d];
       const int32_t pool = mb - lb;
       if (pool <= 0) continue;
-      // The current quota of (source d, e) on bn: the initial split plus e's earlier moves (a
-      // per-expert linked list). Warp 1 reads row j if e moves in this iteration, so the per-source
-      // part of its token split runs here, spread over the pairs, instead of on phase 2's critical
-      // path. (Source bn's entry is not needed: its tokens on bn are pinned.)
-      {
-        int32_t q = static_cast<int32_t>(pd::init_quota_nm(cnt[static_cast<size_t>(d) * ldc + e], hn, d, bn, dnode));
-        for (int kk = sm.ehead[e]; kk >= 0; kk = sm.mv_prev[kk]) {
-          const int32_t a = sm.mv_amt[static_cast<size_t>(kk) * R + d];
-          const int to = sm.mv_to[kk], from = sm.mv_from[kk];
-          q += (to == bn ? a : 0) - (from == bn ? a : 0);
-        }
-        sm.qbuf[i] = q;
-      }
       const bool holds = (((hn | hx) >> d) & 1) != 0;
       if (!holds && ((full >> d) & 1)) continue;
       int64_t px = 0;
@@ -632,7 +617,7 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
       const bool ok = holds || ((((recv_intra >> d) & 1) && (hn & dnode & send_intra)) ||
                                 (((recv_inter >> d) & 1) && (hn & ~dnode & send_inter)));
       if (ok) {
-        if (pd::better(pg, s32, g, sec)) g = pg, sec = s32, x = px, bmb = mb, bmd = md, bj = j;
+        if (pd::better(pg, s32, g, sec)) g = pg, sec = s32, x = px, bmb = mb, bmd = md;
       } else {
         if (pd::better(pg, s32, kg, ksec)) kg = pg, ksec = s32;
       }
@@ -651,7 +636,6 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
         sm.red_x[warp] = x;
         sm.red_mb[warp] = bmb;
         sm.red_md[warp] = bmd;
-        sm.red_j[warp] = static_cast<uint32_t>(bj);
       }
     } else if (lane == 0) {
       sm.red_g[warp] = -1;
@@ -703,13 +687,21 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
     } else if (warp == 1) {
       const int64_t mx = sm.red_x[wsel];
       // The tokens leave bn in locality order: q = the current quota of (s, e) on bn for every
-      // source s, computed by the pairs (j, s) of phase 1 (row j of qbuf, j: the best pair's slot).
-      const int32_t* qrow = sm.qbuf + static_cast<size_t>(sm.red_j[wsel]) * R;
+      // source s (the initial split plus the earlier moves of e, a per-expert linked list).
+      const uint64_t h = sm.native[e];
+      const int head = sm.ehead[e];
       int32_t q[2], amt[2];
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
         const int s = lane + 32 * hh;
-        q[hh] = s < R && s != bn ? qrow[s] : 0;
+        q[hh] = s < R ? static_cast<int32_t>(pd::init_quota_nm(cnt[static_cast<size_t>(s) * ldc + e], h, s, bn, sm.nmask[s])) : 0;
+      }
+      for (int kk = head; kk >= 0; kk = sm.mv_prev[kk]) {  // both halves in one walk
+        const int32_t* row = sm.mv_amt + static_cast<size_t>(kk) * R;
+        const int to = sm.mv_to[kk], from = sm.mv_from[kk];
+        const int32_t a0 = lane < R ? row[lane] : 0, a1 = lane + 32 < R ? row[lane + 32] : 0;
+        if (to == bn) q[0] += a0, q[1] += a1;
+        if (from == bn) q[0] -= a0, q[1] -= a1;
       }
       warp_take_tokens(q, bn, d, R, sm.node, static_cast<int32_t>(mx), lane, amt);
       int32_t* row = sm.mv_amt + static_cast<size_t>(nm) * R;
@@ -719,11 +711,12 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
         if (s < R) row[s] = amt[hh];
         if (s == d) sm.loc[static_cast<size_t>(d) * ldm + e] += amt[hh];
       }
-      if (lane == 0) {  // e's move list: this move goes in front
+      __syncwarp();  // every lane has walked e's move list before lane 0 extends it
+      if (lane == 0) {
         sm.mv_e[nm] = e;
         sm.mv_from[nm] = bn;
         sm.mv_to[nm] = d;
-        sm.mv_prev[nm] = sm.ehead[e];
+        sm.mv_prev[nm] = head;
         sm.ehead[e] = nm;
       }
     } else if (warp == 2) {
