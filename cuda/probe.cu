@@ -46,7 +46,7 @@ constexpr int kQuotaMaxTile = 1024;  // experts per quota block (shared holder m
 enum RankMask : int { kRecvIntra = 0, kRecvInter, kSendIntra, kSendInter, kFullSlots, kNumMasks };
 
 // Control words in shared memory.
-enum CtlWord : int { kCtlStatus = 0, kCtlNextBn = 1, kCtlSmall = 2 };
+enum CtlWord : int { kCtlStatus = 0, kCtlNextBn = 1, kCtlSmall = 2, kCtlMulti = 3 };
 
 // Below this every time and gain fits 32 bits (see `small` in the planner loop).
 constexpr int64_t kSmallPs = int64_t(1) << 31;
@@ -68,7 +68,7 @@ __host__ __device__ inline size_t moves_stride(int R, int K) {
 enum SmemArray : int {
   kNative, kExtra, kNmask, kWmask, kT, kT0, kA, kB, kWin, kIn, kOut, kTok, kTok0, kRedG, kRedX, kRedMb, kRedMd,
   kRedSec, kTotal, kCtl, kSlots, kNode, kRepE, kRepSrc, kMvE, kMvFrom, kMvTo, kMvPrev, kMvAmt, kEhead, kP2l,
-  kM, kLoc, kCnt, kNumArrays
+  kMulti, kM, kLoc, kCnt, kNumArrays
 };
 
 struct SmemLayout {
@@ -79,10 +79,15 @@ struct SmemLayout {
 // search and the token split read those) falls in distinct banks.
 __host__ __device__ inline int smem_pitch(int E) { return E | 1; }
 
+// Row pitch of the counts in shared memory: a multiple of 4 (the copy from global memory takes int4
+// rows) with an odd quotient when E is, so an expert's column spreads over 8 banks (at most a 4-way
+// conflict instead of 32-way at E = 256); odd when rows cannot be copied as int4.
+__host__ __device__ inline int cnt_pitch(int E) { return (E & 3) == 0 ? 4 * ((E / 4) | 1) : (E | 1); }
+
 // Fills the offsets and returns the total bytes; m and loc take space from kStateShared on, the
 // counts in kStateAll only.
 inline size_t smem_layout(int R, int E, int S, int K, int num_slots, int tier, SmemLayout* L) {
-  const size_t RE = static_cast<size_t>(R) * E, RS1 = static_cast<size_t>(R) * S + 1;
+  const size_t RS1 = static_cast<size_t>(R) * S + 1;
   size_t bytes[kNumArrays] = {};
   bytes[kNative] = bytes[kExtra] = 8 * static_cast<size_t>(E);
   bytes[kNmask] = 8 * static_cast<size_t>(R);
@@ -98,8 +103,10 @@ inline size_t smem_layout(int R, int E, int S, int K, int num_slots, int tier, S
   bytes[kMvAmt] = 4 * static_cast<size_t>(K + 1) * R;
   bytes[kEhead] = 4 * static_cast<size_t>(E);
   bytes[kP2l] = 4 * static_cast<size_t>(num_slots);
+  // At setup, the list of experts with several holders (each takes at least two slots).
+  bytes[kMulti] = 4 * static_cast<size_t>(num_slots);
   if (tier >= kStateShared) bytes[kM] = bytes[kLoc] = 4 * static_cast<size_t>(R) * smem_pitch(E);
-  if (tier == kStateAll) bytes[kCnt] = 4 * RE;
+  if (tier == kStateAll) bytes[kCnt] = 4 * static_cast<size_t>(R) * cnt_pitch(E);
   size_t off = 0;
   for (int i = 0; i < kNumArrays; ++i) {
     if (L) L->off[i] = static_cast<uint32_t>(off);  // only launched when the total fits (< 4 GiB)
@@ -113,8 +120,8 @@ struct Smem {
   int64_t *T, *T0, *a, *b, *win, *in, *out, *tok, *tok0;
   int64_t *red_g, *red_x, *red_mb, *red_md;
   uint32_t* red_sec;
-  int32_t *m, *loc, *cnt, *slots, *node, *p2l, *rep_e, *rep_src, *mv_e, *mv_from, *mv_to, *mv_prev, *mv_amt, *ehead;
-  int32_t* ctl;  // [kCtlStatus], [kCtlNextBn], [kCtlSmall]
+  int32_t *m, *loc, *cnt, *multi, *slots, *node, *p2l, *rep_e, *rep_src, *mv_e, *mv_from, *mv_to, *mv_prev, *mv_amt, *ehead;
+  int32_t* ctl;  // [kCtlStatus], [kCtlNextBn], [kCtlSmall], [kCtlMulti]
   unsigned long long* total;
 };
 
@@ -148,6 +155,7 @@ __device__ inline Smem bind_smem(unsigned char* base, const SmemLayout& L) {
 #pragma unroll
   for (int i = 0; i < 13; ++i) *r64[i] = reinterpret_cast<int64_t*>(at(kT + i));
   s.red_sec = reinterpret_cast<uint32_t*>(at(kRedSec));
+  s.multi = reinterpret_cast<int32_t*>(at(kMulti));
   s.total = reinterpret_cast<unsigned long long*>(at(kTotal));
   s.ctl = reinterpret_cast<int32_t*>(at(kCtl));
   s.slots = reinterpret_cast<int32_t*>(at(kSlots));
@@ -278,13 +286,15 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
   }
   const int32_t* counts = p.counts + layer * RE;
   const int32_t* cnt = kTier == kStateAll ? sm.cnt : counts;
+  const int ldc = kTier == kStateAll ? cnt_pitch(E) : E;  // row pitch of cnt
   int32_t* mws = p.moves ? p.moves + static_cast<size_t>(layer) * p.moves_stride : nullptr;
 
   // 1. Clear the state, read the per-rank model, copy (or scan) the counts.
   int status = 0;
   uint64_t my_total = 0;
   if (tid == 0) {
-    sm.ctl[0] = 0;
+    sm.ctl[kCtlStatus] = 0;
+    sm.ctl[kCtlMulti] = 0;
     *sm.total = 0;
   }
   for (int e = tid; e < E; e += kThreads) {
@@ -322,10 +332,13 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
   // Loads in batches of kBatch per thread, all issued before any is used (one memory latency per
   // batch instead of one per element).
   constexpr int kBatch = 8;
-  if (kTier == kStateAll && (reinterpret_cast<uintptr_t>(counts) & 15) == 0 && (RE & 3) == 0) {
+  if (kTier == kStateAll && (reinterpret_cast<uintptr_t>(counts) & 15) == 0 && (E & 3) == 0) {
+    // int4 rows: element (row, col4) of the source goes to row * ld4 + col4 (pitch cnt_pitch(E));
+    // the position advances by kThreads int4 per step without a division.
     const int4* src = reinterpret_cast<const int4*>(counts);
     int4* dst = reinterpret_cast<int4*>(sm.cnt);
     const size_t n4 = RE / 4;
+    const int E4 = E / 4, ld4 = ldc / 4, step_r = kThreads / E4, step_c = kThreads - step_r * E4;
     for (size_t i0 = tid; i0 < n4; i0 += static_cast<size_t>(kThreads) * kBatch) {
       int4 v[kBatch];
 #pragma unroll
@@ -333,10 +346,14 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
         const size_t i = i0 + static_cast<size_t>(u) * kThreads;
         v[u] = i < n4 ? __ldg(src + i) : make_int4(0, 0, 0, 0);
       }
+      int row = static_cast<int>(i0 / E4), col = static_cast<int>(i0 - static_cast<size_t>(row) * E4);
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
         const size_t i = i0 + static_cast<size_t>(u) * kThreads;
-        if (i < n4) dst[i] = v[u];
+        if (i < n4) dst[static_cast<size_t>(row) * ld4 + col] = v[u];
+        col += step_c;
+        row += step_r;
+        if (col >= E4) col -= E4, ++row;
         count_one(v[u].x);
         count_one(v[u].y);
         count_one(v[u].z);
@@ -354,7 +371,10 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
         const size_t i = i0 + static_cast<size_t>(u) * kThreads;
-        if (kTier == kStateAll && i < RE) sm.cnt[i] = v[u];
+        if (kTier == kStateAll && i < RE) {
+          const size_t r = i / E;
+          sm.cnt[r * ldc + (i - r * E)] = v[u];
+        }
         count_one(v[u]);
       }
     }
@@ -372,37 +392,68 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
   }
   __syncthreads();
 
-  // 3. Locality-first initial assignment, by expert column: `tpe` threads per expert take
-  // contiguous source ranges. A single-holder expert's tokens all go to its holder (a column sum);
-  // an expert with up to four holders splits each source's tokens (pd::init_split: holders keep
-  // their own tokens, pinned) into per-holder register sums; one shared atomic per thread and
-  // holder at the end. Only experts with more holders add every split share atomically.
+  // 3. Locality-first initial assignment, by expert column, in two passes so that no warp mixes
+  // single- and multi-holder experts (their per-element work differs several-fold; mixed in one
+  // warp, every warp ran both). (a) `tpe` threads per expert take contiguous source ranges: loc of
+  // every (source, expert), and a single-holder expert's column sum (all its tokens go to its
+  // holder); experts with several holders are listed (sm.multi). (b) One warp
+  // per listed expert, lanes over sources: pd::init_split of each source's tokens (holders keep
+  // their own, pinned), per-holder register sums reduced with warp redux for up to four holders,
+  // shared atomics for more. 32-bit sums: they wrap only when the layer's total exceeds INT32_MAX,
+  // which is flagged below (the plan is dropped).
   {
     int tpe = 1;
     while (tpe < 32 && 2 * tpe * E <= kThreads) tpe *= 2;
-    const int chunk = (R + tpe - 1) / tpe, part = tid % tpe;
+    const int chunk = (R + tpe - 1) / tpe, part = tid % tpe, per_round = kThreads / tpe;
     const int s0 = min(R, part * chunk), s1 = min(R, s0 + chunk);
-    for (int e = tid / tpe; e < E; e += kThreads / tpe) {
+    for (int e0 = 0; e0 < E; e0 += per_round) {  // block-uniform trip count: every lane ballots
+      const int e = e0 + tid / tpe;
+      bool multi = false;
+      if (e < E) {
+        const uint64_t h = sm.native[e];
+        if (h == 0) status |= core::kProbeBadPlacement;
+        const bool single = h != 0 && (h & (h - 1)) == 0;
+        multi = part == 0 && h != 0 && !single;
+        uint32_t acc = 0;
+#pragma unroll 4
+        for (int s = s0; s < s1; ++s) {
+          const int32_t n = cnt[static_cast<size_t>(s) * ldc + e];
+          const bool mine = ((h >> s) & 1) != 0;
+          sm.loc[static_cast<size_t>(s) * ldm + e] = (mine && n > 0) ? n : 0;
+          acc += (single && n > 0) ? static_cast<uint32_t>(n) : 0u;
+        }
+        if (acc) atomicAdd(&sm.m[static_cast<size_t>(pd::ctz64(h)) * ldm + e], static_cast<int32_t>(acc));
+      }
+      const unsigned listed = __ballot_sync(kFull, multi);
+      if (listed) {
+        int base = 0;
+        if (lane == 0) base = atomicAdd(&sm.ctl[kCtlMulti], __popc(listed));
+        base = __shfl_sync(kFull, base, 0);
+        if (multi) sm.multi[base + __popc(listed & ((1u << lane) - 1u))] = e;
+      }
+    }
+  }
+  __syncthreads();
+  {
+    const int num_multi = sm.ctl[kCtlMulti];
+    for (int i = warp; i < num_multi; i += kWarps) {  // warp-uniform
+      const int e = sm.multi[i];
       const uint64_t h = sm.native[e];
-      if (h == 0) status |= core::kProbeBadPlacement;
-      const bool single = h != 0 && (h & (h - 1)) == 0;
-      const bool few = !single && h != 0 && pd::popcount64(h) <= 4;
-      int64_t acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;  // per holder of e, ascending rank
       int32_t* col = sm.m + e;
-      for (int s = s0; s < s1; ++s) {
-        const int32_t n = cnt[static_cast<size_t>(s) * E + e];
-        const bool mine = ((h >> s) & 1) != 0;
-        sm.loc[static_cast<size_t>(s) * ldm + e] = (mine && n > 0) ? n : 0;
-        if (h == 0 || n <= 0) continue;
-        if (single) {
-          acc0 += n;
-        } else if (few) {
+      const bool few = pd::popcount64(h) <= 4;
+      uint32_t acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;  // per holder of e, ascending rank
+      for (int sb = 0; sb < R; sb += 32) {  // uniform trip count
+        const int s = sb + lane;
+        const int32_t n = s < R ? cnt[static_cast<size_t>(s) * ldc + e] : 0;
+        if (n <= 0) continue;
+        if (few) {
           pd::init_split(n, h, s, sm.nmask[s], [&](int r, int64_t v) {
             const int ix = pd::popcount64(h & ((uint64_t(1) << r) - 1));
-            acc0 += ix == 0 ? v : 0;
-            acc1 += ix == 1 ? v : 0;
-            acc2 += ix == 2 ? v : 0;
-            acc3 += ix == 3 ? v : 0;
+            const uint32_t u = static_cast<uint32_t>(v);
+            acc0 += ix == 0 ? u : 0u;
+            acc1 += ix == 1 ? u : 0u;
+            acc2 += ix == 2 ? u : 0u;
+            acc3 += ix == 3 ? u : 0u;
           });
         } else {
           pd::init_split(n, h, s, sm.nmask[s], [col, ldm](int r, int64_t v) {
@@ -410,16 +461,18 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
           });
         }
       }
-      // A sum above INT32_MAX means a layer total above it: flagged below, the plan is dropped.
-      if (single || few) {
-        const int64_t acc[4] = {acc0, acc1, acc2, acc3};
-        uint64_t hh = h;
+      if (few) {  // this warp alone writes e's column (m is zero there)
+        const uint32_t sum[4] = {__reduce_add_sync(kFull, acc0), __reduce_add_sync(kFull, acc1),
+                                 __reduce_add_sync(kFull, acc2), __reduce_add_sync(kFull, acc3)};
+        if (lane == 0) {
+          uint64_t hh = h;
 #pragma unroll
-        for (int ix = 0; ix < 4; ++ix) {
-          if (hh == 0) break;
-          const int r = pd::ctz64(hh);
-          hh &= hh - 1;
-          if (acc[ix]) atomicAdd(&col[static_cast<size_t>(r) * ldm], static_cast<int32_t>(acc[ix]));
+          for (int ix = 0; ix < 4; ++ix) {
+            if (hh == 0) break;
+            const int r = pd::ctz64(hh);
+            hh &= hh - 1;
+            col[static_cast<size_t>(r) * ldm] = static_cast<int32_t>(sum[ix]);
+          }
         }
       }
     }
@@ -478,24 +531,26 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
     const int groups = kThreads / tpr, grp = tid / tpr, c = tid & (tpr - 1);
     for (int r0 = 0; r0 < R; r0 += groups) {  // block-uniform trip count: every lane shuffles
       const int r = r0 + grp;
-      int64_t t = 0, n = 0;
+      // The sum of pd::cost(v, a, b) over the row is a * (experts with tokens) + b * (tokens): 32-bit
+      // counts in the loop (the layer's total is below 2^31 here), one 64-bit product pair at the end.
+      uint32_t n = 0, nz = 0;
       if (r < R) {
-        const int64_t a = sm.a[r], b = sm.b[r];
         const int32_t* row = sm.m + static_cast<size_t>(r) * ldm;
 #pragma unroll 8
         for (int e = c; e < E; e += tpr) {
-          const int64_t v = row[e];
-          t += pd::cost(v, a, b);
-          n += v;
+          const int32_t v = row[e];
+          n += static_cast<uint32_t>(v);
+          nz += v > 0 ? 1u : 0u;
         }
       }
       for (int off = tpr / 2; off > 0; off >>= 1) {  // within the group: aligned lanes of one warp
-        t += __shfl_xor_sync(kFull, t, off);
         n += __shfl_xor_sync(kFull, n, off);
+        nz += __shfl_xor_sync(kFull, nz, off);
       }
       if (r < R && c == 0) {
+        const int64_t t = sm.a[r] * static_cast<int64_t>(nz) + sm.b[r] * static_cast<int64_t>(n);
         sm.T[r] = sm.T0[r] = t;
-        sm.tok[r] = sm.tok0[r] = n;
+        sm.tok[r] = sm.tok0[r] = static_cast<int64_t>(n);
       }
     }
   }
@@ -639,7 +694,7 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
         const int s = lane + 32 * hh;
-        q[hh] = s < R ? static_cast<int32_t>(pd::init_quota_nm(cnt[static_cast<size_t>(s) * E + e], h, s, bn, sm.nmask[s])) : 0;
+        q[hh] = s < R ? static_cast<int32_t>(pd::init_quota_nm(cnt[static_cast<size_t>(s) * ldc + e], h, s, bn, sm.nmask[s])) : 0;
       }
       for (int kk = head; kk >= 0; kk = sm.mv_prev[kk]) {  // both halves in one walk
         const int32_t* row = sm.mv_amt + static_cast<size_t>(kk) * R;
