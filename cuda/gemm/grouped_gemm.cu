@@ -6,6 +6,7 @@
 #include <mma.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdint>
 #include <cstdlib>
 #include <map>
@@ -22,7 +23,13 @@ namespace moebal::cuda::detail {
 
 int tuning_env_int(const char* name, int fallback) {
   const char* v = std::getenv(name);
-  return v != nullptr && *v != '\0' ? std::atoi(v) : fallback;
+  if (v == nullptr || *v == '\0') return fallback;
+  char* end = nullptr;
+  errno = 0;
+  const long parsed = std::strtol(v, &end, 10);
+  MOEBAL_CHECK_ARG(errno == 0 && *end == '\0' && parsed >= INT32_MIN && parsed <= INT32_MAX, "environment variable ",
+                   name, " must be an integer, got '", v, "'");
+  return static_cast<int>(parsed);
 }
 
 int resident_ctas_per_sm(const void* kernel, int threads, size_t smem) {
@@ -349,8 +356,9 @@ size_t align256(size_t v) { return (v + 255) / 256 * 256; }
 constexpr int64_t kSwigluEpilogueMinHidden = 6144;
 constexpr int64_t kSwigluEpilogueMinRows = 16384;
 
-bool swiglu_epilogue(GroupedGemmKernel kernel, int64_t total_rows, int64_t hidden) {
-  const int forced = detail::tuning_env_int("MOEBAL_FFN_SWIGLU_EPILOGUE", -1);
+int forced_swiglu_epilogue() { return detail::tuning_env_int("MOEBAL_FFN_SWIGLU_EPILOGUE", -1); }
+
+bool swiglu_epilogue(int forced, GroupedGemmKernel kernel, int64_t total_rows, int64_t hidden) {
   if (forced >= 0) return forced != 0;
   return kernel == GroupedGemmKernel::kHopperLargeM && hidden >= kSwigluEpilogueMinHidden &&
          total_rows >= kSwigluEpilogueMinRows;
@@ -420,6 +428,7 @@ void expert_ffn_bf16_with(GroupedGemmKernel kernel, const __nv_bfloat16* x, cons
   MOEBAL_CHECK_ARG(workspace_bytes >= need && (need == 0 || workspace != nullptr),
                    "expert_ffn_bf16: workspace of ", workspace_bytes, " bytes is smaller than the ", need,
                    " bytes needed");
+  const int forced = forced_swiglu_epilogue();  // read (and checked) on every path
   if (total_rows == 0) return;
   char* ws = static_cast<char*>(workspace);
   MOEBAL_CHECK_ARG(aligned16(ws), "expert_ffn_bf16: workspace must be 16-byte aligned");
@@ -453,7 +462,7 @@ void expert_ffn_bf16_with(GroupedGemmKernel kernel, const __nv_bfloat16* x, cons
   void* gemm_ws = ws + h_bytes + a_bytes;
   const size_t gemm_bytes = workspace_bytes - h_bytes - a_bytes;
   const GroupedGemmProblem down{act, w2, y, offsets, num_groups, total_rows, hidden, ffn, d.sm_count};
-  if (swiglu_epilogue(kernel, total_rows, hidden)) {
+  if (swiglu_epilogue(forced, kernel, total_rows, hidden)) {
     // The gate GEMM into gate [rows, ffn] (in h); the up GEMM with silu(gate) * up in its epilogue
     // into act; the down GEMM. Each w13 half is addressed with a group stride of 2 * ffn * hidden.
     const int64_t w13_stride = 2 * ffn * hidden;

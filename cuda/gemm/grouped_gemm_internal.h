@@ -31,7 +31,8 @@ struct GroupedGemmProblem {
   __host__ __device__ int64_t group_stride() const { return w_group_stride != 0 ? w_group_stride : n * k; }
 };
 
-// An integer tuning override from the environment (benchmarks), or `fallback` when unset or empty.
+// An integer tuning override from the environment (benchmarks), or `fallback` when unset or empty;
+// anything else than a decimal int throws moebal::ValueError naming the variable.
 int tuning_env_int(const char* name, int fallback);
 // Resident CTAs per SM of `kernel` at `threads` threads and `smem` dynamic shared memory on the
 // current device (cudaOccupancyMaxActiveBlocksPerMultiprocessor, asked once per kernel, launch
