@@ -106,6 +106,22 @@ def with_env(name, value, fn):
     return run
 
 
+def with_envs(env, fn):
+    """fn run with every variable of env set."""
+    for name, value in env.items():
+        fn = with_env(name, value, fn)
+    return fn
+
+
+def split_settings():
+    """(name, environment) of the split-launch variants: the default class boundary (64 rows) and
+    those of BENCH_SPLIT_ROWS (comma-separated, default none)."""
+    out = [("moebal_split", {})]
+    for rows in filter(None, os.environ.get("BENCH_SPLIT_ROWS", "").split(",")):
+        out.append((f"moebal_split_rows{rows}", {"MOEBAL_GEMM_SPLIT_ROWS": rows}))
+    return out
+
+
 def grouped_mm_fn():
     f = getattr(torch.nn.functional, "grouped_mm", None)
     return f if f is not None else torch._grouped_mm
@@ -143,6 +159,10 @@ def bench_case(model, tokens, zipf, bw, peak, gen, variants):
             fns["moebal_large_m"] = lambda: gemm_ops.grouped_gemm(a, w, offs, kernel="hopper_large_m")
             fns["moebal_skinny"] = lambda: gemm_ops.grouped_gemm(a, w, offs, kernel="skinny")
             fns["moebal_gemv"] = lambda: gemm_ops.grouped_gemm(a, w, offs, kernel="gemv")
+        if "split" in variants:  # the split launch beside large_m alone (docs/gemm.md)
+            fns.setdefault("moebal_large_m", lambda: gemm_ops.grouped_gemm(a, w, offs, kernel="hopper_large_m"))
+            for name, env in split_settings():
+                fns[name] = with_envs(env, lambda: gemm_ops.grouped_gemm(a, w, offs, kernel="hopper_split"))
         if "loop" in variants:
             segs = [(g, int(offs_host[g]), int(offs_host[g + 1])) for g in range(experts) if counts[g] > 0]
             y_loop = torch.empty(rows, n, device="cuda", dtype=torch.bfloat16)
@@ -185,6 +205,11 @@ def bench_case(model, tokens, zipf, bw, peak, gen, variants):
                                                   lambda: gemm_ops.expert_ffn(x, w13, w2, offs))
         ffn_fns["moebal_ffn_separate"] = with_env("MOEBAL_FFN_SWIGLU_EPILOGUE", "0",
                                                   lambda: gemm_ops.expert_ffn(x, w13, w2, offs))
+    if "split" in variants:
+        ffn_fns["moebal_ffn_large_m"] = lambda: gemm_ops.expert_ffn(x, w13, w2, offs, kernel="hopper_large_m")
+        for name, env in split_settings():
+            ffn_fns["moebal_ffn_" + name[len("moebal_"):]] = with_envs(
+                env, lambda: gemm_ops.expert_ffn(x, w13, w2, offs, kernel="hopper_split"))
     if "forced" in variants:
         prev = previous_kernel(rows, experts)
         ffn_fns["moebal_ffn_skinny_fused"] = lambda: gemm_ops.expert_ffn(x, w13, w2, offs, kernel="skinny")
@@ -213,7 +238,7 @@ def main(argv=None):
     ap.add_argument("--tokens", default=",".join(map(str, TOKENS)))
     ap.add_argument("--routing", default="balanced,zipf")
     ap.add_argument("--variants", default="forced,loop,activation",
-                    help="extra variants: forced (per-kernel), loop, activation (both FFN forms)")
+                    help="extra variants: forced (per-kernel), loop, activation (both FFN forms), split (split launch)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     global _flush_buf

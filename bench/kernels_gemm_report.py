@@ -61,6 +61,35 @@ def main(path):
     if below_gmm:
         print("Below 0.95x grouped_mm: " + "; ".join(f"{k[0]} T={k[1]} {k[2]} {k[3]}: {v:.2f}" for k, v in below_gmm))
     activation(by)
+    split(by)
+
+
+def split(by):
+    """The split launch against large_m alone (rows with the split variant)."""
+    order = ["w13", "w2", "ffn"]
+    keys = [k for k in sorted(by, key=lambda k: (k[0], k[1], k[2], order.index(k[3])))
+            if ("moebal_split" in by[k] or "moebal_ffn_split" in by[k])]
+    if not keys:
+        return
+    print("\nSplit launch (same process): `large_m` = every group on the large_m kernel; `split` = groups of more than "
+          "64 rows on large_m, then the others on medium_m; `auto` = the default choice. FFN rows: both GEMMs on "
+          "that kernel. `frac` = floor / time.\n")
+    print("| model | T | routing | op | rows/active | floor us | large_m us | split us | split / large_m | frac | "
+          "auto us | grouped_mm us |")
+    print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for key in keys:
+        model, tokens, routing, op = key
+        d = by[key]
+        pre = "moebal_ffn_" if op == "ffn" else "moebal_"
+        lm, sp = d.get(pre + "large_m"), d.get(pre + "split")
+        auto = d.get("moebal_expert_ffn" if op == "ffn" else "moebal_auto")
+        gmm = d.get("torch_ffn" if op == "ffn" else "torch_grouped_mm")
+        if lm is None or sp is None or auto is None or gmm is None:
+            print(f"| {model} | {tokens} | {routing} | {op} | missing variant |")
+            continue
+        print(f"| {model} | {tokens} | {routing} | {op} | {sp['rows'] / max(1, sp['active']):.0f} | {sp['floor_us']:.0f} | "
+              f"{lm['time_us']:.0f} | {sp['time_us']:.0f} | {lm['time_us'] / sp['time_us']:.2f} | "
+              f"{sp['frac_floor']:.2f} | {auto['time_us']:.0f} | {gmm['time_us']:.0f} |")
 
 
 def activation(by):

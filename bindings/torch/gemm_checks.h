@@ -53,8 +53,8 @@ inline void check_expert_ffn(const at::Tensor& x, const at::Tensor& w13, const a
 }
 
 inline void check_kernel_choice(int64_t kernel) {
-  TORCH_CHECK_VALUE(kernel >= 0 && kernel <= 6, "moebal: kernel must be 0 (auto), 1 (portable), 2 (hopper_small_m), ",
-                    "3 (hopper_large_m), 4 (hopper_medium_m), 5 (skinny) or 6 (gemv), got ", kernel);
+  TORCH_CHECK_VALUE(kernel >= 0 && kernel <= 7, "moebal: kernel must be 0 (auto), 1 (portable), 2 (hopper_small_m), ",
+                    "3 (hopper_large_m), 4 (hopper_medium_m), 5 (skinny), 6 (gemv) or 7 (hopper_split), got ", kernel);
 }
 
 }  // namespace moebal::pytorch

@@ -13,8 +13,8 @@ TORCH_LIBRARY_FRAGMENT(moebal, m) {
   // contiguous, w bf16 [groups, n, k], offsets int32 [groups + 1], non-decreasing from 0 to rows.
   // The CPU kernel validates offsets; the CUDA kernel cannot without a host sync (it clamps them,
   // so bad offsets give wrong or unwritten rows, never out-of-bounds accesses). kernel: 0 auto,
-  // 1 portable, 2 hopper_small_m, 3 hopper_large_m, 4 hopper_medium_m, 5 skinny, 6 gemv (CUDA
-  // only; the CPU kernel ignores it).
+  // 1 portable, 2 hopper_small_m, 3 hopper_large_m, 4 hopper_medium_m, 5 skinny, 6 gemv,
+  // 7 hopper_split (CUDA only; the CPU kernel ignores it).
   m.def("grouped_gemm(Tensor x, Tensor w, Tensor offsets, int kernel=0) -> Tensor");
   // y = (silu(x @ W1^T) * (x @ W3^T)) @ W2^T per group, w13 [groups, 2 * ffn, hidden] stacking W1
   // (gate) over W3 (up), w2 [groups, hidden, ffn]. The silu * up intermediate is rounded to bf16.

@@ -246,6 +246,16 @@ constexpr int64_t kGemvHopperRows = 8;
 constexpr int64_t kGemvHopperSmallExpertRows = 32;
 constexpr int64_t kGemvSmallExpertWeights = int64_t{4} << 20;
 
+// Split launch (see run_split below; bench/results/split.md, H100, two repetitions): it paid where
+// many experts with large weights share a middle-sized problem, so that a skewed routing leaves
+// both hot groups and a long tail: DeepSeek-V3 (256 experts, 28 Mi weights) at 32 and 128 rows per
+// group, 1.04-1.18x with Zipf routing and 0.99-1.01x with balanced routing; GPT-OSS-120B (128
+// experts, 16 Mi) 0.99-1.04x. It lost up to 8% on Qwen3-30B-A3B's 3 Mi experts, cannot help 8
+// experts (Mixtral-8x7B), and from 512 rows per group on every group is large anyway.
+constexpr int64_t kSplitMaxRowsPerGroup = 256;
+constexpr int kSplitMinGroups = 32;
+constexpr int64_t kSplitMinWeights = int64_t{8} << 20;
+
 GroupedGemmKernel pick(const DeviceInfo& d, int num_groups, int64_t total_rows, int64_t n, int64_t k) {
   const int64_t active = std::max<int64_t>(1, std::min<int64_t>(num_groups, total_rows));
   const int64_t per_group = total_rows / active;
@@ -259,8 +269,60 @@ GroupedGemmKernel pick(const DeviceInfo& d, int num_groups, int64_t total_rows, 
     return GroupedGemmKernel::kGemv;
   if (per_group <= kSmallMRowsPerGroup) return GroupedGemmKernel::kHopperSmallM;
   if (per_group <= kMediumMRowsPerGroup) return GroupedGemmKernel::kHopperMediumM;
+  if (per_group <= kSplitMaxRowsPerGroup && num_groups >= kSplitMinGroups && n * k >= kSplitMinWeights)
+    return GroupedGemmKernel::kHopperSplit;
   return GroupedGemmKernel::kHopperLargeM;
 }
+
+size_t align256(size_t v) { return (v + 255) / 256 * 256; }
+
+// ---------------------------------------------------------------------------------------------
+// Split launch (kHopperSplit). With skewed routing one problem holds both kinds of group: a few hot
+// experts with hundreds to thousands of rows (compute-bound on 128 x 256 tiles, their weights
+// re-read from L2 by the CTAs of neighbouring row tiles) and a long tail of a few rows each (bound
+// by streaming their weights once). The split launch runs the large groups on the large_m kernel,
+// then the groups of at most MOEBAL_GEMM_SPLIT_ROWS rows (default 64, medium_m's token tile: such a
+// group streams each weight tile exactly once) on the medium_m kernel, both over every SM on the
+// caller's stream. Each kernel sees every group; its setup kernel gives the other class's groups a
+// zero extent, so the class of a group is decided on the device (no host synchronisation).
+// Measured on the H100 (bench/results/split.md): 1.04-1.18x over large_m alone for DeepSeek-V3
+// with Zipf routing at 1024-4096 tokens, ties with balanced routing; up to 8% slower for
+// Qwen3-30B-A3B's small experts (the second launch costs more than it saves). Running the two
+// kernels at the same time on disjoint SM shares (a side stream) measured slower in most cases:
+// the large groups lose the SMs they need.
+// ---------------------------------------------------------------------------------------------
+#if defined(MOEBAL_HAS_SM90_KERNELS)
+constexpr int kSplitRows = 64;
+
+struct SplitWorkspace {
+  size_t light, total;  // the light kernel's part first, the heavy kernel's after it
+};
+
+SplitWorkspace split_workspace(int num_groups, int sm_count, bool swiglu) {
+  const size_t light = align256((swiglu ? detail::sm90_medium_m_swiglu_workspace_bytes
+                                        : detail::sm90_medium_m_workspace_bytes)(num_groups, sm_count));
+  const size_t heavy = (swiglu ? detail::sm90_large_m_swiglu_workspace_bytes
+                               : detail::sm90_large_m_workspace_bytes)(num_groups, sm_count);
+  return {light, light + heavy};
+}
+
+void run_split(const DeviceInfo& d, const GroupedGemmProblem& p, void* workspace, size_t bytes, cudaStream_t stream) {
+  const int rows = detail::tuning_env_int("MOEBAL_GEMM_SPLIT_ROWS", kSplitRows);
+  MOEBAL_CHECK_ARG(rows >= 0, "environment variable MOEBAL_GEMM_SPLIT_ROWS must be >= 0, got ", rows);
+  const bool swiglu = p.c != nullptr;
+  const SplitWorkspace ws = split_workspace(p.num_groups, d.sm_count, swiglu);
+  MOEBAL_CHECK_ARG(workspace != nullptr && bytes >= ws.total, "grouped_gemm_bf16: workspace of ", bytes,
+                   " bytes is smaller than the ", ws.total, " bytes the split launch needs");
+  GroupedGemmProblem heavy = p, light = p;
+  heavy.rows_lo = rows == INT32_MAX ? INT32_MAX : rows + 1;
+  light.rows_hi = rows;
+  char* base = static_cast<char*>(workspace);
+  (swiglu ? detail::sm90_large_m_swiglu_grouped_gemm : detail::sm90_large_m_grouped_gemm)(
+      heavy, base + ws.light, bytes - ws.light, stream);
+  (swiglu ? detail::sm90_medium_m_swiglu_grouped_gemm : detail::sm90_medium_m_grouped_gemm)(light, base, ws.light,
+                                                                                           stream);
+}
+#endif
 
 size_t hopper_workspace(int num_groups, const DeviceInfo& d) {
 #if defined(MOEBAL_HAS_SM90_KERNELS)
@@ -270,7 +332,9 @@ size_t hopper_workspace(int num_groups, const DeviceInfo& d) {
                      detail::sm90_large_m_workspace_bytes(num_groups, d.sm_count),
                      detail::sm90_small_m_swiglu_workspace_bytes(num_groups, d.sm_count),
                      detail::sm90_medium_m_swiglu_workspace_bytes(num_groups, d.sm_count),
-                     detail::sm90_large_m_swiglu_workspace_bytes(num_groups, d.sm_count)});
+                     detail::sm90_large_m_swiglu_workspace_bytes(num_groups, d.sm_count),
+                     split_workspace(num_groups, d.sm_count, false).total,
+                     split_workspace(num_groups, d.sm_count, true).total});
 #endif
   (void)num_groups;
   (void)d;
@@ -322,7 +386,9 @@ void run_grouped(GroupedGemmKernel kernel, const DeviceInfo& d, const GroupedGem
                    " is ", d.major, ".", d.minor);
 #if defined(MOEBAL_HAS_SM90_KERNELS)
   const bool swiglu = p.c != nullptr;
-  if (kernel == GroupedGemmKernel::kHopperSmallM) {
+  if (kernel == GroupedGemmKernel::kHopperSplit) {
+    run_split(d, p, workspace, workspace_bytes, stream);
+  } else if (kernel == GroupedGemmKernel::kHopperSmallM) {
     (swiglu ? detail::sm90_small_m_swiglu_grouped_gemm : detail::sm90_small_m_grouped_gemm)(p, workspace,
                                                                                            workspace_bytes, stream);
   } else if (kernel == GroupedGemmKernel::kHopperMediumM) {
@@ -340,8 +406,6 @@ void run_grouped(GroupedGemmKernel kernel, const DeviceInfo& d, const GroupedGem
   (void)stream;
 #endif
 }
-
-size_t align256(size_t v) { return (v + 255) / 256 * 256; }
 
 // Expert FFN off the decode kernels: SiLU(gate) * up in the up GEMM's epilogue (gate and up as two
 // GEMMs over the halves of w13), or one w13 GEMM plus a separate activation pass. The epilogue form
@@ -375,6 +439,7 @@ const char* to_string(GroupedGemmKernel kernel) {
     case GroupedGemmKernel::kHopperLargeM: return "hopper_large_m";
     case GroupedGemmKernel::kSkinny: return "skinny";
     case GroupedGemmKernel::kGemv: return "gemv";
+    case GroupedGemmKernel::kHopperSplit: return "hopper_split";
   }
   return "unknown";
 }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <climits>
 #include <cstdint>
 
 #include <cuda_bf16.h>
@@ -27,6 +28,11 @@ struct GroupedGemmProblem {
   // kernels (the decode kernels fuse from w13 instead and reject it):
   // y = silu(c) * (x @ W^T), the product formed in fp32 and rounded once.
   const __nv_bfloat16* c = nullptr;
+  // Only groups with rows_lo <= rows <= rows_hi are computed; the others get a zero extent and are
+  // left untouched (sm90 kernels only: the split launch runs the light and the heavy groups of one
+  // problem as two kernels, each over every group).
+  int32_t rows_lo = 0;
+  int32_t rows_hi = INT32_MAX;
 
   __host__ __device__ int64_t group_stride() const { return w_group_stride != 0 ? w_group_stride : n * k; }
 };

@@ -149,7 +149,8 @@ __global__ void sm90_grouped_gemm_setup(GroupedGemmProblem p, char* ws, typename
   // Clamp so malformed offsets can never address outside x / y.
   const int64_t lo = std::min<int64_t>(std::max<int64_t>(p.offsets[g], 0), p.total_rows);
   const int64_t hi = std::min<int64_t>(std::max<int64_t>(p.offsets[g + 1], lo), p.total_rows);
-  const int m = static_cast<int>(hi - lo);
+  const int rows = static_cast<int>(hi - lo);
+  const int m = rows >= p.rows_lo && rows <= p.rows_hi ? rows : 0;  // outside the split's class: no tiles
   const int n = static_cast<int>(p.n), k = static_cast<int>(p.k);
   using Element = typename Cfg::Element;
   const Element* x_g = reinterpret_cast<const Element*>(p.x) + lo * p.k;

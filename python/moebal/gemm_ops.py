@@ -21,11 +21,11 @@ from moebal.ops import load_library
 
 #: Values of the ``kernel`` argument of :func:`grouped_gemm`.
 KERNELS = {"auto": 0, "portable": 1, "hopper_small_m": 2, "hopper_large_m": 3, "hopper_medium_m": 4, "skinny": 5,
-           "gemv": 6}
+           "gemv": 6, "hopper_split": 7}
 
 
 def _check_kernel(kernel: int) -> None:
-    torch._check_value(0 <= kernel <= 6, lambda: f"moebal: kernel must be in [0, 6], got {kernel}")
+    torch._check_value(0 <= kernel <= 7, lambda: f"moebal: kernel must be in [0, 7], got {kernel}")
 
 
 def _kernel_id(kernel: str) -> int:

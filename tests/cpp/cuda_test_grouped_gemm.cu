@@ -154,7 +154,7 @@ std::vector<GemmCase> gemm_cases() {
   std::vector<GemmCase> out;
   for (auto kernel : {GroupedGemmKernel::kAuto, GroupedGemmKernel::kPortable, GroupedGemmKernel::kHopperSmallM,
                       GroupedGemmKernel::kHopperMediumM, GroupedGemmKernel::kHopperLargeM, GroupedGemmKernel::kSkinny,
-                      GroupedGemmKernel::kGemv})
+                      GroupedGemmKernel::kGemv, GroupedGemmKernel::kHopperSplit})
     for (const auto& p : patterns)
       for (const auto& [n, k] : shapes) out.push_back({p, n, k, kernel});
   // Skinny and gemv kernels at decode sizes: total_rows 1, 3, 16, 17, 32, 33, 100 (skinny: one, two
@@ -231,9 +231,89 @@ TEST_F(GroupedGemmCudaArgs, RejectsBadShapesAndSmallWorkspace) {
     EXPECT_EQ(moebal::cuda::pick_grouped_gemm_kernel(device, 256, 16, 4096, 7168), GroupedGemmKernel::kHopperSmallM);
     EXPECT_EQ(moebal::cuda::pick_grouped_gemm_kernel(device, 256, 128, 4096, 7168), GroupedGemmKernel::kHopperSmallM);
     EXPECT_EQ(moebal::cuda::pick_grouped_gemm_kernel(device, 256, 9, 4096, 7168), GroupedGemmKernel::kHopperSmallM);
+    // Split launch: many large experts at 25-256 rows per group (DeepSeek-V3 at 1024 and 4096 tokens,
+    // GPT-OSS-120B at 1024); not for small experts (Qwen3-30B-A3B), 8 experts (Mixtral-8x7B) or
+    // 512 rows per group (DeepSeek-V3 at 16384 tokens).
+    EXPECT_EQ(moebal::cuda::pick_grouped_gemm_kernel(device, 256, 8192, 4096, 7168), GroupedGemmKernel::kHopperSplit);
+    EXPECT_EQ(moebal::cuda::pick_grouped_gemm_kernel(device, 256, 32768, 7168, 2048), GroupedGemmKernel::kHopperSplit);
+    EXPECT_EQ(moebal::cuda::pick_grouped_gemm_kernel(device, 128, 4096, 5760, 2880), GroupedGemmKernel::kHopperSplit);
+    EXPECT_EQ(moebal::cuda::pick_grouped_gemm_kernel(device, 256, 6144, 4096, 7168), GroupedGemmKernel::kHopperMediumM);
+    EXPECT_EQ(moebal::cuda::pick_grouped_gemm_kernel(device, 256, 131072, 4096, 7168), GroupedGemmKernel::kHopperLargeM);
+    EXPECT_EQ(moebal::cuda::pick_grouped_gemm_kernel(device, 128, 32768, 1536, 2048), GroupedGemmKernel::kHopperLargeM);
+    EXPECT_EQ(moebal::cuda::pick_grouped_gemm_kernel(device, 8, 2048, 28672, 4096), GroupedGemmKernel::kHopperLargeM);
   }
   // Zero rows: nothing to do, no launch, no workspace needed.
   EXPECT_NO_THROW(moebal::cuda::grouped_gemm_bf16(nullptr, buf.ptr, nullptr, offs.ptr, 2, 0, 16, 16, nullptr, 0, nullptr));
+}
+
+// The split launch (groups of more than MOEBAL_GEMM_SPLIT_ROWS rows on large_m, then the others on
+// medium_m): every class boundary of the override around the group sizes (all heavy, all light,
+// groups of exactly the bound), pending work on the caller's stream before it, a CUDA-graph capture
+// (a host synchronisation would fail it), bad overrides and a short workspace.
+TEST_F(GroupedGemmCudaArgs, SplitLaunchClassesAndCapture) {
+  int device = 0;
+  MOEBAL_CHECK_CUDA(cudaGetDevice(&device));
+  if (!moebal::cuda::hopper_grouped_gemm_available(device)) GTEST_SKIP() << "needs the sm_90a kernels";
+  const std::vector<int> sizes = {700, 1, 64, 65, 0, 3, 300, 17, 128, 129};
+  const int groups = static_cast<int>(sizes.size());
+  const int64_t n = 264, k = 200;
+  const auto offs = offsets_of(sizes);
+  const int64_t rows = offs.back();
+  std::mt19937 rng(4242);
+  const auto x = random_bf16(rows * k, 1.0f, rng);
+  const auto w = random_bf16(groups * n * k, 1.0f / std::sqrt(static_cast<float>(k)), rng);
+  const auto want = reference(to_double(x), to_double(w), offs, n, k);
+  cudaStream_t stream;
+  MOEBAL_CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  DeviceBuffer<__nv_bfloat16> dx(x.size()), dw(w.size()), dy(rows * n);
+  DeviceBuffer<int32_t> doff(offs.size());
+  const size_t ws_bytes = moebal::cuda::grouped_gemm_workspace_bytes(groups);
+  DeviceBuffer<char> ws(ws_bytes);
+  MOEBAL_CHECK_CUDA(cudaMemcpyAsync(dx.ptr, x.data(), x.size() * 2, cudaMemcpyHostToDevice, stream));
+  MOEBAL_CHECK_CUDA(cudaMemcpyAsync(dw.ptr, w.data(), w.size() * 2, cudaMemcpyHostToDevice, stream));
+  MOEBAL_CHECK_CUDA(cudaMemcpyAsync(doff.ptr, offs.data(), offs.size() * 4, cudaMemcpyHostToDevice, stream));
+  auto run = [&] {
+    moebal::cuda::grouped_gemm_bf16_with(GroupedGemmKernel::kHopperSplit, dx.ptr, dw.ptr, dy.ptr, doff.ptr, groups,
+                                         rows, n, k, ws.ptr, ws_bytes, stream);
+  };
+  auto result = [&] {
+    std::vector<__nv_bfloat16> got(rows * n);
+    MOEBAL_CHECK_CUDA(cudaMemcpyAsync(got.data(), dy.ptr, got.size() * 2, cudaMemcpyDeviceToHost, stream));
+    MOEBAL_CHECK_CUDA(cudaStreamSynchronize(stream));
+    return rel_error(got, want);
+  };
+  for (const char* split_rows : {"", "0", "1", "3", "64", "65", "128", "700", "1000000", "2147483647"}) {
+    SCOPED_TRACE(std::string("MOEBAL_GEMM_SPLIT_ROWS=") + split_rows);
+    setenv("MOEBAL_GEMM_SPLIT_ROWS", split_rows, 1);
+    MOEBAL_CHECK_CUDA(cudaMemsetAsync(dy.ptr, 0xff, rows * n * 2, stream));  // pending work, then a poisoned y
+    run();
+    EXPECT_LT(result(), 8e-3);
+  }
+  // Bad overrides and a short workspace: clear errors, nothing launched.
+  setenv("MOEBAL_GEMM_SPLIT_ROWS", "-3", 1);
+  EXPECT_THROW(run(), moebal::ValueError);
+  setenv("MOEBAL_GEMM_SPLIT_ROWS", "lots", 1);
+  EXPECT_THROW(run(), moebal::ValueError);
+  unsetenv("MOEBAL_GEMM_SPLIT_ROWS");
+  EXPECT_THROW(moebal::cuda::grouped_gemm_bf16_with(GroupedGemmKernel::kHopperSplit, dx.ptr, dw.ptr, dy.ptr, doff.ptr,
+                                                    groups, rows, n, k, ws.ptr, 256, stream),
+               moebal::ValueError);
+
+  // Captured into a graph and replayed over a poisoned output.
+  cudaGraph_t graph;
+  MOEBAL_CHECK_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  run();
+  MOEBAL_CHECK_CUDA(cudaStreamEndCapture(stream, &graph));
+  cudaGraphExec_t exec;
+  MOEBAL_CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  for (int rep = 0; rep < 2; ++rep) {
+    MOEBAL_CHECK_CUDA(cudaMemsetAsync(dy.ptr, 0xff, rows * n * 2, stream));
+    MOEBAL_CHECK_CUDA(cudaGraphLaunch(exec, stream));
+    EXPECT_LT(result(), 8e-3) << "replay " << rep;
+  }
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
 }
 
 struct FfnCase {
@@ -324,12 +404,12 @@ std::vector<FfnCase> ffn_cases() {
   // epilogue reading the gate tile.
   for (auto kernel : {GroupedGemmKernel::kAuto, GroupedGemmKernel::kPortable, GroupedGemmKernel::kSkinny,
                       GroupedGemmKernel::kGemv, GroupedGemmKernel::kHopperSmallM, GroupedGemmKernel::kHopperMediumM,
-                      GroupedGemmKernel::kHopperLargeM})
+                      GroupedGemmKernel::kHopperLargeM, GroupedGemmKernel::kHopperSplit})
     for (const auto& s : general) out.push_back({s, 264, 200, kernel});
   // Model-like shapes on the CUTLASS kernels: k of the down GEMM (ffn) not a multiple of the tile's
   // k, several tiles in n.
   for (auto kernel : {GroupedGemmKernel::kHopperSmallM, GroupedGemmKernel::kHopperMediumM,
-                      GroupedGemmKernel::kHopperLargeM})
+                      GroupedGemmKernel::kHopperLargeM, GroupedGemmKernel::kHopperSplit})
     out.push_back({{0, 7, 130, 1, 0, 64}, 2048, 776, kernel});
   // Fused skinny path at decode: total_rows 1, 3, 16, 17, 32, 33, 100; empty groups; hidden (the
   // k of the gate/up GEMM) 8, 40, 2888 and ffn (its k in the down GEMM) 8, 24, 2880.

@@ -115,7 +115,7 @@ def test_bad_input_raises(case):
         with pytest.raises(ValueError, match="unknown kernel"):
             gemm_ops.grouped_gemm(x, w, offs, kernel="fastest")
         with pytest.raises(ValueError, match="kernel must be"):
-            torch.ops.moebal.grouped_gemm(x, w, offs, 7)
+            torch.ops.moebal.grouped_gemm(x, w, offs, 8)
         return
     with pytest.raises(ValueError, match="moebal"):
         gemm_ops.grouped_gemm(x, w, offs, kernel=kernel)
@@ -146,7 +146,7 @@ def test_expert_ffn_bad_kernel():
     with pytest.raises(ValueError, match="unknown kernel"):
         gemm_ops.expert_ffn(x, w13, w2, offs, kernel="fused")
     with pytest.raises(ValueError, match="kernel must be"):
-        torch.ops.moebal.expert_ffn(x, w13, w2, offs, 7)
+        torch.ops.moebal.expert_ffn(x, w13, w2, offs, 8)
 
 
 def test_compile_fullgraph_cpu():
@@ -166,7 +166,7 @@ def test_compile_fullgraph_cpu():
 def gpu_kernels():
     names = ["auto", "portable", "skinny", "gemv"]
     if HOPPER:
-        names += ["hopper_small_m", "hopper_medium_m", "hopper_large_m"]
+        names += ["hopper_small_m", "hopper_medium_m", "hopper_large_m", "hopper_split"]
     return names
 
 

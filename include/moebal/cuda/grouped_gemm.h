@@ -39,10 +39,14 @@ enum class GroupedGemmKernel : int {
   kHopperMediumM = 4,  ///< sm_90a, y^T = W x^T: 128 weight rows x 64 token rows per tile
   kSkinny = 5,         ///< any sm_80+, decode: y^T = W x^T, 16 weight rows x up to 32 rows per pass
   kGemv = 6,           ///< any sm_80+, decode on CUDA cores: a warp streams 2-4 weight rows, <= 8 rows per pass
+  /// sm_90a, two launches: the groups of more than 64 rows on the large_m kernel, then those of at
+  /// most 64 rows (MOEBAL_GEMM_SPLIT_ROWS overrides the bound) on the medium_m kernel; each group's
+  /// class is read on the device. For skewed routing with many large experts (docs/gemm.md).
+  kHopperSplit = 7,
 };
 
 /// Name of a kernel choice ("auto", "portable", "hopper_small_m", "hopper_medium_m",
-/// "hopper_large_m", "skinny", "gemv").
+/// "hopper_large_m", "skinny", "gemv", "hopper_split").
 const char* to_string(GroupedGemmKernel kernel);
 
 /// Whether the Hopper kernels are compiled in and `device` (compute capability 9.0) can run them.
@@ -51,7 +55,9 @@ bool hopper_grouped_gemm_available(int device);
 /// The kernel kAuto resolves to on `device` for total_rows rows over num_groups groups of [n, k]
 /// weights. Compute capability 9.0 with the Hopper kernels: kGemv when 2 * total_rows < num_groups
 /// (about one row per active expert) and total_rows <= 8, or <= 32 with n * k <= 4 Mi (decode:
-/// measured faster than every other kernel there, bench/results/gemv.md), else by rows per active group small_m <= 4 < medium_m <= 24 < large_m. Other sm_80+ devices:
+/// measured faster than every other kernel there, bench/results/gemv.md), else by rows per active group small_m <= 4 < medium_m <= 24 < large_m,
+/// except kHopperSplit for 25-256 rows per group when num_groups >= 32 and n * k >= 8 Mi
+/// (bench/results/split.md). Other sm_80+ devices:
 /// kSkinny when total_rows <= 32 or total_rows / min(num_groups, total_rows) <= 8, else kPortable.
 GroupedGemmKernel pick_grouped_gemm_kernel(int device, int num_groups, int64_t total_rows, int64_t n,
                                            int64_t k);
