@@ -122,6 +122,16 @@ def split_settings():
     return out
 
 
+def order_settings():
+    """(name, environment) of the tile-order variants: raster along n, and swizzles 2 and 4 along m
+    and along n."""
+    out = [("n1", {"MOEBAL_GEMM_RASTER": "1"})]
+    for sw in (2, 4):
+        out.append((f"m{sw}", {"MOEBAL_GEMM_SWIZZLE": str(sw)}))
+        out.append((f"n{sw}", {"MOEBAL_GEMM_RASTER": "1", "MOEBAL_GEMM_SWIZZLE": str(sw)}))
+    return out
+
+
 def grouped_mm_fn():
     f = getattr(torch.nn.functional, "grouped_mm", None)
     return f if f is not None else torch._grouped_mm
@@ -163,6 +173,12 @@ def bench_case(model, tokens, zipf, bw, peak, gen, variants):
             fns.setdefault("moebal_large_m", lambda: gemm_ops.grouped_gemm(a, w, offs, kernel="hopper_large_m"))
             for name, env in split_settings():
                 fns[name] = with_envs(env, lambda: gemm_ops.grouped_gemm(a, w, offs, kernel="hopper_split"))
+        if "order" in variants:  # tile order of the Hopper kernels (MOEBAL_GEMM_RASTER / _SWIZZLE)
+            fns.setdefault("moebal_large_m", lambda: gemm_ops.grouped_gemm(a, w, offs, kernel="hopper_large_m"))
+            for name, env in order_settings():
+                fns["moebal_large_m_" + name] = with_envs(
+                    env, lambda: gemm_ops.grouped_gemm(a, w, offs, kernel="hopper_large_m"))
+                fns["moebal_auto_" + name] = with_envs(env, lambda: gemm_ops.grouped_gemm(a, w, offs))
         if "loop" in variants:
             segs = [(g, int(offs_host[g]), int(offs_host[g + 1])) for g in range(experts) if counts[g] > 0]
             y_loop = torch.empty(rows, n, device="cuda", dtype=torch.bfloat16)
@@ -238,7 +254,7 @@ def main(argv=None):
     ap.add_argument("--tokens", default=",".join(map(str, TOKENS)))
     ap.add_argument("--routing", default="balanced,zipf")
     ap.add_argument("--variants", default="forced,loop,activation",
-                    help="extra variants: forced (per-kernel), loop, activation (both FFN forms), split (split launch)")
+                    help="extra variants: forced (per-kernel), loop, activation (both FFN forms), split (split launch), order (tile orders)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     global _flush_buf

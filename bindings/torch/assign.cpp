@@ -3,6 +3,7 @@
 #include <torch/types.h>
 
 #include "assign_checks.h"
+#include "checks.h"
 
 TORCH_LIBRARY_FRAGMENT(moebal, m) {
   // slots [T, K] int32: the physical slot serving each (token, k) of topk_ids [T, K] (negative id =
@@ -38,6 +39,6 @@ at::Tensor assign_replicas_cpu(const at::Tensor& ids, const at::Tensor& src, con
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(moebal, CPU, m) { m.impl("assign_replicas", &assign_replicas_cpu); }
+TORCH_LIBRARY_IMPL(moebal, CPU, m) { m.impl("assign_replicas", &ValueErrorsOf<&assign_replicas_cpu>::call); }
 
 }  // namespace moebal::pytorch

@@ -6,6 +6,7 @@
 
 #include "assign_checks.h"
 #include "moebal/cuda/assign.h"
+#include "checks.h"
 
 namespace moebal::pytorch {
 namespace {
@@ -33,6 +34,6 @@ at::Tensor assign_replicas_cuda(const at::Tensor& ids, const at::Tensor& src, co
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(moebal, CUDA, m) { m.impl("assign_replicas", &assign_replicas_cuda); }
+TORCH_LIBRARY_IMPL(moebal, CUDA, m) { m.impl("assign_replicas", &ValueErrorsOf<&assign_replicas_cuda>::call); }
 
 }  // namespace moebal::pytorch

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "gemm_checks.h"
+#include "checks.h"
 
 TORCH_LIBRARY_FRAGMENT(moebal, m) {
   // y[r] = x[r] @ w[g]^T for the rows r in [offsets[g], offsets[g+1]) of group g. x bf16 [rows, k]
@@ -93,8 +94,8 @@ at::Tensor expert_ffn_cpu(const at::Tensor& x, const at::Tensor& w13, const at::
 }  // namespace
 
 TORCH_LIBRARY_IMPL(moebal, CPU, m) {
-  m.impl("grouped_gemm", &grouped_gemm_cpu);
-  m.impl("expert_ffn", &expert_ffn_cpu);
+  m.impl("grouped_gemm", &ValueErrorsOf<&grouped_gemm_cpu>::call);
+  m.impl("expert_ffn", &ValueErrorsOf<&expert_ffn_cpu>::call);
 }
 
 }  // namespace moebal::pytorch

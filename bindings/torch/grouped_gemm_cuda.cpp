@@ -8,6 +8,7 @@
 
 #include "gemm_checks.h"
 #include "moebal/cuda/grouped_gemm.h"
+#include "checks.h"
 
 namespace moebal::pytorch {
 namespace {
@@ -57,8 +58,8 @@ at::Tensor expert_ffn_cuda(const at::Tensor& x, const at::Tensor& w13, const at:
 }  // namespace
 
 TORCH_LIBRARY_IMPL(moebal, CUDA, m) {
-  m.impl("grouped_gemm", &grouped_gemm_cuda);
-  m.impl("expert_ffn", &expert_ffn_cuda);
+  m.impl("grouped_gemm", &ValueErrorsOf<&grouped_gemm_cuda>::call);
+  m.impl("expert_ffn", &ValueErrorsOf<&expert_ffn_cuda>::call);
 }
 
 }  // namespace moebal::pytorch

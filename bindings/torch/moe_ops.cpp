@@ -13,6 +13,7 @@
 #include <torch/types.h>
 
 #include "moe_checks.h"
+#include "checks.h"
 
 TORCH_LIBRARY_FRAGMENT(moebal, m) {
   // Top-k routing of logits [tokens, experts] (float32 or bfloat16) -> (topk_ids int32 [tokens, k],
@@ -375,12 +376,12 @@ at::Tensor moe_forward_cpu(const at::Tensor& hidden, const at::Tensor& w13, cons
 }  // namespace
 
 TORCH_LIBRARY_IMPL(moebal, CPU, m) {
-  m.impl("router_topk", &router_topk_cpu);
-  m.impl("dispatch_layout", &dispatch_layout_cpu);
-  m.impl("route_and_layout", &route_and_layout_cpu);
-  m.impl("permute", &permute_cpu);
-  m.impl("unpermute_combine", &unpermute_combine_cpu);
-  m.impl("moe_forward", &moe_forward_cpu);
+  m.impl("router_topk", &ValueErrorsOf<&router_topk_cpu>::call);
+  m.impl("dispatch_layout", &ValueErrorsOf<&dispatch_layout_cpu>::call);
+  m.impl("route_and_layout", &ValueErrorsOf<&route_and_layout_cpu>::call);
+  m.impl("permute", &ValueErrorsOf<&permute_cpu>::call);
+  m.impl("unpermute_combine", &ValueErrorsOf<&unpermute_combine_cpu>::call);
+  m.impl("moe_forward", &ValueErrorsOf<&moe_forward_cpu>::call);
 }
 
 }  // namespace moebal::pytorch

@@ -14,6 +14,7 @@
 #include "moebal/cuda/moe_layer.h"
 #include "moebal/cuda/moe_permute.h"
 #include "moebal/cuda/moe_routing.h"
+#include "checks.h"
 
 namespace moebal::pytorch {
 namespace {
@@ -194,12 +195,12 @@ at::Tensor moe_forward_cuda(const at::Tensor& hidden, const at::Tensor& w13, con
 }  // namespace
 
 TORCH_LIBRARY_IMPL(moebal, CUDA, m) {
-  m.impl("router_topk", &router_topk_cuda);
-  m.impl("dispatch_layout", &dispatch_layout_cuda);
-  m.impl("route_and_layout", &route_and_layout_cuda);
-  m.impl("permute", &permute_cuda);
-  m.impl("unpermute_combine", &unpermute_combine_cuda);
-  m.impl("moe_forward", &moe_forward_cuda);
+  m.impl("router_topk", &ValueErrorsOf<&router_topk_cuda>::call);
+  m.impl("dispatch_layout", &ValueErrorsOf<&dispatch_layout_cuda>::call);
+  m.impl("route_and_layout", &ValueErrorsOf<&route_and_layout_cuda>::call);
+  m.impl("permute", &ValueErrorsOf<&permute_cuda>::call);
+  m.impl("unpermute_combine", &ValueErrorsOf<&unpermute_combine_cuda>::call);
+  m.impl("moe_forward", &ValueErrorsOf<&moe_forward_cuda>::call);
 }
 
 }  // namespace moebal::pytorch

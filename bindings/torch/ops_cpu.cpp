@@ -23,6 +23,6 @@ at::Tensor expert_histogram_cpu(const at::Tensor& ids, int64_t num_experts) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(moebal, CPU, m) { m.impl("expert_histogram", &expert_histogram_cpu); }
+TORCH_LIBRARY_IMPL(moebal, CPU, m) { m.impl("expert_histogram", &ValueErrorsOf<&expert_histogram_cpu>::call); }
 
 }  // namespace moebal::pytorch

@@ -21,6 +21,6 @@ at::Tensor expert_histogram_cuda(const at::Tensor& ids, int64_t num_experts) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(moebal, CUDA, m) { m.impl("expert_histogram", &expert_histogram_cuda); }
+TORCH_LIBRARY_IMPL(moebal, CUDA, m) { m.impl("expert_histogram", &ValueErrorsOf<&expert_histogram_cuda>::call); }
 
 }  // namespace moebal::pytorch

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "predictor_checks.h"
+#include "checks.h"
 
 TORCH_LIBRARY_FRAGMENT(moebal, m) {
   // Returns (logits float32 [T, E], topk_ids int32 [T, k], topk_scores float32 [T, k], counts int32 [E]).
@@ -61,6 +62,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> probe_predict_cpu(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(moebal, CPU, m) { m.impl("probe_predict", &probe_predict_cpu); }
+TORCH_LIBRARY_IMPL(moebal, CPU, m) { m.impl("probe_predict", &ValueErrorsOf<&probe_predict_cpu>::call); }
 
 }  // namespace moebal::pytorch

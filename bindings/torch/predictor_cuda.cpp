@@ -7,6 +7,7 @@
 
 #include "moebal/cuda/predictor.h"
 #include "predictor_checks.h"
+#include "checks.h"
 
 namespace moebal::pytorch {
 namespace {
@@ -52,6 +53,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> probe_predict_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(moebal, CUDA, m) { m.impl("probe_predict", &probe_predict_cuda); }
+TORCH_LIBRARY_IMPL(moebal, CUDA, m) { m.impl("probe_predict", &ValueErrorsOf<&probe_predict_cuda>::call); }
 
 }  // namespace moebal::pytorch

@@ -8,6 +8,7 @@
 #include "moebal/core/error.h"
 #include "moebal/cuda/probe.h"
 #include "probe_checks.h"
+#include "checks.h"
 
 namespace moebal::pytorch {
 namespace {
@@ -36,6 +37,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(moebal, CUDA, m) { m.impl("probe_plan", &probe_plan_cuda); }
+TORCH_LIBRARY_IMPL(moebal, CUDA, m) { m.impl("probe_plan", &ValueErrorsOf<&probe_plan_cuda>::call); }
 
 }  // namespace moebal::pytorch

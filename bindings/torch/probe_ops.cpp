@@ -8,6 +8,7 @@
 #include "moebal/core/error.h"
 #include "moebal/core/probe.h"
 #include "probe_checks.h"
+#include "checks.h"
 
 namespace moebal::pytorch {
 namespace {
@@ -47,6 +48,6 @@ TORCH_LIBRARY_FRAGMENT(moebal, m) {
       "int max_iters, float min_gain_us) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(moebal, CPU, m) { m.impl("probe_plan", &probe_plan_cpu); }
+TORCH_LIBRARY_IMPL(moebal, CPU, m) { m.impl("probe_plan", &ValueErrorsOf<&probe_plan_cpu>::call); }
 
 }  // namespace moebal::pytorch

@@ -110,12 +110,21 @@ struct Sm90GroupedGemm {
     return l;
   }
 
-  static typename Gemm::Arguments arguments(int groups, int sm_count, char* ws, const Layout& l) {
+  // Tile order of the persistent scheduler (MOEBAL_GEMM_RASTER, MOEBAL_GEMM_SWIZZLE; see sm90_run).
+  struct Order {
+    bool along_n = false;  // consecutive tiles walk n (weight rows) before m, instead of m before n
+    int swizzle = 1;       // CUTLASS's max_swizzle_size: 1, 2, 4 or 8
+  };
+
+  static typename Gemm::Arguments arguments(int groups, int sm_count, char* ws, const Layout& l, Order order = {}) {
     cutlass::KernelHardwareInfo hw;
     cudaGetDevice(&hw.device_id);
     hw.sm_count = sm_count;
     typename Gemm::Arguments args;
     args.mode = cutlass::gemm::GemmUniversalMode::kGrouped;
+    using Raster = decltype(args.scheduler.raster_order);
+    args.scheduler.raster_order = order.along_n ? Raster::AlongN : Raster::AlongM;
+    args.scheduler.max_swizzle_size = order.swizzle;
     args.problem_shape = {groups, reinterpret_cast<Shape*>(ws + l.shapes), nullptr};
     args.mainloop = {reinterpret_cast<const Element**>(ws + l.ptr_a), reinterpret_cast<StrideA*>(ws + l.stride_a),
                      reinterpret_cast<const Element**>(ws + l.ptr_b), reinterpret_cast<StrideB*>(ws + l.stride_b)};
@@ -204,7 +213,15 @@ void sm90_run(const GroupedGemmProblem& p, void* workspace, size_t bytes, cudaSt
   constexpr int kThreads = 128;
   sm90_grouped_gemm_setup<Cfg><<<(p.num_groups + kThreads - 1) / kThreads, kThreads, 0, stream>>>(p, ws, l);
   MOEBAL_CHECK_LAUNCH();
-  auto args = Cfg::arguments(p.num_groups, p.sm_count, ws, l);
+  typename Cfg::Order order;
+  const int raster = tuning_env_int("MOEBAL_GEMM_RASTER", 0);
+  MOEBAL_CHECK_ARG(raster == 0 || raster == 1, "environment variable MOEBAL_GEMM_RASTER must be 0 (along m) or 1 (along n), got ",
+                   raster);
+  order.along_n = raster == 1;
+  order.swizzle = tuning_env_int("MOEBAL_GEMM_SWIZZLE", 1);
+  MOEBAL_CHECK_ARG(order.swizzle == 1 || order.swizzle == 2 || order.swizzle == 4 || order.swizzle == 8,
+                   "environment variable MOEBAL_GEMM_SWIZZLE must be 1, 2, 4 or 8, got ", order.swizzle);
+  auto args = Cfg::arguments(p.num_groups, p.sm_count, ws, l, order);
   typename Cfg::Gemm gemm;
   cutlass::Status st = gemm.can_implement(args);
   MOEBAL_CHECK(st == cutlass::Status::kSuccess, "grouped_gemm_bf16: CUTLASS cannot run this problem: ",

@@ -8,6 +8,7 @@
 #include "moebal/cuda/assign.h"
 #include "moebal/cuda/check.h"
 #include "moebal/cuda/histogram.h"
+#include "cuda_test_util.h"
 
 namespace {
 
@@ -122,16 +123,10 @@ TEST(AssignCudaGraph, CapturedLaunchEqualsReferenceAndInvalidEntriesGiveMinusOne
   MOEBAL_CHECK_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   DeviceCase d = upload(c, AssignPolicy::kWeightedLocality, s);
   MOEBAL_CHECK_CUDA(cudaStreamSynchronize(s));
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  MOEBAL_CHECK_CUDA(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-  launch(c, AssignPolicy::kWeightedLocality, d, s);
-  MOEBAL_CHECK_CUDA(cudaStreamEndCapture(s, &graph));
-  MOEBAL_CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
-  MOEBAL_CHECK_CUDA(cudaGraphLaunch(exec, s));
+  const moebal_test::CapturedGraph graph(s, [&] { launch(c, AssignPolicy::kWeightedLocality, d, s); },
+                                         cudaStreamCaptureModeThreadLocal);
+  graph.launch(s);
   EXPECT_EQ(download(d, c.ids.size(), s), want);
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
   release(d);
   cudaStreamDestroy(s);
 }

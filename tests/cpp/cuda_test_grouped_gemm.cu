@@ -17,6 +17,7 @@
 #include "moebal/cuda/check.h"
 #include "moebal/cuda/grouped_gemm.h"
 #include "moebal/cuda/histogram.h"
+#include "cuda_test_util.h"
 
 namespace {
 
@@ -109,37 +110,64 @@ class GroupedGemmCuda : public ::testing::TestWithParam<GemmCase> {
   }
 };
 
-TEST_P(GroupedGemmCuda, MatchesHostReference) {
-  const GemmCase& c = GetParam();
-  const int groups = static_cast<int>(c.sizes.size());
-  const auto offs = offsets_of(c.sizes);
-  const int64_t rows = offs.back();
-  std::mt19937 rng(static_cast<unsigned>(rows * 7 + c.n * 3 + c.k));
-  const auto x = random_bf16(rows * c.k, 1.0f, rng);
-  const auto w = random_bf16(groups * c.n * c.k, 1.0f / std::sqrt(static_cast<float>(c.k)), rng);
-  const auto want = reference(to_double(x), to_double(w), offs, c.n, c.k);
+// One grouped-GEMM problem on the device: random x and w (never zeros), the fp64 host reference,
+// a stream, and the workspace grouped_gemm_workspace_bytes asks for.
+struct DeviceGemm {
+  std::vector<int32_t> offs;
+  int groups;
+  int64_t rows, n, k;
+  std::vector<double> want;
+  cudaStream_t stream = nullptr;
+  DeviceBuffer<__nv_bfloat16> dx, dw, dy;
+  DeviceBuffer<int32_t> doff;
+  size_t ws_bytes;
+  DeviceBuffer<char> ws;
 
-  cudaStream_t stream;
-  MOEBAL_CHECK_CUDA(cudaStreamCreate(&stream));
-  DeviceBuffer<__nv_bfloat16> dx(x.size()), dw(w.size()), dy(rows * c.n);
-  DeviceBuffer<int32_t> doff(offs.size());
-  const size_t ws_bytes = moebal::cuda::grouped_gemm_workspace_bytes(groups);
-  DeviceBuffer<char> ws(ws_bytes);
-  MOEBAL_CHECK_CUDA(cudaMemcpyAsync(dx.ptr, x.data(), x.size() * 2, cudaMemcpyHostToDevice, stream));
-  MOEBAL_CHECK_CUDA(cudaMemcpyAsync(dw.ptr, w.data(), w.size() * 2, cudaMemcpyHostToDevice, stream));
-  MOEBAL_CHECK_CUDA(cudaMemcpyAsync(doff.ptr, offs.data(), offs.size() * 4, cudaMemcpyHostToDevice, stream));
-  // Run twice over a NaN-poisoned output: the second run catches state left in the workspace.
-  for (int rep = 0; rep < 2; ++rep) {
-    MOEBAL_CHECK_CUDA(cudaMemsetAsync(dy.ptr, 0xff, rows * c.n * 2, stream));  // 0xffff is a bf16 NaN
-    moebal::cuda::grouped_gemm_bf16_with(c.kernel, dx.ptr, dw.ptr, dy.ptr, doff.ptr, groups, rows, c.n, c.k,
-                                         ws.ptr, ws_bytes, stream);
-    std::vector<__nv_bfloat16> got(rows * c.n);
+  DeviceGemm(const std::vector<int>& sizes, int64_t n_, int64_t k_, unsigned seed)
+      : offs(offsets_of(sizes)), groups(static_cast<int>(sizes.size())), rows(offs.back()), n(n_), k(k_),
+        dx(rows * k), dw(groups * n * k), dy(rows * n), doff(offs.size()),
+        ws_bytes(moebal::cuda::grouped_gemm_workspace_bytes(groups)), ws(ws_bytes) {
+    std::mt19937 rng(seed);
+    const auto x = random_bf16(rows * k, 1.0f, rng);
+    const auto w = random_bf16(groups * n * k, 1.0f / std::sqrt(static_cast<float>(k)), rng);
+    want = reference(to_double(x), to_double(w), offs, n, k);
+    MOEBAL_CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    MOEBAL_CHECK_CUDA(cudaMemcpyAsync(dx.ptr, x.data(), x.size() * 2, cudaMemcpyHostToDevice, stream));
+    MOEBAL_CHECK_CUDA(cudaMemcpyAsync(dw.ptr, w.data(), w.size() * 2, cudaMemcpyHostToDevice, stream));
+    MOEBAL_CHECK_CUDA(cudaMemcpyAsync(doff.ptr, offs.data(), offs.size() * 4, cudaMemcpyHostToDevice, stream));
+  }
+  ~DeviceGemm() { cudaStreamDestroy(stream); }
+  DeviceGemm(const DeviceGemm&) = delete;
+  DeviceGemm& operator=(const DeviceGemm&) = delete;
+
+  /// y filled with NaN (0xffff is a bf16 NaN), queued on the stream: an unwritten row then fails.
+  void poison() { MOEBAL_CHECK_CUDA(cudaMemsetAsync(dy.ptr, 0xff, rows * n * 2, stream)); }
+  void run(GroupedGemmKernel kernel, size_t bytes) {
+    moebal::cuda::grouped_gemm_bf16_with(kernel, dx.ptr, dw.ptr, dy.ptr, doff.ptr, groups, rows, n, k, ws.ptr, bytes,
+                                         stream);
+  }
+  void run(GroupedGemmKernel kernel) { run(kernel, ws_bytes); }
+  /// Waits for the stream; ||y - reference|| / ||reference||, infinity on any NaN.
+  double error() {
+    std::vector<__nv_bfloat16> got(rows * n);
     MOEBAL_CHECK_CUDA(cudaMemcpyAsync(got.data(), dy.ptr, got.size() * 2, cudaMemcpyDeviceToHost, stream));
     MOEBAL_CHECK_CUDA(cudaStreamSynchronize(stream));
-    // bf16 output rounding is 2^-9 relative; fp32 accumulation order adds ~sqrt(k) ulp of fp32.
-    EXPECT_LT(rel_error(got, want), 8e-3) << "rep " << rep;
+    return rel_error(got, want);
   }
-  cudaStreamDestroy(stream);
+};
+
+TEST_P(GroupedGemmCuda, MatchesHostReference) {
+  const GemmCase& c = GetParam();
+  int64_t rows = 0;
+  for (int s : c.sizes) rows += s;
+  DeviceGemm g(c.sizes, c.n, c.k, static_cast<unsigned>(rows * 7 + c.n * 3 + c.k));
+  // Run twice over a NaN-poisoned output: the second run catches state left in the workspace.
+  for (int rep = 0; rep < 2; ++rep) {
+    g.poison();
+    g.run(c.kernel);
+    // bf16 output rounding is 2^-9 relative; fp32 accumulation order adds ~sqrt(k) ulp of fp32.
+    EXPECT_LT(g.error(), 8e-3) << "rep " << rep;
+  }
 }
 
 std::vector<GemmCase> gemm_cases() {
@@ -254,66 +282,61 @@ TEST_F(GroupedGemmCudaArgs, SplitLaunchClassesAndCapture) {
   int device = 0;
   MOEBAL_CHECK_CUDA(cudaGetDevice(&device));
   if (!moebal::cuda::hopper_grouped_gemm_available(device)) GTEST_SKIP() << "needs the sm_90a kernels";
-  const std::vector<int> sizes = {700, 1, 64, 65, 0, 3, 300, 17, 128, 129};
-  const int groups = static_cast<int>(sizes.size());
-  const int64_t n = 264, k = 200;
-  const auto offs = offsets_of(sizes);
-  const int64_t rows = offs.back();
-  std::mt19937 rng(4242);
-  const auto x = random_bf16(rows * k, 1.0f, rng);
-  const auto w = random_bf16(groups * n * k, 1.0f / std::sqrt(static_cast<float>(k)), rng);
-  const auto want = reference(to_double(x), to_double(w), offs, n, k);
-  cudaStream_t stream;
-  MOEBAL_CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  DeviceBuffer<__nv_bfloat16> dx(x.size()), dw(w.size()), dy(rows * n);
-  DeviceBuffer<int32_t> doff(offs.size());
-  const size_t ws_bytes = moebal::cuda::grouped_gemm_workspace_bytes(groups);
-  DeviceBuffer<char> ws(ws_bytes);
-  MOEBAL_CHECK_CUDA(cudaMemcpyAsync(dx.ptr, x.data(), x.size() * 2, cudaMemcpyHostToDevice, stream));
-  MOEBAL_CHECK_CUDA(cudaMemcpyAsync(dw.ptr, w.data(), w.size() * 2, cudaMemcpyHostToDevice, stream));
-  MOEBAL_CHECK_CUDA(cudaMemcpyAsync(doff.ptr, offs.data(), offs.size() * 4, cudaMemcpyHostToDevice, stream));
-  auto run = [&] {
-    moebal::cuda::grouped_gemm_bf16_with(GroupedGemmKernel::kHopperSplit, dx.ptr, dw.ptr, dy.ptr, doff.ptr, groups,
-                                         rows, n, k, ws.ptr, ws_bytes, stream);
-  };
-  auto result = [&] {
-    std::vector<__nv_bfloat16> got(rows * n);
-    MOEBAL_CHECK_CUDA(cudaMemcpyAsync(got.data(), dy.ptr, got.size() * 2, cudaMemcpyDeviceToHost, stream));
-    MOEBAL_CHECK_CUDA(cudaStreamSynchronize(stream));
-    return rel_error(got, want);
-  };
+  DeviceGemm g({700, 1, 64, 65, 0, 3, 300, 17, 128, 129}, 264, 200, 4242);
   for (const char* split_rows : {"", "0", "1", "3", "64", "65", "128", "700", "1000000", "2147483647"}) {
     SCOPED_TRACE(std::string("MOEBAL_GEMM_SPLIT_ROWS=") + split_rows);
     setenv("MOEBAL_GEMM_SPLIT_ROWS", split_rows, 1);
-    MOEBAL_CHECK_CUDA(cudaMemsetAsync(dy.ptr, 0xff, rows * n * 2, stream));  // pending work, then a poisoned y
-    run();
-    EXPECT_LT(result(), 8e-3);
+    g.poison();  // work still pending on the caller's stream when the split launch is queued
+    g.run(GroupedGemmKernel::kHopperSplit);
+    EXPECT_LT(g.error(), 8e-3);
   }
   // Bad overrides and a short workspace: clear errors, nothing launched.
   setenv("MOEBAL_GEMM_SPLIT_ROWS", "-3", 1);
-  EXPECT_THROW(run(), moebal::ValueError);
+  EXPECT_THROW(g.run(GroupedGemmKernel::kHopperSplit), moebal::ValueError);
   setenv("MOEBAL_GEMM_SPLIT_ROWS", "lots", 1);
-  EXPECT_THROW(run(), moebal::ValueError);
+  EXPECT_THROW(g.run(GroupedGemmKernel::kHopperSplit), moebal::ValueError);
   unsetenv("MOEBAL_GEMM_SPLIT_ROWS");
-  EXPECT_THROW(moebal::cuda::grouped_gemm_bf16_with(GroupedGemmKernel::kHopperSplit, dx.ptr, dw.ptr, dy.ptr, doff.ptr,
-                                                    groups, rows, n, k, ws.ptr, 256, stream),
-               moebal::ValueError);
+  EXPECT_THROW(g.run(GroupedGemmKernel::kHopperSplit, 256), moebal::ValueError);
 
   // Captured into a graph and replayed over a poisoned output.
-  cudaGraph_t graph;
-  MOEBAL_CHECK_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-  run();
-  MOEBAL_CHECK_CUDA(cudaStreamEndCapture(stream, &graph));
-  cudaGraphExec_t exec;
-  MOEBAL_CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  const moebal_test::CapturedGraph graph(g.stream, [&] { g.run(GroupedGemmKernel::kHopperSplit); });
   for (int rep = 0; rep < 2; ++rep) {
-    MOEBAL_CHECK_CUDA(cudaMemsetAsync(dy.ptr, 0xff, rows * n * 2, stream));
-    MOEBAL_CHECK_CUDA(cudaGraphLaunch(exec, stream));
-    EXPECT_LT(result(), 8e-3) << "replay " << rep;
+    g.poison();
+    graph.launch(g.stream);
+    EXPECT_LT(g.error(), 8e-3) << "replay " << rep;
   }
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
-  cudaStreamDestroy(stream);
+}
+
+// The tile-order overrides of the Hopper kernels (benchmarks): every order gives the same result;
+// values outside the documented ones are errors.
+TEST_F(GroupedGemmCudaArgs, TileOrderOverrides) {
+  int device = 0;
+  MOEBAL_CHECK_CUDA(cudaGetDevice(&device));
+  if (!moebal::cuda::hopper_grouped_gemm_available(device)) GTEST_SKIP() << "needs the sm_90a kernels";
+  DeviceGemm g({700, 1, 0, 129, 3, 300}, 520, 136, 77);
+  for (const char* raster : {"0", "1"})
+    for (const char* swizzle : {"1", "2", "8"})
+      for (auto kernel : {GroupedGemmKernel::kHopperSmallM, GroupedGemmKernel::kHopperMediumM,
+                          GroupedGemmKernel::kHopperLargeM, GroupedGemmKernel::kHopperSplit}) {
+        SCOPED_TRACE(std::string(moebal::cuda::to_string(kernel)) + " MOEBAL_GEMM_RASTER=" + raster +
+                     " MOEBAL_GEMM_SWIZZLE=" + swizzle);
+        setenv("MOEBAL_GEMM_RASTER", raster, 1);
+        setenv("MOEBAL_GEMM_SWIZZLE", swizzle, 1);
+        g.poison();
+        g.run(kernel);
+        EXPECT_LT(g.error(), 8e-3);
+      }
+  for (const auto& [name, value] : std::vector<std::pair<const char*, const char*>>{
+           {"MOEBAL_GEMM_RASTER", "2"}, {"MOEBAL_GEMM_RASTER", "n"}, {"MOEBAL_GEMM_SWIZZLE", "3"},
+           {"MOEBAL_GEMM_SWIZZLE", "16"}, {"MOEBAL_GEMM_SWIZZLE", "0"}}) {
+    SCOPED_TRACE(std::string(name) + "=" + value);
+    unsetenv("MOEBAL_GEMM_RASTER");
+    unsetenv("MOEBAL_GEMM_SWIZZLE");
+    setenv(name, value, 1);
+    EXPECT_THROW(g.run(GroupedGemmKernel::kHopperLargeM), moebal::ValueError);
+  }
+  unsetenv("MOEBAL_GEMM_RASTER");
+  unsetenv("MOEBAL_GEMM_SWIZZLE");
 }
 
 struct FfnCase {

@@ -30,6 +30,7 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // ---------------------------------------------------------------------------------------------
 // Small RAII helpers
 // ---------------------------------------------------------------------------------------------
+using moebal_test::CapturedGraph;
 using moebal_test::DeviceBuffer;
 
 class CudaSuite : public ::testing::Test {
@@ -431,23 +432,16 @@ TEST_F(CudaSuite, RouterLayoutPermuteCombineCaptureAndReplay) {
     // Combine the permuted rows themselves: with renormalised weights out == hidden (to bf16).
     mc::unpermute_combine_bf16(x.ptr, row.ptr, d_w.ptr, off.ptr + E, T, H, K, out.ptr, s);
   };
-  cudaGraph_t graph;
-  MOEBAL_CHECK_CUDA(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
-  chain();
-  MOEBAL_CHECK_CUDA(cudaStreamEndCapture(s, &graph));
-  cudaGraphExec_t exec;
-  MOEBAL_CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  const CapturedGraph graph(s, chain);
   for (int rep = 0; rep < 3; ++rep) {
     out.poison();
-    MOEBAL_CHECK_CUDA(cudaGraphLaunch(exec, s));
+    graph.launch(s);
     MOEBAL_CHECK_CUDA(cudaStreamSynchronize(s));
     const auto o = out.host();
     for (int64_t i = 0; i < T * H; ++i)
       ASSERT_NEAR(__bfloat162float(o[i]), __bfloat162float(hidden[i]), 1e-2f * std::fabs(__bfloat162float(hidden[i])) + 1e-6f)
           << "replay " << rep << " at " << i;
   }
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
   cudaStreamDestroy(s);
 }
 
@@ -531,20 +525,13 @@ TEST_F(CudaSuite, MoeForwardMatchesHostEagerAndInGraph) {
   layer();
   MOEBAL_CHECK_CUDA(cudaStreamSynchronize(st));
   check("eager");
-  cudaGraph_t graph;
-  MOEBAL_CHECK_CUDA(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
-  layer();
-  MOEBAL_CHECK_CUDA(cudaStreamEndCapture(st, &graph));
-  cudaGraphExec_t exec;
-  MOEBAL_CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  const CapturedGraph graph(st, layer);
   for (int rep = 0; rep < 2; ++rep) {
     out.poison();
-    MOEBAL_CHECK_CUDA(cudaGraphLaunch(exec, st));
+    graph.launch(st);
     MOEBAL_CHECK_CUDA(cudaStreamSynchronize(st));
     check("graph replay");
   }
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
   cudaStreamDestroy(st);
 }
 

@@ -10,6 +10,7 @@
 #include "moebal/cuda/histogram.h"
 #include "moebal/cuda/probe.h"
 #include "probe_cases.h"
+#include "cuda_test_util.h"
 
 namespace {
 
@@ -59,16 +60,9 @@ ProbePlanOut run_gpu(const ProbeCase& c, bool graph = false, bool no_quota = fal
   if (graph) {
     moebal::cuda::probe_plan(c.cfg, c.L, in, out, ws, wsb, s);  // sets the smem attribute
     if (out.quota) MOEBAL_CHECK_CUDA(cudaMemsetAsync(out.quota, 0x5b, sizeof(int32_t) * h.quota.size(), s));
-    cudaGraph_t g;
-    cudaGraphExec_t ge;
-    MOEBAL_CHECK_CUDA(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
-    moebal::cuda::probe_plan(c.cfg, c.L, in, out, ws, wsb, s);
-    MOEBAL_CHECK_CUDA(cudaStreamEndCapture(s, &g));
-    MOEBAL_CHECK_CUDA(cudaGraphInstantiate(&ge, g, 0));
-    MOEBAL_CHECK_CUDA(cudaGraphLaunch(ge, s));
+    const moebal_test::CapturedGraph g(s, [&] { moebal::cuda::probe_plan(c.cfg, c.L, in, out, ws, wsb, s); });
+    g.launch(s);
     MOEBAL_CHECK_CUDA(cudaStreamSynchronize(s));
-    cudaGraphExecDestroy(ge);
-    cudaGraphDestroy(g);
   } else {
     moebal::cuda::probe_plan(c.cfg, c.L, in, out, ws, wsb, s);
   }

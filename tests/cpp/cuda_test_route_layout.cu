@@ -26,6 +26,7 @@ namespace {
 
 namespace mc = moebal::cuda;
 
+using moebal_test::CapturedGraph;
 using moebal_test::DeviceBuffer;
 
 struct Model {
@@ -293,19 +294,12 @@ TEST_P(RouteAndLayoutCuda, MatchesRouterThenLayout) {
 
     // No host synchronisation: the call captures into a CUDA graph and replays to the same result.
     Outputs replay(N, pr.P.slots);
-    cudaGraph_t graph;
-    MOEBAL_CHECK_CUDA(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
-    run_fused(pr, replay, wsp, ws_bytes, path, s);
-    MOEBAL_CHECK_CUDA(cudaStreamEndCapture(s, &graph));
-    cudaGraphExec_t exec;
-    MOEBAL_CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+    const CapturedGraph graph(s, [&] { run_fused(pr, replay, wsp, ws_bytes, path, s); });
     for (int rep = 0; rep < 2; ++rep) {
-      MOEBAL_CHECK_CUDA(cudaGraphLaunch(exec, s));
+      graph.launch(s);
       MOEBAL_CHECK_CUDA(cudaStreamSynchronize(s));
       expect_same(want, replay, "graph replay");
     }
-    cudaGraphExecDestroy(exec);
-    cudaGraphDestroy(graph);
   }
   cudaStreamDestroy(s);
 }

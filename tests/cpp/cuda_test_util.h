@@ -42,6 +42,32 @@ struct DeviceBuffer {
   }
 };
 
+/// fn() captured on stream `s` into an instantiated CUDA graph; launch() replays it on a stream.
+/// In the default global capture mode a host synchronisation (or any other call that is not
+/// allowed during capture, from any thread) inside fn fails the capture, so a test built on this
+/// also proves that fn never waits on the host.
+class CapturedGraph {
+ public:
+  template <class Fn>
+  CapturedGraph(cudaStream_t s, Fn&& fn, cudaStreamCaptureMode mode = cudaStreamCaptureModeGlobal) {
+    MOEBAL_CHECK_CUDA(cudaStreamBeginCapture(s, mode));
+    fn();
+    MOEBAL_CHECK_CUDA(cudaStreamEndCapture(s, &graph_));
+    MOEBAL_CHECK_CUDA(cudaGraphInstantiate(&exec_, graph_, 0));
+  }
+  ~CapturedGraph() {
+    if (exec_ != nullptr) cudaGraphExecDestroy(exec_);
+    if (graph_ != nullptr) cudaGraphDestroy(graph_);
+  }
+  CapturedGraph(const CapturedGraph&) = delete;
+  CapturedGraph& operator=(const CapturedGraph&) = delete;
+  void launch(cudaStream_t s) const { MOEBAL_CHECK_CUDA(cudaGraphLaunch(exec_, s)); }
+
+ private:
+  cudaGraph_t graph_ = nullptr;
+  cudaGraphExec_t exec_ = nullptr;
+};
+
 /// dispatch_layout's documented semantics on the host: pair i = (token i / K, expert ids[i]) goes
 /// to copy (token mod logcnt[e]) of expert e, slot log2phy[e * max_copies + copy] (slot e when
 /// log2phy is null); ids outside [0, E), copy counts outside [1, max_copies] and slots outside

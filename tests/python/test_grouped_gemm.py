@@ -263,8 +263,28 @@ def test_cuda_opcheck_and_graph_capture():
 @pytest.mark.skipif(not GPU or HOPPER, reason="needs a non-Hopper CUDA device")
 def test_cuda_hopper_kernel_rejected_elsewhere():
     x, w, offs = make_problem([2, 3], 16, 24, seed=12, device="cuda")
-    with pytest.raises(RuntimeError, match="compute capability 9.0"):
+    with pytest.raises(ValueError, match="compute capability 9.0"):
         gemm_ops.grouped_gemm(x, w, offs, kernel="hopper_small_m")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs a CUDA device and moebal CUDA kernels")
+def test_cuda_bad_tuning_override_is_value_error(monkeypatch):
+    """A MOEBAL_* tuning override that is not a valid integer raises ValueError naming it through the
+    torch ops too (the C++ layer's moebal::ValueError, not a RuntimeError)."""
+    x, w13, offs = make_problem([3, 0, 70], 64, 96, seed=14, device="cuda")
+    w2 = (torch.randn(3, 96, 32, device="cuda") / 6).to(torch.bfloat16)
+    monkeypatch.setenv("MOEBAL_FFN_SWIGLU_EPILOGUE", "yes")
+    with pytest.raises(ValueError, match="MOEBAL_FFN_SWIGLU_EPILOGUE"):
+        gemm_ops.expert_ffn(x, w13, w2, offs)
+    monkeypatch.delenv("MOEBAL_FFN_SWIGLU_EPILOGUE")
+    if HOPPER:
+        monkeypatch.setenv("MOEBAL_GEMM_SPLIT_ROWS", "-1")
+        with pytest.raises(ValueError, match="MOEBAL_GEMM_SPLIT_ROWS"):
+            gemm_ops.grouped_gemm(x, w13, offs, kernel="hopper_split")
+        monkeypatch.setenv("MOEBAL_GEMM_SPLIT_ROWS", "16")
+        want = torch.ops.moebal.grouped_gemm(x.cpu(), w13.cpu(), offs.cpu())
+        assert rel_err(gemm_ops.grouped_gemm(x, w13, offs, kernel="hopper_split"), want) < tol(96)
 
 
 @pytest.mark.gpu
