@@ -2,7 +2,8 @@
 per-expert torch.matmul loop, on MoE shapes, token counts and balanced / Zipf routing.
 
 Every timed call is preceded by a 256 MiB L2 flush (outside the timed region); CUDA events
-around each call; median of the repetitions after warm-up. The HBM copy rate and an 8192^3 bf16
+around each call; median of the repetitions after warm-up. The variants of one case are timed in
+interleaved rounds (time_fns), so drift and order effects fall on all of them alike. The HBM copy rate and an 8192^3 bf16
 matmul are measured in the same process and set the floors:
   floor = max(distinct expert weight bytes + activation bytes) / HBM, FLOPs / matmul rate).
 Forced-kernel variants (--variants forced) time every moebal kernel on every case, incl. the
@@ -58,6 +59,42 @@ def time_fn(fn, min_reps=5, max_reps=30, budget_s=0.08):
         ends[i].record()
     torch.cuda.synchronize()
     return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends)) * 1e-3  # seconds
+
+
+def time_fns(fns, min_reps=5, max_reps=30, budget_s=0.08):
+    """Median seconds of each fn in {name: fn}, measured in interleaved rounds (every fn once per
+    round, the starting fn rotating) so that clock and power drift, and whatever a fn leaves behind
+    for the next, fall on every fn alike: timed one after the other, the same large FFN measured 20%
+    apart depending on what ran before it. A fn that raises is dropped and reported in the errors.
+    Returns ({name: seconds}, {name: exception})."""
+    names = list(fns)
+    errors, one = {}, {}
+    for name in names:
+        try:
+            fns[name]()
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fns[name]()
+            torch.cuda.synchronize()
+            one[name] = time.perf_counter() - t0
+        except Exception as e:  # noqa: BLE001 (reported by the caller)
+            errors[name] = e
+    live = [n for n in names if n in one]
+    if not live:
+        return {}, errors
+    reps = int(max(min_reps, min(max_reps, budget_s / max(max(one.values()), 1e-6))))
+    events = {n: [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+              for n in live}
+    for r in range(reps):
+        for i in range(len(live)):
+            name = live[(i + r) % len(live)]
+            start, end = events[name][r]
+            flush_l2()
+            start.record()
+            fns[name]()
+            end.record()
+    torch.cuda.synchronize()
+    return {n: statistics.median(s.elapsed_time(e) for s, e in events[n]) * 1e-3 for n in live}, errors
 
 
 def measure_ceilings():
@@ -188,15 +225,19 @@ def bench_case(model, tokens, zipf, bw, peak, gen, variants):
                     torch.matmul(a[s:e], w[g].T, out=y_loop[s:e])
                 return y_loop
             fns["torch_matmul_loop"] = loop
+        checked = {}
         for name, fn in fns.items():
             try:
                 err = ((fn().float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-30)).item()
                 if not err < 1e-2:
                     raise RuntimeError(f"rel err {err} vs torch._grouped_mm")
-                t = time_fn(fn)
+                checked[name] = fn
             except Exception as e:  # keep the baselines of the run; report the failure
                 print(f"ERROR {model} T={tokens} {proj} {name}: {e}", flush=True)
-                continue
+        times, errors = time_fns(checked)
+        for name, e in errors.items():
+            print(f"ERROR {model} T={tokens} {proj} {name}: {e}", flush=True)
+        for name, t in times.items():
             results.append(dict(model=model, tokens=tokens, routing="zipf" if zipf else "balanced", op=proj,
                                 impl=name, rows=rows, active=active, experts=experts, n=n, k=kk,
                                 time_us=t * 1e6, tflops=flops / t / 1e12,
@@ -231,15 +272,19 @@ def bench_case(model, tokens, zipf, bw, peak, gen, variants):
         ffn_fns["moebal_ffn_skinny_fused"] = lambda: gemm_ops.expert_ffn(x, w13, w2, offs, kernel="skinny")
         ffn_fns["moebal_ffn_previous"] = lambda: gemm_ops.expert_ffn(x, w13, w2, offs, kernel=prev)
         ffn_fns["moebal_ffn_gemv"] = lambda: gemm_ops.expert_ffn(x, w13, w2, offs, kernel="gemv")
+    checked = {}
     for name, fn in ffn_fns.items():
         try:
             err = ((fn().float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-30)).item()
             if not err < 2e-2:
                 raise RuntimeError(f"rel err {err} vs the torch composition")
-            t = time_fn(fn)
+            checked[name] = fn
         except Exception as e:
             print(f"ERROR {model} T={tokens} ffn {name}: {e}", flush=True)
-            continue
+    times, errors = time_fns(checked)
+    for name, e in errors.items():
+        print(f"ERROR {model} T={tokens} ffn {name}: {e}", flush=True)
+    for name, t in times.items():
         results.append(dict(model=model, tokens=tokens, routing="zipf" if zipf else "balanced", op="ffn", impl=name,
                             rows=rows, active=active, experts=experts, n=2 * ffn, k=hidden, time_us=t * 1e6, tflops=flops / t / 1e12, tbps=bytes_ / t / 1e12,
                             floor_us=floor * 1e6, frac_floor=floor / t))

@@ -411,22 +411,13 @@ void run_grouped(GroupedGemmKernel kernel, const DeviceInfo& d, const GroupedGem
 // GEMMs over the halves of w13), or one w13 GEMM plus a separate activation pass. The epilogue form
 // saves writing and re-reading the [rows, 2 * ffn] gate/up tensor (4 * ffn bytes per row) and a
 // launch, but pays a second GEMM's launch and wave tail, two N = ffn GEMMs instead of one
-// N = 2 * ffn, and the epilogue's gate loads. Both forced on the H100 over the four bench models at
-// 16-16384 tokens (bench/results/swiglu.md): the epilogue form was 1.03-1.04x faster only for
-// DeepSeek-V3 (hidden 7168, large_m tiles) at 4096 and 16384 tokens, tied for GPT-OSS-120B and at
-// decode, and 4-11% slower for Mixtral-8x7B at 128 and 4096 tokens and Qwen3-30B-A3B at 1024-4096.
-// Hence the epilogue form on large_m tiles with hidden >= 6144 and >= 16384 rows, the separate pass
-// elsewhere. MOEBAL_FFN_SWIGLU_EPILOGUE=1 / 0 forces either (benchmarks).
-constexpr int64_t kSwigluEpilogueMinHidden = 6144;
-constexpr int64_t kSwigluEpilogueMinRows = 16384;
-
+// N = 2 * ffn, and the epilogue's gate loads. Both forced on the H100 (bench/results/swiglu.md):
+// over the four bench models at 16-16384 tokens the epilogue form tied or lost (4-11% for
+// Mixtral-8x7B and Qwen3-30B-A3B); an apparent 1.03-1.04x win for DeepSeek-V3 at 4096-16384 tokens
+// did not survive timing the variants in interleaved rounds (separate / epilogue time 0.98-1.02 at
+// 4096 tokens, 0.95-1.00 at 16384, two repetitions). So kAuto always takes the separate pass;
+// MOEBAL_FFN_SWIGLU_EPILOGUE=1 / 0 forces either (benchmarks, other cards).
 int forced_swiglu_epilogue() { return detail::tuning_env_int("MOEBAL_FFN_SWIGLU_EPILOGUE", -1); }
-
-bool swiglu_epilogue(int forced, GroupedGemmKernel kernel, int64_t total_rows, int64_t hidden) {
-  if (forced >= 0) return forced != 0;
-  return kernel == GroupedGemmKernel::kHopperLargeM && hidden >= kSwigluEpilogueMinHidden &&
-         total_rows >= kSwigluEpilogueMinRows;
-}
 
 }  // namespace
 
@@ -527,7 +518,7 @@ void expert_ffn_bf16_with(GroupedGemmKernel kernel, const __nv_bfloat16* x, cons
   void* gemm_ws = ws + h_bytes + a_bytes;
   const size_t gemm_bytes = workspace_bytes - h_bytes - a_bytes;
   const GroupedGemmProblem down{act, w2, y, offsets, num_groups, total_rows, hidden, ffn, d.sm_count};
-  if (swiglu_epilogue(forced, kernel, total_rows, hidden)) {
+  if (forced > 0) {  // MOEBAL_FFN_SWIGLU_EPILOGUE=1: the epilogue form; unset or 0: the separate pass
     // The gate GEMM into gate [rows, ffn] (in h); the up GEMM with silu(gate) * up in its epilogue
     // into act; the down GEMM. Each w13 half is addressed with a group stride of 2 * ffn * hidden.
     const int64_t w13_stride = 2 * ffn * hidden;

@@ -95,11 +95,11 @@ size_t expert_ffn_workspace_bytes(int num_groups, int64_t total_rows, int64_t ff
 /// with n = 2 * ffn, k = hidden) and used for both GEMMs. With kSkinny or kGemv (decode):
 /// two launches on `stream`, the gate/up GEMM with silu(gate) * up computed in fp32 in its epilogue
 /// (rounded once to bf16 into a [total_rows, ffn] intermediate), then the down GEMM; no
-/// [total_rows, 2 * ffn] buffer. With any other kernel: three GEMM launches in one of two forms,
-/// chosen by measured speed (docs/gemm.md; MOEBAL_FFN_SWIGLU_EPILOGUE=1/0 forces one): the gate
-/// GEMM x @ W1^T into a [total_rows, ffn] bf16 intermediate and the up GEMM x @ W3^T whose epilogue
-/// computes silu(gate) * up in fp32 (up unrounded) into act [total_rows, ffn]; or one gate/up GEMM
-/// into a [total_rows, 2 * ffn] intermediate and a silu(gate) * up kernel. Then the down GEMM.
+/// [total_rows, 2 * ffn] buffer. With any other kernel: one gate/up GEMM into a [total_rows, 2 * ffn]
+/// intermediate, a silu(gate) * up kernel, the down GEMM; with MOEBAL_FFN_SWIGLU_EPILOGUE=1 instead
+/// the gate GEMM x @ W1^T into a [total_rows, ffn] bf16 intermediate and the up GEMM x @ W3^T whose
+/// epilogue computes silu(gate) * up in fp32 (up unrounded) into act [total_rows, ffn], then the down
+/// GEMM (measured no faster on the H100, docs/gemm.md).
 /// No host synchronisation.
 void expert_ffn_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w13, const __nv_bfloat16* w2,
                      __nv_bfloat16* y, const int32_t* offsets, int num_groups, int64_t total_rows,
