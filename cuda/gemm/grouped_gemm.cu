@@ -246,11 +246,11 @@ constexpr int64_t kGemvHopperRows = 8;
 constexpr int64_t kGemvHopperSmallExpertRows = 32;
 constexpr int64_t kGemvSmallExpertWeights = int64_t{4} << 20;
 
-// Split launch (see run_split below; bench/results/split.md, H100, two repetitions): it paid where
-// many experts with large weights share a middle-sized problem, so that a skewed routing leaves
-// both hot groups and a long tail: DeepSeek-V3 (256 experts, 28 Mi weights) at 32 and 128 rows per
-// group, 1.04-1.18x with Zipf routing and 0.99-1.01x with balanced routing; GPT-OSS-120B (128
-// experts, 16 Mi) 0.99-1.04x. It lost up to 8% on Qwen3-30B-A3B's 3 Mi experts, cannot help 8
+// Split launch (see run_split below; bench/results/split.md, H100, three runs): it paid where many
+// experts with large weights share a middle-sized problem, so that a skewed routing leaves both hot
+// groups and a long tail: DeepSeek-V3 (256 experts, 28 Mi weights) at 32 and 128 rows per group,
+// 1.02-1.18x with Zipf routing and 0.99-1.01x with balanced routing; GPT-OSS-120B (128 experts,
+// 16 Mi) 0.99-1.04x. It lost up to 8% on Qwen3-30B-A3B's 3 Mi experts, cannot help 8
 // experts (Mixtral-8x7B), and from 512 rows per group on every group is large anyway.
 constexpr int64_t kSplitMaxRowsPerGroup = 256;
 constexpr int kSplitMinGroups = 32;
@@ -285,7 +285,7 @@ size_t align256(size_t v) { return (v + 255) / 256 * 256; }
 // group streams each weight tile exactly once) on the medium_m kernel, both over every SM on the
 // caller's stream. Each kernel sees every group; its setup kernel gives the other class's groups a
 // zero extent, so the class of a group is decided on the device (no host synchronisation).
-// Measured on the H100 (bench/results/split.md): 1.04-1.18x over large_m alone for DeepSeek-V3
+// Measured on the H100 (bench/results/split.md): 1.02-1.18x over large_m alone for DeepSeek-V3
 // with Zipf routing at 1024-4096 tokens, ties with balanced routing; up to 8% slower for
 // Qwen3-30B-A3B's small experts (the second launch costs more than it saves). Running the two
 // kernels at the same time on disjoint SM shares (a side stream) measured slower in most cases:
