@@ -3,8 +3,8 @@
 // sm_90a). Not installed.
 #pragma once
 
-#include <cstddef>
 #include <climits>
+#include <cstddef>
 #include <cstdint>
 
 #include <cuda_bf16.h>

@@ -207,20 +207,21 @@ void sm90_run(const GroupedGemmProblem& p, void* workspace, size_t bytes, cudaSt
                    " bytes is smaller than the ", need, " bytes needed");
   MOEBAL_CHECK((p.c != nullptr) == Cfg::kSwiGLU, "grouped_gemm_bf16: internal error: the SwiGLU source is ",
                    p.c != nullptr ? "set for a plain" : "missing for a SwiGLU", " Hopper kernel");
+  // Tile-order overrides, checked before anything is enqueued.
+  typename Cfg::Order order;
+  const int raster = tuning_env_int("MOEBAL_GEMM_RASTER", 0);
+  MOEBAL_CHECK_ARG(raster == 0 || raster == 1,
+                   "environment variable MOEBAL_GEMM_RASTER must be 0 (along m) or 1 (along n), got ", raster);
+  order.along_n = raster == 1;
+  order.swizzle = tuning_env_int("MOEBAL_GEMM_SWIZZLE", 1);
+  MOEBAL_CHECK_ARG(order.swizzle == 1 || order.swizzle == 2 || order.swizzle == 4 || order.swizzle == 8,
+                   "environment variable MOEBAL_GEMM_SWIZZLE must be 1, 2, 4 or 8, got ", order.swizzle);
   char* ws = static_cast<char*>(workspace);
   // need = layout(groups, cutlass bytes).total, so the CUTLASS part is what remains after it.
   const typename Cfg::Layout l = Cfg::layout(p.num_groups, need - Cfg::layout(p.num_groups, 0).total);
   constexpr int kThreads = 128;
   sm90_grouped_gemm_setup<Cfg><<<(p.num_groups + kThreads - 1) / kThreads, kThreads, 0, stream>>>(p, ws, l);
   MOEBAL_CHECK_LAUNCH();
-  typename Cfg::Order order;
-  const int raster = tuning_env_int("MOEBAL_GEMM_RASTER", 0);
-  MOEBAL_CHECK_ARG(raster == 0 || raster == 1, "environment variable MOEBAL_GEMM_RASTER must be 0 (along m) or 1 (along n), got ",
-                   raster);
-  order.along_n = raster == 1;
-  order.swizzle = tuning_env_int("MOEBAL_GEMM_SWIZZLE", 1);
-  MOEBAL_CHECK_ARG(order.swizzle == 1 || order.swizzle == 2 || order.swizzle == 4 || order.swizzle == 8,
-                   "environment variable MOEBAL_GEMM_SWIZZLE must be 1, 2, 4 or 8, got ", order.swizzle);
   auto args = Cfg::arguments(p.num_groups, p.sm_count, ws, l, order);
   typename Cfg::Gemm gemm;
   cutlass::Status st = gemm.can_implement(args);
