@@ -209,6 +209,15 @@ __device__ inline void warp_best_small(int64_t g, uint32_t sec, int64_t* G, uint
   *G = static_cast<int64_t>(mk) - 1;
 }
 
+// warp_best_small when the block-uniform `small` flag says every g fits, warp_best otherwise.
+__device__ inline void warp_best_of(bool small, int64_t g, uint32_t sec, int64_t* G, uint32_t* SEC) {
+  if (small) {
+    warp_best_small(g, sec, G, SEC);
+  } else {
+    warp_best(g, sec, G, SEC);
+  }
+}
+
 // warp_argmax when every time is in [-1, 2^31).
 __device__ inline int warp_argmax_small(int64_t t0, int64_t t1, int lane) {
   const unsigned k0 = static_cast<unsigned>(t0 + 1), k1 = static_cast<unsigned>(t1 + 1);
@@ -624,11 +633,7 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
     }
     int64_t G;
     uint32_t SEC;
-    if (small) {
-      warp_best_small(g, sec, &G, &SEC);
-    } else {
-      warp_best(g, sec, &G, &SEC);
-    }
+    warp_best_of(small, g, sec, &G, &SEC);
     if (G >= 0) {
       if (g == G && sec == SEC) {  // the (unique up to duplicate static copies) best lane
         sm.red_g[warp] = G;
@@ -647,11 +652,7 @@ __global__ void __launch_bounds__(kThreads) probe_plan_kernel(KernelArgs p) {
     // counted through the barrier's predicate.
     const int64_t gw = lane < kWarps ? sm.red_g[lane] : -1;
     const uint32_t sw = lane < kWarps ? sm.red_sec[lane] : 0xffffffffu;
-    if (small) {
-      warp_best_small(gw, sw, &G, &SEC);
-    } else {
-      warp_best(gw, sw, &G, &SEC);
-    }
+    warp_best_of(small, gw, sw, &G, &SEC);
     const bool beaten = kg >= 0 && (G < 0 || pd::better(kg, ksec, G, SEC));
     if (G < 0) {
       if (__syncthreads_or(beaten) && tid == 0) ++blocked;

@@ -60,27 +60,22 @@ void gemv_grouped_gemm(const GroupedGemmProblem& p, cudaStream_t stream);
 void gemv_swiglu_grouped_gemm(const GroupedGemmProblem& p, cudaStream_t stream);
 
 #if defined(MOEBAL_HAS_SM90_KERNELS)
-// Workspace of each Hopper kernel: per-group shapes/pointers/strides + CUTLASS's own workspace.
-size_t sm90_small_m_workspace_bytes(int num_groups, int sm_count);
-size_t sm90_medium_m_workspace_bytes(int num_groups, int sm_count);
-size_t sm90_large_m_workspace_bytes(int num_groups, int sm_count);
-void sm90_small_m_grouped_gemm(const GroupedGemmProblem& p, void* workspace, size_t bytes,
-                               cudaStream_t stream);
-void sm90_medium_m_grouped_gemm(const GroupedGemmProblem& p, void* workspace, size_t bytes,
-                                cudaStream_t stream);
-void sm90_large_m_grouped_gemm(const GroupedGemmProblem& p, void* workspace, size_t bytes,
-                               cudaStream_t stream);
-// The same three tile configurations with the SwiGLU epilogue y = silu(p.c) * acc (p.c != nullptr):
-// the up projection of the expert FFN after a plain gate-projection GEMM into p.c.
-size_t sm90_small_m_swiglu_workspace_bytes(int num_groups, int sm_count);
-size_t sm90_medium_m_swiglu_workspace_bytes(int num_groups, int sm_count);
-size_t sm90_large_m_swiglu_workspace_bytes(int num_groups, int sm_count);
-void sm90_small_m_swiglu_grouped_gemm(const GroupedGemmProblem& p, void* workspace, size_t bytes,
-                                      cudaStream_t stream);
-void sm90_medium_m_swiglu_grouped_gemm(const GroupedGemmProblem& p, void* workspace, size_t bytes,
-                                       cudaStream_t stream);
-void sm90_large_m_swiglu_grouped_gemm(const GroupedGemmProblem& p, void* workspace, size_t bytes,
-                                      cudaStream_t stream);
+// The Hopper kernels, one pair of entry points per tile configuration (defined by
+// MOEBAL_SM90_GROUPED_GEMM_ENTRY in the *_sm90.cu files): the workspace each needs (per-group
+// shapes/pointers/strides + CUTLASS's own workspace) and the launch. small_m, medium_m, large_m;
+// the *_swiglu ones compute y = silu(p.c) * acc (p.c != nullptr: the up projection of the expert
+// FFN after a plain gate-projection GEMM into p.c).
+#define MOEBAL_SM90_GROUPED_GEMM_DECLARE(name)                                                    \
+  size_t sm90_##name##_workspace_bytes(int num_groups, int sm_count);                             \
+  void sm90_##name##_grouped_gemm(const GroupedGemmProblem& p, void* workspace, size_t bytes,     \
+                                  cudaStream_t stream);
+MOEBAL_SM90_GROUPED_GEMM_DECLARE(small_m)
+MOEBAL_SM90_GROUPED_GEMM_DECLARE(medium_m)
+MOEBAL_SM90_GROUPED_GEMM_DECLARE(large_m)
+MOEBAL_SM90_GROUPED_GEMM_DECLARE(small_m_swiglu)
+MOEBAL_SM90_GROUPED_GEMM_DECLARE(medium_m_swiglu)
+MOEBAL_SM90_GROUPED_GEMM_DECLARE(large_m_swiglu)
+#undef MOEBAL_SM90_GROUPED_GEMM_DECLARE
 #endif
 
 }  // namespace moebal::cuda::detail
