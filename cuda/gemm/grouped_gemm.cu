@@ -416,8 +416,13 @@ void run_grouped(GroupedGemmKernel kernel, const DeviceInfo& d, const GroupedGem
 // Mixtral-8x7B and Qwen3-30B-A3B); an apparent 1.03-1.04x win for DeepSeek-V3 at 4096-16384 tokens
 // did not survive timing the variants in interleaved rounds (separate / epilogue time 0.98-1.02 at
 // 4096 tokens, 0.95-1.00 at 16384, two repetitions). So kAuto always takes the separate pass;
-// MOEBAL_FFN_SWIGLU_EPILOGUE=1 / 0 forces either (benchmarks, other cards).
-int forced_swiglu_epilogue() { return detail::tuning_env_int("MOEBAL_FFN_SWIGLU_EPILOGUE", -1); }
+// MOEBAL_FFN_SWIGLU_EPILOGUE=1 asks for the epilogue form (benchmarks, other cards), 0 or unset
+// for the separate pass, anything else is an error.
+bool swiglu_epilogue_requested() {
+  const int v = detail::tuning_env_int("MOEBAL_FFN_SWIGLU_EPILOGUE", 0);
+  MOEBAL_CHECK_ARG(v == 0 || v == 1, "environment variable MOEBAL_FFN_SWIGLU_EPILOGUE must be 0 or 1, got ", v);
+  return v == 1;
+}
 
 }  // namespace
 
@@ -484,7 +489,7 @@ void expert_ffn_bf16_with(GroupedGemmKernel kernel, const __nv_bfloat16* x, cons
   MOEBAL_CHECK_ARG(workspace_bytes >= need && (need == 0 || workspace != nullptr),
                    "expert_ffn_bf16: workspace of ", workspace_bytes, " bytes is smaller than the ", need,
                    " bytes needed");
-  const int forced = forced_swiglu_epilogue();  // read (and checked) on every path
+  const bool epilogue = swiglu_epilogue_requested();  // read (and checked) on every path
   if (total_rows == 0) return;
   char* ws = static_cast<char*>(workspace);
   MOEBAL_CHECK_ARG(aligned16(ws), "expert_ffn_bf16: workspace must be 16-byte aligned");
@@ -518,7 +523,7 @@ void expert_ffn_bf16_with(GroupedGemmKernel kernel, const __nv_bfloat16* x, cons
   void* gemm_ws = ws + h_bytes + a_bytes;
   const size_t gemm_bytes = workspace_bytes - h_bytes - a_bytes;
   const GroupedGemmProblem down{act, w2, y, offsets, num_groups, total_rows, hidden, ffn, d.sm_count};
-  if (forced > 0) {  // MOEBAL_FFN_SWIGLU_EPILOGUE=1: the epilogue form; unset or 0: the separate pass
+  if (epilogue) {
     // The gate GEMM into gate [rows, ffn] (in h); the up GEMM with silu(gate) * up in its epilogue
     // into act; the down GEMM. Each w13 half is addressed with a group stride of 2 * ffn * hidden.
     const int64_t w13_stride = 2 * ffn * hidden;

@@ -410,11 +410,14 @@ TEST_P(ExpertFfnCuda, MatchesHostReference) {
     // Up to two bf16 roundings of intermediates (gate/up, activation) plus the output.
     EXPECT_LT(rel_error(got, want), 1.5e-2);
   }
-  // A tuning override that is not an integer is an error, not a silent default.
-  setenv("MOEBAL_FFN_SWIGLU_EPILOGUE", "yes", 1);
-  EXPECT_THROW(moebal::cuda::expert_ffn_bf16_with(c.kernel, dx.ptr, dw13.ptr, dw2.ptr, dy.ptr, doff.ptr, groups, rows,
-                                                  hidden, ffn, ws.ptr, ws_bytes, stream),
-               moebal::ValueError);
+  // A tuning override that is not 0 or 1 is an error, not a silent default.
+  for (const char* bad : {"yes", "2", "-1"}) {
+    SCOPED_TRACE(std::string("MOEBAL_FFN_SWIGLU_EPILOGUE=") + bad);
+    setenv("MOEBAL_FFN_SWIGLU_EPILOGUE", bad, 1);
+    EXPECT_THROW(moebal::cuda::expert_ffn_bf16_with(c.kernel, dx.ptr, dw13.ptr, dw2.ptr, dy.ptr, doff.ptr, groups,
+                                                    rows, hidden, ffn, ws.ptr, ws_bytes, stream),
+                 moebal::ValueError);
+  }
   unsetenv("MOEBAL_FFN_SWIGLU_EPILOGUE");
   cudaStreamDestroy(stream);
 }
