@@ -6,6 +6,9 @@ around each call; median of the repetitions after warm-up. The variants of one c
 interleaved rounds (time_fns), so drift and order effects fall on all of them alike. The HBM copy rate and an 8192^3 bf16
 matmul are measured in the same process and set the floors:
   floor = max(distinct expert weight bytes + activation bytes) / HBM, FLOPs / matmul rate).
+The matmul rate is measured twice: ten matmuls after L2 flushes (burst, boost clock; it sets `floor`
+and `frac_floor`) and one second of back-to-back matmuls (sustained, the power-limited clock; it
+sets `frac_sustained`).
 Forced-kernel variants (--variants forced) time every moebal kernel on every case, incl. the
 skinny and gemv decode kernels; the expert FFN is timed as auto, as the fused skinny path (gate/up
 GEMM with SiLU * up in its epilogue + down GEMM), on the gemv kernel (GEMM, SiLU * up, GEMM) and as
@@ -20,6 +23,7 @@ import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -109,6 +113,41 @@ def measure_ceilings():
     return bw, flops
 
 
+def gpu_clock_and_power():
+    """(SM clock MHz, board power W) of the current GPU from nvidia-smi, or (None, None)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "-i", str(torch.cuda.current_device()), "--query-gpu=clocks.sm,power.draw",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10).stdout
+        mhz, watts = (float(v) for v in out.strip().split(","))
+        return mhz, watts
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None, None
+
+
+def measure_sustained_mm(seconds=1.0):
+    """The bf16 8192^3 matmul rate over about `seconds` of back-to-back matmuls, and the SM clock and
+    board power sampled while they run. measure_ceilings times ten matmuls, each after an L2 flush:
+    a burst, at the boost clock. A kernel that keeps the tensor cores busy for many milliseconds
+    runs at the clock the power limit allows; on the H100 that rate was 11% below the burst one
+    (bench/results/tile_configs.md), which is why both are reported."""
+    m = torch.randn(8192, 8192, device="cuda").to(torch.bfloat16)
+    one = time_fn(lambda: m @ m, min_reps=3, max_reps=3)
+    reps = max(10, int(seconds / one))
+    for _ in range(reps // 4):  # reach the sustained clock before timing
+        m @ m
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        m @ m
+    end.record()
+    samples = [gpu_clock_and_power() for _ in range(3)]  # the matmuls are still queued
+    torch.cuda.synchronize()
+    rate = 2 * 8192 ** 3 * reps / (start.elapsed_time(end) * 1e-3)
+    clocks = [c for c, _ in samples if c is not None]
+    watts = [w for _, w in samples if w is not None]
+    return rate, (min(clocks) if clocks else None), (max(watts) if watts else None)
+
+
 def route(tokens, experts, k, zipf, gen):
     if zipf:
         p = 1.0 / torch.arange(1, experts + 1, dtype=torch.float64) ** 1.2
@@ -174,7 +213,7 @@ def grouped_mm_fn():
     return f if f is not None else torch._grouped_mm
 
 
-def bench_case(model, tokens, zipf, bw, peak, gen, variants):
+def bench_case(model, tokens, zipf, bw, peak, gen, variants, sustained=None):
     hidden, ffn, experts, k = MODELS[model]
     counts = route(tokens, experts, k, zipf, gen)
     rows = int(counts.sum())
@@ -195,6 +234,7 @@ def bench_case(model, tokens, zipf, bw, peak, gen, variants):
         flops = 2.0 * rows * n * kk
         bytes_ = active * n * kk * 2 + rows * (n + kk) * 2
         floor = max(bytes_ / bw, flops / peak)
+        floor_sus = max(bytes_ / bw, flops / (sustained or peak))
         ref = gmm(a, w.transpose(1, 2), offs=ends)
         fns = {
             "torch_grouped_mm": lambda: gmm(a, w.transpose(1, 2), offs=ends),
@@ -241,7 +281,8 @@ def bench_case(model, tokens, zipf, bw, peak, gen, variants):
             results.append(dict(model=model, tokens=tokens, routing="zipf" if zipf else "balanced", op=proj,
                                 impl=name, rows=rows, active=active, experts=experts, n=n, k=kk,
                                 time_us=t * 1e6, tflops=flops / t / 1e12,
-                                tbps=bytes_ / t / 1e12, floor_us=floor * 1e6, frac_floor=floor / t))
+                                tbps=bytes_ / t / 1e12, floor_us=floor * 1e6, frac_floor=floor / t,
+                                frac_sustained=floor_sus / t))
         del a
     # Whole expert FFN: moebal vs torch (grouped_mm, silu*mul, grouped_mm); with the "activation"
     # variant also both non-decode forms forced: SiLU(gate)*up in the up GEMM's epilogue after a gate
@@ -250,6 +291,7 @@ def bench_case(model, tokens, zipf, bw, peak, gen, variants):
     flops = 2.0 * rows * 3 * ffn * hidden
     bytes_ = active * 3 * ffn * hidden * 2 + rows * 2 * hidden * 2
     floor = max(bytes_ / bw, flops / peak)
+    floor_sus = max(bytes_ / bw, flops / (sustained or peak))
 
     def torch_ffn():
         h = gmm(x, w13.transpose(1, 2), offs=ends)
@@ -287,7 +329,7 @@ def bench_case(model, tokens, zipf, bw, peak, gen, variants):
     for name, t in times.items():
         results.append(dict(model=model, tokens=tokens, routing="zipf" if zipf else "balanced", op="ffn", impl=name,
                             rows=rows, active=active, experts=experts, n=2 * ffn, k=hidden, time_us=t * 1e6, tflops=flops / t / 1e12, tbps=bytes_ / t / 1e12,
-                            floor_us=floor * 1e6, frac_floor=floor / t))
+                            floor_us=floor * 1e6, frac_floor=floor / t, frac_sustained=floor_sus / t))
     del weights, w13, w2, x
     torch.cuda.empty_cache()
     return results
@@ -306,27 +348,27 @@ def main(argv=None):
     _flush_buf = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
     t0 = time.time()
     bw, peak = measure_ceilings()
+    sustained, clock_mhz, watts = measure_sustained_mm()
     print(f"# device {torch.cuda.get_device_name()} torch {torch.__version__}: HBM copy {bw / 1e12:.2f} TB/s, "
-          f"bf16 8192^3 mm {peak / 1e12:.0f} TFLOP/s", flush=True)
+          f"bf16 8192^3 mm {peak / 1e12:.0f} TFLOP/s (burst), {sustained / 1e12:.0f} TFLOP/s sustained "
+          f"(SM clock {clock_mhz} MHz, {watts} W)", flush=True)
     gen = torch.Generator().manual_seed(0)
     variants = set(args.variants.split(",")) if args.variants else set()
     out = []
     for model in args.models.split(","):
         for tokens in map(int, args.tokens.split(",")):
             for routing in args.routing.split(","):
-                v = set(variants)
-                if tokens * MODELS[model][3] > 32768:
-                    v.discard("loop")  # per-expert loop at large T: enough to show the trend at 4096
-                res = bench_case(model, tokens, routing == "zipf", bw, peak, gen, v)
+                res = bench_case(model, tokens, routing == "zipf", bw, peak, gen, variants, sustained)
                 out.extend(res)
                 for r in res:
                     print(f"{r['model']:14s} T={r['tokens']:5d} {r['routing']:8s} {r['op']:3s} {r['impl']:18s} "
                           f"rows={r['rows']:6d} act={r['active']:3d} {r['time_us']:9.1f} us {r['tbps']:5.2f} TB/s "
-                          f"{r['tflops']:6.1f} TF/s floor {r['frac_floor']:.2f}", flush=True)
+                          f"{r['tflops']:6.1f} TF/s floor {r['frac_floor']:.2f} ({r['frac_sustained']:.2f} sustained)", flush=True)
     print(f"# total {time.time() - t0:.1f} s", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(device=torch.cuda.get_device_name(), torch=torch.__version__, hbm_bps=bw, mm_flops=peak,
+                           mm_flops_sustained=sustained, sustained_sm_clock_mhz=clock_mhz, sustained_power_w=watts,
                            results=out), f, separators=(",", ":"))
 
 

@@ -22,14 +22,19 @@ def load(path):
 
 def main(path):
     data, by = load(path)
+    sus = data.get("mm_flops_sustained")
+    sus_s = (f", sustained (1 s back to back) {sus / 1e12:.0f} TFLOP/s at {data.get('sustained_sm_clock_mhz')} MHz, "
+             f"{data.get('sustained_power_w')} W" if sus else "")
     print(f"Device: {data['device']}, torch {data['torch']}; measured ceilings in the same process: HBM copy "
-          f"{data['hbm_bps'] / 1e12:.2f} TB/s, bf16 8192^3 matmul {data['mm_flops'] / 1e12:.0f} TFLOP/s.\n")
+          f"{data['hbm_bps'] / 1e12:.2f} TB/s, bf16 8192^3 matmul {data['mm_flops'] / 1e12:.0f} TFLOP/s (burst){sus_s}.\n")
     print("Per projection (w13: n = 2*ffn, k = hidden; w2: n = hidden, k = ffn) and the whole expert FFN. "
-          "`frac` = floor / time, floor = max(distinct weight + activation bytes / HBM, FLOPs / matmul rate). "
-          "`vs gmm` = grouped_mm time / moebal time (> 1: moebal faster).\n")
-    print("| model | T | routing | op | rows | active | floor us | moebal us | TB/s | TFLOP/s | frac | "
-          "grouped_mm us | frac | vs gmm | matmul loop us | kernel times small/medium/large/large_c2 us |")
-    print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+          "`frac` = floor / time, floor = max(distinct weight + activation bytes / HBM, FLOPs / matmul rate), "
+          "with the burst matmul rate; `sus` = the same with the sustained rate. "
+          "`vs gmm` = grouped_mm time / moebal time (> 1: moebal faster); `vs loop` the same against the "
+          "per-expert torch.matmul loop (cuBLAS).\n")
+    print("| model | T | routing | op | rows | active | floor us | moebal us | TB/s | TFLOP/s | frac | sus | "
+          "grouped_mm us | frac | vs gmm | matmul loop us | vs loop | kernel times small/medium/large us |")
+    print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     fails = []
     for key in sorted(by, key=lambda k: (k[0], k[1], k[2], ["w13", "w2", "ffn"].index(k[3]))):
         model, tokens, routing, op = key
@@ -41,10 +46,11 @@ def main(path):
             continue
         loop = d.get("torch_matmul_loop")
         forced = "/".join(f"{d[k]['time_us']:.0f}" if k in d else "-"
-                          for k in ("moebal_small_m", "moebal_medium_m", "moebal_large_m", "moebal_large_m_c2")) if op != "ffn" else ""
-        loop_s = f"{loop['time_us']:.0f}" if loop else "-"
+                          for k in ("moebal_small_m", "moebal_medium_m", "moebal_large_m")) if op != "ffn" else ""
+        loop_s = f"{loop['time_us']:.0f} | {loop['time_us'] / mine['time_us']:.2f}" if loop else "- | -"
+        sus_f = f"{mine['frac_sustained']:.2f}" if "frac_sustained" in mine else "-"
         print(f"| {model} | {tokens} | {routing} | {op} | {mine['rows']} | {mine['active']} | {mine['floor_us']:.1f} | "
-              f"{mine['time_us']:.1f} | {mine['tbps']:.2f} | {mine['tflops']:.0f} | {mine['frac_floor']:.2f} | "
+              f"{mine['time_us']:.1f} | {mine['tbps']:.2f} | {mine['tflops']:.0f} | {mine['frac_floor']:.2f} | {sus_f} | "
               f"{base['time_us']:.1f} | {base['frac_floor']:.2f} | {base['time_us'] / mine['time_us']:.2f} | "
               f"{loop_s} | {forced} |")
     if fails:
@@ -60,8 +66,37 @@ def main(path):
     print(f"Target >= 0.95x grouped_mm (all GEMM rows): {len(rows) - len(below_gmm)} of {len(rows)} hold.")
     if below_gmm:
         print("Below 0.95x grouped_mm: " + "; ".join(f"{k[0]} T={k[1]} {k[2]} {k[3]}: {v:.2f}" for k, v in below_gmm))
+    regimes(multi)
     activation(by)
     split(by)
+
+
+def regime_of(row):
+    """decode (<= 16 rows per active expert), middle (16-512) or prefill (> 512)."""
+    per = row["rows"] / max(1, row["active"])
+    return "decode" if per <= 16 else "middle" if per <= 512 else "prefill"
+
+
+def regimes(multi):
+    """Per regime, over GEMM rows with >= 2 active experts: fractions of the floor and speed-ups."""
+    def span(vals):
+        vals = sorted(vals)
+        return f"{vals[0]:.2f} / {vals[len(vals) // 2]:.2f} / {vals[-1]:.2f}" if vals else "-"
+    print("\nBy regime (GEMM rows with >= 2 active experts; min / median / max):\n")
+    print("| regime | cases | moebal frac | moebal sus | grouped_mm frac | vs grouped_mm | vs matmul loop | "
+          ">= 0.85 frac | >= 0.85 sus |")
+    print("|---|---:|---|---|---|---|---|---:|---:|")
+    for reg in ("decode", "middle", "prefill"):
+        rows = [d for _, d in multi if regime_of(d["moebal_auto"]) == reg]
+        if not rows:
+            continue
+        mine = [d["moebal_auto"] for d in rows]
+        sus = [r["frac_sustained"] for r in mine if "frac_sustained" in r]
+        loops = [d["torch_matmul_loop"]["time_us"] / d["moebal_auto"]["time_us"] for d in rows if "torch_matmul_loop" in d]
+        print(f"| {reg} | {len(rows)} | {span([r['frac_floor'] for r in mine])} | {span(sus)} | "
+              f"{span([d['torch_grouped_mm']['frac_floor'] for d in rows])} | "
+              f"{span([d['torch_grouped_mm']['time_us'] / d['moebal_auto']['time_us'] for d in rows])} | {span(loops)} | "
+              f"{sum(r['frac_floor'] >= 0.85 for r in mine)} | {sum(v >= 0.85 for v in sus) if sus else '-'} |")
 
 
 def split(by):
