@@ -34,7 +34,7 @@ if [ -z "${SKIP_PYTEST:-}" ]; then  # SKIP_PYTEST=1: leave the GPU to the evalua
 else
   echo "pytest skipped (SKIP_PYTEST)" > "$WORK/pytest.txt"; TESTS=
 fi
-( cd /tmp && python "$REPO/tools/refmoe/run_eval.py" --corpus "$CORPUS" --model "$WORK/model" --out "$WORK/eval" --residual-dims 256,1024 ${EVAL_ARGS:---per-domain --prequential 256} ) 2>&1 \
+( cd /tmp && python "$REPO/tools/refmoe/run_eval.py" --corpus "$CORPUS" --model "$WORK/model" --out "$WORK/eval" --residual-dims 256,1024 ${EVAL_ARGS:---prequential 1024} ) 2>&1 \
   | grep -v -i warn | tee -a "$OUT/log.txt"
 echo "eval rc=$?" | tee -a "$OUT/log.txt"
 ( cd /tmp && python "$REPO/bench/probe_predictor.py" --refcheck --json "$WORK/bench_probe.json" ) 2>&1 | tee -a "$OUT/log.txt"

@@ -71,16 +71,17 @@ def main(argv=None) -> int:
         c_true = rank_counts(true, ranks, R, E)
         base = ir(c_true.sum(1).reshape(L, R, E // R).sum(-1))  # contiguous: GPU g holds experts [g*E/R, (g+1)*E/R)
         row = {"tokens": int(T), "no_planner": base.tolist()}
-        for name in ("true", "probe", "next_gate"):
+        preds = ["probe", "next_gate"] + sorted(k[len(d) + 1:] for k in z.files if k.startswith(f"{d}_probe_D"))
+        for name in ["true"] + preds:
             c = c_true if name == "true" else rank_counts(z[f"{d}_{name}"], ranks, R, E)
             p = probe.plan(c, place, expert_bytes=a.expert_bytes)
             row[name] = ir(routed_loads(np.asarray(p.quota), c_true, home)).tolist()
             row[name + "_planned_on_own_counts"] = np.asarray(p.imbalance()[1]).tolist()
-        for name in ("probe", "next_gate"):
+        for name in preds:
             row[name + "_over_true"] = (np.asarray(row[name]) / np.asarray(row["true"])).tolist()
         res["domains"][d] = row
         print(f"{d}: IR per layer (max/mean tokens per rank, routed with true counts)")
-        for key in ("no_planner", "true", "probe", "next_gate", "probe_over_true", "next_gate_over_true"):
+        for key in ["no_planner", "true"] + preds + [n + "_over_true" for n in preds]:
             v = np.asarray(row[key])
             print(f"  {key:22s} mean {v.mean():.3f}  " + " ".join(f"{x:.3f}" for x in v))
     if a.json:

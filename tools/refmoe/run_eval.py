@@ -83,8 +83,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--residual-dims", default="256,1024,2048")
     ap.add_argument("--ship-dim", type=int, default=256)
-    ap.add_argument("--n-fit", type=int, default=384, help="training sequences per domain for the predictors")
-    ap.add_argument("--fit-steps", type=int, default=2000, help="Adam steps per layer (batch 4096, cosine lr)")
+    ap.add_argument("--n-fit", type=int, default=768, help="training sequences per domain for the predictors")
+    ap.add_argument("--fit-steps", type=int, default=3000, help="Adam steps per layer (batch 4096, cosine lr)")
     ap.add_argument("--per-domain", action="store_true", help="also fit the shipped width offline per domain")
     ap.add_argument("--prequential", default="",
                     help="comma-separated residual widths (each also in --residual-dims) to run online, prequential, "
@@ -293,12 +293,14 @@ def main(argv=None) -> int:
     arrs = {}
     for d in ("python", "prose"):
         arrs[f"{d}_true"] = np.stack([evalset[d].cat("topk_ids", l)[:nt].cpu().numpy() for l in range(L)]).astype(np.uint8)
-        for name, p in (("next_gate", ng), ("probe", pr)):
+        preds = [("next_gate", ng), ("probe", pr)] + [(f"probe_D{D}", p) for D, p in sorted(offline.items())]
+        for name, p in preds:
             arrs[f"{d}_{name}"] = np.stack([p.predict(l, evalset[d].cat("hidden", l)[:nt]).topk_ids.cpu().numpy()
                                             for l in range(L - 1)]).astype(np.uint8)
     np.savez_compressed(os.path.join(args.out, "pred_ids.npz"), **arrs,
                         __meta__=np.array(json.dumps({"seq_len": S, "tokens": nt, "probe_residual_dim": shipped[0],
-                                                      "layout": "<domain>_true [L, T, K]; <domain>_<predictor> [L-1, T, K] predicts layers 1..L-1"})))
+                                                      "layout": "<domain>_true [L, T, K]; <domain>_<predictor> [L-1, T, K] predicts layers 1..L-1 "
+                                                                "(probe = the shipped width; probe_D<D> = every offline width)"})))
     res["elapsed_s"] = time.time() - t_start
     json.dump(res, open(os.path.join(args.out, "eval_results.json"), "w"), indent=1)
     print(f"eval done in {res['elapsed_s']:.0f}s", flush=True)
