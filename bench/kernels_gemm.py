@@ -256,6 +256,13 @@ def bench_case(model, tokens, zipf, bw, peak, gen, variants, sustained=None):
                 fns["moebal_large_m_" + name] = with_envs(
                     env, lambda: gemm_ops.grouped_gemm(a, w, offs, kernel="hopper_large_m"))
                 fns["moebal_auto_" + name] = with_envs(env, lambda: gemm_ops.grouped_gemm(a, w, offs))
+        if "copy" in variants and bytes_ / bw >= flops / peak and bytes_ <= 8 << 30:
+            # Bandwidth-bound rows: a device copy moving the floor's bytes (half read, half written),
+            # launch and ramp-up included like every timed call. It returns `ref` so the output check
+            # passes; only its time is used.
+            cp_src = torch.empty(max(16, int(bytes_) // 32 * 16), dtype=torch.uint8, device="cuda")
+            cp_dst = torch.empty_like(cp_src)
+            fns["copy_same_bytes"] = lambda: (cp_dst.copy_(cp_src), ref)[1]
         if "loop" in variants:
             segs = [(g, int(offs_host[g]), int(offs_host[g + 1])) for g in range(experts) if counts[g] > 0]
             y_loop = torch.empty(rows, n, device="cuda", dtype=torch.bfloat16)
@@ -341,7 +348,8 @@ def main(argv=None):
     ap.add_argument("--tokens", default=",".join(map(str, TOKENS)))
     ap.add_argument("--routing", default="balanced,zipf")
     ap.add_argument("--variants", default="forced,loop,activation",
-                    help="extra variants: forced (per-kernel), loop, activation (both FFN forms), split (split launch), order (tile orders)")
+                    help="extra variants: forced (per-kernel), loop, activation (both FFN forms), split (split launch), "
+                         "order (tile orders), copy (a device copy moving the floor's bytes)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     global _flush_buf

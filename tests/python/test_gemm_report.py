@@ -24,9 +24,9 @@ def row(impl, op, rows, active, time_us, frac, sus=None, model="m", tokens=1):
 def test_regime_summary_counts(tmp_path, capsys):
     rep = load_report()
     results = [
-        # decode (8 rows over 8 experts): meets 0.85 by both rates; loop 2x slower
+        # decode (8 rows over 8 experts): meets 0.85 by both rates; loop 2x slower, the copy 2x faster
         row("moebal_auto", "w13", 8, 8, 10.0, 0.90, 0.90), row("torch_grouped_mm", "w13", 8, 8, 12.0, 0.75),
-        row("torch_matmul_loop", "w13", 8, 8, 20.0, 0.45),
+        row("torch_matmul_loop", "w13", 8, 8, 20.0, 0.45), row("copy_same_bytes", "w13", 8, 8, 5.0, 1.0),
         # prefill (8192 rows over 8 experts): misses 0.85 on the burst rate, meets it on the sustained one
         row("moebal_auto", "w2", 8192, 8, 100.0, 0.80, 0.90), row("torch_grouped_mm", "w2", 8192, 8, 90.0, 0.89),
         # a single active expert is left out of the floor target
@@ -43,6 +43,7 @@ def test_regime_summary_counts(tmp_path, capsys):
     assert "Target >= 0.95x grouped_mm (all GEMM rows): 2 of 3 hold." in out
     lines = {l.split("|")[1].strip(): l for l in out.splitlines() if l.startswith("| decode") or l.startswith("| prefill")}
     assert lines["decode"].rstrip().endswith("| 1 | 1 |") and "2.00 / 2.00 / 2.00" in lines["decode"]
+    assert "| 0.50 / 0.50 / 0.50 |" in lines["decode"]  # copy / moebal
     assert lines["prefill"].rstrip().endswith("| 0 | 1 |")
     assert rep.regime_of(dict(rows=16, active=1)) == "decode" and rep.regime_of(dict(rows=17, active=1)) == "middle"
     assert rep.regime_of(dict(rows=513, active=1)) == "prefill"
