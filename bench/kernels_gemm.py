@@ -7,8 +7,8 @@ interleaved rounds (time_fns), so drift and order effects fall on all of them al
 matmul are measured in the same process and set the floors:
   floor = max(distinct expert weight bytes + activation bytes) / HBM, FLOPs / matmul rate).
 The matmul rate is measured twice: ten matmuls after L2 flushes (burst, boost clock; it sets `floor`
-and `frac_floor`) and one second of back-to-back matmuls (sustained, the power-limited clock; it
-sets `frac_sustained`).
+and `frac_floor`) and one second of back-to-back matmuls (sustained, at the lower clock a long
+load runs at; it sets `frac_sustained`).
 Forced-kernel variants (--variants forced) time every moebal kernel on every case, incl. the
 skinny and gemv decode kernels; the expert FFN is timed as auto, as the fused skinny path (gate/up
 GEMM with SiLU * up in its epilogue + down GEMM), on the gemv kernel (GEMM, SiLU * up, GEMM) and as
@@ -127,9 +127,10 @@ def gpu_clock_and_power():
 def measure_sustained_mm(seconds=1.0):
     """The bf16 8192^3 matmul rate over about `seconds` of back-to-back matmuls, and the SM clock and
     board power sampled while they run. measure_ceilings times ten matmuls, each after an L2 flush:
-    a burst, at the boost clock. A kernel that keeps the tensor cores busy for many milliseconds
-    runs at the clock the power limit allows; on the H100 that rate was 11% below the burst one
-    (bench/results/tile_configs.md), which is why both are reported."""
+    a burst, at the boost clock. Under load lasting many milliseconds the SM clock drops (1425-1440
+    MHz against a 1980 MHz maximum on the H100, with the board below its 700 W limit when sampled),
+    and the rate was 10-15% below the burst one (bench/results/tile_configs.md), which is why both
+    are reported."""
     m = torch.randn(8192, 8192, device="cuda").to(torch.bfloat16)
     one = time_fn(lambda: m @ m, min_reps=3, max_reps=3)
     reps = max(10, int(seconds / one))
