@@ -1,4 +1,7 @@
+#include <algorithm>
 #include <cfloat>
+#include <climits>
+#include <cstdint>
 
 #include "moebal/core/error.h"
 #include "moebal/cuda/check.h"
@@ -15,24 +18,71 @@ __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162f
 __device__ __forceinline__ void from_float(float v, float* p) { *p = v; }
 __device__ __forceinline__ void from_float(float v, __nv_bfloat16* p) { *p = __float2bfloat16(v); }
 
-template <typename T>
-__global__ void silu_kernel(const T* __restrict__ x, int64_t ld_x, int64_t num_tokens, int64_t dim,
-                            T* __restrict__ out) {
-  const int64_t n = num_tokens * dim;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const int64_t t = i / dim, d = i - t * dim;
-    const float v = to_float(x[t * ld_x + d]);
-    from_float(v / (1.0f + __expf(-v)), out + i);
+// SiLU of a [num_tokens, dim] block of x (row pitch ld_x) into out ([num_tokens, dim], packed):
+// out = v / (1 + exp(-v)), v = x in fp32. 2-D blocks: threadIdx.x walks a row kVec elements at a
+// time (one 16-byte load and store when kVec > 1: the caller checks alignment), threadIdx.y picks
+// one of blockDim.y rows; the grid strides over rows. No per-element division.
+template <typename T, int kVec>
+__global__ void __launch_bounds__(kThreads) silu_kernel(const T* __restrict__ x, int64_t ld_x, int64_t num_tokens,
+                                                         int dim, T* __restrict__ out) {
+  const int d0 = (blockIdx.x * blockDim.x + threadIdx.x) * kVec;
+  if (d0 >= dim) return;
+  const int64_t row_step = static_cast<int64_t>(gridDim.y) * blockDim.y;
+  for (int64_t t = static_cast<int64_t>(blockIdx.y) * blockDim.y + threadIdx.y; t < num_tokens; t += row_step) {
+    const T* src = x + t * ld_x + d0;
+    T* dst = out + t * dim + d0;
+    if constexpr (kVec == 1) {
+      const float v = to_float(*src);
+      from_float(v / (1.0f + __expf(-v)), dst);
+    } else {
+      static_assert(kVec * sizeof(T) == sizeof(uint4), "one 16-byte vector per step");
+      union Pack {
+        uint4 u;
+        T e[kVec];
+      } in, res;
+      in.u = *reinterpret_cast<const uint4*>(src);
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) {
+        const float v = to_float(in.e[i]);
+        from_float(v / (1.0f + __expf(-v)), &res.e[i]);
+      }
+      *reinterpret_cast<uint4*>(dst) = res.u;
+    }
   }
 }
 
-// Larger value wins; equal values: lower expert id wins (same rule as the CPU reference).
-__device__ __forceinline__ bool better(float va, int ia, float vb, int ib) {
-  return va > vb || (va == vb && ia < ib);
+// Ranking key of a logit: keys compare like the floats (-0 and +0 equal), NaN ranks below every
+// number, and 0 is left for "no candidate". Larger value wins; equal values: lower expert id wins
+// (the same rule as the CPU reference).
+__device__ __forceinline__ uint32_t rank_key(float v) {
+  if (v != v) return 1u;
+  const uint32_t u = __float_as_uint(v + 0.0f);  // -0 -> +0
+  return ((u & 0x80000000u) ? ~u : (u | 0x80000000u)) + 1u;  // +inf maps to 0xff800001: no overflow
+}
+
+__device__ __forceinline__ uint32_t warp_max(uint32_t v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  return __reduce_max_sync(0xffffffffu, v);
+#else
+  for (int off = 16; off > 0; off >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, off));
+  return v;
+#endif
+}
+
+__device__ __forceinline__ int warp_min(int v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  return __reduce_min_sync(0xffffffffu, v);
+#else
+  for (int off = 16; off > 0; off >>= 1) v = min(v, __shfl_xor_sync(0xffffffffu, v, off));
+  return v;
+#endif
 }
 
 // NJ = values per lane (num_experts <= 32 * NJ). Lane `l` owns experts l, l + 32, l + 64, ...
+// One warp per token: the logits, their softmax denominator, then k rounds; in each, every lane
+// offers its best remaining value (lowest j on equal keys, so its lowest expert id), the warp takes
+// the largest key and, among the lanes offering it, the lowest expert id (two redux instructions),
+// and the winning lane writes the pick.
 template <typename T, int NJ>
 __global__ void __launch_bounds__(kThreads) topk_hist_kernel(
     const T* __restrict__ gate, int64_t ld_gate, const T* __restrict__ residual, const float* __restrict__ bias,
@@ -46,17 +96,20 @@ __global__ void __launch_bounds__(kThreads) topk_hist_kernel(
   const int64_t num_warps = static_cast<int64_t>(gridDim.x) * kWarps;
   for (int64_t t = warp; t < num_tokens; t += num_warps) {
     float v[NJ];
+    uint32_t key[NJ];
     float mx = -FLT_MAX;
 #pragma unroll
     for (int j = 0; j < NJ; ++j) {
       const int e = lane + 32 * j;
       v[j] = -FLT_MAX;
+      key[j] = 0u;
       if (e < num_experts) {
         float x = to_float(gate[t * ld_gate + e]);
         if (bias) x += bias[e];
         if (residual) x += to_float(residual[t * num_experts + e]);
         logits[t * num_experts + e] = x;
         v[j] = x;
+        key[j] = rank_key(x);
         mx = fmaxf(mx, x);
       }
     }
@@ -69,36 +122,28 @@ __global__ void __launch_bounds__(kThreads) topk_hist_kernel(
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
     const float inv = 1.f / sum;
-    uint32_t taken = 0;  // bit j: this lane's j-th value is already chosen
     for (int r = 0; r < k; ++r) {
-      float bv = -FLT_MAX;
-      int bi = 0x7fffffff;
+      uint32_t bk = 0u;
+      float bv = 0.f;
       int bj = -1;
 #pragma unroll
       for (int j = 0; j < NJ; ++j) {
-        const int e = lane + 32 * j;
-        if (e < num_experts && !(taken >> j & 1u) && better(v[j], e, bv, bi)) {
+        if (key[j] > bk) {
+          bk = key[j];
           bv = v[j];
-          bi = e;
           bj = j;
         }
       }
-      float wv = bv;
-      int wi = bi;
+      const uint32_t top = warp_max(bk);
+      const int mine = bj >= 0 && bk == top ? lane + 32 * bj : INT_MAX;
+      const int win = warp_min(mine);
+      if (mine == win) {  // exactly one lane: expert ids are distinct
 #pragma unroll
-      for (int off = 16; off > 0; off >>= 1) {
-        const float ov = __shfl_xor_sync(0xffffffffu, wv, off);
-        const int oi = __shfl_xor_sync(0xffffffffu, wi, off);
-        if (better(ov, oi, wv, wi)) {
-          wv = ov;
-          wi = oi;
-        }
-      }
-      if (bi == wi && bj >= 0) taken |= 1u << bj;
-      if (lane == 0) {
-        topk_ids[t * k + r] = wi;
-        topk_scores[t * k + r] = __expf(wv - mx) * inv;
-        atomicAdd(&bins[wi], 1);
+        for (int j = 0; j < NJ; ++j)
+          if (j == bj) key[j] = 0u;  // taken
+        topk_ids[t * k + r] = win;
+        topk_scores[t * k + r] = __expf(bv - mx) * inv;
+        atomicAdd(&bins[win], 1);
       }
     }
   }
@@ -112,14 +157,32 @@ int blocks_for(int64_t items_per_block, int64_t n, int64_t cap) {
   return static_cast<int>(want < 1 ? 1 : (want < cap ? want : cap));
 }
 
+template <typename T, int kVec>
+void silu_launch(const T* x, int64_t ld_x, int64_t num_tokens, int dim, T* out, cudaStream_t stream) {
+  const int vecs = (dim + kVec - 1) / kVec;                      // threads a row needs
+  const int bx = std::min(kThreads, (vecs + 31) / 32 * 32);      // a warp multiple, at most the block
+  const int by = kThreads / bx;                                  // rows per block
+  const int gx = (vecs + bx - 1) / bx;
+  const int64_t rows = (num_tokens + by - 1) / by;
+  const int gy = static_cast<int>(std::min<int64_t>(rows, std::max(1, 8192 / gx)));  // ~8K blocks at most
+  silu_kernel<T, kVec><<<dim3(gx, gy), dim3(bx, by), 0, stream>>>(x, ld_x, num_tokens, dim, out);
+}
+
 template <typename T>
 void silu_impl(const T* x, int64_t ld_x, int64_t num_tokens, int64_t dim, T* out, cudaStream_t stream) {
   MOEBAL_CHECK_ARG(num_tokens >= 0 && dim >= 0, "probe_silu: num_tokens and dim must be >= 0, got ", num_tokens,
                    " and ", dim);
+  MOEBAL_CHECK_ARG(dim <= INT32_MAX, "probe_silu: dim must be < 2^31, got ", dim);
   MOEBAL_CHECK_ARG(ld_x >= dim, "probe_silu: ld_x (", ld_x, ") must be >= dim (", dim, ")");
   if (num_tokens == 0 || dim == 0) return;
-  silu_kernel<T><<<blocks_for(kThreads * 4, num_tokens * dim, 4096), kThreads, 0, stream>>>(x, ld_x, num_tokens,
-                                                                                           dim, out);
+  constexpr int kVec = static_cast<int>(sizeof(uint4) / sizeof(T));
+  const bool vec = dim % kVec == 0 && ld_x % kVec == 0 && (reinterpret_cast<uintptr_t>(x) & 15) == 0 &&
+                   (reinterpret_cast<uintptr_t>(out) & 15) == 0;
+  if (vec) {
+    silu_launch<T, kVec>(x, ld_x, num_tokens, static_cast<int>(dim), out, stream);
+  } else {
+    silu_launch<T, 1>(x, ld_x, num_tokens, static_cast<int>(dim), out, stream);
+  }
   MOEBAL_CHECK_LAUNCH();
 }
 

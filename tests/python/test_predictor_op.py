@@ -135,3 +135,37 @@ def test_cuda_matches_cpu(T, H, E, D, k):
     cpu_bf = probe_predict(hb.cpu(), wb.cpu(), b, w2b.cpu(), E, k)
     torch.testing.assert_close(gpu_bf[0].cpu(), cpu_bf[0], atol=5e-2, rtol=0)
     assert torch.equal(gpu_bf[3].cpu(), torch.bincount(gpu_bf[1].cpu().reshape(-1).long(), minlength=E).int())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("E", [8, 40, 130])
+def test_cuda_ties_signed_zero_and_nan(E):
+    """Exact logits through an identity router: equal values (also -0 / +0, also across the lanes
+    of the warp) go to the lower expert id, as on the CPU; a NaN logit (here from the bias) ranks
+    below every number."""
+    if not ops.has_cuda_kernels():
+        pytest.skip("moebal built without CUDA kernels")
+    rows = torch.full((2, E), -5.0)
+    rows[0, 0], rows[0, 1] = -0.0, 0.0                       # -0 == +0: expert 0 first
+    tied = sorted({E - 1, 3, min(35, E - 2)})                # equal maxima in different lanes / slots
+    rows[1, tied] = 2.5
+    eye, no_w2 = torch.eye(E), torch.zeros(E, 0)
+    k = min(E, 32)  # kProbeMaxTopK
+    gpu = probe_predict(rows.cuda(), eye.cuda(), None, no_w2.cuda(), E, k)
+    ids = gpu[1].cpu()
+    assert ids[0, :2].tolist() == [0, 1] and ids[1, :3].tolist() == tied
+    assert torch.equal(ids, probe_predict(rows, eye, None, no_w2, E, k)[1])
+    bias = torch.zeros(E)
+    bias[0] = float("nan")
+    rows[:, E - 1] = 7.0
+    gpu = probe_predict(rows.cuda(), eye.cuda(), bias.cuda(), no_w2.cuda(), E, k)
+    ids = gpu[1].cpu()
+    assert (ids[:, 0] == E - 1).all()
+    if k == E:
+        assert (ids[:, -1] == 0).all()   # NaN last
+    else:
+        assert not (ids == 0).any()      # NaN below every number: not among the k largest
+    for t in range(2):
+        assert len(set(ids[t].tolist())) == k and 0 <= int(ids[t].min()) and int(ids[t].max()) < E
+    assert torch.equal(gpu[3].cpu(), torch.bincount(ids.reshape(-1).long(), minlength=E).int())

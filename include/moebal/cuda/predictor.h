@@ -24,7 +24,8 @@ void probe_silu(const __nv_bfloat16* x, int64_t ld_x, int64_t num_tokens, int64_
 
 /// Fused epilogue, one warp per token:
 ///   logits[t, e]    = gate[t * ld_gate + e] + bias[e] + residual[t * num_experts + e]   (float32 out)
-///   topk_ids[t, :]  = the k experts of largest logit, in decreasing order (ties: lower expert id)
+///   topk_ids[t, :]  = the k experts of largest logit, in decreasing order (ties: lower expert id;
+///                     a NaN logit ranks below every number)
 ///   topk_scores[t,:]= their softmax probabilities over all num_experts logits
 ///   counts[e]       = number of tokens whose top-k holds e (overwritten, int32 [num_experts])
 /// bias (float32 [num_experts]) and residual may be null. 1 <= num_experts <= kProbeMaxExperts,
