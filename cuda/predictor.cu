@@ -6,6 +6,7 @@
 #include "moebal/core/error.h"
 #include "moebal/cuda/check.h"
 #include "moebal/cuda/predictor.h"
+#include "moe_router_device.cuh"
 
 namespace moebal::cuda {
 namespace {
@@ -51,31 +52,12 @@ __global__ void __launch_bounds__(kThreads) silu_kernel(const T* __restrict__ x,
   }
 }
 
-// Ranking key of a logit: keys compare like the floats (-0 and +0 equal), NaN ranks below every
-// number, and 0 is left for "no candidate". Larger value wins; equal values: lower expert id wins
-// (the same rule as the CPU reference).
+// Ranking key of a logit: the router's order-preserving key (moe_router_device.cuh; -0 and +0
+// equal) plus one, NaN mapped to 1 so that it ranks below every number, and 0 left for "no
+// candidate". Larger value wins; equal values: lower expert id wins (the same rule as the CPU
+// reference).
 __device__ __forceinline__ uint32_t rank_key(float v) {
-  if (v != v) return 1u;
-  const uint32_t u = __float_as_uint(v + 0.0f);  // -0 -> +0
-  return ((u & 0x80000000u) ? ~u : (u | 0x80000000u)) + 1u;  // +inf maps to 0xff800001: no overflow
-}
-
-__device__ __forceinline__ uint32_t warp_max(uint32_t v) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  return __reduce_max_sync(0xffffffffu, v);
-#else
-  for (int off = 16; off > 0; off >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, off));
-  return v;
-#endif
-}
-
-__device__ __forceinline__ int warp_min(int v) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  return __reduce_min_sync(0xffffffffu, v);
-#else
-  for (int off = 16; off > 0; off >>= 1) v = min(v, __shfl_xor_sync(0xffffffffu, v, off));
-  return v;
-#endif
+  return v != v ? 1u : detail::ordered_key(v) + 1u;  // +inf: 0xff800001, no overflow
 }
 
 // NJ = values per lane (num_experts <= 32 * NJ). Lane `l` owns experts l, l + 32, l + 64, ...
@@ -134,9 +116,9 @@ __global__ void __launch_bounds__(kThreads) topk_hist_kernel(
           bj = j;
         }
       }
-      const uint32_t top = warp_max(bk);
+      const uint32_t top = __reduce_max_sync(0xffffffffu, bk);
       const int mine = bj >= 0 && bk == top ? lane + 32 * bj : INT_MAX;
-      const int win = warp_min(mine);
+      const int win = __reduce_min_sync(0xffffffffu, mine);
       if (mine == win) {  // exactly one lane: expert ids are distinct
 #pragma unroll
         for (int j = 0; j < NJ; ++j)
