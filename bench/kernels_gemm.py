@@ -343,7 +343,20 @@ def bench_case(model, tokens, zipf, bw, peak, gen, variants, sustained=None):
     return results
 
 
-def main(argv=None):
+VARIANTS = ("forced", "loop", "activation", "split", "order", "copy")
+
+
+def comma_list(ap, text, allowed, what):
+    """The comma-separated items of `text`, each one of `allowed` (an argparse error otherwise, before
+    any GPU work: a misspelt variant must not silently drop a baseline from the run)."""
+    items = [x for x in text.split(",") if x]
+    bad = [x for x in items if x not in allowed]
+    if bad:
+        ap.error(f"unknown {what} {', '.join(bad)}; choose from {', '.join(map(str, allowed))}")
+    return items
+
+
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--tokens", default=",".join(map(str, TOKENS)))
@@ -353,6 +366,20 @@ def main(argv=None):
                          "order (tile orders), copy (a device copy moving the floor's bytes)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    args.models = comma_list(ap, args.models, tuple(MODELS), "model")
+    args.routing = comma_list(ap, args.routing, ("balanced", "zipf"), "routing")
+    args.variants = set(comma_list(ap, args.variants, VARIANTS, "variant"))
+    try:
+        args.tokens = [int(t) for t in args.tokens.split(",") if t]
+    except ValueError:
+        ap.error(f"--tokens must be comma-separated integers, got {args.tokens!r}")
+    if not args.tokens or min(args.tokens) < 1:
+        ap.error(f"--tokens must list token counts >= 1, got {args.tokens}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     global _flush_buf
     _flush_buf = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
     t0 = time.time()
@@ -362,12 +389,11 @@ def main(argv=None):
           f"bf16 8192^3 mm {peak / 1e12:.0f} TFLOP/s (burst), {sustained / 1e12:.0f} TFLOP/s sustained "
           f"(SM clock {clock_mhz} MHz, {watts} W)", flush=True)
     gen = torch.Generator().manual_seed(0)
-    variants = set(args.variants.split(",")) if args.variants else set()
     out = []
-    for model in args.models.split(","):
-        for tokens in map(int, args.tokens.split(",")):
-            for routing in args.routing.split(","):
-                res = bench_case(model, tokens, routing == "zipf", bw, peak, gen, variants, sustained)
+    for model in args.models:
+        for tokens in args.tokens:
+            for routing in args.routing:
+                res = bench_case(model, tokens, routing == "zipf", bw, peak, gen, args.variants, sustained)
                 out.extend(res)
                 for r in res:
                     print(f"{r['model']:14s} T={r['tokens']:5d} {r['routing']:8s} {r['op']:3s} {r['impl']:18s} "

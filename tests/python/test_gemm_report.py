@@ -1,7 +1,10 @@
-"""bench/kernels_gemm_report.py: the regime summary and target counts come from the JSON rows."""
+"""bench/kernels_gemm_report.py: the regime summary and target counts come from the JSON rows; and
+bench/kernels_gemm.py refuses a misspelt argument before any GPU work."""
 import importlib.util
 import json
 import pathlib
+
+import pytest
 
 REPORT = pathlib.Path(__file__).resolve().parents[2] / "bench" / "kernels_gemm_report.py"
 
@@ -47,3 +50,31 @@ def test_regime_summary_counts(tmp_path, capsys):
     assert lines["prefill"].rstrip().endswith("| 0 | 1 |")
     assert rep.regime_of(dict(rows=16, active=1)) == "decode" and rep.regime_of(dict(rows=17, active=1)) == "middle"
     assert rep.regime_of(dict(rows=513, active=1)) == "prefill"
+
+
+def load_bench():
+    pytest.importorskip("torch")
+    pytest.importorskip("moebal.gemm_ops")
+    path = REPORT.parent / "kernels_gemm.py"
+    spec = importlib.util.spec_from_file_location("kernels_gemm", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_arguments_checked_before_gpu_work(capsys):
+    """A misspelt variant, model or routing, or a bad token list, stops kernels_gemm.py with a clear
+    argparse error (no GPU needed: parse_args runs before any CUDA call)."""
+    bench = load_bench()
+    args = bench.parse_args(["--variants", "copy,loop", "--models", "deepseek-v3", "--tokens", "1,128"])
+    assert args.variants == {"copy", "loop"} and args.models == ["deepseek-v3"] and args.tokens == [1, 128]
+    assert bench.parse_args(["--variants", ""]).variants == set()
+    for argv, needle in ((["--variants", "forced,cpy"], "unknown variant cpy"),
+                         (["--models", "mixtral"], "unknown model mixtral"),
+                         (["--routing", "skewed"], "unknown routing skewed"),
+                         (["--tokens", "1,x"], "comma-separated integers"),
+                         (["--tokens", "0"], "token counts >= 1")):
+        with pytest.raises(SystemExit) as exc:
+            bench.parse_args(argv)
+        assert exc.value.code == 2
+        assert needle in capsys.readouterr().err
