@@ -73,19 +73,56 @@ def imbalance_table(loads: _core.LoadMatrix, placements: dict[str, _core.Placeme
     return _format_table(header, rows)
 
 
-def _speed_topology(args: argparse.Namespace) -> _core.Topology:
-    """GPUs with H100 roofline expert models and fixed-seed slowdowns in [1, 1 + spread]."""
-    from moebal import solvers
-
+def _parse_shape(text: str) -> _core.ExpertShape:
     try:
-        hidden, ffn = (int(v) for v in args.expert_shape.split(","))
+        hidden, ffn = (int(v) for v in text.split(","))
     except ValueError:
-        raise _core.MoebalValueError(f"--expert-shape must be 'hidden,ffn' (two integers), got {args.expert_shape!r}") from None
-    shape = _core.ExpertShape(hidden, ffn, 2)
-    models = solvers.speed_spread_models(args.gpus, args.speed_spread, shape, seed=args.seed)
+        raise _core.MoebalValueError(f"--expert-shape must be 'hidden,ffn' (two integers), got {text!r}") from None
+    return _core.ExpertShape(hidden, ffn, 2)
+
+
+def _speed_topology(args: argparse.Namespace) -> _core.Topology:
+    """GPUs with the measured models of --perf (one per GPU, or one for all), else H100 roofline
+    expert models; either way a single model gets fixed-seed slowdowns in [1, 1 + spread]."""
+    from moebal import perf, solvers
+
     if args.gpus % args.nodes:
         raise _core.MoebalValueError(f"--gpus ({args.gpus}) must be divisible by --nodes ({args.nodes})")
+    if getattr(args, "perf", None):
+        measured, _ = perf.load_models(args.perf)
+        if len(measured) == args.gpus and args.speed_spread:
+            raise _core.MoebalValueError("--speed-spread applies to a single measured model; "
+                                         f"{args.perf} already has one per GPU")
+        slowdowns = solvers.speed_spread_slowdowns(args.gpus, args.speed_spread, seed=args.seed)
+        models = perf.models_for_gpus(measured, args.gpus, None if len(measured) == args.gpus else slowdowns)
+    else:
+        models = solvers.speed_spread_models(args.gpus, args.speed_spread, _parse_shape(args.expert_shape),
+                                             seed=args.seed)
     return solvers.topology_with_models(args.nodes, args.gpus // args.nodes, models)
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from moebal import perf, solvers
+
+    shape = _parse_shape(args.expert_shape)
+    try:
+        tokens = [int(v) for v in args.tokens.split(",") if v]
+        devices = None if args.devices is None else [int(v) for v in args.devices.split(",") if v]
+    except ValueError:
+        raise _core.MoebalValueError("--tokens and --devices take comma-separated integers") from None
+    data = perf.measure_gpu_models(shape, devices, tokens, groups=args.groups)
+    roof = solvers.h100_expert_model(shape)
+    header = ["tokens"] + [f"GPU {g['index']} us" for g in data["gpus"]] + \
+        [f"GPU {g['index']} fit" for g in data["gpus"]] + ["H100 roofline us"]
+    fits = [_core.PerfModel(g["knot_tokens"], g["knot_micros"]) for g in data["gpus"]]
+    rows = [[str(n)] + [f"{g['micros'][i]:.2f}" for g in data["gpus"]] + [f"{m.time_us(n):.2f}" for m in fits]
+            + [f"{roof.time_us(n):.2f}"] for i, n in enumerate(data["gpus"][0]["tokens"])]
+    print(f"expert {shape.hidden}x{shape.ffn} bf16, us per expert copy inside a grouped launch; {data['date']}")
+    print(_format_table(header, rows))
+    if args.out:
+        perf.save_models(args.out, data)
+        print(f"models written to {args.out}")
+    return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -196,8 +233,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the placement tables to this .npz")
     p.add_argument("--expert-shape", default="2048,768", help="hidden,ffn of one expert (GPU time models for vibe and 'step us')")
     p.add_argument("--speed-spread", type=float, default=0.0, help="GPU slowdowns drawn from [1, 1 + spread]")
+    p.add_argument("--perf", help="measured per-GPU models (moebal profile --out): one per GPU, or one for all "
+                                  "(then --speed-spread scales it); replaces --expert-shape's roofline models")
     p.add_argument("--seed", type=int, default=1)
     p.set_defaults(fn=cmd_plan)
+
+    pr = sub.add_parser("profile", help="measure each GPU's expert time vs tokens and fit its model (needs a GPU)")
+    pr.add_argument("--expert-shape", required=True, help="hidden,ffn of one bf16 expert")
+    pr.add_argument("--tokens", default=",".join(map(str, (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096))))
+    pr.add_argument("--devices", help="CUDA device indices (default: every visible GPU)")
+    pr.add_argument("--groups", type=int, help="experts per timed call (default: enough to exceed 256 MiB of weights)")
+    pr.add_argument("--out", help="write the models to this JSON file (moebal plan --perf reads it)")
+    pr.set_defaults(fn=cmd_profile)
 
     d = sub.add_parser("demo", help="balance a shipped routing trace and plot per-GPU load")
     d.add_argument("--trace", help="routing trace (.npz); default: the one shipped with moebal")
