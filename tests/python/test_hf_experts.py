@@ -11,39 +11,18 @@ pytest.importorskip("transformers.integrations.moe")
 
 from moebal import hf_experts as hfx  # noqa: E402
 from op_env import op_env  # noqa: E402
+from tiny_moe import CASES, tiny_config  # noqa: E402
 
 HAVE_OPS, HAVE_CUDA = op_env()
 pytestmark = pytest.mark.skipif(not HAVE_OPS, reason="moebal torch ops not built")
 gpu = pytest.mark.skipif(not HAVE_CUDA, reason="needs a CUDA device and moebal CUDA kernels")
 
-COMMON = dict(vocab_size=61, hidden_size=32, intermediate_size=32, num_hidden_layers=3, num_attention_heads=4,
-              num_key_value_heads=2, max_position_embeddings=64)
-MLA = dict(num_key_value_heads=4, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8)
-SUPPORTED = {
-    "MixtralConfig": dict(num_local_experts=8, num_experts_per_tok=2),
-    "Qwen2MoeConfig": dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=16,
-                           shared_expert_intermediate_size=16),
-    "Qwen3MoeConfig": dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=16, head_dim=8),
-    "OlmoeConfig": dict(num_experts=8, num_experts_per_tok=2),
-    "DeepseekV2Config": dict(MLA, n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=16,
-                             first_k_dense_replace=1, n_group=1, topk_group=1, q_lora_rank=None),
-    "DeepseekV3Config": dict(MLA, n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=16,
-                             first_k_dense_replace=1, n_group=2, topk_group=1, q_lora_rank=16),
-}
-GPT_OSS = dict(num_local_experts=8, num_experts_per_tok=2, head_dim=8, sliding_window=8)
-
-
-def config(name, **over):
-    cls = getattr(transformers, name, None)
-    if cls is None:
-        pytest.skip(f"transformers {transformers.__version__} has no {name}")
-    kw = GPT_OSS if name == "GptOssConfig" else SUPPORTED[name]
-    return cls(**{**COMMON, **kw, **over})
+SUPPORTED = [name for name in CASES if name != "GptOssConfig"]  # GPT-OSS: refused (biases)
 
 
 def tiny(name, seed=0, dtype=torch.bfloat16, **over):
     torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(config(name, **over)).eval().to(dtype)
+    model = transformers.AutoModelForCausalLM.from_config(tiny_config(name, **over)).eval().to(dtype)
     # from_config leaves the expert weights of some families at init scales that make every
     # expert output vanish next to the residual; O(1) weights make the comparison meaningful
     with torch.no_grad():
@@ -159,7 +138,7 @@ def test_from_config_with_the_registered_name():
     hfx.register()
     hfx.register()  # idempotent
     torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config("Qwen3MoeConfig"),
+    model = transformers.AutoModelForCausalLM.from_config(tiny_config("Qwen3MoeConfig"),
                                                           experts_implementation=hfx.NAME).eval().to(torch.bfloat16)
     assert model.config._experts_implementation == hfx.NAME
     with torch.no_grad():
