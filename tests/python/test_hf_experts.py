@@ -177,6 +177,19 @@ def test_refusals_name_the_reason_and_leave_the_model_unchanged():
         hfx.enable(gelu)
 
 
+def test_generate_with_a_kv_cache():
+    # decoding one token per step through the cache: moebal's experts on 2-token batches; the
+    # sequences equal transformers' own greedy ones (seeded; logits agree to ~0.5%, so a near-tie
+    # could flip a token, but none does here)
+    model = tiny("Qwen3MoeConfig", **one_moe_layer("Qwen3MoeConfig"))
+    x = ids_batch(shape=(2, 5))
+    with torch.no_grad():
+        ref = model.generate(x, max_new_tokens=6, do_sample=False, pad_token_id=0)
+        hfx.enable(model)
+        got = model.generate(x, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert got.shape == (2, 11) and torch.equal(got, ref)
+
+
 def test_torch_compile_fullgraph():
     # the whole model traces without a graph break through the moebal op's fake kernel; aot_eager
     # runs the traced graph with the real kernels, so the output must equal eager mode's exactly
