@@ -73,6 +73,9 @@ def imbalance_table(loads: _core.LoadMatrix, placements: dict[str, _core.Placeme
     return _format_table(header, rows)
 
 
+DEMO_SPREAD = 0.07
+
+
 def _parse_shape(text: str) -> _core.ExpertShape:
     try:
         hidden, ffn = (int(v) for v in text.split(","))
@@ -83,21 +86,28 @@ def _parse_shape(text: str) -> _core.ExpertShape:
 
 def _speed_topology(args: argparse.Namespace) -> _core.Topology:
     """GPUs with the measured models of --perf (one per GPU, or one for all), else H100 roofline
-    expert models; either way a single model gets fixed-seed slowdowns in [1, 1 + spread]."""
+    expert models; either way a single model gets fixed-seed slowdowns in [1, 1 + spread]. A spread
+    of None (the demo's default) means 7% for a single model and none for one model per GPU; the
+    spread used is left in args.speed_spread."""
     from moebal import perf, solvers
 
     if args.gpus % args.nodes:
         raise _core.MoebalValueError(f"--gpus ({args.gpus}) must be divisible by --nodes ({args.nodes})")
-    if getattr(args, "perf", None):
-        measured, _ = perf.load_models(args.perf)
-        if len(measured) == args.gpus and args.speed_spread:
-            raise _core.MoebalValueError("--speed-spread applies to a single measured model; "
-                                         f"{args.perf} already has one per GPU")
-        slowdowns = solvers.speed_spread_slowdowns(args.gpus, args.speed_spread, seed=args.seed)
-        models = perf.models_for_gpus(measured, args.gpus, None if len(measured) == args.gpus else slowdowns)
-    else:
+    measured = perf.load_models(args.perf)[0] if getattr(args, "perf", None) else None
+    per_gpu = measured is not None and len(measured) == args.gpus
+    if args.speed_spread is None:
+        args.speed_spread = 0.0 if per_gpu else DEMO_SPREAD
+    if measured is None:
         models = solvers.speed_spread_models(args.gpus, args.speed_spread, _parse_shape(args.expert_shape),
                                              seed=args.seed)
+    elif per_gpu:
+        if args.speed_spread:
+            raise _core.MoebalValueError("--speed-spread applies to a single measured model; "
+                                         f"{args.perf} already has one per GPU")
+        models = measured
+    else:
+        slowdowns = solvers.speed_spread_slowdowns(args.gpus, args.speed_spread, seed=args.seed)
+        models = perf.models_for_gpus(measured, args.gpus, slowdowns)
     return solvers.topology_with_models(args.nodes, args.gpus // args.nodes, models)
 
 
@@ -173,8 +183,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"on steps [{fit_end}, {S}) (the load they meet next: the other columns)")
     topology = _speed_topology(args)
     fit_trace = slice_steps(trace, 0, fit_end)  # co-activation-aware policies see only the planning window
-    print(f"  GPU speeds: H100 roofline model of a {args.expert_shape} bf16 expert, slowdowns up to "
-          f"{100 * args.speed_spread:.0f}% (seed {args.seed}); 'step us' = predicted MoE time of all layers for the held-out tokens as one batch\n")
+    speeds = (f"models measured by moebal profile ({args.perf})" if args.perf else
+              f"H100 roofline model of a {args.expert_shape} bf16 expert")
+    print(f"  GPU speeds: {speeds}, slowdowns up to {100 * args.speed_spread:.0f}% (seed {args.seed}); "
+          "'step us' = predicted MoE time of all layers for the held-out tokens as one batch\n")
     placements: dict[str, _core.Placement] = {}
     names = list(policies.available_policies())
     skipped = {}
@@ -253,7 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--groups", type=int, default=1)
     d.add_argument("--extra-per-gpu", type=int, default=1)
     d.add_argument("--expert-shape", default="2048,768", help="hidden,ffn of one expert (for GPU time models)")
-    d.add_argument("--speed-spread", type=float, default=0.07, help="GPU slowdowns drawn from [1, 1 + spread]")
+    d.add_argument("--speed-spread", type=float, default=None,
+                   help="GPU slowdowns drawn from [1, 1 + spread] (default 0.07; 0 with one measured model per GPU)")
+    d.add_argument("--perf", help="measured GPU models (moebal profile --out) instead of the roofline ones; "
+                                  "one model is scaled by --speed-spread, one per GPU is used as is")
     d.add_argument("--seed", type=int, default=1)
     d.add_argument("--out-dir", default="moebal_demo_out")
     d.add_argument("--no-plot", action="store_true")

@@ -155,3 +155,18 @@ def test_gpu_measurement_and_fit(tmp_path):
     models, _ = perf.load_models(str(tmp_path / "p.json"))
     for n, t in zip(tokens, us):
         assert models[0].time_us(n) == pytest.approx(t, rel=0.3)
+
+
+def test_cli_demo_with_measured_models(tmp_path, capsys):
+    one, per_gpu = tmp_path / "one.json", tmp_path / "eight.json"
+    perf.save_models(str(one), perf_dict())
+    perf.save_models(str(per_gpu), perf_dict((1.3,) + (1.0,) * 7))
+    # one model per GPU: the demo's default spread (7%) does not apply
+    assert main(["demo", "--no-plot", "--no-progress", "--perf", str(per_gpu), "--out-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"models measured by moebal profile ({per_gpu}), slowdowns up to 0%" in out and "vibe" in out
+    assert main(["demo", "--no-plot", "--no-progress", "--perf", str(one), "--out-dir", str(tmp_path)]) == 0
+    assert "slowdowns up to 7%" in capsys.readouterr().out
+    assert main(["demo", "--no-plot", "--no-progress", "--perf", str(per_gpu), "--speed-spread", "0.1",
+                 "--out-dir", str(tmp_path)]) == 2
+    assert "--speed-spread applies to a single measured model" in capsys.readouterr().err
