@@ -6,6 +6,8 @@ for drifting loads, bytes moved by vibe's bounded recalibration. Ends with the i
     python bench/solvers.py            # full run (a few minutes on one core)
     python bench/solvers.py --quick    # fewer configs
     python bench/solvers.py --md bench/results/solvers_tables.md   # also write the tables
+    python bench/solvers.py --perf a.json b.json --only-measured   # GPU models measured by `moebal profile`
+    python bench/solvers.py --perf a.json b.json --only-measured --roofline   # the same configs, roofline
 
 Loads (fixed seeds), tokens per layer = batch x top_k with batch = 8192 tokens:
 - zipf: expert popularity 1/rank^0.8 in a random order per layer, multinomial token counts;
@@ -22,6 +24,9 @@ project's H100 (shared/reference/kernel-anchors.md 1.1, 2.2); GPU g is slower by
 uniformly in [1, 1 + spread] (seed 1). Policies that raise ValueError for a config are skipped and
 listed. Gaps use the group-constrained bound for eplb/balanced/vibe (they keep DeepSeek's groups on
 nodes) and the unconstrained bound for any other policy.
+With --perf, a config whose expert shape matches a measured file (`moebal profile --out`, one model)
+uses that model, scaled by the same slowdowns, instead of the roofline; the roofline time bound does
+not hold for it, so its bound columns are left out ("-") and the summary scores it separately.
 """
 from __future__ import annotations
 
@@ -34,11 +39,12 @@ from dataclasses import dataclass
 import numpy as np
 
 import moebal
-from moebal import _core, plan_metrics, policies, solvers
+from moebal import _core, perf, plan_metrics, policies, solvers
 
 GROUP_RESPECTING = {"eplb", "balanced", "vibe"}
 SPREADS = (0.0, 0.07, 0.15)
 BATCH = 8192
+MEASURED: dict = {}  # (hidden, ffn) -> measured PerfModel (--perf)
 
 
 @dataclass(frozen=True)
@@ -116,7 +122,12 @@ def run_config(m: Model, gpus: int, nodes: int, extra: int, kind: str, plan_w, e
     planL, evalL = moebal.LoadMatrix(plan_w), moebal.LoadMatrix(eval_w)
     groups = m.groups if m.groups % nodes == 0 and m.experts % m.groups == 0 else 1
     gpn = gpus // nodes
-    models = {s: solvers.speed_spread_models(gpus, s, shape, seed=1) for s in SPREADS}
+    measured = MEASURED.get((shape.hidden, shape.ffn))
+    if measured is None:
+        models = {s: solvers.speed_spread_models(gpus, s, shape, seed=1) for s in SPREADS}
+    else:
+        models = {s: perf.models_for_gpus([measured], gpus, solvers.speed_spread_slowdowns(gpus, s, seed=1))
+                  for s in SPREADS}
     topo = {s: solvers.topology_with_models(nodes, gpn, models[s]) for s in SPREADS}
     lb_any = plan_metrics.lower_bounds(planL, S, gpus, nodes, 1)
     lb_grp = plan_metrics.lower_bounds(planL, S, gpus, nodes, groups)
@@ -152,8 +163,11 @@ def run_config(m: Model, gpus: int, nodes: int, extra: int, kind: str, plan_w, e
         return float(plan_metrics.time_lower_bounds(
             planL, S, gpus, nodes, grp, read_us, us_per_token,
             solvers.speed_spread_slowdowns(gpus, sp, seed=1)).sum()) / 1e3
-    time_lb = {sp: time_bound(sp, groups) for sp in SPREADS}  # placements keeping groups on nodes
-    time_lb_any = {sp: time_bound(sp, 1) for sp in SPREADS}   # any placement
+    if measured is None:
+        time_lb = {sp: time_bound(sp, groups) for sp in SPREADS}  # placements keeping groups on nodes
+        time_lb_any = {sp: time_bound(sp, 1) for sp in SPREADS}   # any placement
+    else:  # the bound is for roofline copies only
+        time_lb = time_lb_any = None
     recal = None
     if stale and "vibe" in rows:
         s = 0.07
@@ -169,7 +183,8 @@ def run_config(m: Model, gpus: int, nodes: int, extra: int, kind: str, plan_w, e
         recal = dict(layers=len(rep.drifted_layers), moves=len(r.moves), bytes=r.bytes,
                      before=sum(r.step_us_before) / 1e3, after=sum(r.step_us_after) / 1e3,
                      full_bytes=solvers.replacement_bytes(old, fresh, shape), full_step=fresh_step, ms=rms)
-    title = f"{m.name} | {gpus} GPUs x {nodes} nodes | slots {S} ({S // gpus}/GPU, +{extra}) | {kind}"
+    title = (f"{m.name} | {gpus} GPUs x {nodes} nodes | slots {S} ({S // gpus}/GPU, +{extra}) | {kind}"
+             + (" | measured GPU model" if measured is not None else ""))
     lines = [f"### {title}", "",
              "| policy | mean IR | gap | step ms @0% | @7% | @15% | plan ms |" + (" IR next |" if stale else ""),
              "|---|---|---|---|---|---|---|" + ("---|" if stale else "")]
@@ -183,14 +198,15 @@ def run_config(m: Model, gpus: int, nodes: int, extra: int, kind: str, plan_w, e
                      f"{recal['bytes'] / 2**20:.0f} MiB, step {recal['before']:.2f} -> {recal['after']:.2f} ms "
                      f"(full re-plan: {recal['full_bytes'] / 2**20:.0f} MiB, {recal['full_step']:.2f} ms); "
                      f"{recal['ms']:.1f} ms")
-    lines.append(f"| time bound{' (groups on nodes)' if groups > 1 and nodes > 1 else ''} | | | {time_lb[0.0]:.2f} | "
-                 f"{time_lb[0.07]:.2f} | {time_lb[0.15]:.2f} | |" + (" |" if stale else ""))
+    if time_lb is not None:
+        lines.append(f"| time bound{' (groups on nodes)' if groups > 1 and nodes > 1 else ''} | | | {time_lb[0.0]:.2f} | "
+                     f"{time_lb[0.07]:.2f} | {time_lb[0.15]:.2f} | |" + (" |" if stale else ""))
     lines.append("")
     text = "\n".join(lines)
     print(text)
     out.append(text)
     return dict(model=m.name, gpus=gpus, extra=extra, kind=kind, rows=rows, recal=recal, time_lb=time_lb,
-                time_lb_any=time_lb_any)
+                time_lb_any=time_lb_any, measured=measured is not None)
 
 
 def summarize(results) -> str:
@@ -214,11 +230,19 @@ def summarize(results) -> str:
              f"<= 0.93 in {int((t0 <= 0.93).sum())}); @7% mean {t7.mean():.4f} (max {t7.max():.4f}, target "
              f"<= 0.93; met in {int((t7 <= 0.93).sum())}/{len(t7)} configs); @15% mean {t15.mean():.4f} "
              f"(<= 0.93 in {int((t15 <= 0.93).sum())})"]
-    for sp in SPREADS:
-        tv = np.array([r["rows"]["vibe"]["step"][sp] for r in res])
-        te = np.array([r["rows"]["eplb"]["step"][sp] for r in res])
-        bg = np.array([r["time_lb"][sp] for r in res])
-        ba = np.array([r["time_lb_any"][sp] for r in res])
+    meas = [r for r in res if r.get("measured")]
+    if meas:
+        m7 = np.array([r["rows"]["vibe"]["step"][0.07] / r["rows"]["eplb"]["step"][0.07] for r in meas])
+        m0 = np.array([r["rows"]["vibe"]["step"][0.0] / r["rows"]["eplb"]["step"][0.0] for r in meas])
+        lines.append(f"- of those, {len(meas)} configs on measured GPU models (--perf): vibe / eplb @0% mean "
+                     f"{m0.mean():.4f} (max {m0.max():.4f}); @7% mean {m7.mean():.4f} (max {m7.max():.4f}, "
+                     f"<= 0.93 in {int((m7 <= 0.93).sum())}/{len(m7)})")
+    bounded = [r for r in res if r["time_lb"] is not None]
+    for sp in SPREADS if bounded else ():
+        tv = np.array([r["rows"]["vibe"]["step"][sp] for r in bounded])
+        te = np.array([r["rows"]["eplb"]["step"][sp] for r in bounded])
+        bg = np.array([r["time_lb"][sp] for r in bounded])
+        ba = np.array([r["time_lb_any"][sp] for r in bounded])
         lines.append(
             f"- headroom @{100 * sp:.0f}%: roofline lower bound on the step time of any placement that "
             f"keeps groups on nodes (as eplb and vibe do) / eplb's: mean {np.mean(bg / te):.4f}, <= 0.93 "
@@ -239,8 +263,26 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="DeepSeek-V3 and Mixtral, 2 clusters, +0/+1")
     ap.add_argument("--md", help="also write all tables and the summary to this markdown file")
+    ap.add_argument("--perf", nargs="+", default=[], help="measured single-GPU model files (moebal profile --out)")
+    ap.add_argument("--only-measured", action="store_true", help="only the models (and the demo) whose expert shape has a --perf file")
+    ap.add_argument("--roofline", action="store_true",
+                    help="with --only-measured: the same configs on the roofline models (the baseline of a --perf run)")
     a = ap.parse_args(argv)
+    for path in a.perf:
+        ms, shape = perf.load_models(path)
+        if len(ms) != 1:
+            ap.error(f"--perf {path}: {len(ms)} GPU models; this benchmark scales one model per shape")
+        MEASURED[(shape.hidden, shape.ffn)] = ms[0]
+    if a.only_measured and not MEASURED:
+        ap.error("--only-measured needs --perf files")
+    if a.roofline and not a.only_measured:
+        ap.error("--roofline goes with --only-measured")
+    shapes = set(MEASURED)
+    if a.roofline:
+        MEASURED.clear()
     models = [MODELS[0], MODELS[3]] if a.quick else MODELS
+    if a.only_measured:
+        models = [m for m in models if (m.shape[0], m.shape[1]) in shapes]
     clusters = CLUSTERS[:2] if a.quick else CLUSTERS
     extras = (0, 1) if a.quick else (0, 1, 2)
     kinds = ("zipf", "drift") if a.quick else ("zipf", "pareto", "drift")
@@ -254,7 +296,7 @@ def main(argv=None) -> int:
                     results.append(run_config(m, gpus, nodes, extra, k, *loads[k], out, skipped))
     demo = Model("demo-trace", 12, 64, 4, 1, (2048, 768, 2))
     dl = demo_loads()
-    for gpus, nodes in clusters:
+    for gpus, nodes in clusters if not a.only_measured or (2048, 768) in shapes else ():
         for extra in extras:
             results.append(run_config(demo, gpus, nodes, extra, "demo", *dl, out, skipped))
     summary = summarize(results)

@@ -2,8 +2,8 @@
 errors, the vibe policy on measured models, and (with a GPU) the measurement itself."""
 from __future__ import annotations
 
-import copy
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -170,3 +170,44 @@ def test_cli_demo_with_measured_models(tmp_path, capsys):
     assert main(["demo", "--no-plot", "--no-progress", "--perf", str(per_gpu), "--speed-spread", "0.1",
                  "--out-dir", str(tmp_path)]) == 2
     assert "--speed-spread applies to a single measured model" in capsys.readouterr().err
+
+
+def _solvers_bench():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "bench" / "solvers.py"
+    spec = importlib.util.spec_from_file_location("bench_solvers", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_solvers"] = mod  # its dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_solver_benchmark_on_measured_models(tmp_path, capsys):
+    b = _solvers_bench()
+    m = b.MODELS[3]  # Mixtral-8x7B: 8 experts, small and fast
+    per_gpu = tmp_path / "four.json"
+    perf.save_models(str(per_gpu), perf_dict((1.0, 1.1, 1.2, 1.3), shape=m.shape[:2]))
+    with pytest.raises(SystemExit):
+        b.main(["--perf", str(per_gpu)])  # one model per shape only
+    assert "this benchmark scales one model per shape" in capsys.readouterr().err
+    for argv, msg in ((["--only-measured"], "needs --perf"), (["--roofline"], "goes with --only-measured")):
+        with pytest.raises(SystemExit):
+            b.main(argv)
+        assert msg in capsys.readouterr().err
+    one = perf.models_from_dict(perf_dict(shape=m.shape[:2]))[0][0]
+    plan_w, eval_w = b.make_loads("zipf", m, seed=103)
+    res = {}
+    for measured in (False, True):
+        b.MEASURED.clear()
+        if measured:
+            b.MEASURED[m.shape[:2]] = one
+        res[measured] = b.run_config(m, 8, 1, 1, "zipf", plan_w, eval_w, [], [])
+    b.MEASURED.clear()
+    r = res[True]
+    assert r["measured"] and r["time_lb"] is None and not res[False]["measured"]
+    assert r["rows"]["vibe"]["step"][0.07] <= r["rows"]["eplb"]["step"][0.07] * (1 + 1e-9)
+    # the measured model, not the roofline, prices the plans: the predicted times differ
+    assert r["rows"]["eplb"]["step"][0.07] != pytest.approx(res[False]["rows"]["eplb"]["step"][0.07], rel=0.01)
+    assert "measured GPU model" in capsys.readouterr().out
