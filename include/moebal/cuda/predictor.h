@@ -18,6 +18,8 @@ constexpr int32_t kProbeMaxTopK = 32;
 
 /// out[t * dim + d] = SiLU(x[t * ld_x + d]) for t < num_tokens, d < dim (x may be a column slice of
 /// a wider GEMM output, hence ld_x >= dim). Device pointers; enqueued on `stream`, no host sync.
+/// Throws moebal::ValueError (before any CUDA call) when num_tokens or dim is negative, dim >= 2^31
+/// or ld_x < dim.
 void probe_silu(const float* x, int64_t ld_x, int64_t num_tokens, int64_t dim, float* out, cudaStream_t stream);
 void probe_silu(const __nv_bfloat16* x, int64_t ld_x, int64_t num_tokens, int64_t dim, __nv_bfloat16* out,
                 cudaStream_t stream);
