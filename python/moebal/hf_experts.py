@@ -53,7 +53,8 @@ def unsupported_reason(module: torch.nn.Module) -> Optional[str]:
         return f"{name} is not gated (moebal's expert FFN is SiLU(gate) * up)"
     if not getattr(module, "is_concatenated", True) or getattr(module, "is_transposed", False):
         return f"{name} stores its weights interleaved or transposed (moebal reads [E, 2F, H] and [E, H, F])"
-    if getattr(type(module), "_apply_gate", moe._default_apply_gate) is not moe._default_apply_gate:
+    default_gate = getattr(moe, "_default_apply_gate", None)  # what the decorator installs
+    if default_gate is not None and getattr(type(module), "_apply_gate", default_gate) is not default_gate:
         return f"{name} has its own gating function (moebal's expert FFN is SiLU(gate) * up)"
     act = getattr(module, "act_fn", None)
     if type(act).__name__ not in ("SiLUActivation", "SiLU"):
