@@ -97,9 +97,12 @@ def experts_forward(self: torch.nn.Module, hidden_states: torch.Tensor, top_k_in
     if top_k_weights.numel() != ids.numel():
         raise ValueError(f"moebal experts: top_k_weights has {top_k_weights.numel()} values for {ids.numel()} "
                          "expert ids")
-    # transformers' expert-parallel sentinels (ids >= num_experts) contribute nothing; moebal drops
-    # negative ids.
-    ids = torch.where(ids < self.num_experts, ids, -1).to(torch.int32).contiguous()
+    # transformers' expert-parallel sentinels (ids >= num_experts) contribute nothing. moebal's CUDA
+    # kernels drop such ids themselves (docs/dataplane.md); its CPU op raises on them, so there they
+    # become -1 (padding, dropped).
+    if ids.device.type != "cuda":
+        ids = torch.where(ids < self.num_experts, ids, -1)
+    ids = ids.to(torch.int32).contiguous()
     w = top_k_weights.reshape(ids.shape).to(torch.float32).contiguous()
     out = moe_ops.moe_forward(x.to(torch.bfloat16).contiguous(), self.gate_up_proj, self.down_proj,
                               topk_ids=ids, topk_weights=w)

@@ -175,6 +175,17 @@ def test_refusals_name_the_reason_and_leave_the_model_unchanged():
     gelu = tiny("MixtralConfig", hidden_act="gelu")
     with pytest.raises(ValueError, match="activation GELUActivation"):
         hfx.enable(gelu)
+    own = tiny("Qwen3MoeConfig")
+    mod = hfx.experts_modules(own)[0]
+
+    class OwnGate(type(mod)):
+        def _apply_gate(self, gate_up):
+            gate, up = gate_up.chunk(2, dim=-1)
+            return torch.nn.functional.gelu(gate) * up
+
+    mod.__class__ = OwnGate
+    with pytest.raises(ValueError, match="OwnGate has its own gating function"):
+        hfx.enable(own)
 
 
 def test_generate_with_a_kv_cache():
