@@ -189,16 +189,26 @@ def test_refusals_name_the_reason_and_leave_the_model_unchanged():
 
 
 def test_generate_with_a_kv_cache():
-    # decoding one token per step through the cache: moebal's experts on 2-token batches; the
-    # sequences equal transformers' own greedy ones (seeded; logits agree to ~0.5%, so a near-tie
-    # could flip a token, but none does here)
+    # decoding one token per step through the cache runs moebal's experts on 2-token batches. The
+    # step logits must equal a full forward of the final sequence with moebal's experts (cache
+    # consistency), and every greedy pick must be a (near-)argmax of transformers' own experts'
+    # logits: the sequences themselves may part at a near-tie (they did once on torch 2.11)
     model = tiny("Qwen3MoeConfig", **one_moe_layer("Qwen3MoeConfig"))
     x = ids_batch(shape=(2, 5))
+    hfx.enable(model)
     with torch.no_grad():
-        ref = model.generate(x, max_new_tokens=6, do_sample=False, pad_token_id=0)
-        hfx.enable(model)
-        got = model.generate(x, max_new_tokens=6, do_sample=False, pad_token_id=0)
-    assert got.shape == (2, 11) and torch.equal(got, ref)
+        out = model.generate(x, max_new_tokens=6, do_sample=False, pad_token_id=0, return_dict_in_generate=True,
+                             output_logits=True)
+        seq = out.sequences
+        full = model(seq).logits.float()
+        model.set_experts_implementation("eager")
+        ref = model(seq).logits.float()
+    assert seq.shape == (2, 11)
+    steps = torch.stack([lg.float() for lg in out.logits], 1)  # [2, 6, vocab]: positions 4..9
+    assert rel(steps, full[:, 4:10]) < 0.015
+    picked = ref[:, 4:10].gather(2, seq[:, 5:11, None]).squeeze(2)
+    best = ref[:, 4:10].max(2).values
+    assert ((best - picked) <= 0.02 * ref.abs().max()).all()
 
 
 def test_torch_compile_fullgraph():
