@@ -154,7 +154,7 @@ def graph_ms(model, ids, impl: str, rounds: int):
                 model(ids, use_cache=False)
         torch.cuda.current_stream().wait_stream(s)
         g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
+        with torch.cuda.graph(g, stream=s):  # torch's default capture stream may be another device's
             model(ids, use_cache=False)
     except Exception as e:  # noqa: BLE001 - any capture failure means "not capturable"
         torch.cuda.synchronize()

@@ -92,7 +92,9 @@ def measure_expert_times(shape: _core.ExpertShape, tokens: Sequence[int] = DEFAU
                     call()
             torch.cuda.current_stream(dev).wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            # an explicit capture stream on this device: torch's default one is created once, on
+            # whichever device was current first, and capturing another device's work on it fails
+            with torch.cuda.graph(graph, stream=torch.cuda.Stream(dev)):
                 for _ in range(calls):
                     call()
             graph.replay()

@@ -211,3 +211,18 @@ def test_solver_benchmark_on_measured_models(tmp_path, capsys):
     # the measured model, not the roofline, prices the plans: the predicted times differ
     assert r["rows"]["eplb"]["step"][0.07] != pytest.approx(res[False]["rows"]["eplb"]["step"][0.07], rel=0.01)
     assert "measured GPU model" in capsys.readouterr().out
+
+
+def test_gpu_measurement_on_every_device_of_a_multi_gpu_host(tmp_path):
+    torch = _gpu()
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    shape = _core.ExpertShape(1024, 512, 2)
+    # device 1 first: torch's default capture stream is created on the first device a graph is
+    # captured on, and a capture of another device's work on it fails (the bug this guards)
+    data = perf.measure_gpu_models(shape, [1, 0], [1, 64, 1024], calls=2, reps=3)
+    assert [g["index"] for g in data["gpus"]] == [1, 0]
+    for g in data["gpus"]:
+        assert all(t > 0 and np.isfinite(t) for t in g["micros"])
+    perf.save_models(str(tmp_path / "p.json"), data)
+    assert len(perf.load_models(str(tmp_path / "p.json"))[0]) == 2
