@@ -26,6 +26,8 @@ from typing import List, Optional
 
 import torch
 
+from moebal import moe_ops
+
 NAME = "moebal"
 
 
@@ -78,8 +80,6 @@ def unsupported_reason(module: torch.nn.Module) -> Optional[str]:
 def experts_forward(self: torch.nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
                     top_k_weights: torch.Tensor) -> torch.Tensor:
     """The ``"moebal"`` experts implementation: sum_j w[t, j] * FFN_{id[t, j]}(x[t]) for every token t."""
-    from . import moe_ops
-
     # Static properties of the module, checked once per module in eager mode (a model switched to
     # "moebal" without enable() lands here); under torch.compile the check is skipped (enable()
     # made it, and moe_forward's own checks still run).

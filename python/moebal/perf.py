@@ -61,16 +61,16 @@ def measure_expert_times(shape: _core.ExpertShape, tokens: Sequence[int] = DEFAU
     tokens = _check_tokens(tokens)
     if shape.dtype_bytes != 2:
         raise _err(f"moebal's expert kernels are bf16: the shape must have dtype_bytes 2, got {shape.dtype_bytes}")
-    if not torch.cuda.is_available():
-        raise _err("measuring expert times needs a CUDA device")
     if calls < 1 or reps < 1:
         raise _err(f"calls and reps must be >= 1, got {calls} and {reps}")
-    dev = torch.device("cuda", torch.cuda.current_device()) if device is None else torch.device(device)
-    if dev.type != "cuda":
-        raise _err(f"measuring expert times needs a CUDA device, got {dev}")
     g = default_groups(shape) if groups is None else int(groups)
     if g < 1:
         raise _err(f"groups must be >= 1, got {g}")
+    if not torch.cuda.is_available():
+        raise _err("measuring expert times needs a CUDA device")
+    dev = torch.device("cuda", torch.cuda.current_device()) if device is None else torch.device(device)
+    if dev.type != "cuda":
+        raise _err(f"measuring expert times needs a CUDA device, got {dev}")
     H, F = shape.hidden, shape.ffn
     gen = torch.Generator(device=dev).manual_seed(seed)
     with torch.cuda.device(dev):

@@ -118,10 +118,33 @@ def test_measurement_errors_without_a_usable_device():
         perf.measure_expert_times(shape, [4, 2])
     with pytest.raises(_core.MoebalValueError, match="dtype_bytes 2"):
         perf.measure_expert_times(_core.ExpertShape(512, 256, 1), [1, 2])
+    with pytest.raises(_core.MoebalValueError, match="calls and reps must be >= 1"):
+        perf.measure_expert_times(shape, [1, 2], calls=0)
+    with pytest.raises(_core.MoebalValueError, match="groups must be >= 1"):
+        perf.measure_expert_times(shape, [1, 2], groups=0)
+    with pytest.raises(_core.MoebalValueError, match="strictly increasing"):
+        perf.measure_gpu_models(shape, [0], [0, 1]) if _cuda_visible() else perf._check_tokens([0, 1])
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         with pytest.raises(_core.MoebalValueError, match="needs a CUDA device"):
             perf.measure_expert_times(shape, [1, 2])
+
+
+def _cuda_visible() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def test_cli_profile_rejects_bad_arguments_before_measuring(capsys):
+    assert main(["profile", "--expert-shape", "2048"]) == 2
+    assert "hidden,ffn" in capsys.readouterr().err
+    assert main(["profile", "--expert-shape", "2048,768", "--tokens", "1,x"]) == 2
+    assert "comma-separated integers" in capsys.readouterr().err
+    assert main(["profile", "--expert-shape", "2048,768", "--devices", "a"]) == 2
+    assert "comma-separated integers" in capsys.readouterr().err
 
 
 def test_default_groups():
