@@ -7,7 +7,7 @@ median. Compared with the all-to-all dispatch time of the layer, estimated as T 
 (bf16) over NVLink (450 GB/s per direction line rate; ~370 GB/s effective NCCL, kernel-anchors 1.1).
 
 Usage: python bench/probe_predictor.py [--tokens 8192] [--hidden 4096] [--experts 128] [--k 8]
-       [--dims 0,256,1024,2048] [--iters 50] [--json out.json] [--refcheck]
+       [--dims 0,256,1024,2048] [--iters 50] [--json out.json] [--refcheck] [--dispatch-json a2a.json]
 """
 from __future__ import annotations
 
@@ -34,6 +34,19 @@ def timed(fn, iters: int) -> float:
     return time_cuda(fn, reps=iters, warmup=5, flush_l2=True).median_us
 
 
+def measured_dispatch(path: str, tokens: int, hidden: int) -> dict:
+    """The row of a bench/alltoall.py result with these tokens and hidden size (bf16)."""
+    with open(path) as f:
+        res = json.load(f)
+    if res.get("hidden") != hidden or res.get("dtype") != "bfloat16":
+        raise SystemExit(f"{path}: measured at hidden {res.get('hidden')} {res.get('dtype')}, need {hidden} bfloat16")
+    rows = [r for r in res.get("rows", []) if r.get("tokens") == tokens]
+    if not rows:
+        raise SystemExit(f"{path}: no row for {tokens} tokens")
+    return {"us": rows[0]["us_single_slowest_rank"], "us_back_to_back": rows[0]["us_slowest_rank"],
+            "backend": res["backend"], "world": res["world"], "device": res["device"], "file": path}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, default=8192)
@@ -44,7 +57,10 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--json")
     ap.add_argument("--refcheck", action="store_true", help="compare the CUDA op with the CPU op on 256 tokens (float32)")
+    ap.add_argument("--dispatch-json", help="bench/alltoall.py --json output measured on this host: adds the measured "
+                                            "dispatch of the same tokens and hidden size next to the estimates")
     args = ap.parse_args(argv)
+    measured = measured_dispatch(args.dispatch_json, args.tokens, args.hidden) if args.dispatch_json else None
     if not torch.cuda.is_available():
         print("no CUDA device", file=sys.stderr)
         return 1
@@ -63,7 +79,12 @@ def main(argv=None) -> int:
            "rows": []}
     print(f"{out['device']}: T={T} H={H} E={E} k={k} bf16; dispatch of T x H x 2 B = {bytes_dispatch / 2**20:.0f} MiB: "
           f"{out['dispatch_us_450GBps']:.0f} us at 450 GB/s, {out['dispatch_us_370GBps']:.0f} us at 370 GB/s")
-    print(f"{'D':>5} {'op us':>8} {'eager us':>9} {'TFLOP/s':>8} {'op/dispatch(370)':>17} {'ids==eager':>10}")
+    if measured:
+        out["dispatch_measured"] = measured
+        print(f"measured dispatch ({measured['backend']} all_to_all_single, {measured['world']} ranks, every row "
+              f"leaving its GPU): one call {measured['us']:.0f} us, back to back {measured['us_back_to_back']:.0f} us")
+    print(f"{'D':>5} {'op us':>8} {'eager us':>9} {'TFLOP/s':>8} {'op/dispatch(370)':>17} "
+          + (f"{'op/measured':>12} " if measured else "") + f"{'ids==eager':>10}")
     for D in [int(x) for x in args.dims.split(",")]:
         w_cat = (torch.randn(E + D, H, device=dev, generator=g) * H ** -0.5).to(dt)
         w2 = (torch.randn(E, D, device=dev, generator=g) * max(D, 1) ** -0.5 * 0.1).to(dt)
@@ -75,9 +96,12 @@ def main(argv=None) -> int:
         same = float((r1[1].sort(1).values == r2[1].sort(1).values).all(1).float().mean())
         row = {"D": D, "op_us": t_op, "eager_us": t_eager, "tflops": flops / t_op / 1e6,
                "op_over_dispatch_370": t_op / out["dispatch_us_370GBps"], "frac_tokens_same_ids_as_eager": same,
+               **({"op_over_measured_dispatch": t_op / measured["us"],
+                   "op_over_measured_dispatch_back_to_back": t_op / measured["us_back_to_back"]} if measured else {}),
                "counts_match_ids": bool((r1[3] == torch.bincount(r1[1].reshape(-1).long(), minlength=E).int()).all())}
         out["rows"].append(row)
-        print(f"{D:>5} {t_op:8.1f} {t_eager:9.1f} {row['tflops']:8.1f} {row['op_over_dispatch_370']:17.3f} {same:10.4f}")
+        print(f"{D:>5} {t_op:8.1f} {t_eager:9.1f} {row['tflops']:8.1f} {row['op_over_dispatch_370']:17.3f} "
+              + (f"{row['op_over_measured_dispatch']:12.3f} " if measured else "") + f"{same:10.4f}")
     if args.refcheck:
         D = 256
         w_cat = (torch.randn(E + D, H, device=dev, generator=g) * H ** -0.5)

@@ -21,5 +21,11 @@ bench dataplane python3 bench/kernels_dataplane.py --json "$out/dataplane.json" 
 bench routerfuse python3 bench/kernels_routerfuse.py --json "$out/routerfuse.json" --md "$out/routerfuse.md"
 bench probe_cuda build/gpu/bench/moebal_bench_probe_cuda 200
 bench assign_cuda build/gpu/bench/moebal_bench_assign_cuda 8192 8 200
-bench predictor python3 bench/probe_predictor.py --refcheck
+ngpu=$(python3 -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+if [ "${ngpu:-0}" -ge 2 ]; then  # a measured NCCL dispatch for the predictor to be compared with
+  bench alltoall python3 bench/alltoall.py --world "$ngpu" --hidden 4096 --json "$out/alltoall.json"
+  bench predictor python3 bench/probe_predictor.py --refcheck --dispatch-json "$out/alltoall.json"
+else
+  bench predictor python3 bench/probe_predictor.py --refcheck
+fi
 exit $status

@@ -93,7 +93,8 @@ def _speed_topology(args: argparse.Namespace) -> _core.Topology:
 
     if args.gpus % args.nodes:
         raise _core.MoebalValueError(f"--gpus ({args.gpus}) must be divisible by --nodes ({args.nodes})")
-    measured = perf.load_models(args.perf)[0] if getattr(args, "perf", None) else None
+    data = perf.read_file(args.perf) if getattr(args, "perf", None) else None
+    measured = perf.models_from_dict(data)[0] if data is not None else None
     per_gpu = measured is not None and len(measured) == args.gpus
     if args.speed_spread is None:
         args.speed_spread = 0.0 if per_gpu else DEMO_SPREAD
@@ -108,6 +109,9 @@ def _speed_topology(args: argparse.Namespace) -> _core.Topology:
     else:
         slowdowns = solvers.speed_spread_slowdowns(args.gpus, args.speed_spread, seed=args.seed)
         models = perf.models_for_gpus(measured, args.gpus, slowdowns)
+    link = perf.link_GBps(data) if data is not None else None
+    if link is not None:  # measured by moebal profile --links: the slowest pair
+        return _core.Topology(args.nodes, args.gpus // args.nodes, nvlink_GBps=link, gpu_models=list(models))
     return solvers.topology_with_models(args.nodes, args.gpus // args.nodes, models)
 
 
@@ -120,6 +124,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
         devices = None if args.devices is None else [int(v) for v in args.devices.split(",") if v]
     except ValueError:
         raise _core.MoebalValueError("--tokens and --devices take comma-separated integers") from None
+    if args.links:
+        import torch
+
+        n = len(devices) if devices is not None else torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n < 2:
+            raise _core.MoebalValueError(f"--links needs at least two GPUs, got {n}")
     data = perf.measure_gpu_models(shape, devices, tokens, groups=args.groups)
     roof = solvers.h100_expert_model(shape)
     header = ["tokens"] + [f"GPU {g['index']} us" for g in data["gpus"]] + \
@@ -129,6 +139,14 @@ def cmd_profile(args: argparse.Namespace) -> int:
             + [f"{roof.time_us(n):.2f}"] for i, n in enumerate(data["gpus"][0]["tokens"])]
     print(f"expert {shape.hidden}x{shape.ffn} bf16, us per expert copy inside a grouped launch; {data['date']}")
     print(_format_table(header, rows))
+    if args.links:
+        data["links"] = perf.measure_links([g["index"] for g in data["gpus"]])
+        print("\nGPU-to-GPU copies, us per copy; fit: latency + bytes / bandwidth")
+        sizes = data["links"][0]["bytes"]
+        header = ["src -> dst", "peer"] + [f"{b >> 20} MiB" for b in sizes] + ["GB/s", "latency us"]
+        rows = [[f"{l['src']} -> {l['dst']}", "yes" if l["peer"] else "no"] + [f"{t:.1f}" for t in l["micros"]]
+                + [f"{l['GBps']:.1f}", f"{l['latency_us']:.1f}"] for l in data["links"]]
+        print(_format_table(header, rows))
     if args.out:
         perf.save_models(args.out, data)
         print(f"models written to {args.out}")
@@ -255,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--tokens", default=",".join(map(str, (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096))))
     pr.add_argument("--devices", help="CUDA device indices (default: every visible GPU)")
     pr.add_argument("--groups", type=int, help="experts per timed call (default: enough to exceed 256 MiB of weights)")
+    pr.add_argument("--links", action="store_true",
+                    help="also time GPU-to-GPU copies of 1-256 MiB for every ordered pair (needs >= 2 GPUs); the "
+                         "slowest pair's bandwidth becomes the intra-node link of topologies read from --out")
     pr.add_argument("--out", help="write the models to this JSON file (moebal plan --perf reads it)")
     pr.set_defaults(fn=cmd_profile)
 

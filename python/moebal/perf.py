@@ -14,6 +14,12 @@ What is timed: ``groups`` experts of the given shape (distinct random bf16 weigh
 that the weights do not stay in L2 between calls, as in a real layer), ``n`` tokens each, in one
 grouped call, captured in a CUDA graph of several calls and replayed; the time per call divided by
 ``groups`` is the time one expert copy costs inside a layer's grouped launch at ``n`` tokens.
+
+Links (``moebal profile --links``, :func:`measure_links`): for every ordered pair of the listed GPUs,
+the time of a device-to-device copy of expert-sized buffers (1-256 MiB), fitted as ``latency +
+bytes / bandwidth``. That is the transfer a replica move pays; the file's slowest pair becomes the
+intra-node bandwidth of :func:`topology_from_file`, which the PROBE planner's hiding-window check
+reads (:func:`moebal.probe.plan` with ``topology=``).
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ from moebal import _core
 FORMAT = "moebal-perf-models"
 VERSION = 1
 DEFAULT_TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+DEFAULT_LINK_BYTES = tuple(1 << s for s in (20, 22, 24, 26, 28))  # 1, 4, 16, 64, 256 MiB
 _MIN_WEIGHT_BYTES = 256 << 20  # weights per timed call: a few times an H100's 50 MB L2
 
 
@@ -124,11 +131,7 @@ def measure_gpu_models(shape: _core.ExpertShape, devices: Optional[Sequence[int]
     fitted knots)."""
     import torch
 
-    if not torch.cuda.is_available():
-        raise _err("measuring expert times needs a CUDA device")
-    devs = list(range(torch.cuda.device_count())) if devices is None else [int(d) for d in devices]
-    if not devs or min(devs) < 0 or max(devs) >= torch.cuda.device_count():
-        raise _err(f"devices must be in [0, {torch.cuda.device_count()}), got {devs}")
+    devs = _check_devices(devices, "measuring expert times")
     tokens = _check_tokens(tokens)
     gpus = []
     for d in devs:
@@ -141,6 +144,122 @@ def measure_gpu_models(shape: _core.ExpertShape, devices: Optional[Sequence[int]
             "shape": {"hidden": shape.hidden, "ffn": shape.ffn, "dtype_bytes": shape.dtype_bytes},
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
             "gpus": gpus}
+
+
+def _check_devices(devices: Optional[Sequence[int]], what: str) -> List[int]:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise _err(f"{what} needs a CUDA device")
+    n = torch.cuda.device_count()
+    devs = list(range(n)) if devices is None else [int(d) for d in devices]
+    if not devs or min(devs) < 0 or max(devs) >= n:
+        raise _err(f"devices must be in [0, {n}), got {devs}")
+    if len(set(devs)) != len(devs):
+        raise _err(f"devices must be distinct, got {devs}")
+    return devs
+
+
+def _check_sizes(sizes: Iterable[int]) -> List[int]:
+    b = [int(v) for v in sizes]
+    if len(b) < 2 or min(b) < 1 or any(y <= x for x, y in zip(b, b[1:])):
+        raise _err(f"link sizes must be at least two positive, strictly increasing byte counts, got {b}")
+    return b
+
+
+def measure_link(src: int, dst: int, sizes: Sequence[int] = DEFAULT_LINK_BYTES, *, reps: int = 5,
+                 min_bytes: int = 1 << 30) -> np.ndarray:
+    """Microseconds of one copy of each size from GPU ``src`` to GPU ``dst`` (peer copy when the pair
+    has peer access, else the driver's staged copy): per size, the median over ``reps`` of a run of
+    back-to-back copies moving at least ``min_bytes``, timed by events on the source device's stream,
+    which torch's cross-device copy runs on."""
+    import torch
+
+    sizes = _check_sizes(sizes)
+    if reps < 1:
+        raise _err(f"reps must be >= 1, got {reps}")
+    if src == dst:
+        raise _err(f"a link needs two devices, got {src} -> {dst}")
+    _check_devices([src, dst], "measuring a link")
+    a = torch.empty(sizes[-1], dtype=torch.uint8, device=f"cuda:{src}").fill_(1)
+    b = torch.empty(sizes[-1], dtype=torch.uint8, device=f"cuda:{dst}")
+    out = np.empty(len(sizes))
+    with torch.cuda.device(src):
+        for i, n in enumerate(sizes):
+            copies = max(2, -(-min_bytes // n))
+            b[:n].copy_(a[:n])  # warm-up: peer mappings
+            torch.cuda.synchronize(src)
+            torch.cuda.synchronize(dst)
+            times = []
+            for _ in range(reps):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(copies):
+                    b[:n].copy_(a[:n])
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end) * 1e3 / copies)
+            out[i] = float(np.median(times))
+    torch.cuda.synchronize(dst)
+    return out
+
+
+def fit_link(sizes: Sequence[int], micros: Sequence[float]) -> Tuple[float, float]:
+    """Least-squares ``t = latency + bytes / bandwidth`` over the samples: (GB/s, latency us). The
+    bandwidth is 1e9 bytes/s, as in :class:`moebal.Topology`; the latency is clamped at 0."""
+    x = np.asarray([float(v) for v in sizes])
+    y = np.asarray([float(v) for v in micros])
+    if x.shape != y.shape or x.size < 2 or not np.all(np.isfinite(y)) or np.any(y <= 0):
+        raise _err("fit_link needs at least two samples with positive, finite times")
+    slope, icpt = np.polyfit(x, y, 1)  # us per byte, us
+    if not slope > 0:
+        raise _err(f"copy times do not grow with the size (slope {slope}): not a bandwidth")
+    return float(1e-3 / slope), float(max(0.0, icpt))
+
+
+def measure_links(devices: Optional[Sequence[int]] = None, sizes: Sequence[int] = DEFAULT_LINK_BYTES,
+                  **kw) -> List[dict]:
+    """Every ordered pair of the listed GPUs (default: all visible, at least two):
+    ``{src, dst, peer, bytes, micros, GBps, latency_us}``."""
+    import torch
+
+    devs = _check_devices(devices, "measuring links")
+    if len(devs) < 2:
+        raise _err(f"measuring links needs at least two devices, got {devs}")
+    sizes = _check_sizes(sizes)
+    links = []
+    for s in devs:
+        for d in devs:
+            if s == d:
+                continue
+            micros = measure_link(s, d, sizes, **kw)
+            bw, lat = fit_link(sizes, micros)
+            links.append({"src": s, "dst": d, "peer": bool(torch.cuda.can_device_access_peer(s, d)),
+                          "bytes": sizes, "micros": [float(v) for v in micros], "GBps": bw, "latency_us": lat})
+    return links
+
+
+def links_from_dict(data: dict) -> List[dict]:
+    """The measured links of a perf-model dictionary ([] when it has none), checked."""
+    links = data.get("links", [])
+    if not isinstance(links, list):
+        raise _err("perf-model file: 'links' must be a list")
+    for i, l in enumerate(links):
+        try:
+            src, dst, bw, lat = int(l["src"]), int(l["dst"]), float(l["GBps"]), float(l["latency_us"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise _err(f"perf-model file: links[{i}] needs src, dst, GBps and latency_us ({e})") from None
+        if src < 0 or dst < 0 or src == dst:
+            raise _err(f"perf-model file: links[{i}] must join two distinct devices, got {src} -> {dst}")
+        if not (math.isfinite(bw) and bw > 0) or not (math.isfinite(lat) and lat >= 0):
+            raise _err(f"perf-model file: links[{i}] has GBps {bw} and latency_us {lat} (need > 0 and >= 0, finite)")
+    return links
+
+
+def link_GBps(data: dict) -> Optional[float]:
+    """The slowest measured link's bandwidth (GB/s), or None when the file has no links."""
+    links = links_from_dict(data)
+    return min(float(l["GBps"]) for l in links) if links else None
 
 
 def save_models(path: str, data: dict) -> None:
@@ -175,17 +294,24 @@ def models_from_dict(data: dict) -> Tuple[List[_core.PerfModel], _core.ExpertSha
             models.append(_core.PerfModel(kt, km))
         except _core.MoebalValueError as e:
             raise _err(f"perf-model file: gpus[{i}]: {e}") from None
+    links_from_dict(data)
     return models, shape
 
 
-def load_models(path: str) -> Tuple[List[_core.PerfModel], _core.ExpertShape]:
-    """Read a file written by :func:`save_models` (or ``moebal profile``)."""
+def read_file(path: str) -> dict:
+    """The checked dictionary of a file written by :func:`save_models` (or ``moebal profile``)."""
     try:
         with open(path) as f:
             data = json.load(f)
     except json.JSONDecodeError as e:
         raise _err(f"{path}: not JSON ({e})") from None
-    return models_from_dict(data)
+    models_from_dict(data)
+    return data
+
+
+def load_models(path: str) -> Tuple[List[_core.PerfModel], _core.ExpertShape]:
+    """Read a file written by :func:`save_models` (or ``moebal profile``)."""
+    return models_from_dict(read_file(path))
 
 
 def models_for_gpus(models: Sequence[_core.PerfModel], num_gpus: int,
@@ -206,6 +332,10 @@ def models_for_gpus(models: Sequence[_core.PerfModel], num_gpus: int,
 
 
 def topology_from_file(path: str, num_nodes: int, gpus_per_node: int) -> _core.Topology:
-    """A Topology whose GPU models come from a perf-model file (1 model, or one per GPU)."""
-    models, _ = load_models(path)
-    return _core.Topology(num_nodes, gpus_per_node, gpu_models=models_for_gpus(models, num_nodes * gpus_per_node))
+    """A Topology whose GPU models come from a perf-model file (1 model, or one per GPU) and whose
+    intra-node bandwidth is the file's slowest measured link (the default when it has none)."""
+    data = read_file(path)
+    models, _ = models_from_dict(data)
+    bw = link_GBps(data)
+    kw = {} if bw is None else {"nvlink_GBps": bw}
+    return _core.Topology(num_nodes, gpus_per_node, gpu_models=models_for_gpus(models, num_nodes * gpus_per_node), **kw)

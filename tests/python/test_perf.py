@@ -249,3 +249,126 @@ def test_gpu_measurement_on_every_device_of_a_multi_gpu_host(tmp_path):
         assert all(t > 0 and np.isfinite(t) for t in g["micros"])
     perf.save_models(str(tmp_path / "p.json"), data)
     assert len(perf.load_models(str(tmp_path / "p.json"))[0]) == 2
+
+
+# ---- links (moebal profile --links) -----------------------------------------------------------------
+
+def link_entry(src, dst, gbps, lat=8.0):
+    sizes = list(perf.DEFAULT_LINK_BYTES)
+    return {"src": src, "dst": dst, "peer": True, "bytes": sizes,
+            "micros": [lat + b / gbps * 1e-3 for b in sizes], "GBps": gbps, "latency_us": lat}
+
+
+def test_fit_link_recovers_bandwidth_and_latency():
+    sizes = list(perf.DEFAULT_LINK_BYTES)
+    bw, lat = perf.fit_link(sizes, [6.5 + b / 385.0 * 1e-3 for b in sizes])
+    assert bw == pytest.approx(385.0, rel=1e-9) and lat == pytest.approx(6.5, rel=1e-6)
+    # noise around the line: the fit stays within a few percent
+    rng = np.random.default_rng(0)
+    bw, lat = perf.fit_link(sizes, [(4.0 + b / 300.0 * 1e-3) * rng.uniform(0.98, 1.02) for b in sizes])
+    assert bw == pytest.approx(300.0, rel=0.03)
+    with pytest.raises(_core.MoebalValueError, match="do not grow with the size"):
+        perf.fit_link([1 << 20, 1 << 24], [50.0, 40.0])
+    with pytest.raises(_core.MoebalValueError, match="positive, finite times"):
+        perf.fit_link([1 << 20, 1 << 24], [5.0, float("nan")])
+    with pytest.raises(_core.MoebalValueError, match="at least two samples"):
+        perf.fit_link([1 << 20], [5.0])
+
+
+def test_links_in_the_file_set_the_topology_link(tmp_path):
+    d = perf_dict((1.0, 1.1))
+    assert perf.link_GBps(d) is None
+    path = tmp_path / "p.json"
+    perf.save_models(str(path), d)
+    assert perf.topology_from_file(str(path), 1, 2).nvlink_GBps == 450.0  # the default without links
+    d["links"] = [link_entry(0, 1, 390.0), link_entry(1, 0, 371.5)]
+    perf.save_models(str(path), d)
+    assert perf.link_GBps(perf.read_file(str(path))) == 371.5  # the slowest pair
+    topo = perf.topology_from_file(str(path), 1, 2)
+    assert topo.nvlink_GBps == 371.5 and len(topo.gpu_models) == 2
+
+
+@pytest.mark.parametrize("edit, msg", [
+    (lambda d: d.update(links={}), "'links' must be a list"),
+    (lambda d: d["links"][0].pop("GBps"), "links[0] needs src, dst, GBps and latency_us"),
+    (lambda d: d["links"][1].update(dst=1), "links[1] must join two distinct devices"),
+    (lambda d: d["links"][0].update(GBps=0.0), "links[0] has GBps 0.0"),
+    (lambda d: d["links"][0].update(latency_us=float("inf")), "links[0] has GBps"),
+    (lambda d: d["links"][1].update(src=-1), "must join two distinct devices"),
+])
+def test_malformed_links_name_the_field(tmp_path, edit, msg):
+    d = perf_dict((1.0, 1.1))
+    d["links"] = [link_entry(0, 1, 390.0), link_entry(1, 0, 380.0)]
+    edit(d)
+    with pytest.raises(_core.MoebalValueError, match=msg.replace("[", r"\[").replace("]", r"\]")):
+        perf.save_models(str(tmp_path / "p.json"), d)
+    (tmp_path / "q.json").write_text(json.dumps(d))
+    with pytest.raises(_core.MoebalValueError, match="links"):
+        perf.load_models(str(tmp_path / "q.json"))
+
+
+def test_probe_planner_reads_the_measured_link(tmp_path):
+    # a replica move is allowed when the expert's transfer fits the hiding window: 100 MB over the
+    # default 450 GB/s takes 222 us and fits a 250 us window; over a measured 300 GB/s (333 us) it
+    # does not, so the planner fed the measured topology makes no move
+    from moebal import probe
+
+    d = perf_dict((1.0, 1.0))
+    path = tmp_path / "p.json"
+    perf.save_models(str(path), d)
+    counts = np.zeros((2, 4), np.int64)
+    counts[:, 0] = 4000  # every token wants expert 0, held by rank 0 only
+    counts[:, 2] = 10
+    kw = dict(expert_bytes=100_000_000, window_us=250.0, fixed_us=0.0, us_per_token=1.0, quota="none")
+    fast = probe.plan(counts, np.array([0, 1, 2, 3]), topology=perf.topology_from_file(str(path), 1, 2), **kw)
+    d["links"] = [link_entry(0, 1, 300.0), link_entry(1, 0, 300.0)]
+    perf.save_models(str(path), d)
+    slow = probe.plan(counts, np.array([0, 1, 2, 3]), topology=perf.topology_from_file(str(path), 1, 2), **kw)
+    assert (np.asarray(fast.replica_expert) == 0).any()
+    assert (np.asarray(slow.replica_expert) < 0).all()
+
+
+def test_cli_plan_reads_links_and_profile_refuses_links_on_one_gpu(tmp_path, capsys):
+    np.save(tmp_path / "w.npy", np.random.default_rng(1).gamma(0.5, 10, size=(3, 16)))
+    d = perf_dict((1.0, 1.1, 1.2, 1.3))
+    d["links"] = [link_entry(s, t, 380.0 + s) for s in range(4) for t in range(4) if s != t]
+    perf.save_models(str(tmp_path / "four.json"), d)
+    assert main(["plan", str(tmp_path / "w.npy"), "--gpus", "4", "--policy", "vibe", "--perf",
+                 str(tmp_path / "four.json")]) == 0
+    capsys.readouterr()
+    assert main(["profile", "--expert-shape", "2048,768", "--devices", "0", "--links"]) == 2
+    assert "--links needs at least two GPUs, got 1" in capsys.readouterr().err
+
+
+def test_link_measurement_checks_arguments_first():
+    with pytest.raises(_core.MoebalValueError, match="two devices"):
+        perf.measure_link(0, 0)
+    with pytest.raises(_core.MoebalValueError, match="strictly increasing byte counts"):
+        perf.measure_link(0, 1, [1 << 20])
+    with pytest.raises(_core.MoebalValueError, match="strictly increasing byte counts"):
+        perf.measure_link(0, 1, [4, 2])
+    with pytest.raises(_core.MoebalValueError, match="reps must be >= 1"):
+        perf.measure_link(0, 1, reps=0)
+    if not _cuda_visible():
+        with pytest.raises(_core.MoebalValueError, match="needs a CUDA device"):
+            perf.measure_links()
+    else:
+        import torch
+
+        with pytest.raises(_core.MoebalValueError, match="devices must be distinct|at least two devices"):
+            perf.measure_links([0, 0] if torch.cuda.device_count() > 1 else [0])
+
+
+def test_gpu_links_on_a_multi_gpu_host(tmp_path):
+    torch = _gpu()
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    links = perf.measure_links([0, 1], [1 << 20, 1 << 24, 1 << 26], reps=2, min_bytes=1 << 28)
+    assert [(l["src"], l["dst"]) for l in links] == [(0, 1), (1, 0)]
+    for l in links:
+        assert l["micros"][0] < l["micros"][1] < l["micros"][2]
+        assert 1.0 < l["GBps"] < 5000.0 and l["latency_us"] >= 0
+    d = perf_dict((1.0, 1.0))
+    d["links"] = links
+    perf.save_models(str(tmp_path / "p.json"), d)
+    assert perf.topology_from_file(str(tmp_path / "p.json"), 1, 2).nvlink_GBps == min(l["GBps"] for l in links)
