@@ -94,13 +94,24 @@ class MemorySink:
                 self.logits.setdefault(l, []).append(d["logits"])
         self.steps += 1
 
-    def cat(self, what: str, layer: int):
-        xs = getattr(self, what)[layer]
+    def cat(self, what: str, layer: int, release: bool = False):
+        """All steps of ``what`` (``"hidden"``, ``"topk_ids"``, ...) at ``layer``, in step order. With
+        ``release`` the per-step chunks are dropped and the concatenation kept in their place (one
+        chunk): the memory of a large capture is held once instead of twice while a caller gathers
+        every layer."""
+        store = getattr(self, what)
+        if layer not in store:
+            raise KeyError(f"MemorySink has no {what!r} for layer {layer} (layers: {sorted(store)})")
+        xs = store[layer]
         if self.keep_torch:
             import torch
 
-            return torch.cat(xs)
-        return np.concatenate(xs)
+            out = torch.cat(xs)
+        else:
+            out = np.concatenate(xs)
+        if release:
+            store[layer] = [out]
+        return out
 
     def close(self) -> None:
         pass

@@ -92,6 +92,25 @@ def test_recorder_in_memory_and_generate():
     assert (len(model._forward_hooks), len(model._forward_pre_hooks)) == before  # hooks removed on exit
 
 
+@pytest.mark.parametrize("keep_torch", [False, True])
+def test_memory_sink_cat_release(keep_torch):
+    sink = MemorySink(keep_torch=keep_torch)
+    rng = np.random.default_rng(3)
+    chunks = [rng.standard_normal((n, 4)).astype(np.float32) for n in (3, 1, 2)]
+    for c in chunks:
+        d = {"topk_ids": c[:, :2].astype(np.int32), "topk_weights": c[:, :2], "hidden": torch.from_numpy(c) if keep_torch else c}
+        sink.write({"position": np.arange(c.shape[0]), "layers": [d]})
+    want = np.concatenate(chunks)
+    as_np = (lambda x: x.numpy()) if keep_torch else np.asarray
+    np.testing.assert_array_equal(as_np(sink.cat("hidden", 0)), want)
+    assert len(sink.hidden[0]) == 3  # a plain cat keeps the per-step chunks
+    np.testing.assert_array_equal(as_np(sink.cat("hidden", 0, release=True)), want)
+    assert len(sink.hidden[0]) == 1  # released: one chunk, the same rows
+    np.testing.assert_array_equal(as_np(sink.cat("hidden", 0)), want)
+    with pytest.raises(KeyError, match="no 'hidden' for layer 1"):
+        sink.cat("hidden", 1)
+
+
 def test_unsupported_model_class(tmp_path):
     cfg = transformers.LlamaConfig(**{k: v for k, v in COMMON.items()})
     model = transformers.AutoModelForCausalLM.from_config(cfg)

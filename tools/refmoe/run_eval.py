@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     print(f"predictors run through moebal::probe_predict: {ng.use_op}", flush=True)
     torch.backends.cuda.matmul.allow_tf32 = True  # predictor training GEMMs
     res["next_gate"] = {d: layer_metrics(ng, evalset[d], bt) for d in DOMAINS}
-    h_fit = [fitset.cat("hidden", l) for l in range(L)]
+    h_fit = [fitset.cat("hidden", l, release=True) for l in range(L)]  # chunks freed layer by layer
     res["probe"] = {}
     shipped = None
     offline = {}  # residual width -> the mixed-domain offline probe
