@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import sys
 import time
 
@@ -83,80 +81,35 @@ def _timed(fn, inner: int, reps: int, cuda: bool, dist) -> float:
     return times[len(times) // 2]
 
 
-def _worker(rank: int, args, port: int, queue) -> None:
+def _rank(rank: int, world: int, args) -> list:
     import torch.distributed as dist
 
-    try:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        cuda = args.backend == "nccl"
-        device = torch.device("cuda", rank) if cuda else torch.device("cpu")
-        if cuda:
-            torch.cuda.set_device(device)
-        dist.init_process_group(args.backend, rank=rank, world_size=args.world,
-                                **({"device_id": device} if cuda else {}))
-        dtype = getattr(torch, args.dtype)
-        rows = []
-        for T in args.tokens:
-            x = rows_of(rank, T, args.hidden, dtype, device)
-            send = splits(T, args.world, rank)
-            recv = [splits(T, args.world, j)[rank] for j in range(args.world)]
-            y = torch.empty(sum(recv), args.hidden, dtype=dtype, device=device)
+    cuda = args.backend == "nccl"
+    device = torch.device("cuda", rank) if cuda else torch.device("cpu")
+    dtype = getattr(torch, args.dtype)
+    rows = []
+    for T in args.tokens:
+        x = rows_of(rank, T, args.hidden, dtype, device)
+        send = splits(T, world, rank)
+        recv = [splits(T, world, j)[rank] for j in range(world)]
+        y = torch.empty(sum(recv), args.hidden, dtype=dtype, device=device)
+        dist.all_to_all_single(y, x, recv, send)
+        ok = bool(torch.equal(y, expected(rank, world, T, args.hidden, dtype, device)))
+        for _ in range(3):
             dist.all_to_all_single(y, x, recv, send)
-            ok = bool(torch.equal(y, expected(rank, args.world, T, args.hidden, dtype, device)))
-            for _ in range(3):
-                dist.all_to_all_single(y, x, recv, send)
-            single = _timed(lambda: dist.all_to_all_single(y, x, recv, send), 1, args.reps, cuda, dist)
-            chain = _timed(lambda: dist.all_to_all_single(y, x, recv, send), args.inner, args.reps, cuda, dist)
-            y.zero_()  # and once more after the timed calls, into a cleared buffer
-            dist.all_to_all_single(y, x, recv, send)
-            ok = ok and bool(torch.equal(y, expected(rank, args.world, T, args.hidden, dtype, device)))
-            rows.append({"tokens": T, "us": chain, "us_single": single, "correct": ok})
-        dist.destroy_process_group()
-        queue.put((rank, rows, None))
-    except Exception as e:  # reported by the parent, which must not wait forever for this rank
-        queue.put((rank, None, f"{type(e).__name__}: {e}"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        single = _timed(lambda: dist.all_to_all_single(y, x, recv, send), 1, args.reps, cuda, dist)
+        chain = _timed(lambda: dist.all_to_all_single(y, x, recv, send), args.inner, args.reps, cuda, dist)
+        y.zero_()  # and once more after the timed calls, into a cleared buffer
+        dist.all_to_all_single(y, x, recv, send)
+        ok = ok and bool(torch.equal(y, expected(rank, world, T, args.hidden, dtype, device)))
+        rows.append({"tokens": T, "us": chain, "us_single": single, "correct": ok})
+    return rows
 
 
 def run(args) -> dict:
-    import torch.multiprocessing as mp
+    from moebal.distributed import run_ranks
 
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, args, port, queue)) for r in range(args.world)]
-    for p in procs:
-        p.start()
-    results, errors = {}, []
-    deadline = time.time() + args.timeout
-    while len(results) + len(errors) < args.world:
-        left = deadline - time.time()
-        if left <= 0:
-            errors.append(f"timed out after {args.timeout:.0f} s")
-            break
-        try:
-            rank, rows, err = queue.get(timeout=min(left, 5.0))
-        except Exception:  # queue.Empty: check that nobody died silently
-            dead = [r for r, p in enumerate(procs) if p.exitcode not in (None, 0)]
-            if dead:
-                errors.append(f"rank(s) {dead} exited without a result")
-                break
-            continue
-        if err:
-            errors.append(f"rank {rank}: {err}")
-        else:
-            results[rank] = rows
-    for p in procs:
-        p.join(timeout=10)
-        if p.is_alive():
-            p.kill()
-    if errors:
-        raise RuntimeError("; ".join(errors))
+    results = run_ranks(_rank, args.world, args, backend=args.backend, timeout=args.timeout)
     esize = torch.empty(0, dtype=getattr(torch, args.dtype)).element_size()
     out = []
     for i, T in enumerate(args.tokens):

@@ -1,0 +1,164 @@
+"""moebal.distributed: the expert-parallel layer over several processes (gloo on CPU here, NCCL where
+two GPUs are visible) equals the single-process layer, with replicas, uneven and empty ranks; bad
+calls raise clear errors; a failing rank is reported instead of waited for."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+moe_ops = pytest.importorskip("moebal.moe_ops")
+from moebal import _core  # noqa: E402
+from moebal.assign_ops import assign_replicas, placement_tensors  # noqa: E402
+from moebal.distributed import ep_moe_forward, local_slot_weights, run_ranks  # noqa: E402
+from moebal.policies import plan  # noqa: E402
+
+E, K, H, F = 12, 2, 32, 16
+
+
+def _case(world: int, tokens: list, extra: int, policy: str, seed: int = 0):
+    """Weights, every rank's tokens and routing, and a placement with ``extra`` copies per rank."""
+    g = torch.Generator().manual_seed(seed)
+    w13 = (torch.randn(E, 2 * F, H, generator=g) * 0.2).bfloat16()
+    w2 = (torch.randn(E, H, F, generator=g) * 0.2).bfloat16()
+    xs, ids, wts = [], [], []
+    p = 0.6 ** np.arange(E)  # skewed, so that eplb replicates
+    for T in tokens:
+        xs.append(torch.randn(T, H, generator=g).bfloat16())
+        rng = np.random.default_rng(seed + T)
+        rows = [rng.choice(E, K, replace=False, p=p / p.sum()) for _ in range(T)]
+        ids.append(torch.tensor(np.array(rows, dtype=np.int32).reshape(T, K)))
+        wts.append(torch.rand(T, K, generator=g))
+    loads = np.bincount(torch.cat(ids).reshape(-1).numpy(), minlength=E).astype(float)[None] + 1.0
+    pl = plan(policy, loads, num_slots=E + extra * world, num_gpus=world)
+    return w13, w2, xs, ids, wts, pl
+
+
+def _rank(rank: int, world: int, a):
+    tokens, extra, policy, assign, device = a
+    w13, w2, xs, ids, wts, pl = _case(world, tokens, extra, policy)
+    spr = pl.num_slots // world
+    log2phy, logcnt = placement_tensors(pl, 0)
+    src = torch.full((tokens[rank],), rank, dtype=torch.int32)
+    slots = assign_replicas(ids[rank], src, log2phy, logcnt, num_gpus=world, num_nodes=1, num_slots=pl.num_slots,
+                            policy=assign)
+    w13_l, w2_l = local_slot_weights(w13, w2, pl.phy2log[0], rank, spr)
+    dev = torch.device(device)
+    out = ep_moe_forward(xs[rank].to(dev), wts[rank].to(dev), slots.to(dev), w13_l.to(dev), w2_l.to(dev),
+                         slots_per_rank=spr, topk_ids=ids[rank].to(dev))
+    ref = moe_ops.moe_forward(xs[rank], w13, w2, topk_ids=ids[rank], topk_weights=wts[rank])
+    remote = int((torch.div(slots.long(), spr, rounding_mode="floor") != rank).sum())
+    return out.float().cpu(), ref.float(), remote
+
+
+def _check(results):
+    remote = 0
+    for out, ref, r in results:
+        assert isinstance(out, np.ndarray) and out.shape == ref.shape
+        if ref.size:
+            assert float(np.abs(out - ref).max()) <= 2e-2 * max(1.0, float(np.abs(ref).max()))
+            assert float(np.abs(ref).max()) > 0  # random data: a zero output would not pass silently
+        remote += r
+    assert remote > 0  # rows did cross ranks
+
+
+@pytest.mark.parametrize("world,tokens,extra,policy,assign", [
+    (2, [7, 5], 0, "contiguous", "round_robin"),
+    (3, [17, 1, 40], 1, "eplb", "weighted_locality"),
+    (3, [0, 9, 33], 2, "balanced", "locality"),  # a rank without tokens still serves its experts
+    (4, [3, 64, 1, 12], 1, "eplb", "hash"),
+])
+def test_ep_layer_equals_single_process_layer(world, tokens, extra, policy, assign):
+    _check(run_ranks(_rank, world, (tokens, extra, policy, assign, "cpu"), backend="gloo", timeout=120))
+
+
+def test_ep_layer_on_gpus_with_nccl():
+    if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    from moebal import ops
+
+    if not ops.has_cuda_kernels():
+        pytest.skip("moebal built without CUDA kernels")
+    res = run_ranks(_rank_cuda, 2, ([300, 211], 1, "eplb", "weighted_locality"), backend="nccl", timeout=180)
+    _check(res)
+
+
+def _rank_cuda(rank, world, a):
+    tokens, extra, policy, assign = a
+    return _rank(rank, world, (tokens, extra, policy, assign, f"cuda:{rank}"))
+
+
+def _bad(rank: int, world: int, which: str):
+    x = torch.randn(4, H).bfloat16()
+    w = torch.rand(4, K)
+    s = torch.zeros(4, K, dtype=torch.int32)
+    w13, w2 = torch.zeros(2, 2 * F, H).bfloat16(), torch.zeros(2, H, F).bfloat16()
+    kw = dict(slots_per_rank=2)
+    if which == "slot_range":
+        s[0, 0] = 2 * world
+    elif which == "weights_shape":
+        w = torch.rand(3, K)
+    elif which == "local_count":
+        kw["slots_per_rank"] = 3
+    elif which == "hidden_mismatch":
+        w13 = torch.zeros(2, 2 * F, H + 1).bfloat16()
+    elif which == "slot_dtype":
+        s = s.float()
+    ep_moe_forward(x, w, s, w13, w2, **kw)
+
+
+@pytest.mark.parametrize("which,match", [
+    ("slot_range", r"slot ids must be in \[0, 4\)"),
+    ("weights_shape", r"topk_weights must be \[4, K\]"),
+    ("local_count", r"must hold this rank's 3 slots"),
+    ("hidden_mismatch", r"do not fit hidden 32"),
+    ("slot_dtype", r"slot_ids must be int32 or int64"),
+])
+def test_bad_calls_are_reported(which, match):
+    with pytest.raises(RuntimeError, match=r"rank \d: MoebalValueError: ep_moe_forward: .*" + match):
+        run_ranks(_bad, 2, which, backend="gloo", timeout=60)
+
+
+def test_without_a_process_group():
+    x = torch.zeros(1, H).bfloat16()
+    with pytest.raises(_core.MoebalValueError, match="not initialised"):
+        ep_moe_forward(x, torch.ones(1, 1), torch.zeros(1, 1, dtype=torch.int32), torch.zeros(1, 2 * F, H).bfloat16(),
+                       torch.zeros(1, H, F).bfloat16(), slots_per_rank=1)
+
+
+def _fail_on_one(rank: int, world: int, a):
+    if rank == 1:
+        raise ValueError("boom")
+    import torch.distributed as dist
+
+    dist.barrier()  # would wait forever for rank 1
+    return rank
+
+
+def test_a_failing_rank_is_reported_not_waited_for():
+    with pytest.raises(RuntimeError, match="rank 1: ValueError: boom"):
+        run_ranks(_fail_on_one, 2, None, backend="gloo", timeout=60)
+
+
+def _ok(rank, world, a):
+    return (rank, world, a)
+
+
+def test_run_ranks_results_in_rank_order_and_bad_arguments():
+    assert run_ranks(_ok, 3, "x", backend="gloo", timeout=60) == [(0, 3, "x"), (1, 3, "x"), (2, 3, "x")]
+    with pytest.raises(_core.MoebalValueError, match="world must be >= 1"):
+        run_ranks(_ok, 0)
+    with pytest.raises(_core.MoebalValueError, match="backend must be nccl or gloo"):
+        run_ranks(_ok, 2, backend="mpi")
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(_core.MoebalValueError, match="one GPU per rank"):
+        run_ranks(_ok, n + 1, backend="nccl")
+
+
+def test_local_slot_weights():
+    w13 = torch.arange(4).view(4, 1, 1).expand(4, 2, 3).float()
+    w2 = torch.arange(4).view(4, 1, 1).expand(4, 3, 1).float()
+    a, b = local_slot_weights(w13, w2, [3, 0, 3, 1, 2, 2], 1, 3)  # rank 1 holds slots 3-5: experts 1, 2, 2
+    assert a[:, 0, 0].tolist() == [1, 2, 2] and b[:, 0, 0].tolist() == [1, 2, 2]
+    with pytest.raises(_core.MoebalValueError, match="rank 2 needs"):
+        local_slot_weights(w13, w2, [0, 1, 2, 3], 2, 2)
+    with pytest.raises(_core.MoebalValueError, match="outside"):
+        local_slot_weights(w13, w2, [0, 9], 0, 2)
