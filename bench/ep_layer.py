@@ -1,0 +1,251 @@
+"""Measured expert-parallel MoE layers under moebal's placements: the slowest rank's time, per policy,
+on real routing.
+
+Every rank runs :func:`moebal.distributed.ep_moe_forward` (all-to-all dispatch, grouped experts of
+its slots, all-to-all back, weighted combine) on its share of the tokens, for every layer of a
+routing trace and every placement policy, in one process group. The placements are planned on one
+range of the trace's steps and measured on another (out of sample). Tokens: the evaluation steps'
+routing, split into contiguous equal shares per rank, each token repeated ``--repeat`` times, which
+scales the load and keeps its skew and co-activation. Expert weights: random bf16 of
+``--expert-shape``, the same for every copy of an expert (so the result can be checked against the
+single-process layer, and is on every rank).
+
+Reported per policy: the imbalance of rows the ranks received (max/mean), the slowest rank's expert
+time and whole-layer time (CUDA events, median over ``--reps`` after a barrier, summed over layers),
+and the whole-layer time relative to ``contiguous`` (no replicas).
+
+Usage: python bench/ep_layer.py [--world 4] [--trace T.npz] [--expert-shape 2048,768] [--repeat 8]
+       [--policies contiguous,eplb,balanced] [--extra-per-gpu 1] [--assign weighted_locality]
+       [--plan-steps 0:2] [--eval-steps 2:4] [--reps 10] [--json out.json] [--backend gloo]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+DEFAULT_TRACE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python", "moebal", "data", "refmoe",
+                             "refmoe_python.npz")
+
+
+def _steps(text: str, name: str) -> tuple:
+    try:
+        a, b = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise ValueError(f"{name} takes BEGIN:END, got {text!r}") from None
+    if not 0 <= a < b:
+        raise ValueError(f"{name} must satisfy 0 <= BEGIN < END, got {text!r}")
+    return a, b
+
+
+def setup(args, world: int) -> dict:
+    """What every rank computes the same way: the trace, the placements, the rank shares."""
+    from moebal import _core
+    from moebal.policies import plan
+    from moebal.trace import load_arrays
+
+    arr = load_arrays(args.trace, ("topk_ids", "topk_weights", "step"))
+    ids, wts, step = arr["topk_ids"], arr["topk_weights"], arr["step"]
+    L, T, K = ids.shape
+    E = int(arr["meta"]["num_experts"])
+    n_steps = int(step.max()) + 1
+    for name, (a, b) in (("--plan-steps", args.plan_steps), ("--eval-steps", args.eval_steps)):
+        if b > n_steps:
+            raise ValueError(f"{name} {a}:{b} exceeds the trace's {n_steps} steps")
+    pa, pb = args.plan_steps
+    sel = (step >= pa) & (step < pb)
+    loads = np.stack([np.bincount(ids[l][sel].reshape(-1), minlength=E) for l in range(L)]).astype(np.float64)
+    ea, eb = args.eval_steps
+    sel = (step >= ea) & (step < eb)
+    ev_ids = np.repeat(ids[:, sel], args.repeat, axis=1)
+    ev_w = np.repeat(wts[:, sel], args.repeat, axis=1)
+    n = ev_ids.shape[1] - ev_ids.shape[1] % world
+    if n < world:
+        raise ValueError(f"the evaluation steps hold {ev_ids.shape[1]} tokens (x repeat), fewer than {world} ranks")
+    placements = {}
+    for p in args.policies:
+        slots = E if p == "contiguous" else E + args.extra_per_gpu * world
+        if slots % world:
+            raise ValueError(f"{slots} slots (policy {p}) do not divide over {world} ranks")
+        placements[p] = plan(p, _core.LoadMatrix(loads), num_slots=slots, num_gpus=world)
+    return {"L": L, "E": E, "K": K, "ids": ev_ids[:, :n], "w": ev_w[:, :n], "per_rank": n // world,
+            "placements": placements}
+
+
+def _rank(rank: int, world: int, args) -> dict:
+    import torch.distributed as dist
+
+    from moebal.assign_ops import assign_replicas, placement_tensors
+    from moebal.distributed import ep_moe_forward, local_slot_weights
+    from moebal.moe_ops import moe_forward
+
+    s = setup(args, world)
+    cuda = args.backend == "nccl"
+    dev = torch.device("cuda", rank) if cuda else torch.device("cpu")
+    H, F = args.expert_shape
+    g = torch.Generator().manual_seed(1234)  # the same weights on every rank
+    w13 = (torch.randn(s["E"], 2 * F, H, generator=g) * H ** -0.5).bfloat16().to(dev)
+    w2 = (torch.randn(s["E"], H, F, generator=g) * F ** -0.5).bfloat16().to(dev)
+    n = s["per_rank"]
+    lo = rank * n
+    x = (torch.randn(n, H, generator=torch.Generator().manual_seed(rank))).bfloat16().to(dev)
+    src = torch.full((n,), rank, dtype=torch.int32, device=dev)
+    out = {}
+    for p, pl in s["placements"].items():
+        spr = pl.num_slots // world
+        rows = []
+        for l in range(s["L"]):
+            ids = torch.from_numpy(np.ascontiguousarray(s["ids"][l, lo:lo + n])).to(dev)
+            wts = torch.from_numpy(np.ascontiguousarray(s["w"][l, lo:lo + n])).to(dev)
+            log2phy, logcnt = placement_tensors(pl, l, dev)
+            slots = assign_replicas(ids, src, log2phy, logcnt, num_gpus=world, num_nodes=1, num_slots=pl.num_slots,
+                                    policy=args.assign)
+            w13_l, w2_l = local_slot_weights(w13, w2, pl.phy2log[l], rank, spr)
+            y = ep_moe_forward(x, wts, slots, w13_l, w2_l, slots_per_rank=spr)
+            ref = moe_forward(x, w13, w2, topk_ids=ids, topk_weights=wts)
+            err = float((y.float() - ref.float()).abs().max()) / max(1e-6, float(ref.float().abs().max()))
+            dest = torch.div(slots.reshape(-1).long(), spr, rounding_mode="floor")
+            sent = torch.bincount(dest, minlength=world)
+            recv = torch.empty_like(sent)
+            dist.all_to_all_single(recv, sent)
+            received = int(recv.sum())
+            total, experts = [], []
+            for i in range(args.warmup + args.reps):
+                dist.barrier()
+                if cuda:
+                    torch.cuda.synchronize(dev)
+                    t = {}
+                    ep_moe_forward(x, wts, slots, w13_l, w2_l, slots_per_rank=spr, timings=t)
+                    t["end"].synchronize()
+                    if i >= args.warmup:
+                        total.append(t["start"].elapsed_time(t["end"]) * 1e3)
+                        experts.append(t["experts_start"].elapsed_time(t["experts_end"]) * 1e3)
+                else:
+                    t0 = time.perf_counter()
+                    ep_moe_forward(x, wts, slots, w13_l, w2_l, slots_per_rank=spr)
+                    if i >= args.warmup:
+                        total.append((time.perf_counter() - t0) * 1e6)
+            rows.append({"us": float(np.median(total)), "experts_us": float(np.median(experts)) if experts else None,
+                         "rows_in": received, "rel_err": err})
+        out[p] = rows
+    return out
+
+
+def summarize(res: list, args, s: dict) -> dict:
+    world = len(res)
+    table = {}
+    for p in args.policies:
+        per_layer = []
+        for l in range(s["L"]):
+            r = [res[k][p][l] for k in range(world)]
+            rows_in = [v["rows_in"] for v in r]
+            per_layer.append({"us": max(v["us"] for v in r),
+                              "experts_us": max(v["experts_us"] for v in r) if r[0]["experts_us"] is not None else None,
+                              "rows_ir": max(rows_in) / (sum(rows_in) / world), "rel_err": max(v["rel_err"] for v in r)})
+        table[p] = {"slots": s["placements"][p].num_slots,
+                    "rows_ir_mean": float(np.mean([v["rows_ir"] for v in per_layer])),
+                    "us_sum": float(sum(v["us"] for v in per_layer)),
+                    "experts_us_sum": (float(sum(v["experts_us"] for v in per_layer))
+                                       if per_layer[0]["experts_us"] is not None else None),
+                    "max_rel_err": float(max(v["rel_err"] for v in per_layer)), "per_layer": per_layer}
+    return table
+
+
+def parse(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backend", default="nccl", choices=["nccl", "gloo"])
+    ap.add_argument("--world", type=int, default=None, help="ranks (default: every visible GPU; gloo: 2)")
+    ap.add_argument("--trace", default=DEFAULT_TRACE)
+    ap.add_argument("--expert-shape", default="2048,768", help="hidden,ffn of one expert")
+    ap.add_argument("--repeat", type=int, default=8, help="times each evaluation token is repeated")
+    ap.add_argument("--policies", default="contiguous,eplb,balanced")
+    ap.add_argument("--extra-per-gpu", type=int, default=1)
+    ap.add_argument("--assign", default="weighted_locality",
+                    help="token -> replica policy (round_robin, hash, locality, weighted_locality)")
+    ap.add_argument("--plan-steps", default="0:2")
+    ap.add_argument("--eval-steps", default="2:4")
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--timeout", type=float, default=600.0)
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+    try:
+        args.expert_shape = tuple(int(v) for v in args.expert_shape.split(","))
+        if len(args.expert_shape) != 2 or min(args.expert_shape) < 1 or args.expert_shape[0] % 8 or args.expert_shape[1] % 8:
+            raise ValueError
+    except ValueError:
+        ap.error(f"--expert-shape takes hidden,ffn, positive multiples of 8, got {args.expert_shape!r}")
+    args.policies = [p for p in args.policies.split(",") if p]
+    from moebal.policies import available_policies
+
+    bad = [p for p in args.policies if p not in available_policies()]
+    if bad or not args.policies:
+        ap.error(f"--policies: unknown {bad}; available: {', '.join(available_policies())}")
+    try:
+        args.plan_steps = _steps(args.plan_steps, "--plan-steps")
+        args.eval_steps = _steps(args.eval_steps, "--eval-steps")
+    except ValueError as e:
+        ap.error(str(e))
+    if args.repeat < 1 or args.reps < 1 or args.warmup < 0 or args.extra_per_gpu < 0:
+        ap.error("--repeat and --reps must be >= 1, --warmup and --extra-per-gpu >= 0")
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if args.world is None:
+        args.world = n if args.backend == "nccl" else 2
+    if args.world < 2:
+        ap.error(f"--world must be >= 2, got {args.world} (GPUs visible: {n})")
+    if args.backend == "nccl" and n < args.world:
+        ap.error(f"--backend nccl needs one GPU per rank: --world {args.world}, {n} GPU(s) visible")
+    if not os.path.exists(args.trace):
+        ap.error(f"--trace {args.trace}: no such file")
+    from moebal import _core
+
+    try:
+        setup(args, args.world)  # the trace's steps, the placements: checked before any process starts
+    except (ValueError, _core.MoebalValueError) as e:
+        ap.error(str(e))
+    return args
+
+
+def main(argv=None) -> int:
+    from moebal.distributed import run_ranks
+
+    args = parse(argv)
+    s = setup(args, args.world)
+    res = run_ranks(_rank, args.world, args, backend=args.backend, timeout=args.timeout)
+    table = summarize(res, args, s)
+    dev = torch.cuda.get_device_name(0) if args.backend == "nccl" else "cpu"
+    H, F = args.expert_shape
+    print(f"expert-parallel MoE layer, {args.world} ranks ({args.backend}, {dev}), experts {H}x{F} bf16, "
+          f"{s['E']} experts top-{s['K']}, {s['L']} layers of {os.path.basename(args.trace)}: planned on steps "
+          f"{args.plan_steps[0]}:{args.plan_steps[1]}, measured on steps {args.eval_steps[0]}:{args.eval_steps[1]} "
+          f"x{args.repeat} ({s['per_rank']} tokens per rank); slowest rank, median of {args.reps}, summed over layers")
+    base = table.get("contiguous", next(iter(table.values())))["us_sum"]
+    hdr = ["policy", "slots", "rows max/mean", "experts us", "layer us", "vs first" if "contiguous" not in table
+           else "vs contiguous", "max rel err"]
+    print("| " + " | ".join(hdr) + " |")
+    print("|" + "---|" * len(hdr))
+    for p, t in table.items():
+        ex = f"{t['experts_us_sum']:.0f}" if t["experts_us_sum"] is not None else "-"
+        print(f"| {p} | {t['slots']} | {t['rows_ir_mean']:.3f} | {ex} | {t['us_sum']:.0f} | "
+              f"{base / t['us_sum']:.2f}x | {t['max_rel_err']:.1e} |")
+    ok = all(t["max_rel_err"] < 2e-2 for t in table.values())
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"backend": args.backend, "world": args.world, "device": dev, "torch": torch.__version__,
+                       "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "trace": os.path.basename(args.trace),
+                       "expert_shape": [H, F], "repeat": args.repeat, "tokens_per_rank": s["per_rank"],
+                       "plan_steps": list(args.plan_steps), "eval_steps": list(args.eval_steps),
+                       "assign": args.assign, "extra_per_gpu": args.extra_per_gpu, "policies": table,
+                       "results_correct": ok}, f, indent=1)
+    if not ok:
+        print("ERROR: an expert-parallel output differs from the single-process layer", file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""bench/ep_layer.py: the expert-parallel layer benchmark runs end to end over gloo on the shipped
+reference-MoE trace, checks every rank's output against the single-process layer, and refuses bad
+arguments before starting any process."""
+import importlib
+import json
+import pathlib
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("moebal.moe_ops")
+
+PATH = pathlib.Path(__file__).resolve().parents[2] / "bench" / "ep_layer.py"
+
+
+@pytest.fixture(scope="module")
+def ep():
+    # imported from bench/ on sys.path, so that the spawned ranks can import it to find _rank
+    sys.path.insert(0, str(PATH.parent))
+    try:
+        yield importlib.import_module("ep_layer")
+    finally:
+        sys.path.remove(str(PATH.parent))
+
+
+def test_gloo_run(ep, tmp_path, capsys):
+    out = tmp_path / "ep.json"
+    assert ep.main(["--backend", "gloo", "--world", "2", "--expert-shape", "64,32", "--repeat", "1", "--reps", "1",
+                    "--warmup", "0", "--eval-steps", "3:4", "--policies", "contiguous,eplb", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["results_correct"] and res["tokens_per_rank"] == 512 and set(res["policies"]) == {"contiguous", "eplb"}
+    for p, t in res["policies"].items():
+        assert len(t["per_layer"]) == 12 and t["rows_ir_mean"] >= 1.0 and t["us_sum"] > 0
+        assert t["max_rel_err"] < 2e-2
+    assert res["policies"]["contiguous"]["slots"] == 64 and res["policies"]["eplb"]["slots"] == 66
+    assert "| eplb | 66 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--plan-steps", "2:1"], "BEGIN < END"),
+    (["--eval-steps", "x"], "BEGIN:END"),
+    (["--eval-steps", "3:9"], "exceeds the trace's 4 steps"),
+    (["--policies", "nope"], "unknown"),
+    (["--expert-shape", "60,32"], "multiples of 8"),
+    (["--world", "1"], "--world must be >= 2"),
+    (["--world", "3", "--extra-per-gpu", "1"], "do not divide over 3 ranks"),
+    (["--repeat", "0"], "--repeat and --reps"),
+    (["--trace", "/nonexistent.npz"], "no such file"),
+])
+def test_bad_arguments(ep, argv, match, capsys):
+    with pytest.raises(SystemExit):
+        ep.parse(["--backend", "gloo"] + argv)
+    assert match in capsys.readouterr().err
+
+
+def test_nccl_needs_gpus(ep, capsys):
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(SystemExit):
+        ep.parse(["--backend", "nccl", "--world", str(max(2, n + 1))])
+    assert "one GPU per rank" in capsys.readouterr().err
+
+
+def test_nccl_run_on_two_gpus(ep, tmp_path):
+    if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    out = tmp_path / "ep.json"
+    assert ep.main(["--world", "2", "--repeat", "2", "--reps", "3", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["results_correct"]
+    assert all(t["experts_us_sum"] > 0 for t in res["policies"].values())
