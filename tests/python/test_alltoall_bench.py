@@ -5,9 +5,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import pathlib
-import sys
 
 import pytest
+from conftest import import_bench
 
 torch = pytest.importorskip("torch")
 
@@ -16,13 +16,7 @@ PATH = pathlib.Path(__file__).resolve().parents[2] / "bench" / "alltoall.py"
 
 @pytest.fixture(scope="module")
 def a2a():
-    # imported from bench/ on sys.path: the spawned workers inherit the path and import the module
-    # by its name to find their target function
-    sys.path.insert(0, str(PATH.parent))
-    try:
-        yield importlib.import_module("alltoall")
-    finally:
-        sys.path.remove(str(PATH.parent))
+    yield from import_bench("alltoall")
 
 
 @pytest.mark.parametrize("world", [2, 3, 5, 8])

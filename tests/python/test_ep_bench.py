@@ -1,27 +1,17 @@
 """bench/ep_layer.py: the expert-parallel layer benchmark runs end to end over gloo on the shipped
 reference-MoE trace, checks every rank's output against the single-process layer, and refuses bad
 arguments before starting any process."""
-import importlib
 import json
-import pathlib
-import sys
 
 import pytest
+from conftest import import_bench
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("moebal.moe_ops")
 
-PATH = pathlib.Path(__file__).resolve().parents[2] / "bench" / "ep_layer.py"
-
-
 @pytest.fixture(scope="module")
 def ep():
-    # imported from bench/ on sys.path, so that the spawned ranks can import it to find _rank
-    sys.path.insert(0, str(PATH.parent))
-    try:
-        yield importlib.import_module("ep_layer")
-    finally:
-        sys.path.remove(str(PATH.parent))
+    yield from import_bench("ep_layer")
 
 
 def test_gloo_run(ep, tmp_path, capsys):
