@@ -83,6 +83,19 @@ def test_tiny_run_reports_every_variant(fs, tmp_path):
         assert set(per) == set(fs.DOMAINS) and all(0.0 <= v <= 1.0 for v in per.values())
 
 
-def test_bad_arguments(fs):
+@pytest.mark.parametrize("extra", [["--steps", "0"], ["--variants", "probe,nope"], ["--variants", ","]])
+def test_bad_arguments(fs, extra):
     with pytest.raises(SystemExit):
-        fs.main(["--corpus", "x", "--model", "y", "--steps", "0"])
+        fs.main(["--corpus", "x", "--model", "y"] + extra)
+
+
+def test_variant_subset(fs, tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "m")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "corpus.npz", **{f"{d}_{s}": rng.integers(0, 61, 4000).astype(np.int32)
+                                         for d in fs.DOMAINS for s in ("train", "heldout")})
+    out = tmp_path / "fs.json"
+    assert fs.main(["--corpus", str(tmp_path), "--model", str(tmp_path / "m"), "--tiny", "--n-fit", "2", "--dim", "8",
+                    "--device", "cpu", "--variants", "next_gate,probe", "--json", str(out)]) == 0
+    assert set(json.loads(out.read_text())["top_k_accuracy"]) == {"next_gate", "probe"}

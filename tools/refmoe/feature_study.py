@@ -140,16 +140,17 @@ def inputs(variant: str, data: dict, l: int, E: int):
     return data["x"][l], g
 
 
-def study(routers, fitset: dict, evalsets: dict, E: int, K: int, D: int, steps: int, log=print) -> dict:
+def study(routers, fitset: dict, evalsets: dict, E: int, K: int, D: int, steps: int, log=print,
+          variants=VARIANTS) -> dict:
     L = len(routers)
     H = int(routers[0][0].shape[1])
-    acc = {v: {d: [] for d in evalsets} for v in VARIANTS}
+    acc = {v: {d: [] for d in evalsets} for v in variants}
     for l in range(L - 1):
         W, b = routers[l + 1]
         with torch.no_grad():
             tl = fitset["x"][l + 1].float() @ W.t()
             target = torch.softmax(tl if b is None else tl + b, -1)
-        for v in VARIANTS:
+        for v in variants:
             head = Head(W, b, H, E, D if v in ("probe", "probe+gate_l", "skip_attn+probe") else 0,
                         v == "probe+gate_l", seed=l)
             x, g = inputs(v, fitset, l, E)
@@ -159,7 +160,7 @@ def study(routers, fitset: dict, evalsets: dict, E: int, K: int, D: int, steps: 
                     xe, ge = inputs(v, es, l, E)
                     pred = torch.topk(head(xe, ge), K, -1).indices
                     acc[v][d].append(topk_accuracy(pred, es["ids"][l + 1]))
-        log(f"layer {l} -> {l + 1}: " + ", ".join(f"{v} {np.mean([acc[v][d][-1] for d in evalsets]):.3f}" for v in VARIANTS))
+        log(f"layer {l} -> {l + 1}: " + ", ".join(f"{v} {np.mean([acc[v][d][-1] for d in evalsets]):.3f}" for v in variants))
     return {v: {d: float(np.mean(a)) for d, a in per.items()} for v, per in acc.items()}
 
 
@@ -171,11 +172,15 @@ def main(argv=None) -> int:
     ap.add_argument("--n-fit", type=int, default=384, help="training sequences per domain")
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--dim", type=int, default=256, help="residual width D")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of: " + ", ".join(VARIANTS))
     ap.add_argument("--json")
     ap.add_argument("--tiny", action="store_true", help="a few short sequences (a logic check on CPU)")
     args = ap.parse_args(argv)
     if args.n_fit < 1 or args.steps < 1 or args.dim < 1:
         ap.error("--n-fit, --steps and --dim must be positive")
+    variants = [v for v in args.variants.split(",") if v]
+    if not variants or any(v not in VARIANTS for v in variants):
+        ap.error(f"--variants: a comma-separated subset of {', '.join(VARIANTS)}, got {args.variants!r}")
     import transformers
 
     t0 = time.time()
@@ -198,7 +203,7 @@ def main(argv=None) -> int:
     print(f"captured: fit {fit_ids.numel()} tokens, eval {len(DOMAINS)} x {n_eval * S} ({time.time() - t0:.0f}s)", flush=True)
     routers = [(torch.as_tensor(w).float().to(dev), None if bb is None else torch.as_tensor(bb).float().to(dev))
                for w, bb in routers_from_model(model)]
-    res = study(routers, fitset, evalsets, E, K, args.dim, args.steps if not args.tiny else 20)
+    res = study(routers, fitset, evalsets, E, K, args.dim, args.steps if not args.tiny else 20, variants=variants)
     print(f"\nTop-K accuracy (%), mean over {len(routers) - 1} source layers; D={args.dim}, {n_fit} fit sequences "
           f"per domain, {args.steps} steps")
     print("| predictor | mean | " + " | ".join(DOMAINS) + " |")
