@@ -106,7 +106,7 @@ def _rank(rank: int, world: int, args) -> dict:
             slots = assign_replicas(ids, src, log2phy, logcnt, num_gpus=world, num_nodes=1, num_slots=pl.num_slots,
                                     policy=args.assign)
             w13_l, w2_l = local_slot_weights(w13, w2, pl.phy2log[l], rank, spr)
-            y = ep_moe_forward(x, wts, slots, w13_l, w2_l, slots_per_rank=spr)
+            y = ep_moe_forward(x, wts, slots, w13_l, w2_l, slots_per_rank=spr, dedup=args.dedup)
             ref = moe_forward(x, w13, w2, topk_ids=ids, topk_weights=wts)
             err = float((y.float() - ref.float()).abs().max()) / max(1e-6, float(ref.float().abs().max()))
             dest = torch.div(slots.reshape(-1).long(), spr, rounding_mode="floor")
@@ -120,14 +120,14 @@ def _rank(rank: int, world: int, args) -> dict:
                 if cuda:
                     torch.cuda.synchronize(dev)
                     t = {}
-                    ep_moe_forward(x, wts, slots, w13_l, w2_l, slots_per_rank=spr, timings=t)
+                    ep_moe_forward(x, wts, slots, w13_l, w2_l, slots_per_rank=spr, timings=t, dedup=args.dedup)
                     t["end"].synchronize()
                     if i >= args.warmup:
                         total.append(t["start"].elapsed_time(t["end"]) * 1e3)
                         experts.append(t["experts_start"].elapsed_time(t["experts_end"]) * 1e3)
                 else:
                     t0 = time.perf_counter()
-                    ep_moe_forward(x, wts, slots, w13_l, w2_l, slots_per_rank=spr)
+                    ep_moe_forward(x, wts, slots, w13_l, w2_l, slots_per_rank=spr, dedup=args.dedup)
                     if i >= args.warmup:
                         total.append((time.perf_counter() - t0) * 1e6)
             rows.append({"us": float(np.median(total)), "experts_us": float(np.median(experts)) if experts else None,
@@ -167,6 +167,8 @@ def parse(argv=None):
     ap.add_argument("--extra-per-gpu", type=int, default=1)
     ap.add_argument("--assign", default="weighted_locality",
                     help="token -> replica policy (round_robin, hash, locality, weighted_locality)")
+    ap.add_argument("--dedup", action="store_true",
+                    help="send each token once per destination rank (ep_moe_forward's dedup) instead of once per (token, k)")
     ap.add_argument("--plan-steps", default="0:2")
     ap.add_argument("--eval-steps", default="2:4")
     ap.add_argument("--reps", type=int, default=10)
@@ -223,7 +225,8 @@ def main(argv=None) -> int:
     print(f"expert-parallel MoE layer, {args.world} ranks ({args.backend}, {dev}), experts {H}x{F} bf16, "
           f"{s['E']} experts top-{s['K']}, {s['L']} layers of {os.path.basename(args.trace)}: planned on steps "
           f"{args.plan_steps[0]}:{args.plan_steps[1]}, measured on steps {args.eval_steps[0]}:{args.eval_steps[1]} "
-          f"x{args.repeat} ({s['per_rank']} tokens per rank); slowest rank, median of {args.reps}, summed over layers")
+          f"x{args.repeat} ({s['per_rank']} tokens per rank){'; one row per (token, rank)' if args.dedup else ''}; "
+          f"slowest rank, median of {args.reps}, summed over layers")
     base = table.get("contiguous", next(iter(table.values())))["us_sum"]
     hdr = ["policy", "slots", "rows max/mean", "experts us", "layer us", "vs first" if "contiguous" not in table
            else "vs contiguous", "max rel err"]
@@ -240,7 +243,7 @@ def main(argv=None) -> int:
                        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "trace": os.path.basename(args.trace),
                        "expert_shape": [H, F], "repeat": args.repeat, "tokens_per_rank": s["per_rank"],
                        "plan_steps": list(args.plan_steps), "eval_steps": list(args.eval_steps),
-                       "assign": args.assign, "extra_per_gpu": args.extra_per_gpu, "policies": table,
+                       "assign": args.assign, "extra_per_gpu": args.extra_per_gpu, "dedup": args.dedup, "policies": table,
                        "results_correct": ok}, f, indent=1)
     if not ok:
         print("ERROR: an expert-parallel output differs from the single-process layer", file=sys.stderr)

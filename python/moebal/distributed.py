@@ -76,7 +76,7 @@ def _check_ep_args(hidden, topk_ids, topk_weights, slot_ids, w13_local, w2_local
 def ep_moe_forward(hidden: torch.Tensor, topk_weights: torch.Tensor, slot_ids: torch.Tensor,
                    w13_local: torch.Tensor, w2_local: torch.Tensor, *, slots_per_rank: int,
                    group: Any = None, topk_ids: Optional[torch.Tensor] = None,
-                   timings: Optional[dict] = None) -> torch.Tensor:
+                   timings: Optional[dict] = None, dedup: bool = False) -> torch.Tensor:
     """One expert-parallel MoE layer on this rank's tokens (see the module docstring).
 
     ``hidden`` [T, H] this rank's tokens; ``topk_weights`` [T, K] gate weights; ``slot_ids`` [T, K]
@@ -84,6 +84,11 @@ def ep_moe_forward(hidden: torch.Tensor, topk_weights: torch.Tensor, slot_ids: t
     ``w2_local`` [S, H, F]: the weights of this rank's ``S = slots_per_rank`` slots, in slot order.
     ``topk_ids`` (optional) is only shape-checked. Every rank of ``group`` must call this together.
     ``timings`` (CUDA only): gets CUDA events ``start``, ``experts_start``, ``experts_end``, ``end``.
+    ``dedup``: send a token once per destination rank instead of once per (token, k). The
+    receiving rank then applies all of that token's experts it holds, with their gate weights
+    (padding ids -1), and returns one partial sum. Fewer bytes both ways whenever two of a token's
+    experts share a rank. The partial sums are rounded to the hidden dtype before the source adds
+    them. Tested for equality with the single-process layer; not yet timed on GPUs.
     Returns [T, H] in ``hidden``'s dtype.
     """
     import torch.distributed as dist
@@ -100,6 +105,12 @@ def ep_moe_forward(hidden: torch.Tensor, topk_weights: torch.Tensor, slot_ids: t
         ev = {k: torch.cuda.Event(enable_timing=True) for k in ("start", "experts_start", "experts_end", "end")}
         ev["start"].record()
     T, K = slot_ids.shape
+    if dedup:
+        y = _ep_dedup(hidden, topk_weights, slot_ids, w13_local, w2_local, slots_per_rank, world, group, ev)
+        if ev is not None:
+            ev["end"].record()
+            timings.update(ev)
+        return y
     flat = slot_ids.reshape(-1).long()
     dest = torch.div(flat, slots_per_rank, rounding_mode="floor")
     order = torch.argsort(dest, stable=True)
@@ -132,6 +143,52 @@ def ep_moe_forward(hidden: torch.Tensor, topk_weights: torch.Tensor, slot_ids: t
     if ev is not None:
         ev["end"].record()
         timings.update(ev)
+    return y.to(hidden.dtype)
+
+
+def _ep_dedup(hidden, topk_weights, slot_ids, w13_local, w2_local, spr: int, world: int, group, ev):
+    """ep_moe_forward with one row per (token, destination rank): see its ``dedup``."""
+    import torch.distributed as dist
+
+    from moebal.moe_ops import moe_forward
+
+    dev = hidden.device
+    T, K = slot_ids.shape
+    s = slot_ids.long()
+    dest = torch.div(s, spr, rounding_mode="floor")
+    tok = torch.arange(T, device=dev).unsqueeze(1).expand(T, K)
+    key = (dest * T + tok).reshape(-1)  # sorted unique keys: by destination rank, then token
+    uniq, inv = torch.unique(key, sorted=True, return_inverse=True)
+    n = uniq.numel()
+    pair_dest = torch.div(uniq, T, rounding_mode="floor")
+    pair_tok = uniq % T
+    col = torch.arange(K, device=dev).repeat(T)
+    meta = torch.full((n, 2 * K), -1, dtype=torch.int32, device=dev)  # K local ids, then K weights' bits
+    meta[:, K:] = 0
+    meta[inv, col] = (s.reshape(-1) % spr).to(torch.int32)
+    meta[inv, K + col] = topk_weights.reshape(-1).float().contiguous().view(torch.int32)
+    send_counts = torch.bincount(pair_dest, minlength=world)
+    recv_counts = torch.empty_like(send_counts)
+    dist.all_to_all_single(recv_counts, send_counts, group=group)
+    send, recv = send_counts.tolist(), recv_counts.tolist()  # host sync: the uneven split sizes
+    n_in = sum(recv)
+    rows_in = torch.empty(n_in, hidden.shape[1], dtype=hidden.dtype, device=dev)
+    meta_in = torch.empty(n_in, 2 * K, dtype=torch.int32, device=dev)
+    dist.all_to_all_single(rows_in, hidden.index_select(0, pair_tok), recv, send, group=group)
+    dist.all_to_all_single(meta_in, meta, recv, send, group=group)
+    if ev is not None:
+        ev["experts_start"].record()
+    if n_in:
+        out_in = moe_forward(rows_in, w13_local, w2_local, topk_ids=meta_in[:, :K].contiguous(),
+                             topk_weights=meta_in[:, K:].contiguous().view(torch.float32))
+    else:
+        out_in = rows_in
+    if ev is not None:
+        ev["experts_end"].record()
+    back = torch.empty(n, hidden.shape[1], dtype=hidden.dtype, device=dev)
+    dist.all_to_all_single(back, out_in, send, recv, group=group)
+    y = torch.zeros(T, hidden.shape[1], dtype=torch.float32, device=dev)
+    y.index_add_(0, pair_tok, back.float())
     return y.to(hidden.dtype)
 
 

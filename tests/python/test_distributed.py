@@ -33,7 +33,8 @@ def _case(world: int, tokens: list, extra: int, policy: str, seed: int = 0):
 
 
 def _rank(rank: int, world: int, a):
-    tokens, extra, policy, assign, device = a
+    tokens, extra, policy, assign, device = a[:5]
+    dedup = a[5] if len(a) > 5 else False
     w13, w2, xs, ids, wts, pl = _case(world, tokens, extra, policy)
     spr = pl.num_slots // world
     log2phy, logcnt = placement_tensors(pl, 0)
@@ -43,7 +44,7 @@ def _rank(rank: int, world: int, a):
     w13_l, w2_l = local_slot_weights(w13, w2, pl.phy2log[0], rank, spr)
     dev = torch.device(device)
     out = ep_moe_forward(xs[rank].to(dev), wts[rank].to(dev), slots.to(dev), w13_l.to(dev), w2_l.to(dev),
-                         slots_per_rank=spr, topk_ids=ids[rank].to(dev))
+                         slots_per_rank=spr, topk_ids=ids[rank].to(dev), dedup=dedup)
     ref = moe_ops.moe_forward(xs[rank], w13, w2, topk_ids=ids[rank], topk_weights=wts[rank])
     remote = int((torch.div(slots.long(), spr, rounding_mode="floor") != rank).sum())
     return out.float().cpu(), ref.float(), remote
@@ -70,6 +71,14 @@ def test_ep_layer_equals_single_process_layer(world, tokens, extra, policy, assi
     _check(run_ranks(_rank, world, (tokens, extra, policy, assign, "cpu"), backend="gloo", timeout=120))
 
 
+@pytest.mark.parametrize("world,tokens,extra,policy,assign", [
+    (2, [7, 5], 0, "contiguous", "round_robin"),
+    (3, [0, 9, 33], 2, "balanced", "locality"),
+])
+def test_ep_layer_with_one_row_per_token_and_rank(world, tokens, extra, policy, assign):
+    _check(run_ranks(_rank, world, (tokens, extra, policy, assign, "cpu", True), backend="gloo", timeout=120))
+
+
 def test_ep_layer_on_gpus_with_nccl():
     if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
         pytest.skip("needs two GPUs")
@@ -77,13 +86,14 @@ def test_ep_layer_on_gpus_with_nccl():
 
     if not ops.has_cuda_kernels():
         pytest.skip("moebal built without CUDA kernels")
-    res = run_ranks(_rank_cuda, 2, ([300, 211], 1, "eplb", "weighted_locality"), backend="nccl", timeout=180)
-    _check(res)
+    for dedup in (False, True):
+        res = run_ranks(_rank_cuda, 2, ([300, 211], 1, "eplb", "weighted_locality", dedup), backend="nccl", timeout=180)
+        _check(res)
 
 
 def _rank_cuda(rank, world, a):
-    tokens, extra, policy, assign = a
-    return _rank(rank, world, (tokens, extra, policy, assign, f"cuda:{rank}"))
+    tokens, extra, policy, assign, dedup = a
+    return _rank(rank, world, (tokens, extra, policy, assign, f"cuda:{rank}", dedup))
 
 
 def _bad(rank: int, world: int, which: str):

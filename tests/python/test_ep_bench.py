@@ -27,6 +27,14 @@ def test_gloo_run(ep, tmp_path, capsys):
     assert "| eplb | 66 |" in capsys.readouterr().out
 
 
+def test_gloo_run_one_row_per_token_and_rank(ep, tmp_path):
+    out = tmp_path / "ep.json"
+    assert ep.main(["--backend", "gloo", "--world", "2", "--expert-shape", "64,32", "--repeat", "1", "--reps", "1",
+                    "--warmup", "0", "--eval-steps", "3:4", "--policies", "balanced", "--dedup", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["dedup"] and res["results_correct"] and res["policies"]["balanced"]["max_rel_err"] < 2e-2
+
+
 @pytest.mark.parametrize("argv,match", [
     (["--plan-steps", "2:1"], "BEGIN < END"),
     (["--eval-steps", "x"], "BEGIN:END"),
