@@ -5,19 +5,18 @@ spread over ranks by a :class:`moebal.Placement`, plus a launcher of one process
 
 1. every (token, k) has a physical slot (from :func:`moebal.assign_ops.assign_replicas` or any
    policy); slot ``s`` lives on rank ``s // slots_per_rank``;
-2. the (token, k) rows are sorted by destination rank, and their counts are exchanged
-   (``all_to_all_single`` of ``world`` integers);
-3. the rows and their local slot ids go to their ranks (two ``all_to_all_single`` with uneven
-   splits);
-4. each rank runs its slots' experts on what it received: one grouped ``moe_forward`` with one
-   expert per row and weight 1;
-5. the expert outputs come back the same way, and each source rank adds them, scaled by the
-   gate weights, into its tokens' rows.
+2. the rows to send, sorted by destination rank: one per (token, k), or with ``dedup`` one per
+   (token, destination rank); each carries the local slot ids and gate weights of the experts it
+   meets there (-1 / 0 padded);
+3. the counts are exchanged (``all_to_all_single`` of ``world`` integers), then the rows and
+   their ids and weights (two ``all_to_all_single`` with uneven splits);
+4. each rank runs its slots' experts on what it received, weighted: one grouped ``moe_forward``;
+5. the results come back the same way, and each source rank adds them into its tokens' rows.
 
 The result equals the single-process layer ``sum_k w_k * expert[id_k](x)`` whenever every copy of an
 expert holds the same weights. The split sizes are read on the host (one synchronisation per
 exchange); this is the plain NCCL path that measurements and tests are built on, not a fused
-dispatch kernel. Works on NCCL (CUDA tensors) and gloo (CPU tensors, float32, used by the tests).
+dispatch kernel. Works on NCCL (CUDA tensors) and gloo (CPU tensors, used by the tests).
 
 :func:`run_ranks` starts ``world`` processes, initialises the process group in each (NCCL on GPU
 ``rank``, or gloo), runs a module-level function and returns every rank's result. If a rank
@@ -39,7 +38,7 @@ def _err(msg: str) -> Exception:
     return _core.MoebalValueError(msg)
 
 
-def _check_ep_args(hidden, topk_ids, topk_weights, slot_ids, w13_local, w2_local, slots_per_rank, world):
+def _check_ep_args(hidden, topk_weights, slot_ids, w13_local, w2_local, slots_per_rank, world):
     if hidden.dim() != 2:
         raise _err(f"ep_moe_forward: hidden must be [tokens, hidden], got {tuple(hidden.shape)}")
     T, H = hidden.shape
@@ -49,8 +48,6 @@ def _check_ep_args(hidden, topk_ids, topk_weights, slot_ids, w13_local, w2_local
     if topk_weights.shape != slot_ids.shape:
         raise _err(f"ep_moe_forward: topk_weights {tuple(topk_weights.shape)} and slot_ids "
                    f"{tuple(slot_ids.shape)} differ")
-    if topk_ids is not None and topk_ids.shape != slot_ids.shape:
-        raise _err(f"ep_moe_forward: topk_ids {tuple(topk_ids.shape)} and slot_ids {tuple(slot_ids.shape)} differ")
     if slot_ids.dtype not in (torch.int32, torch.int64):
         raise _err(f"ep_moe_forward: slot_ids must be int32 or int64, got {slot_ids.dtype}")
     if slots_per_rank < 1:
@@ -75,20 +72,19 @@ def _check_ep_args(hidden, topk_ids, topk_weights, slot_ids, w13_local, w2_local
 
 def ep_moe_forward(hidden: torch.Tensor, topk_weights: torch.Tensor, slot_ids: torch.Tensor,
                    w13_local: torch.Tensor, w2_local: torch.Tensor, *, slots_per_rank: int,
-                   group: Any = None, topk_ids: Optional[torch.Tensor] = None,
-                   timings: Optional[dict] = None, dedup: bool = False) -> torch.Tensor:
+                   group: Any = None, timings: Optional[dict] = None, dedup: bool = False) -> torch.Tensor:
     """One expert-parallel MoE layer on this rank's tokens (see the module docstring).
 
     ``hidden`` [T, H] this rank's tokens; ``topk_weights`` [T, K] gate weights; ``slot_ids`` [T, K]
     physical slot of each (token, k), in ``[0, world * slots_per_rank)``; ``w13_local`` [S, 2F, H] and
     ``w2_local`` [S, H, F]: the weights of this rank's ``S = slots_per_rank`` slots, in slot order.
-    ``topk_ids`` (optional) is only shape-checked. Every rank of ``group`` must call this together.
+    Every rank of ``group`` must call this together.
     ``timings`` (CUDA only): gets CUDA events ``start``, ``experts_start``, ``experts_end``, ``end``.
-    ``dedup``: send a token once per destination rank instead of once per (token, k). The
-    receiving rank then applies all of that token's experts it holds, with their gate weights
-    (padding ids -1), and returns one partial sum. Fewer bytes both ways whenever two of a token's
-    experts share a rank. The partial sums are rounded to the hidden dtype before the source adds
-    them. Tested for equality with the single-process layer; not yet timed on GPUs.
+    ``dedup``: send a token once per destination rank instead of once per (token, k); that rank
+    applies all of the token's experts it holds and returns one partial sum. Fewer bytes both ways
+    whenever two of a token's experts share a rank. Tested for equality with the single-process
+    layer; not yet timed on GPUs. The weighted expert outputs are rounded to the hidden dtype on
+    the expert's rank (per row, or per partial sum with ``dedup``) and summed in float32 at the source.
     Returns [T, H] in ``hidden``'s dtype.
     """
     import torch.distributed as dist
@@ -98,89 +94,45 @@ def ep_moe_forward(hidden: torch.Tensor, topk_weights: torch.Tensor, slot_ids: t
     if not dist.is_initialized():
         raise _err("ep_moe_forward: torch.distributed is not initialised (see moebal.distributed.run_ranks)")
     world = dist.get_world_size(group)
-    _check_ep_args(hidden, topk_ids, topk_weights, slot_ids, w13_local, w2_local, slots_per_rank, world)
+    _check_ep_args(hidden, topk_weights, slot_ids, w13_local, w2_local, slots_per_rank, world)
     dev = hidden.device
     ev = None
     if timings is not None and dev.type == "cuda":
         ev = {k: torch.cuda.Event(enable_timing=True) for k in ("start", "experts_start", "experts_end", "end")}
         ev["start"].record()
     T, K = slot_ids.shape
-    if dedup:
-        y = _ep_dedup(hidden, topk_weights, slot_ids, w13_local, w2_local, slots_per_rank, world, group, ev)
-        if ev is not None:
-            ev["end"].record()
-            timings.update(ev)
-        return y
-    flat = slot_ids.reshape(-1).long()
-    dest = torch.div(flat, slots_per_rank, rounding_mode="floor")
-    order = torch.argsort(dest, stable=True)
-    send_counts = torch.bincount(dest, minlength=world)
-    recv_counts = torch.empty_like(send_counts)
-    dist.all_to_all_single(recv_counts, send_counts, group=group)
-    send, recv = send_counts.tolist(), recv_counts.tolist()  # host sync: the uneven split sizes
-    token_of = torch.div(order, K, rounding_mode="floor")
-    rows = hidden.index_select(0, token_of)
-    local = (flat.index_select(0, order) % slots_per_rank).to(torch.int32)
-    n_in = sum(recv)
-    rows_in = torch.empty(n_in, hidden.shape[1], dtype=hidden.dtype, device=dev)
-    local_in = torch.empty(n_in, dtype=torch.int32, device=dev)
-    dist.all_to_all_single(rows_in, rows, recv, send, group=group)
-    dist.all_to_all_single(local_in, local, recv, send, group=group)
-    if ev is not None:
-        ev["experts_start"].record()
-    if n_in:
-        out_in = moe_forward(rows_in, w13_local, w2_local, topk_ids=local_in.view(-1, 1),
-                             topk_weights=torch.ones(n_in, 1, dtype=torch.float32, device=dev))
-    else:
-        out_in = rows_in
-    if ev is not None:
-        ev["experts_end"].record()
-    back = torch.empty_like(rows)
-    dist.all_to_all_single(back, out_in, send, recv, group=group)
-    w = topk_weights.reshape(-1).index_select(0, order).float().unsqueeze(1)
-    y = torch.zeros(T, hidden.shape[1], dtype=torch.float32, device=dev)
-    y.index_add_(0, token_of, back.float() * w)
-    if ev is not None:
-        ev["end"].record()
-        timings.update(ev)
-    return y.to(hidden.dtype)
-
-
-def _ep_dedup(hidden, topk_weights, slot_ids, w13_local, w2_local, spr: int, world: int, group, ev):
-    """ep_moe_forward with one row per (token, destination rank): see its ``dedup``."""
-    import torch.distributed as dist
-
-    from moebal.moe_ops import moe_forward
-
-    dev = hidden.device
-    T, K = slot_ids.shape
     s = slot_ids.long()
-    dest = torch.div(s, spr, rounding_mode="floor")
+    dest = torch.div(s, slots_per_rank, rounding_mode="floor")
     tok = torch.arange(T, device=dev).unsqueeze(1).expand(T, K)
-    key = (dest * T + tok).reshape(-1)  # sorted unique keys: by destination rank, then token
-    uniq, inv = torch.unique(key, sorted=True, return_inverse=True)
-    n = uniq.numel()
-    pair_dest = torch.div(uniq, T, rounding_mode="floor")
-    pair_tok = uniq % T
-    col = torch.arange(K, device=dev).repeat(T)
-    meta = torch.full((n, 2 * K), -1, dtype=torch.int32, device=dev)  # K local ids, then K weights' bits
-    meta[:, K:] = 0
-    meta[inv, col] = (s.reshape(-1) % spr).to(torch.int32)
-    meta[inv, K + col] = topk_weights.reshape(-1).float().contiguous().view(torch.int32)
-    send_counts = torch.bincount(pair_dest, minlength=world)
+    if dedup:  # one row per (token, rank), its columns the token's experts there (others padded)
+        key = (dest * T + tok).reshape(-1)  # sorted unique keys: by destination rank, then token
+        uniq, row = torch.unique(key, sorted=True, return_inverse=True)
+        row_dest, row_tok = torch.div(uniq, T, rounding_mode="floor"), uniq % T
+        col, width = torch.arange(K, device=dev).repeat(T), K
+    else:  # one row per (token, k), in destination order
+        order = torch.argsort(dest.reshape(-1), stable=True)
+        row = torch.empty_like(order).scatter_(0, order, torch.arange(T * K, device=dev))
+        row_dest, row_tok = dest.reshape(-1)[order], tok.reshape(-1)[order]
+        col, width = torch.zeros(T * K, dtype=torch.long, device=dev), 1
+    n = row_tok.numel()
+    meta = torch.zeros(n, 2 * width, dtype=torch.int32, device=dev)  # local slot ids, then the weights' bits
+    meta[:, :width] = -1
+    meta[row, col] = (s.reshape(-1) % slots_per_rank).to(torch.int32)
+    meta[row, width + col] = topk_weights.reshape(-1).float().contiguous().view(torch.int32)
+    send_counts = torch.bincount(row_dest, minlength=world)
     recv_counts = torch.empty_like(send_counts)
     dist.all_to_all_single(recv_counts, send_counts, group=group)
     send, recv = send_counts.tolist(), recv_counts.tolist()  # host sync: the uneven split sizes
     n_in = sum(recv)
     rows_in = torch.empty(n_in, hidden.shape[1], dtype=hidden.dtype, device=dev)
-    meta_in = torch.empty(n_in, 2 * K, dtype=torch.int32, device=dev)
-    dist.all_to_all_single(rows_in, hidden.index_select(0, pair_tok), recv, send, group=group)
+    meta_in = torch.empty(n_in, 2 * width, dtype=torch.int32, device=dev)
+    dist.all_to_all_single(rows_in, hidden.index_select(0, row_tok), recv, send, group=group)
     dist.all_to_all_single(meta_in, meta, recv, send, group=group)
     if ev is not None:
         ev["experts_start"].record()
     if n_in:
-        out_in = moe_forward(rows_in, w13_local, w2_local, topk_ids=meta_in[:, :K].contiguous(),
-                             topk_weights=meta_in[:, K:].contiguous().view(torch.float32))
+        out_in = moe_forward(rows_in, w13_local, w2_local, topk_ids=meta_in[:, :width].contiguous(),
+                             topk_weights=meta_in[:, width:].contiguous().view(torch.float32))
     else:
         out_in = rows_in
     if ev is not None:
@@ -188,7 +140,10 @@ def _ep_dedup(hidden, topk_weights, slot_ids, w13_local, w2_local, spr: int, wor
     back = torch.empty(n, hidden.shape[1], dtype=hidden.dtype, device=dev)
     dist.all_to_all_single(back, out_in, send, recv, group=group)
     y = torch.zeros(T, hidden.shape[1], dtype=torch.float32, device=dev)
-    y.index_add_(0, pair_tok, back.float())
+    y.index_add_(0, row_tok, back.float())
+    if ev is not None:
+        ev["end"].record()
+        timings.update(ev)
     return y.to(hidden.dtype)
 
 

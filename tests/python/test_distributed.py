@@ -44,7 +44,7 @@ def _rank(rank: int, world: int, a):
     w13_l, w2_l = local_slot_weights(w13, w2, pl.phy2log[0], rank, spr)
     dev = torch.device(device)
     out = ep_moe_forward(xs[rank].to(dev), wts[rank].to(dev), slots.to(dev), w13_l.to(dev), w2_l.to(dev),
-                         slots_per_rank=spr, topk_ids=ids[rank].to(dev), dedup=dedup)
+                         slots_per_rank=spr, dedup=dedup)
     ref = moe_ops.moe_forward(xs[rank], w13, w2, topk_ids=ids[rank], topk_weights=wts[rank])
     remote = int((torch.div(slots.long(), spr, rounding_mode="floor") != rank).sum())
     return out.float().cpu(), ref.float(), remote
