@@ -299,13 +299,15 @@ def models_from_dict(data: dict) -> Tuple[List[_core.PerfModel], _core.ExpertSha
 
 
 def read_file(path: str) -> dict:
-    """The checked dictionary of a file written by :func:`save_models` (or ``moebal profile``)."""
+    """The dictionary of a file written by :func:`save_models` (or ``moebal profile``), parsed but not
+    checked: :func:`models_from_dict` checks the models and :func:`links_from_dict` the links."""
     try:
         with open(path) as f:
             data = json.load(f)
     except json.JSONDecodeError as e:
         raise _err(f"{path}: not JSON ({e})") from None
-    models_from_dict(data)
+    if not isinstance(data, dict):
+        raise _err(f"{path}: not a perf-model file (a JSON object is expected)")
     return data
 
 

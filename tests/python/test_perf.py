@@ -60,6 +60,9 @@ def test_malformed_files_name_the_field(tmp_path, edit, msg):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(_core.MoebalValueError, match="not JSON"):
         perf.load_models(str(tmp_path / "bad.json"))
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(_core.MoebalValueError, match="not a perf-model file"):
+        perf.read_file(str(tmp_path / "list.json"))
 
 
 def test_models_for_gpus():
