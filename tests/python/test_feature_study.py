@@ -32,6 +32,16 @@ def tiny_model(layers=3):
     return transformers.AutoModelForCausalLM.from_config(cfg).eval()
 
 
+def tiny_run_args(fs, tmp_path) -> list:
+    """A saved tiny model and a random corpus under tmp_path, and the CLI arguments of a tiny run."""
+    tiny_model().save_pretrained(tmp_path / "m")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "corpus.npz", **{f"{d}_{s}": rng.integers(0, 61, 4000).astype(np.int32)
+                                         for d in fs.DOMAINS for s in ("train", "heldout")})
+    return ["--corpus", str(tmp_path), "--model", str(tmp_path / "m"), "--tiny", "--n-fit", "2", "--dim", "8",
+            "--device", "cpu"]
+
+
 def test_skip_attention_input_equals_router_input_without_attention(fs):
     model = tiny_model()
     ids = torch.randint(0, 61, (2, 16))
@@ -69,14 +79,8 @@ def test_gate_features_fit_what_depends_on_layer_l_routing(fs):
 
 
 def test_tiny_run_reports_every_variant(fs, tmp_path):
-    model = tiny_model()
-    model.save_pretrained(tmp_path / "m")
-    rng = np.random.default_rng(0)
-    np.savez(tmp_path / "corpus.npz", **{f"{d}_{s}": rng.integers(0, 61, 4000).astype(np.int32)
-                                         for d in fs.DOMAINS for s in ("train", "heldout")})
     out = tmp_path / "fs.json"
-    assert fs.main(["--corpus", str(tmp_path), "--model", str(tmp_path / "m"), "--tiny", "--n-fit", "2",
-                    "--dim", "8", "--device", "cpu", "--json", str(out)]) == 0
+    assert fs.main(tiny_run_args(fs, tmp_path) + ["--json", str(out)]) == 0
     res = json.loads(out.read_text())["top_k_accuracy"]
     assert set(res) == set(fs.VARIANTS)
     for per in res.values():
@@ -90,12 +94,6 @@ def test_bad_arguments(fs, extra):
 
 
 def test_variant_subset(fs, tmp_path):
-    model = tiny_model()
-    model.save_pretrained(tmp_path / "m")
-    rng = np.random.default_rng(0)
-    np.savez(tmp_path / "corpus.npz", **{f"{d}_{s}": rng.integers(0, 61, 4000).astype(np.int32)
-                                         for d in fs.DOMAINS for s in ("train", "heldout")})
     out = tmp_path / "fs.json"
-    assert fs.main(["--corpus", str(tmp_path), "--model", str(tmp_path / "m"), "--tiny", "--n-fit", "2", "--dim", "8",
-                    "--device", "cpu", "--variants", "next_gate,probe", "--json", str(out)]) == 0
+    assert fs.main(tiny_run_args(fs, tmp_path) + ["--variants", "next_gate,probe", "--json", str(out)]) == 0
     assert set(json.loads(out.read_text())["top_k_accuracy"]) == {"next_gate", "probe"}
