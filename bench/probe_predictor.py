@@ -36,8 +36,13 @@ def timed(fn, iters: int) -> float:
 
 def measured_dispatch(path: str, tokens: int, hidden: int) -> dict:
     """The row of a bench/alltoall.py result with these tokens and hidden size (bf16)."""
-    with open(path) as f:
-        res = json.load(f)
+    try:
+        with open(path) as f:
+            res = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise SystemExit(f"{path}: cannot read a bench/alltoall.py result ({e})") from None
+    if not isinstance(res, dict) or "rows" not in res:
+        raise SystemExit(f"{path}: not a bench/alltoall.py result (no 'rows')")
     if res.get("hidden") != hidden or res.get("dtype") != "bfloat16":
         raise SystemExit(f"{path}: measured at hidden {res.get('hidden')} {res.get('dtype')}, need {hidden} bfloat16")
     rows = [r for r in res.get("rows", []) if r.get("tokens") == tokens]

@@ -113,3 +113,8 @@ def test_predictor_benchmark_reads_the_measured_dispatch(tmp_path):
         pp.measured_dispatch(str(path), 4096, 4096)
     with pytest.raises(SystemExit, match="need 7168 bfloat16"):
         pp.measured_dispatch(str(path), 8192, 7168)
+    with pytest.raises(SystemExit, match="cannot read"):
+        pp.measured_dispatch(str(tmp_path / "missing.json"), 8192, 4096)
+    (tmp_path / "bad.json").write_text("[1]")
+    with pytest.raises(SystemExit, match="not a bench/alltoall.py result"):
+        pp.measured_dispatch(str(tmp_path / "bad.json"), 8192, 4096)
