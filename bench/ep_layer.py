@@ -10,13 +10,19 @@ scales the load and keeps its skew and co-activation. Expert weights: random bf1
 ``--expert-shape``, the same for every copy of an expert (so the result can be checked against the
 single-process layer, and is on every rank).
 
-Reported per policy: the imbalance of rows the ranks received (max/mean), the slowest rank's expert
-time and whole-layer time (CUDA events, median over ``--reps`` after a barrier, summed over layers),
-and the whole-layer time relative to ``contiguous`` (no replicas).
+Exchanges (``--exchange``): ``rows`` sends one row per (token, k); ``dedup`` one per (token,
+destination rank), the experts of that rank applied there and summed. With both, each layer runs
+them interleaved, repetition by repetition, in the same process group.
+
+Reported per policy and exchange: the imbalance of (token, k) rows the ranks serve (max/mean), the
+rows each rank sends (each way, its own rank's share included), the slowest rank's expert time and whole-layer time
+(CUDA events, median over ``--reps`` after a barrier, summed over layers), the whole-layer time
+relative to ``contiguous`` with ``rows``, and ``dedup`` relative to ``rows`` for the same policy.
 
 Usage: python bench/ep_layer.py [--world 4] [--trace T.npz] [--expert-shape 2048,768] [--repeat 8]
        [--policies contiguous,eplb,balanced] [--extra-per-gpu 1] [--assign weighted_locality]
-       [--plan-steps 0:2] [--eval-steps 2:4] [--reps 10] [--json out.json] [--backend gloo]
+       [--plan-steps 0:2] [--eval-steps 2:4] [--reps 10] [--exchange rows,dedup] [--json out.json]
+       [--backend gloo]
 """
 from __future__ import annotations
 
@@ -98,7 +104,7 @@ def _rank(rank: int, world: int, args) -> dict:
     out = {}
     for p, pl in s["placements"].items():
         spr = pl.num_slots // world
-        rows = []
+        rows = {m: [] for m in args.exchange}
         for l in range(s["L"]):
             ids = torch.from_numpy(np.ascontiguousarray(s["ids"][l, lo:lo + n])).to(dev)
             wts = torch.from_numpy(np.ascontiguousarray(s["w"][l, lo:lo + n])).to(dev)
@@ -106,51 +112,74 @@ def _rank(rank: int, world: int, args) -> dict:
             slots = assign_replicas(ids, src, log2phy, logcnt, num_gpus=world, num_nodes=1, num_slots=pl.num_slots,
                                     policy=args.assign)
             w13_l, w2_l = local_slot_weights(w13, w2, pl.phy2log[l], rank, spr)
-            y = ep_moe_forward(x, wts, slots, w13_l, w2_l, slots_per_rank=spr, dedup=args.dedup)
             ref = moe_forward(x, w13, w2, topk_ids=ids, topk_weights=wts)
-            err = float((y.float() - ref.float()).abs().max()) / max(1e-6, float(ref.float().abs().max()))
-            sent = torch.bincount(torch.div(slots.reshape(-1).long(), spr, rounding_mode="floor"),
-                                  minlength=world).tolist()  # (token, k) rows per destination rank
-            total, experts = [], []
+            dest = torch.div(slots.long(), spr, rounding_mode="floor")
+            sent = torch.bincount(dest.reshape(-1), minlength=world).tolist()  # (token, k) rows per destination rank
+            wire = {"rows": sum(sent),  # rows this rank sends each way (to itself too)
+                    "dedup": int(torch.zeros(world, n, dtype=torch.bool, device=dev).scatter_(0, dest.t(), True).sum())}
+            err, total, experts = {}, {m: [] for m in args.exchange}, {m: [] for m in args.exchange}
+            for m in args.exchange:
+                y = ep_moe_forward(x, wts, slots, w13_l, w2_l, slots_per_rank=spr, dedup=m == "dedup")
+                err[m] = float((y.float() - ref.float()).abs().max()) / max(1e-6, float(ref.float().abs().max()))
             for i in range(args.warmup + args.reps):
-                dist.barrier()
-                if cuda:
-                    torch.cuda.synchronize(dev)
-                    t = {}
-                    ep_moe_forward(x, wts, slots, w13_l, w2_l, slots_per_rank=spr, timings=t, dedup=args.dedup)
-                    t["end"].synchronize()
-                    if i >= args.warmup:
-                        total.append(t["start"].elapsed_time(t["end"]) * 1e3)
-                        experts.append(t["experts_start"].elapsed_time(t["experts_end"]) * 1e3)
-                else:
-                    t0 = time.perf_counter()
-                    ep_moe_forward(x, wts, slots, w13_l, w2_l, slots_per_rank=spr, dedup=args.dedup)
-                    if i >= args.warmup:
-                        total.append((time.perf_counter() - t0) * 1e6)
-            rows.append({"us": float(np.median(total)), "experts_us": float(np.median(experts)) if experts else None,
-                         "rows_sent": sent, "rel_err": err})
-        out[p] = rows
+                for m in args.exchange:  # the exchanges interleaved, each after a barrier
+                    dist.barrier()
+                    if cuda:
+                        torch.cuda.synchronize(dev)
+                        t = {}
+                        ep_moe_forward(x, wts, slots, w13_l, w2_l, slots_per_rank=spr, timings=t, dedup=m == "dedup")
+                        t["end"].synchronize()
+                        if i >= args.warmup:
+                            total[m].append(t["start"].elapsed_time(t["end"]) * 1e3)
+                            experts[m].append(t["experts_start"].elapsed_time(t["experts_end"]) * 1e3)
+                    else:
+                        t0 = time.perf_counter()
+                        ep_moe_forward(x, wts, slots, w13_l, w2_l, slots_per_rank=spr, dedup=m == "dedup")
+                        if i >= args.warmup:
+                            total[m].append((time.perf_counter() - t0) * 1e6)
+            for m in args.exchange:
+                rows[m].append({"us": float(np.median(total[m])),
+                                "experts_us": float(np.median(experts[m])) if experts[m] else None,
+                                "rows_sent": sent, "wire_rows": wire[m], "rel_err": err[m]})
+        for m in args.exchange:
+            out[_key(p, m)] = rows[m]
     return out
+
+
+def _key(policy: str, mode: str) -> str:
+    """Table key of a policy under one exchange: ``balanced``, ``balanced+dedup``."""
+    return policy if mode == "rows" else f"{policy}+{mode}"
 
 
 def summarize(res: list, args, s: dict) -> dict:
     world = len(res)
     table = {}
     for p in args.policies:
-        per_layer = []
-        for l in range(s["L"]):
-            r = [res[k][p][l] for k in range(world)]
-            rows_in = [sum(v["rows_sent"][k] for v in r) for k in range(world)]  # (token, k) rows each rank serves
-            per_layer.append({"us": max(v["us"] for v in r),
-                              "experts_us": max(v["experts_us"] for v in r) if r[0]["experts_us"] is not None else None,
-                              "rows_ir": max(rows_in) / (sum(rows_in) / world), "rel_err": max(v["rel_err"] for v in r)})
-        table[p] = {"slots": s["placements"][p].num_slots,
-                    "rows_ir_mean": float(np.mean([v["rows_ir"] for v in per_layer])),
-                    "us_sum": float(sum(v["us"] for v in per_layer)),
-                    "experts_us_sum": (float(sum(v["experts_us"] for v in per_layer))
-                                       if per_layer[0]["experts_us"] is not None else None),
-                    "max_rel_err": float(max(v["rel_err"] for v in per_layer)), "per_layer": per_layer}
+        for m in args.exchange:
+            key = _key(p, m)
+            per_layer = []
+            for l in range(s["L"]):
+                r = [res[k][key][l] for k in range(world)]
+                rows_in = [sum(v["rows_sent"][k] for v in r) for k in range(world)]  # (token, k) rows each rank serves
+                per_layer.append({"us": max(v["us"] for v in r),
+                                  "experts_us": max(v["experts_us"] for v in r) if r[0]["experts_us"] is not None else None,
+                                  "rows_ir": max(rows_in) / (sum(rows_in) / world),
+                                  "wire_rows": sum(v["wire_rows"] for v in r) / world,
+                                  "rel_err": max(v["rel_err"] for v in r)})
+            table[key] = {"policy": p, "exchange": m, "slots": s["placements"][p].num_slots,
+                          "rows_ir_mean": float(np.mean([v["rows_ir"] for v in per_layer])),
+                          "wire_rows_mean": float(np.mean([v["wire_rows"] for v in per_layer])),
+                          "us_sum": float(sum(v["us"] for v in per_layer)),
+                          "experts_us_sum": (float(sum(v["experts_us"] for v in per_layer))
+                                             if per_layer[0]["experts_us"] is not None else None),
+                          "max_rel_err": float(max(v["rel_err"] for v in per_layer)), "per_layer": per_layer}
     return table
+
+
+def _vs_rows(table: dict, t: dict) -> str:
+    """This exchange's speed-up over ``rows`` for the same policy, when both ran."""
+    r = table.get(_key(t["policy"], "rows"))
+    return "-" if r is None or r is t else f"{r['us_sum'] / t['us_sum']:.2f}x"
 
 
 def parse(argv=None):
@@ -164,8 +193,9 @@ def parse(argv=None):
     ap.add_argument("--extra-per-gpu", type=int, default=1)
     ap.add_argument("--assign", default="weighted_locality",
                     help="token -> replica policy (round_robin, hash, locality, weighted_locality)")
-    ap.add_argument("--dedup", action="store_true",
-                    help="send each token once per destination rank (ep_moe_forward's dedup) instead of once per (token, k)")
+    ap.add_argument("--exchange", default="rows",
+                    help="comma list: rows (one row per (token, k)), dedup (one per (token, destination rank), "
+                         "ep_moe_forward's dedup); several are timed interleaved in the same process group")
     ap.add_argument("--plan-steps", default="0:2")
     ap.add_argument("--eval-steps", default="2:4")
     ap.add_argument("--reps", type=int, default=10)
@@ -180,6 +210,10 @@ def parse(argv=None):
     except ValueError:
         ap.error(f"--expert-shape takes hidden,ffn, positive multiples of 8, got {args.expert_shape!r}")
     args.policies = [p for p in args.policies.split(",") if p]
+    args.exchange = [m for m in args.exchange.split(",") if m]
+    if not args.exchange or any(m not in ("rows", "dedup") for m in args.exchange) \
+            or len(set(args.exchange)) != len(args.exchange):
+        ap.error(f"--exchange takes rows and/or dedup, each once, got {','.join(args.exchange)!r}")
     from moebal.policies import available_policies
 
     bad = [p for p in args.policies if p not in available_policies()]
@@ -222,17 +256,18 @@ def main(argv=None) -> int:
     print(f"expert-parallel MoE layer, {args.world} ranks ({args.backend}, {dev}), experts {H}x{F} bf16, "
           f"{s['E']} experts top-{s['K']}, {s['L']} layers of {os.path.basename(args.trace)}: planned on steps "
           f"{args.plan_steps[0]}:{args.plan_steps[1]}, measured on steps {args.eval_steps[0]}:{args.eval_steps[1]} "
-          f"x{args.repeat} ({s['per_rank']} tokens per rank){'; one row per (token, rank)' if args.dedup else ''}; "
-          f"slowest rank, median of {args.reps}, summed over layers")
+          f"x{args.repeat} ({s['per_rank']} tokens per rank); slowest rank, median of {args.reps}, summed over "
+          f"layers; exchanges {', '.join(args.exchange)} interleaved")
     base = table.get("contiguous", next(iter(table.values())))["us_sum"]
-    hdr = ["policy", "slots", "rows max/mean", "experts us", "layer us", "vs first" if "contiguous" not in table
-           else "vs contiguous", "max rel err"]
+    hdr = ["policy", "exchange", "slots", "rows max/mean", "rows sent per rank (own included)", "experts us", "layer us",
+           "vs first" if "contiguous" not in table else "vs contiguous", "vs rows", "max rel err"]
     print("| " + " | ".join(hdr) + " |")
     print("|" + "---|" * len(hdr))
     for p, t in table.items():
         ex = f"{t['experts_us_sum']:.0f}" if t["experts_us_sum"] is not None else "-"
-        print(f"| {p} | {t['slots']} | {t['rows_ir_mean']:.3f} | {ex} | {t['us_sum']:.0f} | "
-              f"{base / t['us_sum']:.2f}x | {t['max_rel_err']:.1e} |")
+        print(f"| {t['policy']} | {t['exchange']} | {t['slots']} | {t['rows_ir_mean']:.3f} | {t['wire_rows_mean']:.0f} | "
+              f"{ex} | {t['us_sum']:.0f} | {base / t['us_sum']:.2f}x | "
+              f"{_vs_rows(table, t)} | {t['max_rel_err']:.1e} |")
     ok = all(t["max_rel_err"] < 2e-2 for t in table.values())
     if args.json:
         with open(args.json, "w") as f:
@@ -240,7 +275,7 @@ def main(argv=None) -> int:
                        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "trace": os.path.basename(args.trace),
                        "expert_shape": [H, F], "repeat": args.repeat, "tokens_per_rank": s["per_rank"],
                        "plan_steps": list(args.plan_steps), "eval_steps": list(args.eval_steps),
-                       "assign": args.assign, "extra_per_gpu": args.extra_per_gpu, "dedup": args.dedup, "policies": table,
+                       "assign": args.assign, "extra_per_gpu": args.extra_per_gpu, "exchange": args.exchange, "policies": table,
                        "results_correct": ok}, f, indent=1)
     if not ok:
         print("ERROR: an expert-parallel output differs from the single-process layer", file=sys.stderr)

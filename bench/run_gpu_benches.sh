@@ -25,7 +25,7 @@ ngpu=$(python3 -c "import torch; print(torch.cuda.device_count())" 2>/dev/null |
 if [ "${ngpu:-0}" -ge 2 ]; then  # a measured NCCL dispatch for the predictor to be compared with
   bench alltoall python3 bench/alltoall.py --world "$ngpu" --hidden 4096 --json "$out/alltoall.json"
   bench predictor python3 bench/probe_predictor.py --refcheck --dispatch-json "$out/alltoall.json"
-  bench ep_layer python3 bench/ep_layer.py --world "$ngpu" --json "$out/ep_layer.json"
+  bench ep_layer python3 bench/ep_layer.py --world "$ngpu" --exchange rows,dedup --json "$out/ep_layer.json"
 else
   bench predictor python3 bench/probe_predictor.py --refcheck
 fi

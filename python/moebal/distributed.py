@@ -8,14 +8,15 @@ spread over ranks by a :class:`moebal.Placement`, plus a launcher of one process
 2. the rows to send, sorted by destination rank: one per (token, k), or with ``dedup`` one per
    (token, destination rank); each carries the local slot ids and gate weights of the experts it
    meets there (-1 / 0 padded);
-3. the counts are exchanged (``all_to_all_single`` of ``world`` integers), then the rows and
-   their ids and weights (two ``all_to_all_single`` with uneven splits);
+3. a small header is exchanged (``all_to_all_single``): the row counts, and what each rank checked
+   (bad input or disagreeing ranks make every rank raise here, together); then the rows and their
+   ids and weights (two ``all_to_all_single`` with uneven splits);
 4. each rank runs its slots' experts on what it received, weighted: one grouped ``moe_forward``;
 5. the results come back the same way, and each source rank adds them into its tokens' rows.
 
 The result equals the single-process layer ``sum_k w_k * expert[id_k](x)`` whenever every copy of an
-expert holds the same weights. The split sizes are read on the host (one synchronisation per
-exchange); this is the plain NCCL path that measurements and tests are built on, not a fused
+expert holds the same weights. The split sizes are read on the host, once per call (the only
+device synchronisation); this is the plain NCCL path that measurements and tests are built on, not a fused
 dispatch kernel. Works on NCCL (CUDA tensors) and gloo (CPU tensors, used by the tests).
 
 :func:`run_ranks` starts ``world`` processes, initialises the process group in each (NCCL on GPU
@@ -38,7 +39,12 @@ def _err(msg: str) -> Exception:
     return _core.MoebalValueError(msg)
 
 
-def _check_ep_args(hidden, topk_weights, slot_ids, w13_local, w2_local, slots_per_rank, world):
+def _check_ep_args(hidden, topk_weights, slot_ids, w13_local, w2_local, slots_per_rank, header_device):
+    """This rank's own checks (shapes, dtypes, devices; no device synchronisation). Raises."""
+    for name, t in (("hidden", hidden), ("topk_weights", topk_weights), ("slot_ids", slot_ids),
+                    ("w13_local", w13_local), ("w2_local", w2_local)):
+        if not isinstance(t, torch.Tensor):
+            raise _err(f"ep_moe_forward: {name} must be a tensor, got {type(t).__name__}")
     if hidden.dim() != 2:
         raise _err(f"ep_moe_forward: hidden must be [tokens, hidden], got {tuple(hidden.shape)}")
     T, H = hidden.shape
@@ -50,6 +56,8 @@ def _check_ep_args(hidden, topk_weights, slot_ids, w13_local, w2_local, slots_pe
                    f"{tuple(slot_ids.shape)} differ")
     if slot_ids.dtype not in (torch.int32, torch.int64):
         raise _err(f"ep_moe_forward: slot_ids must be int32 or int64, got {slot_ids.dtype}")
+    if not topk_weights.is_floating_point():
+        raise _err(f"ep_moe_forward: topk_weights must be floating point, got {topk_weights.dtype}")
     if slots_per_rank < 1:
         raise _err(f"ep_moe_forward: slots_per_rank must be >= 1, got {slots_per_rank}")
     if w13_local.dim() != 3 or w2_local.dim() != 3 or w13_local.shape[0] != slots_per_rank \
@@ -59,15 +67,37 @@ def _check_ep_args(hidden, topk_weights, slot_ids, w13_local, w2_local, slots_pe
     if w13_local.shape[2] != H or w2_local.shape[1] != H or w13_local.shape[1] != 2 * w2_local.shape[2]:
         raise _err(f"ep_moe_forward: w13_local {tuple(w13_local.shape)} / w2_local {tuple(w2_local.shape)} do not "
                    f"fit hidden {H} ([S, 2F, H] and [S, H, F])")
+    for name, t in (("hidden", hidden), ("w13_local", w13_local), ("w2_local", w2_local)):
+        if t.dtype != torch.bfloat16:
+            raise _err(f"ep_moe_forward: {name} must be bfloat16, got {t.dtype}")
     for name, t in (("topk_weights", topk_weights), ("slot_ids", slot_ids), ("w13_local", w13_local),
                     ("w2_local", w2_local)):
         if t.device != hidden.device:
             raise _err(f"ep_moe_forward: {name} is on {t.device}, hidden on {hidden.device}")
-    if slot_ids.numel():
-        lo, hi = int(slot_ids.min()), int(slot_ids.max())
-        if lo < 0 or hi >= slots_per_rank * world:
-            raise _err(f"ep_moe_forward: slot ids must be in [0, {slots_per_rank * world}) "
-                       f"({world} ranks x {slots_per_rank} slots), got [{lo}, {hi}]")
+    if hidden.device != header_device:
+        raise _err(f"ep_moe_forward: hidden is on {hidden.device}, but this rank's process group communicates "
+                   f"on {header_device}")
+
+
+# Per-destination header of the first exchange: rows sent, refused, hidden size, metadata width (the
+# top-k with dedup, else 1), slots per rank, dedup. Every rank learns every rank's header, so all
+# of them take the same decision: run the layer, or raise together (never a peer left waiting).
+_HDR = 6
+
+
+def _agree(hdr_in: list, own_err: Optional[str], width: int, H: int, slots_per_rank: int, dedup: bool) -> None:
+    """Raises on every rank alike when a rank refused its inputs or the ranks disagree."""
+    refused = [r for r, h in enumerate(hdr_in) if h[1]]
+    if refused:
+        if own_err:
+            raise _err(own_err + f" (rank(s) {refused} refused their inputs, so no rank ran the layer)")
+        raise _err(f"ep_moe_forward: rank(s) {refused} refused their inputs, so no rank ran the layer")
+    for col, name, mine in ((2, "hidden size", H), (4, "slots_per_rank", slots_per_rank), (5, "dedup", int(dedup)),
+                            (3, "top-k (with dedup)", width)):
+        seen = [h[col] for h in hdr_in]
+        if any(v != seen[0] for v in seen):
+            raise _err(f"ep_moe_forward: the ranks disagree on {name}: {seen} (rank order)")
+    assert seen[0] == mine  # every header came from the same rules as this rank's
 
 
 def ep_moe_forward(hidden: torch.Tensor, topk_weights: torch.Tensor, slot_ids: torch.Tensor,
@@ -75,17 +105,21 @@ def ep_moe_forward(hidden: torch.Tensor, topk_weights: torch.Tensor, slot_ids: t
                    group: Any = None, timings: Optional[dict] = None, dedup: bool = False) -> torch.Tensor:
     """One expert-parallel MoE layer on this rank's tokens (see the module docstring).
 
-    ``hidden`` [T, H] this rank's tokens; ``topk_weights`` [T, K] gate weights; ``slot_ids`` [T, K]
-    physical slot of each (token, k), in ``[0, world * slots_per_rank)``; ``w13_local`` [S, 2F, H] and
-    ``w2_local`` [S, H, F]: the weights of this rank's ``S = slots_per_rank`` slots, in slot order.
-    Every rank of ``group`` must call this together.
+    ``hidden`` [T, H] bfloat16, this rank's tokens; ``topk_weights`` [T, K] gate weights; ``slot_ids``
+    [T, K] physical slot of each (token, k), in ``[0, world * slots_per_rank)``; ``w13_local`` [S, 2F, H]
+    and ``w2_local`` [S, H, F] bfloat16: the weights of this rank's ``S = slots_per_rank`` slots, in
+    slot order. Every rank of ``group`` must call this together.
     ``timings`` (CUDA only): gets CUDA events ``start``, ``experts_start``, ``experts_end``, ``end``.
     ``dedup``: send a token once per destination rank instead of once per (token, k); that rank
     applies all of the token's experts it holds and returns one partial sum. Fewer bytes both ways
-    whenever two of a token's experts share a rank. Tested for equality with the single-process
-    layer; not yet timed on GPUs. The weighted expert outputs are rounded to the hidden dtype on
-    the expert's rank (per row, or per partial sum with ``dedup``) and summed in float32 at the source.
-    Returns [T, H] in ``hidden``'s dtype.
+    whenever two of a token's experts share a rank. The weighted expert outputs are rounded to the
+    hidden dtype on the expert's rank (per row, or per partial sum with ``dedup``) and summed in
+    float32 at the source. Returns [T, H] in ``hidden``'s dtype.
+
+    Bad input on any rank (a wrong shape, dtype or device, a slot id out of range) or ranks that
+    disagree (hidden size, ``slots_per_rank``, ``dedup``, the top-k with ``dedup``) make every rank
+    raise after the first, small exchange: no rank is left waiting in a collective. The split sizes
+    are read on the host once per call (with that exchange); nothing else synchronises.
     """
     import torch.distributed as dist
 
@@ -94,37 +128,72 @@ def ep_moe_forward(hidden: torch.Tensor, topk_weights: torch.Tensor, slot_ids: t
     if not dist.is_initialized():
         raise _err("ep_moe_forward: torch.distributed is not initialised (see moebal.distributed.run_ranks)")
     world = dist.get_world_size(group)
-    _check_ep_args(hidden, topk_weights, slot_ids, w13_local, w2_local, slots_per_rank, world)
+    if dist.get_backend(group) == "nccl":
+        hdev = torch.device("cuda", torch.cuda.current_device())
+    else:
+        hdev = torch.device("cpu")
+    own_err = None
+    try:
+        _check_ep_args(hidden, topk_weights, slot_ids, w13_local, w2_local, slots_per_rank, hdev)
+    except _core.MoebalValueError as e:
+        own_err = str(e)
+    hdr = torch.zeros(world, _HDR, dtype=torch.int64, device=hdev)
+    if own_err is not None:  # take part in the first exchange only, to tell the others
+        hdr[:, 1] = 1
+        hdr_in = torch.empty_like(hdr)
+        dist.all_to_all_single(hdr_in, hdr, group=group)
+        _agree(hdr_in.tolist(), own_err, 0, 0, 0, dedup)
+        raise AssertionError("unreachable: this rank refused its inputs")
     dev = hidden.device
     ev = None
     if timings is not None and dev.type == "cuda":
         ev = {k: torch.cuda.Event(enable_timing=True) for k in ("start", "experts_start", "experts_end", "end")}
         ev["start"].record()
     T, K = slot_ids.shape
+    H = hidden.shape[1]
+    width = K if dedup else 1
     s = slot_ids.long()
-    dest = torch.div(s, slots_per_rank, rounding_mode="floor")
-    tok = torch.arange(T, device=dev).unsqueeze(1).expand(T, K)
-    if dedup:  # one row per (token, rank), its columns the token's experts there (others padded)
-        key = (dest * T + tok).reshape(-1)  # sorted unique keys: by destination rank, then token
-        uniq, row = torch.unique(key, sorted=True, return_inverse=True)
-        row_dest, row_tok = torch.div(uniq, T, rounding_mode="floor"), uniq % T
-        col, width = torch.arange(K, device=dev).repeat(T), K
+    bad = ((s < 0) | (s >= slots_per_rank * world)).any()
+    dest = torch.div(s, slots_per_rank, rounding_mode="floor").clamp_(0, world - 1)
+    if dedup:  # one row per (token, destination rank): which ranks each token meets
+        present = torch.zeros(world, T, dtype=torch.int64, device=dev)
+        present.scatter_(0, dest.t(), 1)
+        counts = present.sum(1)
+    else:
+        counts = torch.zeros(world, dtype=torch.int64, device=dev).scatter_add_(
+            0, dest.reshape(-1), torch.ones(T * K, dtype=torch.int64, device=dev))
+    hdr[:, 0] = torch.where(bad, 0, counts)
+    hdr[:, 1] = bad.long()
+    hdr[:, 2], hdr[:, 3], hdr[:, 4], hdr[:, 5] = H, width, slots_per_rank, int(dedup)
+    hdr_in = torch.empty_like(hdr)
+    dist.all_to_all_single(hdr_in, hdr, group=group)
+    both = torch.stack([hdr, hdr_in]).tolist()  # the one host synchronisation: the uneven split sizes
+    if both[0][0][1]:
+        lo, hi = int(s.min()), int(s.max())
+        own_err = (f"ep_moe_forward: slot ids must be in [0, {slots_per_rank * world}) ({world} ranks x "
+                   f"{slots_per_rank} slots), got [{lo}, {hi}]")
+    _agree(both[1], own_err, width, H, slots_per_rank, dedup)
+    send, recv = [h[0] for h in both[0]], [h[0] for h in both[1]]
+    n, n_in = sum(send), sum(recv)
+    tok = torch.arange(T, device=dev)
+    if dedup:  # rows in (destination, token) order; row of (t, k) = position of (dest[t, k], t)
+        flat = present.reshape(-1)
+        pos = torch.cumsum(flat, 0) - 1
+        row_tok = torch.zeros(n + 1, dtype=torch.long, device=dev)  # the extra entry takes the absent pairs
+        row_tok.scatter_(0, torch.where(flat > 0, pos, n), tok.repeat(world))
+        row_tok = row_tok[:n]
+        row = pos.view(world, T).gather(0, dest.t()).t().reshape(-1)
+        col = torch.arange(K, device=dev).repeat(T)
     else:  # one row per (token, k), in destination order
         order = torch.argsort(dest.reshape(-1), stable=True)
         row = torch.empty_like(order).scatter_(0, order, torch.arange(T * K, device=dev))
-        row_dest, row_tok = dest.reshape(-1)[order], tok.reshape(-1)[order]
-        col, width = torch.zeros(T * K, dtype=torch.long, device=dev), 1
-    n = row_tok.numel()
-    meta = torch.zeros(n, 2 * width, dtype=torch.int32, device=dev)  # local slot ids, then the weights' bits
+        row_tok = tok.unsqueeze(1).expand(T, K).reshape(-1)[order]
+        col = torch.zeros(T * K, dtype=torch.long, device=dev)
+    meta = torch.zeros(n, 2 * width, dtype=torch.int32, device=dev)  # local slot ids (-1: none), then weight bits
     meta[:, :width] = -1
     meta[row, col] = (s.reshape(-1) % slots_per_rank).to(torch.int32)
     meta[row, width + col] = topk_weights.reshape(-1).float().contiguous().view(torch.int32)
-    send_counts = torch.bincount(row_dest, minlength=world)
-    recv_counts = torch.empty_like(send_counts)
-    dist.all_to_all_single(recv_counts, send_counts, group=group)
-    send, recv = send_counts.tolist(), recv_counts.tolist()  # host sync: the uneven split sizes
-    n_in = sum(recv)
-    rows_in = torch.empty(n_in, hidden.shape[1], dtype=hidden.dtype, device=dev)
+    rows_in = torch.empty(n_in, H, dtype=hidden.dtype, device=dev)
     meta_in = torch.empty(n_in, 2 * width, dtype=torch.int32, device=dev)
     dist.all_to_all_single(rows_in, hidden.index_select(0, row_tok), recv, send, group=group)
     dist.all_to_all_single(meta_in, meta, recv, send, group=group)
@@ -137,9 +206,9 @@ def ep_moe_forward(hidden: torch.Tensor, topk_weights: torch.Tensor, slot_ids: t
         out_in = rows_in
     if ev is not None:
         ev["experts_end"].record()
-    back = torch.empty(n, hidden.shape[1], dtype=hidden.dtype, device=dev)
+    back = torch.empty(n, H, dtype=hidden.dtype, device=dev)
     dist.all_to_all_single(back, out_in, send, recv, group=group)
-    y = torch.zeros(T, hidden.shape[1], dtype=torch.float32, device=dev)
+    y = torch.zeros(T, H, dtype=torch.float32, device=dev)
     y.index_add_(0, row_tok, back.float())
     if ev is not None:
         ev["end"].record()

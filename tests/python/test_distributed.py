@@ -1,6 +1,8 @@
 """moebal.distributed: the expert-parallel layer over several processes (gloo on CPU here, NCCL where
 two GPUs are visible) equals the single-process layer, with replicas, uneven and empty ranks; bad
 calls raise clear errors; a failing rank is reported instead of waited for."""
+import re
+
 import numpy as np
 import pytest
 
@@ -125,6 +127,47 @@ def _bad(rank: int, world: int, which: str):
 def test_bad_calls_are_reported(which, match):
     with pytest.raises(RuntimeError, match=r"rank \d: MoebalValueError: ep_moe_forward: .*" + match):
         run_ranks(_bad, 2, which, backend="gloo", timeout=60)
+
+
+def _bad_on_one(rank: int, world: int, which: str):
+    """Only rank 1 is wrong (or differs): every rank must raise, none may wait in a collective."""
+    x = torch.randn(4, H).bfloat16()
+    w = torch.rand(4, K)
+    s = torch.arange(4 * K, dtype=torch.int32).view(4, K) % (2 * world)
+    w13, w2 = torch.randn(2, 2 * F, H).bfloat16(), torch.randn(2, H, F).bfloat16()
+    kw = dict(slots_per_rank=2)
+    if rank == 1:
+        if which == "slot_range":
+            s[3, 1] = -1
+        elif which == "hidden_dtype":
+            x = x.float()
+        elif which == "dedup":
+            kw["dedup"] = True
+        elif which == "hidden_size":
+            x = torch.randn(4, H + 8).bfloat16()
+            w13, w2 = torch.randn(2, 2 * F, H + 8).bfloat16(), torch.randn(2, H + 8, F).bfloat16()
+        elif which == "slots_per_rank":
+            kw["slots_per_rank"] = 3
+            w13, w2 = torch.randn(3, 2 * F, H).bfloat16(), torch.randn(3, H, F).bfloat16()
+    return ep_moe_forward(x, w, s, w13, w2, **kw)
+
+
+@pytest.mark.parametrize("which,bad_rank_says,others_say", [
+    ("slot_range", r"slot ids must be in \[0, 6\) \(3 ranks x 2 slots\), got \[-1, 5\]", r"rank\(s\) \[1\] refused"),
+    ("hidden_dtype", r"hidden must be bfloat16, got torch.float32", r"rank\(s\) \[1\] refused"),
+    ("dedup", r"disagree on dedup: \[0, 1, 0\]", r"disagree on dedup: \[0, 1, 0\]"),
+    ("hidden_size", r"disagree on hidden size: \[32, 40, 32\]", r"disagree on hidden size"),
+    ("slots_per_rank", r"disagree on slots_per_rank: \[2, 3, 2\]", r"disagree on slots_per_rank"),
+])
+def test_one_bad_rank_stops_every_rank(which, bad_rank_says, others_say):
+    with pytest.raises(RuntimeError) as info:
+        run_ranks(_bad_on_one, 3, which, backend="gloo", timeout=60)
+    msg = str(info.value)
+    per_rank = dict(re.findall(r"(rank \d): (.*?)(?=; rank \d: |$)", msg))
+    assert sorted(per_rank) == ["rank 0", "rank 1", "rank 2"], msg  # each raised: none was left waiting
+    assert re.search(bad_rank_says, per_rank["rank 1"]), msg
+    for r in ("rank 0", "rank 2"):
+        assert re.search(others_say, per_rank[r]), msg
 
 
 def test_without_a_process_group():

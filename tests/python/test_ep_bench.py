@@ -24,15 +24,22 @@ def test_gloo_run(ep, tmp_path, capsys):
         assert len(t["per_layer"]) == 12 and t["rows_ir_mean"] >= 1.0 and t["us_sum"] > 0
         assert t["max_rel_err"] < 2e-2
     assert res["policies"]["contiguous"]["slots"] == 64 and res["policies"]["eplb"]["slots"] == 66
-    assert "| eplb | 66 |" in capsys.readouterr().out
+    assert "| eplb | rows | 66 |" in capsys.readouterr().out
 
 
 def test_gloo_run_one_row_per_token_and_rank(ep, tmp_path):
     out = tmp_path / "ep.json"
     assert ep.main(["--backend", "gloo", "--world", "2", "--expert-shape", "64,32", "--repeat", "1", "--reps", "1",
-                    "--warmup", "0", "--eval-steps", "3:4", "--policies", "balanced", "--dedup", "--json", str(out)]) == 0
+                    "--warmup", "0", "--eval-steps", "3:4", "--policies", "balanced", "--exchange", "rows,dedup",
+                    "--json", str(out)]) == 0
     res = json.loads(out.read_text())
-    assert res["dedup"] and res["results_correct"] and res["policies"]["balanced"]["max_rel_err"] < 2e-2
+    assert res["exchange"] == ["rows", "dedup"] and res["results_correct"]
+    rows, dedup = res["policies"]["balanced"], res["policies"]["balanced+dedup"]
+    assert rows["max_rel_err"] < 2e-2 and dedup["max_rel_err"] < 2e-2
+    assert rows["rows_ir_mean"] == dedup["rows_ir_mean"]  # the same expert work
+    # top-8 over 2 ranks: a token meets at most 2 ranks, so dedup puts at most 2 of its 8 rows on the wire
+    assert rows["wire_rows_mean"] == 512 * 8
+    assert 512 <= dedup["wire_rows_mean"] <= 2 * 512
 
 
 @pytest.mark.parametrize("argv,match", [
@@ -44,6 +51,8 @@ def test_gloo_run_one_row_per_token_and_rank(ep, tmp_path):
     (["--world", "1"], "--world must be >= 2"),
     (["--world", "3", "--extra-per-gpu", "1"], "do not divide over 3 ranks"),
     (["--repeat", "0"], "--repeat and --reps"),
+    (["--exchange", "rows,rows"], "--exchange takes rows and/or dedup"),
+    (["--exchange", "fused"], "--exchange takes rows and/or dedup"),
     (["--trace", "/nonexistent.npz"], "no such file"),
 ])
 def test_bad_arguments(ep, argv, match, capsys):
