@@ -88,9 +88,9 @@ void run_layer(const __nv_bfloat16* hidden, const int32_t* topk_ids, const float
                     offsets, row_index, sorted_token, at_offset<void>(ws, c.layout_ws), c.layout_ws_bytes,
                     stream);
   }
-  permute_rows_bf16(hidden, s.num_tokens, s.hidden, row_index, s.top_k, x, stream);
-  // Rows of dropped pairs sit after offsets[num_slots]; the FFN covers only the valid rows, and
-  // the combine skips the rest.
+  // Rows of dropped pairs sit after offsets[num_slots]: the permute does not write them, the FFN
+  // covers only the valid rows, and the combine skips the rest.
+  permute_rows_bf16(hidden, s.num_tokens, s.hidden, row_index, s.top_k, offsets + s.num_slots, x, stream);
   expert_ffn_bf16(x, w13, w2, y, offsets, s.num_slots, pairs, s.hidden, s.ffn, at_offset<void>(ws, c.ffn_ws),
                   c.ffn_ws_bytes, stream);
   unpermute_combine_bf16(y, row_index, topk_weights, offsets + s.num_slots, s.num_tokens, s.hidden,

@@ -39,8 +39,9 @@ __device__ __forceinline__ Pack<8> load_pack<8>(const __nv_bfloat16* p) {
 template <int N>
 __global__ void __launch_bounds__(kThreads)
     permute_kernel(const __nv_bfloat16* __restrict__ hidden, int64_t num_tokens, int64_t cols,
-                   const int32_t* __restrict__ row_index, int top_k, __nv_bfloat16* __restrict__ out) {
-  const int64_t rows = num_tokens * top_k;
+                   const int32_t* __restrict__ row_index, int top_k,
+                   const int32_t* __restrict__ num_valid_rows, __nv_bfloat16* __restrict__ out) {
+  const int64_t rows = num_valid_rows != nullptr ? static_cast<int64_t>(__ldg(num_valid_rows)) : num_tokens * top_k;
   const uint32_t items = static_cast<uint32_t>(num_tokens * cols);
   const uint32_t ucols = static_cast<uint32_t>(cols);
   for (uint32_t idx = blockIdx.x * kThreads + threadIdx.x; idx < items; idx += gridDim.x * kThreads) {
@@ -148,18 +149,18 @@ void launch_combine(const __nv_bfloat16* y, const int32_t* row_index, const floa
 }  // namespace
 
 void permute_rows_bf16(const __nv_bfloat16* hidden, int64_t num_tokens, int64_t hidden_size,
-                       const int32_t* row_index, int32_t top_k, __nv_bfloat16* out,
-                       cudaStream_t stream) {
+                       const int32_t* row_index, int32_t top_k, const int32_t* num_valid_rows,
+                       __nv_bfloat16* out, cudaStream_t stream) {
   check_common("permute_rows_bf16", num_tokens, hidden_size, top_k);
   if (num_tokens == 0) return;
   MOEBAL_CHECK_ARG(hidden && row_index && out, "permute_rows_bf16: null device pointer");
   if (hidden_size % 8 == 0 && aligned16(hidden) && aligned16(out)) {
     const int64_t cols = hidden_size / 8;
     permute_kernel<8><<<grid_for(cols, num_tokens), kThreads, 0, stream>>>(hidden, num_tokens, cols,
-                                                                            row_index, top_k, out);
+                                                                            row_index, top_k, num_valid_rows, out);
   } else {
     permute_kernel<1><<<grid_for(hidden_size, num_tokens), kThreads, 0, stream>>>(
-        hidden, num_tokens, hidden_size, row_index, top_k, out);
+        hidden, num_tokens, hidden_size, row_index, top_k, num_valid_rows, out);
   }
   MOEBAL_CHECK_LAUNCH();
 }

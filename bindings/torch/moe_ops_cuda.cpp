@@ -133,7 +133,7 @@ at::Tensor permute_cuda(const at::Tensor& hidden, const at::Tensor& row_index) {
   const int64_t T = hidden.size(0), H = hidden.size(1), K = row_index.size(1);
   at::Tensor out = at::empty({T * K, H}, hidden.options());
   mc::permute_rows_bf16(bf16_ptr(hidden), T, H, row_index.data_ptr<int32_t>(), static_cast<int32_t>(K),
-                        bf16_ptr(out), at::cuda::getCurrentCUDAStream());
+                        /*num_valid_rows=*/nullptr, bf16_ptr(out), at::cuda::getCurrentCUDAStream());
   return out;
 }
 

@@ -12,7 +12,8 @@ spread over ranks by a :class:`moebal.Placement`, plus a launcher of one process
    (bad input or disagreeing ranks make every rank raise here, together); then the rows and their
    ids and weights (two ``all_to_all_single`` with uneven splits);
 4. each rank runs its slots' experts on what it received, weighted: one grouped ``moe_forward``;
-5. the results come back the same way, and each source rank adds them into its tokens' rows.
+5. the results come back the same way, and each source rank sums them into its tokens' rows
+   (``unpermute_combine``: one pass, float32 sums, no atomics).
 
 The result equals the single-process layer ``sum_k w_k * expert[id_k](x)`` whenever every copy of an
 expert holds the same weights. The split sizes are read on the host, once per call (the only
@@ -114,7 +115,7 @@ def ep_moe_forward(hidden: torch.Tensor, topk_weights: torch.Tensor, slot_ids: t
     applies all of the token's experts it holds and returns one partial sum. Fewer bytes both ways
     whenever two of a token's experts share a rank. The weighted expert outputs are rounded to the
     hidden dtype on the expert's rank (per row, or per partial sum with ``dedup``) and summed in
-    float32 at the source. Returns [T, H] in ``hidden``'s dtype.
+    float32 at the source by moebal's ``unpermute_combine``. Returns [T, H] bfloat16.
 
     Bad input on any rank (a wrong shape, dtype or device, a slot id out of range) or ranks that
     disagree (hidden size, ``slots_per_rank``, ``dedup``, the top-k with ``dedup``) make every rank
@@ -123,7 +124,7 @@ def ep_moe_forward(hidden: torch.Tensor, topk_weights: torch.Tensor, slot_ids: t
     """
     import torch.distributed as dist
 
-    from moebal.moe_ops import moe_forward
+    from moebal.moe_ops import moe_forward, unpermute_combine
 
     if not dist.is_initialized():
         raise _err("ep_moe_forward: torch.distributed is not initialised (see moebal.distributed.run_ranks)")
@@ -184,11 +185,14 @@ def ep_moe_forward(hidden: torch.Tensor, topk_weights: torch.Tensor, slot_ids: t
         row_tok = row_tok[:n]
         row = pos.view(world, T).gather(0, dest.t()).t().reshape(-1)
         col = torch.arange(K, device=dev).repeat(T)
+        # the combine reads row back_index[t, d] for each rank d the token met (n: none, skipped)
+        back_index = torch.where(flat > 0, pos, n).view(world, T).t()
     else:  # one row per (token, k), in destination order
         order = torch.argsort(dest.reshape(-1), stable=True)
         row = torch.empty_like(order).scatter_(0, order, torch.arange(T * K, device=dev))
         row_tok = tok.unsqueeze(1).expand(T, K).reshape(-1)[order]
         col = torch.zeros(T * K, dtype=torch.long, device=dev)
+        back_index = row.view(T, K)
     meta = torch.zeros(n, 2 * width, dtype=torch.int32, device=dev)  # local slot ids (-1: none), then weight bits
     meta[:, :width] = -1
     meta[row, col] = (s.reshape(-1) % slots_per_rank).to(torch.int32)
@@ -206,14 +210,16 @@ def ep_moe_forward(hidden: torch.Tensor, topk_weights: torch.Tensor, slot_ids: t
         out_in = rows_in
     if ev is not None:
         ev["experts_end"].record()
-    back = torch.empty(n, H, dtype=hidden.dtype, device=dev)
-    dist.all_to_all_single(back, out_in, send, recv, group=group)
-    y = torch.zeros(T, H, dtype=torch.float32, device=dev)
-    y.index_add_(0, row_tok, back.float())
+    # the combine (moebal's unpermute_combine) wants T x width rows: the results fill the first n
+    back = torch.empty(back_index.numel(), H, dtype=hidden.dtype, device=dev)
+    dist.all_to_all_single(back[:n], out_in, send, recv, group=group)
+    y = unpermute_combine(back, back_index.to(torch.int32).contiguous(),
+                          torch.ones(back_index.shape, dtype=torch.float32, device=dev),
+                          torch.full((2,), n, dtype=torch.int32, device=dev))  # rows >= n: none
     if ev is not None:
         ev["end"].record()
         timings.update(ev)
-    return y.to(hidden.dtype)
+    return y
 
 
 def _free_port() -> int:

@@ -374,14 +374,24 @@ TEST_P(PermuteCombineCuda, MatchesHost) {
   DeviceBuffer<float> d_w(w);
   d_x.poison();
   d_out.poison();
-  mc::permute_rows_bf16(d_hidden.ptr, T, H, d_row.ptr, K, d_x.ptr, nullptr);
+  mc::permute_rows_bf16(d_hidden.ptr, T, H, d_row.ptr, K, nullptr, d_x.ptr, nullptr);
   mc::unpermute_combine_bf16(d_y.ptr, d_row.ptr, d_w.ptr, d_off.ptr + E, T, H, K, d_out.ptr, nullptr);
   MOEBAL_CHECK_CUDA(cudaDeviceSynchronize());
   const auto x = d_x.host();
   for (int64_t r = 0; r < N; ++r)
     ASSERT_EQ(0, std::memcmp(&x[r * H], &hidden[L.token[r] * H], sizeof(__nv_bfloat16) * H)) << "row " << r;
-  const auto out = d_out.host();
   const int64_t valid = L.offsets[E];
+  // With the valid-row count, the rows of dropped pairs (after offsets[E]) are left alone.
+  d_x.poison();
+  mc::permute_rows_bf16(d_hidden.ptr, T, H, d_row.ptr, K, d_off.ptr + E, d_x.ptr, nullptr);
+  MOEBAL_CHECK_CUDA(cudaDeviceSynchronize());
+  const auto xv = d_x.host();
+  const std::vector<unsigned char> poison(sizeof(__nv_bfloat16) * H, 0x7b);
+  for (int64_t r = 0; r < N; ++r) {
+    const void* want = r < valid ? static_cast<const void*>(&hidden[L.token[r] * H]) : poison.data();
+    ASSERT_EQ(0, std::memcmp(&xv[r * H], want, sizeof(__nv_bfloat16) * H)) << "row " << r << ", valid " << valid;
+  }
+  const auto out = d_out.host();
   double err = 0, ref = 0;
   for (int64_t t = 0; t < T; ++t)
     for (int64_t h = 0; h < H; ++h) {
@@ -428,7 +438,7 @@ TEST_F(CudaSuite, RouterLayoutPermuteCombineCaptureAndReplay) {
   auto chain = [&] {
     mc::router_topk(d_logits.ptr, mc::LogitsDtype::kFloat32, T, p, nullptr, ids.ptr, d_w.ptr, s);
     mc::dispatch_layout(ids.ptr, T, K, E, E, {}, slot.ptr, off.ptr, row.ptr, tok.ptr, nullptr, 0, s);
-    mc::permute_rows_bf16(d_hidden.ptr, T, H, row.ptr, K, x.ptr, s);
+    mc::permute_rows_bf16(d_hidden.ptr, T, H, row.ptr, K, nullptr, x.ptr, s);
     // Combine the permuted rows themselves: with renormalised weights out == hidden (to bf16).
     mc::unpermute_combine_bf16(x.ptr, row.ptr, d_w.ptr, off.ptr + E, T, H, K, out.ptr, s);
   };

@@ -14,12 +14,14 @@ namespace moebal::cuda {
 
 /// out[row_index[t, j], :] = hidden[t, :] for every token t < num_tokens and j < top_k.
 /// hidden [num_tokens, hidden_size], out [num_tokens * top_k, hidden_size], row_index int32
-/// [num_tokens, top_k] (from dispatch_layout: a permutation of the rows, so every row of `out` is
-/// written). Entries outside [0, num_tokens * top_k) are skipped. Device pointers; enqueued on
-/// `stream`; no host sync.
+/// [num_tokens, top_k] (from dispatch_layout: a permutation of the rows). Entries outside
+/// [0, *num_valid_rows) are skipped: pass offsets + num_slots from dispatch_layout, and the rows of
+/// dropped (padding) pairs are not written, which saves their bytes when many ids are padding;
+/// num_valid_rows == nullptr writes every row in [0, num_tokens * top_k). Device pointers;
+/// enqueued on `stream`; no host sync.
 void permute_rows_bf16(const __nv_bfloat16* hidden, int64_t num_tokens, int64_t hidden_size,
-                       const int32_t* row_index, int32_t top_k, __nv_bfloat16* out,
-                       cudaStream_t stream);
+                       const int32_t* row_index, int32_t top_k, const int32_t* num_valid_rows,
+                       __nv_bfloat16* out, cudaStream_t stream);
 
 /// out[t, :] = bf16(sum over j = 0, 1, ..., top_k - 1 of weights[t, j] * y[row_index[t, j], :]),
 /// accumulated in fp32 in that fixed order. Pairs whose row is >= *num_valid_rows are skipped
