@@ -159,11 +159,13 @@ void portable_grouped_gemm(const GroupedGemmProblem& p, cudaStream_t stream) {
   MOEBAL_CHECK_LAUNCH();
 }
 
-// a[r, c] = silu(h[r, c]) * h[r, ffn + c], 8 bf16 per thread, fp32 math.
+// a[r, c] = silu(h[r, c]) * h[r, ffn + c], 8 bf16 per thread, fp32 math, for the rows below
+// *rows_end (offsets[num_groups]: rows after the last group belong to no expert, e.g. padding pairs
+// of the MoE layer, and are skipped), at most `rows`.
 __global__ void silu_mul_kernel(const __nv_bfloat16* __restrict__ h, __nv_bfloat16* __restrict__ a,
-                                int64_t rows, int64_t ffn) {
+                                int64_t rows, const int32_t* __restrict__ rows_end, int64_t ffn) {
   const int64_t chunks_per_row = ffn / 8;
-  const int64_t total = rows * chunks_per_row;
+  const int64_t total = min(rows, max(int64_t{0}, static_cast<int64_t>(__ldg(rows_end)))) * chunks_per_row;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
     const int64_t r = i / chunks_per_row, c = (i % chunks_per_row) * 8;
@@ -540,7 +542,7 @@ void expert_ffn_bf16_with(GroupedGemmKernel kernel, const __nv_bfloat16* x, cons
                 gemm_ws, gemm_bytes, stream);
     const int64_t chunks = total_rows * (ffn / 8);
     const int blocks = static_cast<int>(std::min<int64_t>((chunks + 255) / 256, int64_t{d.sm_count} * 16));
-    silu_mul_kernel<<<blocks, 256, 0, stream>>>(h, act, total_rows, ffn);
+    silu_mul_kernel<<<blocks, 256, 0, stream>>>(h, act, total_rows, offsets + num_groups, ffn);
     MOEBAL_CHECK_LAUNCH();
   }
   run_grouped(kernel, d, down, gemm_ws, gemm_bytes, stream);

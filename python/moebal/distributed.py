@@ -156,13 +156,40 @@ def ep_moe_forward(hidden: torch.Tensor, topk_weights: torch.Tensor, slot_ids: t
     s = slot_ids.long()
     bad = ((s < 0) | (s >= slots_per_rank * world)).any()
     dest = torch.div(s, slots_per_rank, rounding_mode="floor").clamp_(0, world - 1)
-    if dedup:  # one row per (token, destination rank): which ranks each token meets
+    tok = torch.arange(T, device=dev)
+    # Everything that does not need the host's view of the counts is built before the one host read.
+    if dedup:  # one row per (token, destination rank), in (destination, token) order
+        kc = min(K, world)  # most ranks one token meets; at most T * kc rows
         present = torch.zeros(world, T, dtype=torch.int64, device=dev)
         present.scatter_(0, dest.t(), 1)
         counts = present.sum(1)
-    else:
+        flat = present.reshape(-1)
+        pos = torch.cumsum(flat, 0) - 1  # the row of (d, t) when present
+        row_tok = torch.zeros(T * kc + 1, dtype=torch.long, device=dev)  # the last entry takes absent pairs
+        row_tok.scatter_(0, torch.where(flat > 0, pos, T * kc), tok.repeat(world))
+        row = pos.view(world, T).gather(0, dest.t()).t().reshape(-1)  # the row of (t, k)
+        col = torch.arange(K, device=dev).repeat(T)
+        # the combine reads back_index[t, j], the row of the j-th rank the token met; T * kc - 1 marks
+        # none (>= the rows sent whenever a token meets fewer than kc ranks, so the combine skips it)
+        j = torch.cumsum(present, 0) - 1
+        back_index = torch.full((T * kc + 1,), T * kc - 1, dtype=torch.int32, device=dev)
+        back_index.scatter_(0, torch.where(present > 0, tok * kc + j, T * kc).reshape(-1), pos.to(torch.int32))
+        back_index = back_index[:-1].view(T, kc)
+    else:  # one row per (token, k), in destination order
+        kc = K
         counts = torch.zeros(world, dtype=torch.int64, device=dev).scatter_add_(
             0, dest.reshape(-1), torch.ones(T * K, dtype=torch.int64, device=dev))
+        order = torch.argsort(dest.reshape(-1), stable=True)
+        row = torch.empty_like(order).scatter_(0, order, torch.arange(T * K, device=dev))
+        row_tok = tok.unsqueeze(1).expand(T, K).reshape(-1)[order]
+        col = torch.zeros(T * K, dtype=torch.long, device=dev)
+        back_index = row.view(T, K).to(torch.int32)
+    meta = torch.zeros(T * kc, 2 * width, dtype=torch.int32, device=dev)  # local slot ids (-1: none), weight bits
+    meta[:, :width] = -1
+    meta[row, col] = (s.reshape(-1) % slots_per_rank).to(torch.int32)
+    meta[row, width + col] = topk_weights.reshape(-1).float().contiguous().view(torch.int32)
+    ones = torch.ones(T, kc, dtype=torch.float32, device=dev)
+    valid = torch.cat([counts.new_zeros(1), counts.sum(0, keepdim=True)]).to(torch.int32)  # combine: rows < sent
     hdr[:, 0] = torch.where(bad, 0, counts)
     hdr[:, 1] = bad.long()
     hdr[:, 2], hdr[:, 3], hdr[:, 4], hdr[:, 5] = H, width, slots_per_rank, int(dedup)
@@ -176,31 +203,10 @@ def ep_moe_forward(hidden: torch.Tensor, topk_weights: torch.Tensor, slot_ids: t
     _agree(both[1], own_err, width, H, slots_per_rank, dedup)
     send, recv = [h[0] for h in both[0]], [h[0] for h in both[1]]
     n, n_in = sum(send), sum(recv)
-    tok = torch.arange(T, device=dev)
-    if dedup:  # rows in (destination, token) order; row of (t, k) = position of (dest[t, k], t)
-        flat = present.reshape(-1)
-        pos = torch.cumsum(flat, 0) - 1
-        row_tok = torch.zeros(n + 1, dtype=torch.long, device=dev)  # the extra entry takes the absent pairs
-        row_tok.scatter_(0, torch.where(flat > 0, pos, n), tok.repeat(world))
-        row_tok = row_tok[:n]
-        row = pos.view(world, T).gather(0, dest.t()).t().reshape(-1)
-        col = torch.arange(K, device=dev).repeat(T)
-        # the combine reads row back_index[t, d] for each rank d the token met (n: none, skipped)
-        back_index = torch.where(flat > 0, pos, n).view(world, T).t()
-    else:  # one row per (token, k), in destination order
-        order = torch.argsort(dest.reshape(-1), stable=True)
-        row = torch.empty_like(order).scatter_(0, order, torch.arange(T * K, device=dev))
-        row_tok = tok.unsqueeze(1).expand(T, K).reshape(-1)[order]
-        col = torch.zeros(T * K, dtype=torch.long, device=dev)
-        back_index = row.view(T, K)
-    meta = torch.zeros(n, 2 * width, dtype=torch.int32, device=dev)  # local slot ids (-1: none), then weight bits
-    meta[:, :width] = -1
-    meta[row, col] = (s.reshape(-1) % slots_per_rank).to(torch.int32)
-    meta[row, width + col] = topk_weights.reshape(-1).float().contiguous().view(torch.int32)
     rows_in = torch.empty(n_in, H, dtype=hidden.dtype, device=dev)
     meta_in = torch.empty(n_in, 2 * width, dtype=torch.int32, device=dev)
-    dist.all_to_all_single(rows_in, hidden.index_select(0, row_tok), recv, send, group=group)
-    dist.all_to_all_single(meta_in, meta, recv, send, group=group)
+    dist.all_to_all_single(rows_in, hidden.index_select(0, row_tok[:n]), recv, send, group=group)
+    dist.all_to_all_single(meta_in, meta[:n], recv, send, group=group)
     if ev is not None:
         ev["experts_start"].record()
     if n_in:
@@ -210,12 +216,10 @@ def ep_moe_forward(hidden: torch.Tensor, topk_weights: torch.Tensor, slot_ids: t
         out_in = rows_in
     if ev is not None:
         ev["experts_end"].record()
-    # the combine (moebal's unpermute_combine) wants T x width rows: the results fill the first n
-    back = torch.empty(back_index.numel(), H, dtype=hidden.dtype, device=dev)
+    # the combine (moebal's unpermute_combine) wants T x kc rows: the results fill the first n
+    back = torch.empty(T * kc, H, dtype=hidden.dtype, device=dev)
     dist.all_to_all_single(back[:n], out_in, send, recv, group=group)
-    y = unpermute_combine(back, back_index.to(torch.int32).contiguous(),
-                          torch.ones(back_index.shape, dtype=torch.float32, device=dev),
-                          torch.full((2,), n, dtype=torch.int32, device=dev))  # rows >= n: none
+    y = unpermute_combine(back, back_index, ones, valid)
     if ev is not None:
         ev["end"].record()
         timings.update(ev)
