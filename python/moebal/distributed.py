@@ -86,19 +86,18 @@ def _check_ep_args(hidden, topk_weights, slot_ids, w13_local, w2_local, slots_pe
 _HDR = 6
 
 
-def _agree(hdr_in: list, own_err: Optional[str], width: int, H: int, slots_per_rank: int, dedup: bool) -> None:
-    """Raises on every rank alike when a rank refused its inputs or the ranks disagree."""
+def _agree(hdr_in: list, own_err: Optional[str]) -> None:
+    """Raises on every rank alike when a rank refused its inputs or the ranks disagree (every rank
+    sees the same headers, so every rank takes the same decision)."""
     refused = [r for r, h in enumerate(hdr_in) if h[1]]
     if refused:
         if own_err:
             raise _err(own_err + f" (rank(s) {refused} refused their inputs, so no rank ran the layer)")
         raise _err(f"ep_moe_forward: rank(s) {refused} refused their inputs, so no rank ran the layer")
-    for col, name, mine in ((2, "hidden size", H), (4, "slots_per_rank", slots_per_rank), (5, "dedup", int(dedup)),
-                            (3, "top-k (with dedup)", width)):
+    for col, name in ((2, "hidden size"), (4, "slots_per_rank"), (5, "dedup"), (3, "top-k (with dedup)")):
         seen = [h[col] for h in hdr_in]
         if any(v != seen[0] for v in seen):
             raise _err(f"ep_moe_forward: the ranks disagree on {name}: {seen} (rank order)")
-    assert seen[0] == mine  # every header came from the same rules as this rank's
 
 
 def ep_moe_forward(hidden: torch.Tensor, topk_weights: torch.Tensor, slot_ids: torch.Tensor,
@@ -143,7 +142,7 @@ def ep_moe_forward(hidden: torch.Tensor, topk_weights: torch.Tensor, slot_ids: t
         hdr[:, 1] = 1
         hdr_in = torch.empty_like(hdr)
         dist.all_to_all_single(hdr_in, hdr, group=group)
-        _agree(hdr_in.tolist(), own_err, 0, 0, 0, dedup)
+        _agree(hdr_in.tolist(), own_err)
         raise AssertionError("unreachable: this rank refused its inputs")
     dev = hidden.device
     ev = None
@@ -200,7 +199,7 @@ def ep_moe_forward(hidden: torch.Tensor, topk_weights: torch.Tensor, slot_ids: t
         lo, hi = int(s.min()), int(s.max())
         own_err = (f"ep_moe_forward: slot ids must be in [0, {slots_per_rank * world}) ({world} ranks x "
                    f"{slots_per_rank} slots), got [{lo}, {hi}]")
-    _agree(both[1], own_err, width, H, slots_per_rank, dedup)
+    _agree(both[1], own_err)
     send, recv = [h[0] for h in both[0]], [h[0] for h in both[1]]
     n, n_in = sum(send), sum(recv)
     rows_in = torch.empty(n_in, H, dtype=hidden.dtype, device=dev)

@@ -135,9 +135,11 @@ def _bad_on_one(rank: int, world: int, which: str):
     w = torch.rand(4, K)
     s = torch.arange(4 * K, dtype=torch.int32).view(4, K) % (2 * world)
     w13, w2 = torch.randn(2, 2 * F, H).bfloat16(), torch.randn(2, H, F).bfloat16()
-    kw = dict(slots_per_rank=2)
+    kw = dict(slots_per_rank=2, dedup=which == "topk_dedup")
     if rank == 1:
-        if which == "slot_range":
+        if which == "topk_dedup":  # every rank dedups; rank 1 routes each token to 3 experts
+            w, s = torch.rand(4, K + 1), torch.arange(4 * (K + 1), dtype=torch.int32).view(4, K + 1) % (2 * world)
+        elif which == "slot_range":
             s[3, 1] = -1
         elif which == "hidden_dtype":
             x = x.float()
@@ -158,6 +160,7 @@ def _bad_on_one(rank: int, world: int, which: str):
     ("dedup", r"disagree on dedup: \[0, 1, 0\]", r"disagree on dedup: \[0, 1, 0\]"),
     ("hidden_size", r"disagree on hidden size: \[32, 40, 32\]", r"disagree on hidden size"),
     ("slots_per_rank", r"disagree on slots_per_rank: \[2, 3, 2\]", r"disagree on slots_per_rank"),
+    ("topk_dedup", r"disagree on top-k \(with dedup\): \[2, 3, 2\]", r"disagree on top-k"),
 ])
 def test_one_bad_rank_stops_every_rank(which, bad_rank_says, others_say):
     with pytest.raises(RuntimeError) as info:
