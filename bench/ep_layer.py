@@ -11,13 +11,15 @@ scales the load and keeps its skew and co-activation. Expert weights: random bf1
 single-process layer, and is on every rank).
 
 Exchanges (``--exchange``): ``rows`` sends one row per (token, k); ``dedup`` one per (token,
-destination rank), the experts of that rank applied there and summed. With both, each layer runs
+destination rank), the experts of that rank applied there and summed; ``dense`` every token to
+every rank (eager here; its CUDA-graph form is timed by ``bench/ep_decode.py``). With both, each layer runs
 them interleaved, repetition by repetition, in the same process group.
 
 Reported per policy and exchange: the imbalance of (token, k) rows the ranks serve (max/mean), the
 rows each rank sends (each way, its own rank's share included), the slowest rank's expert time and whole-layer time
 (CUDA events, median over ``--reps`` after a barrier, summed over layers), the whole-layer time
-relative to ``contiguous`` with ``rows``, and ``dedup`` relative to ``rows`` for the same policy.
+relative to ``contiguous`` with ``rows``, and the other exchanges relative to ``rows`` for the same
+policy.
 
 Usage: python bench/ep_layer.py [--world 4] [--trace T.npz] [--expert-shape 2048,768] [--repeat 8]
        [--policies contiguous,eplb,balanced] [--extra-per-gpu 1] [--assign weighted_locality]
@@ -34,6 +36,8 @@ import time
 
 import numpy as np
 import torch
+
+from moebal.distributed import EXCHANGES
 
 DEFAULT_TRACE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python", "moebal", "data", "refmoe",
                              "refmoe_python.npz")
@@ -116,10 +120,11 @@ def _rank(rank: int, world: int, args) -> dict:
             dest = torch.div(slots.long(), spr, rounding_mode="floor")
             sent = torch.bincount(dest.reshape(-1), minlength=world).tolist()  # (token, k) rows per destination rank
             wire = {"rows": sum(sent),  # rows this rank sends each way (to itself too)
-                    "dedup": int(torch.zeros(world, n, dtype=torch.bool, device=dev).scatter_(0, dest.t(), True).sum())}
+                    "dedup": int(torch.zeros(world, n, dtype=torch.bool, device=dev).scatter_(0, dest.t(), True).sum()),
+                    "dense": world * n}
             err, total, experts = {}, {m: [] for m in args.exchange}, {m: [] for m in args.exchange}
             for m in args.exchange:
-                y = ep_moe_forward(x, wts, slots, w13_l, w2_l, slots_per_rank=spr, dedup=m == "dedup")
+                y = ep_moe_forward(x, wts, slots, w13_l, w2_l, slots_per_rank=spr, exchange=m)
                 err[m] = float((y.float() - ref.float()).abs().max()) / max(1e-6, float(ref.float().abs().max()))
             for i in range(args.warmup + args.reps):
                 for m in args.exchange:  # the exchanges interleaved, each after a barrier
@@ -127,14 +132,14 @@ def _rank(rank: int, world: int, args) -> dict:
                     if cuda:
                         torch.cuda.synchronize(dev)
                         t = {}
-                        ep_moe_forward(x, wts, slots, w13_l, w2_l, slots_per_rank=spr, timings=t, dedup=m == "dedup")
+                        ep_moe_forward(x, wts, slots, w13_l, w2_l, slots_per_rank=spr, timings=t, exchange=m)
                         t["end"].synchronize()
                         if i >= args.warmup:
                             total[m].append(t["start"].elapsed_time(t["end"]) * 1e3)
                             experts[m].append(t["experts_start"].elapsed_time(t["experts_end"]) * 1e3)
                     else:
                         t0 = time.perf_counter()
-                        ep_moe_forward(x, wts, slots, w13_l, w2_l, slots_per_rank=spr, dedup=m == "dedup")
+                        ep_moe_forward(x, wts, slots, w13_l, w2_l, slots_per_rank=spr, exchange=m)
                         if i >= args.warmup:
                             total[m].append((time.perf_counter() - t0) * 1e6)
             for m in args.exchange:
@@ -194,8 +199,9 @@ def parse(argv=None):
     ap.add_argument("--assign", default="weighted_locality",
                     help="token -> replica policy (round_robin, hash, locality, weighted_locality)")
     ap.add_argument("--exchange", default="rows",
-                    help="comma list: rows (one row per (token, k)), dedup (one per (token, destination rank), "
-                         "ep_moe_forward's dedup); several are timed interleaved in the same process group")
+                    help="comma list of ep_moe_forward exchanges: rows (one row per (token, k)), dedup (one per "
+                         "(token, destination rank)), dense (every token to every rank); several are timed "
+                         "interleaved in the same process group")
     ap.add_argument("--plan-steps", default="0:2")
     ap.add_argument("--eval-steps", default="2:4")
     ap.add_argument("--reps", type=int, default=10)
@@ -211,9 +217,9 @@ def parse(argv=None):
         ap.error(f"--expert-shape takes hidden,ffn, positive multiples of 8, got {args.expert_shape!r}")
     args.policies = [p for p in args.policies.split(",") if p]
     args.exchange = [m for m in args.exchange.split(",") if m]
-    if not args.exchange or any(m not in ("rows", "dedup") for m in args.exchange) \
+    if not args.exchange or any(m not in EXCHANGES for m in args.exchange) \
             or len(set(args.exchange)) != len(args.exchange):
-        ap.error(f"--exchange takes rows and/or dedup, each once, got {','.join(args.exchange)!r}")
+        ap.error(f"--exchange takes {', '.join(EXCHANGES)}, each at most once, got {','.join(args.exchange)!r}")
     from moebal.policies import available_policies
 
     bad = [p for p in args.policies if p not in available_policies()]

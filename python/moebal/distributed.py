@@ -5,9 +5,10 @@ spread over ranks by a :class:`moebal.Placement`, plus a launcher of one process
 
 1. every (token, k) has a physical slot (from :func:`moebal.assign_ops.assign_replicas` or any
    policy); slot ``s`` lives on rank ``s // slots_per_rank``;
-2. the rows to send, sorted by destination rank: one per (token, k), or with ``dedup`` one per
-   (token, destination rank); each carries the local slot ids and gate weights of the experts it
-   meets there (-1 / 0 padded);
+2. the rows to send, sorted by destination rank: one per (token, k) (``exchange="rows"``), one per
+   (token, destination rank) (``"dedup"``), or every token to every rank at a fixed place
+   (``"dense"``, CUDA-graph capturable); each carries the local slot ids and gate weights of the
+   experts it meets there (-1 / 0 padded);
 3. a small header is exchanged (``all_to_all_single``): the row counts, and what each rank checked
    (bad input or disagreeing ranks make every rank raise here, together); then the rows and their
    ids and weights (two ``all_to_all_single`` with uneven splits);
@@ -80,10 +81,15 @@ def _check_ep_args(hidden, topk_weights, slot_ids, w13_local, w2_local, slots_pe
                    f"on {header_device}")
 
 
-# Per-destination header of the first exchange: rows sent, refused, hidden size, metadata width (the
-# top-k with dedup, else 1), slots per rank, dedup. Every rank learns every rank's header, so all
-# of them take the same decision: run the layer, or raise together (never a peer left waiting).
-_HDR = 6
+# Per-destination header of the first exchange: rows sent, refused, hidden size, top-k, slots per
+# rank, exchange, tokens. Every rank learns every rank's header, so all of them take the same
+# decision: run the layer, or raise together (never a peer left waiting).
+_HDR = 7
+EXCHANGES = ("rows", "dedup", "dense")
+
+# Signatures (group, exchange, world, tokens, hidden, top-k, slots per rank) that every rank agreed
+# on in an eager ``dense`` call: the precondition of capturing that call in a CUDA graph.
+_agreed_dense: set = set()
 
 
 def _agree(hdr_in: list, own_err: Optional[str]) -> None:
@@ -94,32 +100,55 @@ def _agree(hdr_in: list, own_err: Optional[str]) -> None:
         if own_err:
             raise _err(own_err + f" (rank(s) {refused} refused their inputs, so no rank ran the layer)")
         raise _err(f"ep_moe_forward: rank(s) {refused} refused their inputs, so no rank ran the layer")
-    for col, name in ((2, "hidden size"), (4, "slots_per_rank"), (5, "dedup"), (3, "top-k (with dedup)")):
+    cols = [(2, "hidden size"), (4, "slots_per_rank"), (5, "exchange")]
+    exchange = EXCHANGES[hdr_in[0][5]] if all(h[5] == hdr_in[0][5] for h in hdr_in) else None
+    if exchange in ("dedup", "dense"):
+        cols.append((3, f"top-k (with exchange={exchange!r})"))
+    if exchange == "dense":
+        cols.append((6, "tokens per rank (with exchange='dense')"))
+    for col, name in cols:
         seen = [h[col] for h in hdr_in]
         if any(v != seen[0] for v in seen):
+            if col == 5:
+                seen = [EXCHANGES[v] for v in seen]
             raise _err(f"ep_moe_forward: the ranks disagree on {name}: {seen} (rank order)")
 
 
 def ep_moe_forward(hidden: torch.Tensor, topk_weights: torch.Tensor, slot_ids: torch.Tensor,
                    w13_local: torch.Tensor, w2_local: torch.Tensor, *, slots_per_rank: int,
-                   group: Any = None, timings: Optional[dict] = None, dedup: bool = False) -> torch.Tensor:
+                   group: Any = None, timings: Optional[dict] = None, exchange: str = "rows") -> torch.Tensor:
     """One expert-parallel MoE layer on this rank's tokens (see the module docstring).
 
     ``hidden`` [T, H] bfloat16, this rank's tokens; ``topk_weights`` [T, K] gate weights; ``slot_ids``
     [T, K] physical slot of each (token, k), in ``[0, world * slots_per_rank)``; ``w13_local`` [S, 2F, H]
     and ``w2_local`` [S, H, F] bfloat16: the weights of this rank's ``S = slots_per_rank`` slots, in
     slot order. Every rank of ``group`` must call this together.
-    ``timings`` (CUDA only): gets CUDA events ``start``, ``experts_start``, ``experts_end``, ``end``.
-    ``dedup``: send a token once per destination rank instead of once per (token, k); that rank
-    applies all of the token's experts it holds and returns one partial sum. Fewer bytes both ways
-    whenever two of a token's experts share a rank. The weighted expert outputs are rounded to the
-    hidden dtype on the expert's rank (per row, or per partial sum with ``dedup``) and summed in
-    float32 at the source by moebal's ``unpermute_combine``. Returns [T, H] bfloat16.
+    ``timings`` (CUDA only, not under capture): gets CUDA events ``start``, ``experts_start``,
+    ``experts_end``, ``end``.
+
+    ``exchange``:
+
+    - ``"rows"``: one row per (token, k), sorted by destination rank.
+    - ``"dedup"``: one row per (token, destination rank); that rank applies all of the token's
+      experts it holds and returns one partial sum. Fewer bytes both ways whenever two of a token's
+      experts share a rank.
+    - ``"dense"``: every token's row goes to every rank, at a fixed place (rank d receives the
+      sender's tokens in order), with the ids of the experts it meets there (all -1 where none).
+      Every shape is fixed by (ranks, T, H, K), so nothing is read on the host and the call can be
+      captured in a CUDA graph (after one eager call with the same shapes, which checks that the
+      ranks agree, T included). It moves ``world * T`` rows each way: meant for decode batches on
+      a few ranks, where the eager exchanges' host work, not bytes, sets the time.
+
+    The weighted expert outputs are rounded to bfloat16 on the expert's rank (per row, or per
+    partial sum) and summed in float32 at the source by moebal's ``unpermute_combine``. Returns
+    [T, H] bfloat16.
 
     Bad input on any rank (a wrong shape, dtype or device, a slot id out of range) or ranks that
-    disagree (hidden size, ``slots_per_rank``, ``dedup``, the top-k with ``dedup``) make every rank
-    raise after the first, small exchange: no rank is left waiting in a collective. The split sizes
-    are read on the host once per call (with that exchange); nothing else synchronises.
+    disagree (hidden size, ``slots_per_rank``, ``exchange``; the top-k with ``dedup`` / ``dense``;
+    T with ``dense``) make every rank raise after the first, small exchange: no rank is left waiting
+    in a collective. The split sizes are read on the host once per call, with that exchange. Under
+    CUDA-graph capture (``dense`` only) there is no such exchange: the shapes were agreed by the
+    eager call, and a token with a slot id out of range gets a NaN row instead of an error.
     """
     import torch.distributed as dist
 
@@ -132,11 +161,26 @@ def ep_moe_forward(hidden: torch.Tensor, topk_weights: torch.Tensor, slot_ids: t
         hdev = torch.device("cuda", torch.cuda.current_device())
     else:
         hdev = torch.device("cpu")
+    capturing = hdev.type == "cuda" and torch.cuda.is_current_stream_capturing()
     own_err = None
     try:
+        if exchange not in EXCHANGES:
+            raise _err(f"ep_moe_forward: exchange must be one of {', '.join(EXCHANGES)}, got {exchange!r}")
         _check_ep_args(hidden, topk_weights, slot_ids, w13_local, w2_local, slots_per_rank, hdev)
     except _core.MoebalValueError as e:
         own_err = str(e)
+    if capturing:  # no collective may be added to the graph unless every rank's call is known good
+        if own_err is None and exchange != "dense":
+            own_err = (f"ep_moe_forward: exchange={exchange!r} reads split sizes on the host and cannot be "
+                       "captured in a CUDA graph; use exchange='dense'")
+        if own_err is None and (id(group), world) + tuple(slot_ids.shape) + (hidden.shape[1], slots_per_rank) \
+                not in _agreed_dense:
+            own_err = ("ep_moe_forward: under CUDA-graph capture the ranks' agreement cannot be checked; "
+                       "call it once outside capture with the same shapes first")
+        if own_err is not None:
+            raise _err(own_err)
+        if timings is not None:
+            raise _err("ep_moe_forward: timings cannot be recorded under CUDA-graph capture")
     hdr = torch.zeros(world, _HDR, dtype=torch.int64, device=hdev)
     if own_err is not None:  # take part in the first exchange only, to tell the others
         hdr[:, 1] = 1
@@ -151,13 +195,28 @@ def ep_moe_forward(hidden: torch.Tensor, topk_weights: torch.Tensor, slot_ids: t
         ev["start"].record()
     T, K = slot_ids.shape
     H = hidden.shape[1]
-    width = K if dedup else 1
+    width = 1 if exchange == "rows" else K
     s = slot_ids.long()
-    bad = ((s < 0) | (s >= slots_per_rank * world)).any()
+    bad_tok = ((s < 0) | (s >= slots_per_rank * world)).any(1)
+    bad = bad_tok.any()
     dest = torch.div(s, slots_per_rank, rounding_mode="floor").clamp_(0, world - 1)
+    local = (s % slots_per_rank).to(torch.int32)
+    wbits = topk_weights.float().contiguous().view(torch.int32)
     tok = torch.arange(T, device=dev)
     # Everything that does not need the host's view of the counts is built before the one host read.
-    if dedup:  # one row per (token, destination rank), in (destination, token) order
+    if exchange == "dense":  # rank d receives row t of this rank at d * T + t, with its experts there
+        kc = world
+        counts = torch.full((world,), T, dtype=torch.int64, device=dev)
+        meta = torch.zeros(world, T, 2 * K, dtype=torch.int32, device=dev)
+        meta[:, :, :K] = -1
+        kk = torch.arange(K, device=dev).expand(T, K)
+        tt = tok.unsqueeze(1).expand(T, K)
+        meta[dest, tt, kk] = local
+        meta[dest, tt, K + kk] = wbits
+        meta = meta.view(world * T, 2 * K)
+        send_rows = hidden.unsqueeze(0).expand(world, T, H).contiguous().view(world * T, H)  # (T = 1: a copy too)
+        back_index = (torch.arange(world, device=dev).unsqueeze(0) * T + tok.unsqueeze(1)).to(torch.int32)
+    elif exchange == "dedup":  # one row per (token, destination rank), in (destination, token) order
         kc = min(K, world)  # most ranks one token meets; at most T * kc rows
         present = torch.zeros(world, T, dtype=torch.int64, device=dev)
         present.scatter_(0, dest.t(), 1)
@@ -183,28 +242,37 @@ def ep_moe_forward(hidden: torch.Tensor, topk_weights: torch.Tensor, slot_ids: t
         row_tok = tok.unsqueeze(1).expand(T, K).reshape(-1)[order]
         col = torch.zeros(T * K, dtype=torch.long, device=dev)
         back_index = row.view(T, K).to(torch.int32)
-    meta = torch.zeros(T * kc, 2 * width, dtype=torch.int32, device=dev)  # local slot ids (-1: none), weight bits
-    meta[:, :width] = -1
-    meta[row, col] = (s.reshape(-1) % slots_per_rank).to(torch.int32)
-    meta[row, width + col] = topk_weights.reshape(-1).float().contiguous().view(torch.int32)
+    if exchange != "dense":
+        meta = torch.zeros(T * kc, 2 * width, dtype=torch.int32, device=dev)  # local slot ids (-1: none), weight bits
+        meta[:, :width] = -1
+        meta[row, col] = local.reshape(-1)
+        meta[row, width + col] = wbits.reshape(-1)
     ones = torch.ones(T, kc, dtype=torch.float32, device=dev)
     valid = torch.cat([counts.new_zeros(1), counts.sum(0, keepdim=True)]).to(torch.int32)  # combine: rows < sent
-    hdr[:, 0] = torch.where(bad, 0, counts)
-    hdr[:, 1] = bad.long()
-    hdr[:, 2], hdr[:, 3], hdr[:, 4], hdr[:, 5] = H, width, slots_per_rank, int(dedup)
-    hdr_in = torch.empty_like(hdr)
-    dist.all_to_all_single(hdr_in, hdr, group=group)
-    both = torch.stack([hdr, hdr_in]).tolist()  # the one host synchronisation: the uneven split sizes
-    if both[0][0][1]:
-        lo, hi = int(s.min()), int(s.max())
-        own_err = (f"ep_moe_forward: slot ids must be in [0, {slots_per_rank * world}) ({world} ranks x "
-                   f"{slots_per_rank} slots), got [{lo}, {hi}]")
-    _agree(both[1], own_err)
-    send, recv = [h[0] for h in both[0]], [h[0] for h in both[1]]
+    if capturing:  # dense, agreed in an eager call: every split is T rows
+        send = recv = [T] * world
+    else:
+        hdr[:, 0] = torch.where(bad, 0, counts)
+        hdr[:, 1] = bad.long()
+        hdr[:, 2], hdr[:, 3], hdr[:, 4] = H, K, slots_per_rank
+        hdr[:, 5], hdr[:, 6] = EXCHANGES.index(exchange), T
+        hdr_in = torch.empty_like(hdr)
+        dist.all_to_all_single(hdr_in, hdr, group=group)
+        both = torch.stack([hdr, hdr_in]).tolist()  # the one host synchronisation: the uneven split sizes
+        if both[0][0][1]:
+            lo, hi = int(s.min()), int(s.max())
+            own_err = (f"ep_moe_forward: slot ids must be in [0, {slots_per_rank * world}) ({world} ranks x "
+                       f"{slots_per_rank} slots), got [{lo}, {hi}]")
+        _agree(both[1], own_err)
+        send, recv = [h[0] for h in both[0]], [h[0] for h in both[1]]
+        if exchange == "dense":
+            _agreed_dense.add((id(group), world, T, K, H, slots_per_rank))
     n, n_in = sum(send), sum(recv)
+    if exchange != "dense":
+        send_rows = hidden.index_select(0, row_tok[:n])
     rows_in = torch.empty(n_in, H, dtype=hidden.dtype, device=dev)
     meta_in = torch.empty(n_in, 2 * width, dtype=torch.int32, device=dev)
-    dist.all_to_all_single(rows_in, hidden.index_select(0, row_tok[:n]), recv, send, group=group)
+    dist.all_to_all_single(rows_in, send_rows, recv, send, group=group)
     dist.all_to_all_single(meta_in, meta[:n], recv, send, group=group)
     if ev is not None:
         ev["experts_start"].record()
@@ -219,6 +287,8 @@ def ep_moe_forward(hidden: torch.Tensor, topk_weights: torch.Tensor, slot_ids: t
     back = torch.empty(T * kc, H, dtype=hidden.dtype, device=dev)
     dist.all_to_all_single(back[:n], out_in, send, recv, group=group)
     y = unpermute_combine(back, back_index, ones, valid)
+    if capturing:  # no error can be raised from the device: a bad token's row is NaN, never a silent value
+        y = y.masked_fill(bad_tok.unsqueeze(1), float("nan"))
     if ev is not None:
         ev["end"].record()
         timings.update(ev)

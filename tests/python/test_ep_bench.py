@@ -51,8 +51,8 @@ def test_gloo_run_one_row_per_token_and_rank(ep, tmp_path):
     (["--world", "1"], "--world must be >= 2"),
     (["--world", "3", "--extra-per-gpu", "1"], "do not divide over 3 ranks"),
     (["--repeat", "0"], "--repeat and --reps"),
-    (["--exchange", "rows,rows"], "--exchange takes rows and/or dedup"),
-    (["--exchange", "fused"], "--exchange takes rows and/or dedup"),
+    (["--exchange", "rows,rows"], "--exchange takes rows, dedup, dense"),
+    (["--exchange", "fused"], "--exchange takes rows, dedup, dense"),
     (["--trace", "/nonexistent.npz"], "no such file"),
 ])
 def test_bad_arguments(ep, argv, match, capsys):
