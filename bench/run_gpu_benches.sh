@@ -26,6 +26,7 @@ if [ "${ngpu:-0}" -ge 2 ]; then  # a measured NCCL dispatch for the predictor to
   bench alltoall python3 bench/alltoall.py --world "$ngpu" --hidden 4096 --json "$out/alltoall.json"
   bench predictor python3 bench/probe_predictor.py --refcheck --dispatch-json "$out/alltoall.json"
   bench ep_layer python3 bench/ep_layer.py --world "$ngpu" --exchange rows,dedup --json "$out/ep_layer.json"
+  bench ep_decode python3 bench/ep_decode.py --world "$ngpu" --json "$out/ep_decode.json"
 else
   bench predictor python3 bench/probe_predictor.py --refcheck
 fi
