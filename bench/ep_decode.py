@@ -150,12 +150,7 @@ def parse(argv=None):
             raise ValueError
     except ValueError:
         ap.error(f"--tokens takes positive integers, got {args.tokens!r}")
-    try:
-        args.expert_shape = tuple(int(v) for v in args.expert_shape.split(","))
-        if len(args.expert_shape) != 2 or min(args.expert_shape) < 1 or args.expert_shape[0] % 8 or args.expert_shape[1] % 8:
-            raise ValueError
-    except ValueError:
-        ap.error(f"--expert-shape takes hidden,ffn, positive multiples of 8, got {args.expert_shape!r}")
+    ep_layer.check_common(ap, args)
     default = [v for v in VARIANTS if args.backend == "nccl" or v != "dense-graph"]
     args.variants = default if args.variants is None else [v for v in args.variants.split(",") if v]
     bad = [v for v in args.variants if v not in VARIANTS]
@@ -165,15 +160,6 @@ def parse(argv=None):
         ap.error("--variants dense-graph needs --backend nccl (CUDA graphs)")
     if min(args.iters, args.reps, args.layers) < 1 or args.warmup < 0:
         ap.error("--iters, --reps and --layers must be >= 1, --warmup >= 0")
-    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if args.world is None:
-        args.world = n if args.backend == "nccl" else 2
-    if args.world < 2:
-        ap.error(f"--world must be >= 2, got {args.world} (GPUs visible: {n})")
-    if args.backend == "nccl" and n < args.world:
-        ap.error(f"--backend nccl needs one GPU per rank: --world {args.world}, {n} GPU(s) visible")
-    if not os.path.exists(args.trace):
-        ap.error(f"--trace {args.trace}: no such file")
     from moebal import _core
 
     # the fields ep_layer.setup reads: real routing, one placement, tokens not repeated

@@ -187,6 +187,26 @@ def _vs_rows(table: dict, t: dict) -> str:
     return "-" if r is None or r is t else f"{r['us_sum'] / t['us_sum']:.2f}x"
 
 
+def check_common(ap, args) -> None:
+    """The checks ep_layer and ep_decode share: --expert-shape (parsed into a tuple), --world (GPUs
+    for NCCL; set when absent) and --trace."""
+    try:
+        args.expert_shape = tuple(int(v) for v in args.expert_shape.split(","))
+        if len(args.expert_shape) != 2 or min(args.expert_shape) < 1 or args.expert_shape[0] % 8 or args.expert_shape[1] % 8:
+            raise ValueError
+    except ValueError:
+        ap.error(f"--expert-shape takes hidden,ffn, positive multiples of 8, got {args.expert_shape!r}")
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if args.world is None:
+        args.world = n if args.backend == "nccl" else 2
+    if args.world < 2:
+        ap.error(f"--world must be >= 2, got {args.world} (GPUs visible: {n})")
+    if args.backend == "nccl" and n < args.world:
+        ap.error(f"--backend nccl needs one GPU per rank: --world {args.world}, {n} GPU(s) visible")
+    if not os.path.exists(args.trace):
+        ap.error(f"--trace {args.trace}: no such file")
+
+
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backend", default="nccl", choices=["nccl", "gloo"])
@@ -209,12 +229,7 @@ def parse(argv=None):
     ap.add_argument("--timeout", type=float, default=600.0)
     ap.add_argument("--json")
     args = ap.parse_args(argv)
-    try:
-        args.expert_shape = tuple(int(v) for v in args.expert_shape.split(","))
-        if len(args.expert_shape) != 2 or min(args.expert_shape) < 1 or args.expert_shape[0] % 8 or args.expert_shape[1] % 8:
-            raise ValueError
-    except ValueError:
-        ap.error(f"--expert-shape takes hidden,ffn, positive multiples of 8, got {args.expert_shape!r}")
+    check_common(ap, args)
     args.policies = [p for p in args.policies.split(",") if p]
     args.exchange = [m for m in args.exchange.split(",") if m]
     if not args.exchange or any(m not in EXCHANGES for m in args.exchange) \
@@ -232,15 +247,6 @@ def parse(argv=None):
         ap.error(str(e))
     if args.repeat < 1 or args.reps < 1 or args.warmup < 0 or args.extra_per_gpu < 0:
         ap.error("--repeat and --reps must be >= 1, --warmup and --extra-per-gpu >= 0")
-    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if args.world is None:
-        args.world = n if args.backend == "nccl" else 2
-    if args.world < 2:
-        ap.error(f"--world must be >= 2, got {args.world} (GPUs visible: {n})")
-    if args.backend == "nccl" and n < args.world:
-        ap.error(f"--backend nccl needs one GPU per rank: --world {args.world}, {n} GPU(s) visible")
-    if not os.path.exists(args.trace):
-        ap.error(f"--trace {args.trace}: no such file")
     from moebal import _core
 
     try:
