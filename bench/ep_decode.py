@@ -65,13 +65,8 @@ def _rank(rank: int, world: int, args) -> dict:
     from moebal.distributed import ep_moe_forward, local_slot_weights
     from moebal.moe_ops import moe_forward
 
-    s = ep_layer.setup(args, world)
-    cuda = args.backend == "nccl"
-    dev = torch.device("cuda", rank) if cuda else torch.device("cpu")
-    H, F = args.expert_shape
-    g = torch.Generator().manual_seed(1234)  # the same weights on every rank
-    w13 = (torch.randn(s["E"], 2 * F, H, generator=g) * H ** -0.5).bfloat16().to(dev)
-    w2 = (torch.randn(s["E"], H, F, generator=g) * F ** -0.5).bfloat16().to(dev)
+    s, cuda, dev, w13, w2 = ep_layer.rank_setup(rank, world, args)
+    H = args.expert_shape[0]
     pl = s["placements"][args.policy]
     spr = pl.num_slots // world
     out = {}

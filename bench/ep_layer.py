@@ -87,13 +87,9 @@ def setup(args, world: int) -> dict:
             "placements": placements}
 
 
-def _rank(rank: int, world: int, args) -> dict:
-    import torch.distributed as dist
-
-    from moebal.assign_ops import assign_replicas, placement_tensors
-    from moebal.distributed import ep_moe_forward, local_slot_weights
-    from moebal.moe_ops import moe_forward
-
+def rank_setup(rank: int, world: int, args) -> tuple:
+    """A rank's share of the setup: (setup(...), on CUDA?, device, w13, w2), the random bf16 experts of
+    --expert-shape the same on every rank."""
     s = setup(args, world)
     cuda = args.backend == "nccl"
     dev = torch.device("cuda", rank) if cuda else torch.device("cpu")
@@ -101,6 +97,18 @@ def _rank(rank: int, world: int, args) -> dict:
     g = torch.Generator().manual_seed(1234)  # the same weights on every rank
     w13 = (torch.randn(s["E"], 2 * F, H, generator=g) * H ** -0.5).bfloat16().to(dev)
     w2 = (torch.randn(s["E"], H, F, generator=g) * F ** -0.5).bfloat16().to(dev)
+    return s, cuda, dev, w13, w2
+
+
+def _rank(rank: int, world: int, args) -> dict:
+    import torch.distributed as dist
+
+    from moebal.assign_ops import assign_replicas, placement_tensors
+    from moebal.distributed import ep_moe_forward, local_slot_weights
+    from moebal.moe_ops import moe_forward
+
+    s, cuda, dev, w13, w2 = rank_setup(rank, world, args)
+    H = args.expert_shape[0]
     n = s["per_rank"]
     lo = rank * n
     x = (torch.randn(n, H, generator=torch.Generator().manual_seed(rank))).bfloat16().to(dev)
