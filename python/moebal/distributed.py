@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence
 
 import torch
 
@@ -114,6 +114,83 @@ def _agree(hdr_in: list, own_err: Optional[str]) -> None:
             raise _err(f"ep_moe_forward: the ranks disagree on {name}: {seen} (rank order)")
 
 
+class _Layout(NamedTuple):
+    """What one exchange sends and how the results come back, built on the device without a host read.
+    ``meta`` [rows, 2 * width] int32: local slot ids (-1: none), then the gate weights' bits, in send
+    order (the first ``sum(counts)`` rows are sent); ``row_tok``: the token of each sent row (None for
+    dense, which sends every token to every rank); ``back_index`` [T, kc]: for the combine, the rows
+    of the returned buffer that hold each token's results (rows >= ``sum(counts)``: none)."""
+    kc: int
+    counts: torch.Tensor
+    meta: torch.Tensor
+    row_tok: Optional[torch.Tensor]
+    back_index: torch.Tensor
+
+
+def _meta(rows: int, width: int, row: torch.Tensor, col: torch.Tensor, local, wbits) -> torch.Tensor:
+    meta = torch.zeros(rows, 2 * width, dtype=torch.int32, device=local.device)
+    meta[:, :width] = -1
+    meta[row, col] = local.reshape(-1)
+    meta[row, width + col] = wbits.reshape(-1)
+    return meta
+
+
+def _layout_rows(dest, local, wbits, world) -> _Layout:
+    """One row per (token, k), in destination order."""
+    T, K = dest.shape
+    dev = dest.device
+    counts = torch.zeros(world, dtype=torch.int64, device=dev).scatter_add_(
+        0, dest.reshape(-1), torch.ones(T * K, dtype=torch.int64, device=dev))
+    order = torch.argsort(dest.reshape(-1), stable=True)
+    row = torch.empty_like(order).scatter_(0, order, torch.arange(T * K, device=dev))
+    row_tok = torch.arange(T, device=dev).unsqueeze(1).expand(T, K).reshape(-1)[order]
+    meta = _meta(T * K, 1, row, torch.zeros(T * K, dtype=torch.long, device=dev), local, wbits)
+    return _Layout(K, counts, meta, row_tok, row.view(T, K).to(torch.int32))
+
+
+def _layout_dedup(dest, local, wbits, world) -> _Layout:
+    """One row per (token, destination rank), in (destination, token) order, carrying the ids and
+    weights of every expert of the token there."""
+    T, K = dest.shape
+    dev = dest.device
+    kc = min(K, world)  # most ranks one token meets; at most T * kc rows
+    tok = torch.arange(T, device=dev)
+    present = torch.zeros(world, T, dtype=torch.int64, device=dev)
+    present.scatter_(0, dest.t(), 1)
+    flat = present.reshape(-1)
+    pos = torch.cumsum(flat, 0) - 1  # the row of (d, t) when present
+    row_tok = torch.zeros(T * kc + 1, dtype=torch.long, device=dev)  # the last entry takes absent pairs
+    row_tok.scatter_(0, torch.where(flat > 0, pos, T * kc), tok.repeat(world))
+    row = pos.view(world, T).gather(0, dest.t()).t().reshape(-1)  # the row of (t, k)
+    meta = _meta(T * kc, K, row, torch.arange(K, device=dev).repeat(T), local, wbits)
+    # back_index[t, j]: the row of the j-th rank the token met; T * kc - 1 marks none (>= the rows
+    # sent whenever a token meets fewer than kc ranks, so the combine skips it)
+    j = torch.cumsum(present, 0) - 1
+    back = torch.full((T * kc + 1,), T * kc - 1, dtype=torch.int32, device=dev)
+    back.scatter_(0, torch.where(present > 0, tok * kc + j, T * kc).reshape(-1), pos.to(torch.int32))
+    return _Layout(kc, present.sum(1), meta, row_tok, back[:-1].view(T, kc))
+
+
+def _layout_dense(dest, local, wbits, world) -> _Layout:
+    """Every token to every rank: rank d receives row t at d * T + t, with the ids of the token's
+    experts there (all -1 where none). Fixed shapes: capturable."""
+    T, K = dest.shape
+    dev = dest.device
+    tok = torch.arange(T, device=dev)
+    meta = torch.zeros(world, T, 2 * K, dtype=torch.int32, device=dev)
+    meta[:, :, :K] = -1
+    kk = torch.arange(K, device=dev).expand(T, K)
+    tt = tok.unsqueeze(1).expand(T, K)
+    meta[dest, tt, kk] = local
+    meta[dest, tt, K + kk] = wbits
+    back_index = (torch.arange(world, device=dev).unsqueeze(0) * T + tok.unsqueeze(1)).to(torch.int32)
+    return _Layout(world, torch.full((world,), T, dtype=torch.int64, device=dev), meta.view(world * T, 2 * K),
+                   None, back_index)
+
+
+_LAYOUTS = {"rows": _layout_rows, "dedup": _layout_dedup, "dense": _layout_dense}
+
+
 def ep_moe_forward(hidden: torch.Tensor, topk_weights: torch.Tensor, slot_ids: torch.Tensor,
                    w13_local: torch.Tensor, w2_local: torch.Tensor, *, slots_per_rank: int,
                    group: Any = None, timings: Optional[dict] = None, exchange: str = "rows") -> torch.Tensor:
@@ -181,8 +258,8 @@ def ep_moe_forward(hidden: torch.Tensor, topk_weights: torch.Tensor, slot_ids: t
             raise _err(own_err)
         if timings is not None:
             raise _err("ep_moe_forward: timings cannot be recorded under CUDA-graph capture")
-    hdr = torch.zeros(world, _HDR, dtype=torch.int64, device=hdev)
     if own_err is not None:  # take part in the first exchange only, to tell the others
+        hdr = torch.zeros(world, _HDR, dtype=torch.int64, device=hdev)
         hdr[:, 1] = 1
         hdr_in = torch.empty_like(hdr)
         dist.all_to_all_single(hdr_in, hdr, group=group)
@@ -202,56 +279,15 @@ def ep_moe_forward(hidden: torch.Tensor, topk_weights: torch.Tensor, slot_ids: t
     dest = torch.div(s, slots_per_rank, rounding_mode="floor").clamp_(0, world - 1)
     local = (s % slots_per_rank).to(torch.int32)
     wbits = topk_weights.float().contiguous().view(torch.int32)
-    tok = torch.arange(T, device=dev)
     # Everything that does not need the host's view of the counts is built before the one host read.
-    if exchange == "dense":  # rank d receives row t of this rank at d * T + t, with its experts there
-        kc = world
-        counts = torch.full((world,), T, dtype=torch.int64, device=dev)
-        meta = torch.zeros(world, T, 2 * K, dtype=torch.int32, device=dev)
-        meta[:, :, :K] = -1
-        kk = torch.arange(K, device=dev).expand(T, K)
-        tt = tok.unsqueeze(1).expand(T, K)
-        meta[dest, tt, kk] = local
-        meta[dest, tt, K + kk] = wbits
-        meta = meta.view(world * T, 2 * K)
-        send_rows = hidden.unsqueeze(0).expand(world, T, H).contiguous().view(world * T, H)  # (T = 1: a copy too)
-        back_index = (torch.arange(world, device=dev).unsqueeze(0) * T + tok.unsqueeze(1)).to(torch.int32)
-    elif exchange == "dedup":  # one row per (token, destination rank), in (destination, token) order
-        kc = min(K, world)  # most ranks one token meets; at most T * kc rows
-        present = torch.zeros(world, T, dtype=torch.int64, device=dev)
-        present.scatter_(0, dest.t(), 1)
-        counts = present.sum(1)
-        flat = present.reshape(-1)
-        pos = torch.cumsum(flat, 0) - 1  # the row of (d, t) when present
-        row_tok = torch.zeros(T * kc + 1, dtype=torch.long, device=dev)  # the last entry takes absent pairs
-        row_tok.scatter_(0, torch.where(flat > 0, pos, T * kc), tok.repeat(world))
-        row = pos.view(world, T).gather(0, dest.t()).t().reshape(-1)  # the row of (t, k)
-        col = torch.arange(K, device=dev).repeat(T)
-        # the combine reads back_index[t, j], the row of the j-th rank the token met; T * kc - 1 marks
-        # none (>= the rows sent whenever a token meets fewer than kc ranks, so the combine skips it)
-        j = torch.cumsum(present, 0) - 1
-        back_index = torch.full((T * kc + 1,), T * kc - 1, dtype=torch.int32, device=dev)
-        back_index.scatter_(0, torch.where(present > 0, tok * kc + j, T * kc).reshape(-1), pos.to(torch.int32))
-        back_index = back_index[:-1].view(T, kc)
-    else:  # one row per (token, k), in destination order
-        kc = K
-        counts = torch.zeros(world, dtype=torch.int64, device=dev).scatter_add_(
-            0, dest.reshape(-1), torch.ones(T * K, dtype=torch.int64, device=dev))
-        order = torch.argsort(dest.reshape(-1), stable=True)
-        row = torch.empty_like(order).scatter_(0, order, torch.arange(T * K, device=dev))
-        row_tok = tok.unsqueeze(1).expand(T, K).reshape(-1)[order]
-        col = torch.zeros(T * K, dtype=torch.long, device=dev)
-        back_index = row.view(T, K).to(torch.int32)
-    if exchange != "dense":
-        meta = torch.zeros(T * kc, 2 * width, dtype=torch.int32, device=dev)  # local slot ids (-1: none), weight bits
-        meta[:, :width] = -1
-        meta[row, col] = local.reshape(-1)
-        meta[row, width + col] = wbits.reshape(-1)
-    ones = torch.ones(T, kc, dtype=torch.float32, device=dev)
+    lay = _LAYOUTS[exchange](dest, local, wbits, world)
+    counts = lay.counts
+    ones = torch.ones(T, lay.kc, dtype=torch.float32, device=dev)
     valid = torch.cat([counts.new_zeros(1), counts.sum(0, keepdim=True)]).to(torch.int32)  # combine: rows < sent
     if capturing:  # dense, agreed in an eager call: every split is T rows
         send = recv = [T] * world
     else:
+        hdr = torch.zeros(world, _HDR, dtype=torch.int64, device=hdev)
         hdr[:, 0] = torch.where(bad, 0, counts)
         hdr[:, 1] = bad.long()
         hdr[:, 2], hdr[:, 3], hdr[:, 4] = H, K, slots_per_rank
@@ -268,12 +304,14 @@ def ep_moe_forward(hidden: torch.Tensor, topk_weights: torch.Tensor, slot_ids: t
         if exchange == "dense":
             _agreed_dense.add((id(group), world, T, K, H, slots_per_rank))
     n, n_in = sum(send), sum(recv)
-    if exchange != "dense":
-        send_rows = hidden.index_select(0, row_tok[:n])
+    if exchange == "dense":  # (T = 1 too: the expanded view must be a copy)
+        send_rows = hidden.unsqueeze(0).expand(world, T, H).contiguous().view(world * T, H)
+    else:
+        send_rows = hidden.index_select(0, lay.row_tok[:n])
     rows_in = torch.empty(n_in, H, dtype=hidden.dtype, device=dev)
     meta_in = torch.empty(n_in, 2 * width, dtype=torch.int32, device=dev)
     dist.all_to_all_single(rows_in, send_rows, recv, send, group=group)
-    dist.all_to_all_single(meta_in, meta[:n], recv, send, group=group)
+    dist.all_to_all_single(meta_in, lay.meta[:n], recv, send, group=group)
     if ev is not None:
         ev["experts_start"].record()
     if n_in:
@@ -284,9 +322,9 @@ def ep_moe_forward(hidden: torch.Tensor, topk_weights: torch.Tensor, slot_ids: t
     if ev is not None:
         ev["experts_end"].record()
     # the combine (moebal's unpermute_combine) wants T x kc rows: the results fill the first n
-    back = torch.empty(T * kc, H, dtype=hidden.dtype, device=dev)
+    back = torch.empty(T * lay.kc, H, dtype=hidden.dtype, device=dev)
     dist.all_to_all_single(back[:n], out_in, send, recv, group=group)
-    y = unpermute_combine(back, back_index, ones, valid)
+    y = unpermute_combine(back, lay.back_index, ones, valid)
     if capturing:  # no error can be raised from the device: a bad token's row is NaN, never a silent value
         y = y.masked_fill(bad_tok.unsqueeze(1), float("nan"))
     if ev is not None:
