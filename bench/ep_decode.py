@@ -61,8 +61,7 @@ def _time(fn, args, cuda: bool, dev) -> float:
 
 
 def _rank(rank: int, world: int, args) -> dict:
-    from moebal.assign_ops import assign_replicas, placement_tensors
-    from moebal.distributed import ep_moe_forward, local_slot_weights
+    from moebal.distributed import ep_moe_forward
     from moebal.moe_ops import moe_forward
 
     s, cuda, dev, w13, w2 = ep_layer.rank_setup(rank, world, args)
@@ -72,15 +71,8 @@ def _rank(rank: int, world: int, args) -> dict:
     out = {}
     for T in args.tokens:
         x = torch.randn(T, H, generator=torch.Generator().manual_seed(rank)).bfloat16().to(dev)
-        src = torch.full((T,), rank, dtype=torch.int32, device=dev)
         for l in range(args.layers):
-            lo = rank * T
-            ids = torch.from_numpy(np.ascontiguousarray(s["ids"][l, lo:lo + T])).to(dev)
-            wts = torch.from_numpy(np.ascontiguousarray(s["w"][l, lo:lo + T])).to(dev)
-            log2phy, logcnt = placement_tensors(pl, l, dev)
-            slots = assign_replicas(ids, src, log2phy, logcnt, num_gpus=world, num_nodes=1, num_slots=pl.num_slots,
-                                    policy=args.assign)
-            w13_l, w2_l = local_slot_weights(w13, w2, pl.phy2log[l], rank, spr)
+            ids, wts, slots, w13_l, w2_l = ep_layer.rank_layer(s, pl, l, rank, world, rank * T, T, w13, w2, args.assign)
             ref = moe_forward(x, w13, w2, topk_ids=ids, topk_weights=wts).float()
             scale = max(1e-6, float(ref.abs().max()))
             row = {}

@@ -100,11 +100,27 @@ def rank_setup(rank: int, world: int, args) -> tuple:
     return s, cuda, dev, w13, w2
 
 
+def rank_layer(s: dict, pl, layer: int, rank: int, world: int, lo: int, n: int, w13, w2, assign: str) -> tuple:
+    """One layer on one rank: its tokens lo:lo+n of the evaluation routing (ids, weights), their
+    physical slots under placement ``pl`` (``assign`` policy), and the rank's slot weights."""
+    from moebal.assign_ops import assign_replicas, placement_tensors
+    from moebal.distributed import local_slot_weights
+
+    dev = w13.device
+    ids = torch.from_numpy(np.ascontiguousarray(s["ids"][layer, lo:lo + n])).to(dev)
+    wts = torch.from_numpy(np.ascontiguousarray(s["w"][layer, lo:lo + n])).to(dev)
+    log2phy, logcnt = placement_tensors(pl, layer, dev)
+    src = torch.full((n,), rank, dtype=torch.int32, device=dev)
+    slots = assign_replicas(ids, src, log2phy, logcnt, num_gpus=world, num_nodes=1, num_slots=pl.num_slots,
+                            policy=assign)
+    w13_l, w2_l = local_slot_weights(w13, w2, pl.phy2log[layer], rank, pl.num_slots // world)
+    return ids, wts, slots, w13_l, w2_l
+
+
 def _rank(rank: int, world: int, args) -> dict:
     import torch.distributed as dist
 
-    from moebal.assign_ops import assign_replicas, placement_tensors
-    from moebal.distributed import ep_moe_forward, local_slot_weights
+    from moebal.distributed import ep_moe_forward
     from moebal.moe_ops import moe_forward
 
     s, cuda, dev, w13, w2 = rank_setup(rank, world, args)
@@ -112,18 +128,12 @@ def _rank(rank: int, world: int, args) -> dict:
     n = s["per_rank"]
     lo = rank * n
     x = (torch.randn(n, H, generator=torch.Generator().manual_seed(rank))).bfloat16().to(dev)
-    src = torch.full((n,), rank, dtype=torch.int32, device=dev)
     out = {}
     for p, pl in s["placements"].items():
         spr = pl.num_slots // world
         rows = {m: [] for m in args.exchange}
         for l in range(s["L"]):
-            ids = torch.from_numpy(np.ascontiguousarray(s["ids"][l, lo:lo + n])).to(dev)
-            wts = torch.from_numpy(np.ascontiguousarray(s["w"][l, lo:lo + n])).to(dev)
-            log2phy, logcnt = placement_tensors(pl, l, dev)
-            slots = assign_replicas(ids, src, log2phy, logcnt, num_gpus=world, num_nodes=1, num_slots=pl.num_slots,
-                                    policy=args.assign)
-            w13_l, w2_l = local_slot_weights(w13, w2, pl.phy2log[l], rank, spr)
+            ids, wts, slots, w13_l, w2_l = rank_layer(s, pl, l, rank, world, lo, n, w13, w2, args.assign)
             ref = moe_forward(x, w13, w2, topk_ids=ids, topk_weights=wts)
             dest = torch.div(slots.long(), spr, rounding_mode="floor")
             sent = torch.bincount(dest.reshape(-1), minlength=world).tolist()  # (token, k) rows per destination rank
